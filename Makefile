@@ -1,0 +1,38 @@
+# rfbench: the README's two commands are `make demo` and `make test`.
+# VENV can point anywhere (CI keeps it outside the clone so reruns are fast).
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.rfbench-installed
+TEST_STAMP := $(VENV)/.rfbench-test-installed
+DEMO_OUT ?= runs/demo
+
+.PHONY: demo test install install-test clean-demo
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(STAMP): $(BIN)/python setup.cfg pyproject.toml
+	$(BIN)/python -m pip install -q -e .
+	touch $(STAMP)
+
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $(TEST_STAMP)
+
+install: $(STAMP)
+
+install-test: $(TEST_STAMP)
+
+## demo: install rfbench, adversarially train a small CNN on Fashion-MNIST, print per-class clean/robust accuracy
+demo: $(STAMP)
+	$(BIN)/rfbench train --config configs/demo.yaml --out $(DEMO_OUT)
+	$(BIN)/rfbench eval --run $(DEMO_OUT) --out $(DEMO_OUT)/eval
+
+## test: install the test dependencies if needed and run the test suite
+test: $(TEST_STAMP)
+	$(BIN)/python -m pytest -q
+
+clean-demo:
+	rm -rf $(DEMO_OUT)

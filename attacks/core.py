@@ -1,0 +1,212 @@
+"""The one PGD core (Madry et al., ICLR 2018) behind every attack and every defense's inner maximisation.
+
+Pluggable parts: norm (``linf``, ``l2``), loss (:mod:`attacks.losses`),
+random start (``uniform``, ``normal``, ``none``), restarts, per-sample early
+stop, and per-sample ``eps``/``alpha`` (tensors of shape ``(B,)``).
+
+In float32 with ``loss='ce'`` and a uniform start the iterates are the same
+as ``torchattacks.PGD``'s for the same random stream: the same operations in
+the same order (mean-reduced loss, sign step, clamp of the perturbation, clamp
+to [0,1]).
+
+Only the input gets a gradient: parameters are frozen for the duration of the
+attack (``requires_grad_(False)``), which skips the weight-gradient half of
+every backward.  The caller chooses the model's mode (defenses attack in
+``eval`` mode and update in ``train`` mode).
+
+Example::
+
+    from attacks.core import pgd
+    x_adv = pgd(model, x, y, eps=8/255, alpha=2/255, steps=10)
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+
+from attacks.losses import AttackLoss, make_loss
+
+NORMS = ("linf", "l2")
+STARTS = ("uniform", "normal", "none")
+
+
+@contextlib.contextmanager
+def frozen_params(model: torch.nn.Module) -> Iterator[None]:
+    """Turn off ``requires_grad`` on every parameter, restoring it afterwards."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Put ``model`` in eval mode (BN uses running statistics), restoring its mode afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _as_col(v: float | torch.Tensor, x: torch.Tensor) -> float | torch.Tensor:
+    """A scalar stays a scalar; a per-sample tensor becomes ``(B,1,1,1)``."""
+    if torch.is_tensor(v):
+        return v.to(device=x.device, dtype=x.dtype).view(-1, *([1] * (x.ndim - 1)))
+    return float(v)
+
+
+def _clamp_linf(delta: torch.Tensor, eps: float | torch.Tensor) -> torch.Tensor:
+    if torch.is_tensor(eps):
+        return torch.max(torch.min(delta, eps), -eps)
+    return torch.clamp(delta, min=-eps, max=eps)
+
+
+def _l2_norm(t: torch.Tensor) -> torch.Tensor:
+    return t.flatten(1).norm(p=2, dim=1).view(-1, *([1] * (t.ndim - 1)))
+
+
+def _uniform(x: torch.Tensor, low: float, high: float, generator: torch.Generator | None) -> torch.Tensor:
+    return torch.empty_like(x).uniform_(low, high, generator=generator)
+
+
+def random_start(
+    x: torch.Tensor, eps: float | torch.Tensor, norm: str, kind: str, std: float, generator: torch.Generator | None
+) -> torch.Tensor:
+    """The starting point: ``uniform`` in the eps-ball, ``normal`` (x + std·N(0,1)), or ``none``; clipped to [0,1]."""
+    if kind == "none":
+        return x.clone()
+    if kind == "normal":
+        return (x + std * torch.empty_like(x).normal_(generator=generator)).clamp(0, 1)
+    if norm == "linf":
+        # scalar eps: uniform_(-eps, eps) exactly as torchattacks.PGD draws it
+        noise = _uniform(x, -1.0, 1.0, generator) * eps if torch.is_tensor(eps) else _uniform(x, -eps, eps, generator)
+        return torch.clamp(x + noise, 0, 1)
+    d = torch.empty_like(x).normal_(generator=generator)
+    n = _l2_norm(d)
+    r = torch.empty_like(n).uniform_(0, 1, generator=generator)
+    return torch.clamp(x + d * (r / n * eps), 0, 1)
+
+
+def _step(
+    x: torch.Tensor, x_adv: torch.Tensor, grad: torch.Tensor, eps: float | torch.Tensor, alpha: float | torch.Tensor, norm: str
+) -> torch.Tensor:
+    """One ascent step followed by the projection onto the eps-ball and [0,1]."""
+    if norm == "linf":
+        x_adv = x_adv.detach() + alpha * grad.sign()
+        delta = _clamp_linf(x_adv - x, eps)
+        return torch.clamp(x + delta, 0, 1).detach()
+    g = grad / (_l2_norm(grad) + 1e-10)
+    x_adv = x_adv.detach() + alpha * g
+    delta = x_adv - x
+    factor = eps / _l2_norm(delta)
+    factor = torch.min(factor, torch.ones_like(factor))
+    return torch.clamp(x + delta * factor, 0, 1).detach()
+
+
+def _slice_aux(aux: dict[str, torch.Tensor], idx: torch.Tensor, batch: int) -> dict[str, torch.Tensor]:
+    """Restrict per-sample entries (first dim = batch) to ``idx``; leave per-class entries alone."""
+    return {k: (v[idx] if torch.is_tensor(v) and v.ndim >= 1 and v.shape[0] == batch and k not in _PER_CLASS else v)
+            for k, v in aux.items()}
+
+
+_PER_CLASS = {"class_weights"}
+
+
+def _sel(v: float | torch.Tensor, idx: torch.Tensor) -> float | torch.Tensor:
+    return v[idx] if torch.is_tensor(v) else v
+
+
+def pgd(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float | torch.Tensor,
+    alpha: float | torch.Tensor,
+    steps: int,
+    norm: str = "linf",
+    loss: str | AttackLoss = "ce",
+    loss_kwargs: dict | None = None,
+    start: str = "uniform",
+    start_std: float = 0.001,
+    restarts: int = 1,
+    early_stop: bool = False,
+    aux: dict[str, torch.Tensor] | None = None,
+    generator: torch.Generator | None = None,
+    autocast_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Projected gradient ascent on ``loss`` inside the ``norm`` ball of radius ``eps`` around ``x``.
+
+    Arguments:
+        model: maps inputs in [0,1] to logits; its mode is left as the caller set it.
+        x, y: inputs in [0,1] ``(B,...)`` and labels ``(B,)``.
+        eps, alpha: radius and step size, scalars or per-sample tensors ``(B,)``.
+        steps: number of ascent steps (FGSM is one step with ``alpha = eps`` and no start).
+        norm: ``linf`` (sign steps) or ``l2`` (normalised-gradient steps).
+        loss: a name from :data:`attacks.losses.LOSSES` or a callable; ``loss_kwargs`` configure it.
+        start: ``uniform`` (in the ball), ``normal`` (``x + start_std·N(0,1)``) or ``none``.
+        restarts: independent runs; a sample counts as broken if any run breaks it.
+        early_stop: freeze each sample at its first misclassified iterate (evaluation only:
+            the "robust or not" answer is unchanged, and it is faster).
+        aux: per-sample tensors for the loss (sliced along with the active samples).
+        generator: source of the random start (defaults to the global RNG).
+        autocast_dtype: e.g. ``torch.bfloat16`` to run forward/backward under autocast.
+
+    Returns:
+        ``x_adv`` with ``‖x_adv − x‖ ≤ eps`` and ``x_adv ∈ [0,1]``.
+
+    Shape:
+        ``x_adv`` has the shape, dtype and device of ``x``.
+    """
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    if start not in STARTS:
+        raise ValueError(f"start must be one of {STARTS}, got {start!r}")
+    loss_fn = make_loss(loss, **(loss_kwargs or {}))
+    aux = aux or {}
+    x = x.detach()
+    b = x.shape[0]
+    eps_c, alpha_c = _as_col(eps, x), _as_col(alpha, x)
+    device_type = x.device.type
+    best = x.clone()
+    todo = torch.arange(b, device=x.device)  # samples not yet broken (across restarts)
+    with frozen_params(model):
+        restarts = max(1, restarts)
+        for restart in range(restarts):
+            if todo.numel() == 0:
+                break
+            xs, ys = x[todo], y[todo]
+            e, a = _sel(eps_c, todo), _sel(alpha_c, todo)
+            x_adv = random_start(xs, e, norm, start, start_std, generator)
+            active = torch.arange(len(todo), device=x.device)
+            broken = torch.zeros(len(todo), dtype=torch.bool, device=x.device)
+            for _ in range(steps):
+                xa = x_adv[active].requires_grad_(True)
+                with torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                    logits = model(xa)
+                    l = loss_fn(logits.float(), ys[active], _slice_aux(aux, todo[active], b)).mean()
+                grad, = torch.autograd.grad(l, [xa])
+                if early_stop:
+                    fooled = logits.detach().argmax(1) != ys[active]
+                    broken[active[fooled]] = True
+                    keep = ~fooled
+                    active, grad, xa = active[keep], grad[keep], xa[keep]
+                    if active.numel() == 0:
+                        break
+                x_adv[active] = _step(xs[active], xa, grad, _sel(e, active), _sel(a, active), norm)
+            best[todo] = x_adv
+            if restart == restarts - 1:
+                break
+            with torch.no_grad(), torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                broken |= model(x_adv).argmax(1) != ys
+            todo = todo[~broken]
+    return best

@@ -1,0 +1,274 @@
+"""Named attacks with a torchattacks-like API, all built on the one PGD core.
+
+Example::
+
+    from attacks.named import PGD, TemperaturePGD
+    atk = PGD(model, eps=8/255, alpha=2/255, steps=20)
+    x_adv = atk(x, y)                 # global RNG, like torchattacks
+    x_adv = atk(x, y, seed=3)         # its own seeded generator (reproducible, resumable)
+    atk.label                         # 'pgd-20'
+    TemperaturePGD(model, eps=8/255, steps=20, T=0.5).label   # 'temperature-pgd-20-T0.5'
+
+Every attack has a typed ``Config`` dataclass (validated by
+:func:`benchmark.config.from_dict`, so a bad key or value is a one-line
+error), a stable ``label`` derived from its settings, and ``settings()`` for
+the result file.  Attacks put the model in eval mode for their duration and
+never compute parameter gradients (the core freezes them).
+
+Registered names: ``fgsm``, ``pgd``, ``cw``, ``temperature-pgd`` (and
+``autoattack`` in :mod:`attacks.autoattack`).  Temperature-PGD is not
+torchattacks' ``TPGD`` (that one is the TRADES KL attack).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from attacks.core import eval_mode, pgd
+from attacks.registry import register_attack
+from benchmark.config import choice, from_dict, rng
+
+NORMS = ("linf", "l2")
+
+
+def format_eps(eps: float) -> str:
+    """``8/255`` for multiples of 1/255 (RobustBench's convention), else the plain number."""
+    k = eps * 255
+    if eps > 0 and abs(k - round(k)) < 1e-6:
+        return f"{int(round(k))}/255"
+    return f"{eps:g}"
+
+
+def format_value(v: Any, key: str = "") -> str:
+    """A config value as it appears in a label: eps as ``8/255``, numbers with ``%.4g``, lists joined by ``+``."""
+    if key == "eps" and isinstance(v, float):
+        return format_eps(v)
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, (list, tuple)):
+        return "+".join(format_value(x) for x in v)
+    return str(v)
+
+
+class Attack:
+    """Base class: an attack maps ``(x, y)`` to adversarial inputs inside the eps-ball and [0,1].
+
+    Arguments:
+        model: maps inputs in [0,1] to logits.
+        reference: the values the settings are compared with to build the label
+            (the threat-model defaults when built from a spec); a setting that
+            differs from its reference adds ``-key=value`` to the label.  Without
+            a reference (direct use) the threat settings (eps, norm, alpha, steps
+            beyond the base label) are left out of the label.
+        **kwargs: fields of the attack's ``Config``.
+
+    Subclasses set ``Config`` and implement :meth:`perturb` (and :meth:`base_label`).
+    ``cascade = True`` marks an expensive attack that the harness runs only on
+    the points still robust after the cheaper ones.
+    """
+
+    name: ClassVar[str] = "attack"
+    cascade: ClassVar[bool] = False
+    threat_keys: ClassVar[tuple[str, ...]] = ("eps", "norm")  # filled from the threat model by a spec
+    label_keys: ClassVar[tuple[str, ...]] = ()  # settings already shown by base_label()
+    quiet_keys: ClassVar[tuple[str, ...]] = ("label", "early_stop", "seed")  # never in the label
+
+    @dataclass
+    class Config:
+        eps: float = field(default=8 / 255, metadata=rng(0, None))
+        norm: str = field(default="linf", metadata=choice(*NORMS))
+        label: str | None = None  # explicit label, replacing the derived one
+
+    def __init__(self, model: torch.nn.Module, *, reference: dict[str, Any] | None = None, **kwargs: Any):
+        self.model = model
+        self.cfg = from_dict(self.Config, kwargs, where=f"attack '{self.name}'")
+        self.reference = dict(reference) if reference is not None else None
+        self.autocast_dtype: torch.dtype | None = None
+        self.flags: dict[str, dict[str, Any]] = {}  # warnings raised while attacking: id -> {message, count}
+
+    # -- API -------------------------------------------------------------------
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, *, seed: int | None = None) -> torch.Tensor:
+        """Adversarial versions of ``x`` (labels ``y``); ``seed`` None uses the global RNG."""
+        with eval_mode(self.model):
+            return self.perturb(x.detach(), y.detach(), seed=seed)
+
+    def perturb(self, x: torch.Tensor, y: torch.Tensor, *, seed: int | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    # -- description -----------------------------------------------------------
+    def base_label(self) -> str:
+        return self.name
+
+    def hidden_keys(self) -> set[str]:
+        """Settings never added to the label (shown by ``base_label`` already, or not changing the answer)."""
+        hidden = set(self.label_keys) | set(self.quiet_keys)
+        return hidden | set(self.threat_keys) if self.reference is None else hidden
+
+    @property
+    def label(self) -> str:
+        """Stable label: ``base_label()`` plus ``-key=value`` for every setting off its reference."""
+        if self.cfg.label:
+            return self.cfg.label
+        defaults = dataclasses.asdict(self.Config())
+        parts = [self.base_label()]
+        hidden = self.hidden_keys()
+        for key, value in sorted(dataclasses.asdict(self.cfg).items()):
+            if key in hidden:
+                continue
+            ref = (self.reference or {}).get(key, defaults.get(key))
+            if value != ref:
+                parts.append(f"{key}={format_value(value, key)}")
+        return "-".join(parts)
+
+    def settings(self) -> dict[str, Any]:
+        """Every setting, for the result file."""
+        out = {**dataclasses.asdict(self.cfg), "name": self.name, "label": self.label}
+        if self.autocast_dtype is not None:
+            out["autocast"] = str(self.autocast_dtype).replace("torch.", "")
+        return out
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in dataclasses.asdict(self.cfg).items() if k != "label")
+        return f"{type(self).__name__}(label={self.label!r}, {fields})"
+
+
+def _generator(x: torch.Tensor, seed: int | None) -> torch.Generator | None:
+    return None if seed is None else torch.Generator(device=x.device).manual_seed(int(seed))
+
+
+class _Iterative(Attack):
+    """Shared parts of the attacks that run the PGD core for ``steps`` steps."""
+
+    threat_keys = ("eps", "norm", "alpha", "steps")
+    label_keys = ("steps",)
+
+    @dataclass
+    class Config(Attack.Config):
+        alpha: float = field(default=2 / 255, metadata=rng(0, None))
+        steps: int = field(default=10, metadata=rng(1, None))
+        restarts: int = field(default=1, metadata=rng(1, None))
+        start: str = field(default="uniform", metadata=choice("uniform", "normal", "none"))
+        early_stop: bool = True  # freeze a sample at its first fooling iterate (same robust/not answer)
+
+    def loss_name(self) -> str:
+        return "ce"
+
+    def loss_kwargs(self) -> dict[str, Any]:
+        return {}
+
+    def aux(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {}
+
+    def base_label(self) -> str:
+        return f"{self.name}-{self.cfg.steps}"
+
+    def perturb(self, x, y, *, seed=None):
+        c = self.cfg
+        return pgd(self.model, x, y, eps=c.eps, alpha=c.alpha, steps=c.steps, norm=c.norm,
+                   loss=self.loss_name(), loss_kwargs=self.loss_kwargs(), start=c.start,
+                   restarts=c.restarts, early_stop=c.early_stop, aux=self.aux(x, y),
+                   generator=_generator(x, seed), autocast_dtype=self.autocast_dtype)
+
+
+@register_attack("fgsm")
+class FGSM(Attack):
+    """FGSM (Goodfellow et al., ICLR 2015): one step of size eps along sign(∇ CE), no random start.
+
+    Implemented as one PGD-core step with ``alpha = eps`` and no start; with
+    ``norm='l2'`` it is the fast gradient method (one normalised step).
+    """
+
+    def perturb(self, x, y, *, seed=None):
+        c = self.cfg
+        return pgd(self.model, x, y, eps=c.eps, alpha=c.eps, steps=1, norm=c.norm, loss="ce", start="none",
+                   autocast_dtype=self.autocast_dtype)
+
+
+@register_attack("pgd")
+class PGD(_Iterative):
+    """PGD (Madry et al., ICLR 2018): ``steps`` projected steps on a loss (ce, cw, dlr or kl) from a random start.
+
+    Shape: ``x`` ``(B, C, H, W)`` in [0,1], ``y`` ``(B,)``; returns ``x_adv`` of the shape of ``x``.
+    """
+
+    @dataclass
+    class Config(_Iterative.Config):
+        loss: str = field(default="ce", metadata=choice("ce", "cw", "dlr", "kl"))
+        kappa: float = field(default=50.0, metadata=rng(0, None))  # clamp of the cw margin
+
+    def loss_name(self) -> str:
+        return self.cfg.loss
+
+    def loss_kwargs(self) -> dict[str, Any]:
+        return {"kappa": self.cfg.kappa} if self.cfg.loss == "cw" else {}
+
+    def aux(self, x, y):
+        if self.cfg.loss != "kl":
+            return {}
+        with torch.no_grad():
+            return {"clean_probs": F.softmax(self.model(x).float(), dim=1)}
+
+    def hidden_keys(self) -> set[str]:  # kappa only matters for the cw loss
+        return super().hidden_keys() | ({"kappa"} if self.cfg.loss != "cw" else set())
+
+
+@register_attack("cw")
+class CW(_Iterative):
+    """CW-PGD: PGD on the Carlini-Wagner margin max_{j≠y} z_j − z_y clamped at −κ (Carlini & Wagner, S&P 2017, Eq. 6 form)."""
+
+    @dataclass
+    class Config(_Iterative.Config):
+        kappa: float = field(default=50.0, metadata=rng(0, None))
+
+    def loss_name(self) -> str:
+        return "cw"
+
+    def loss_kwargs(self) -> dict[str, Any]:
+        return {"kappa": self.cfg.kappa}
+
+
+@register_attack("temperature-pgd")
+class TemperaturePGD(_Iterative):
+    """Temperature-PGD (Tian, Kuang, Jiang, Wu, Wang, KDD 2021, arXiv 2105.14240): PGD on CE(softmax(z/T), y).
+
+    With sign steps, T changes the step's direction only: T < 1 focuses the
+    gradient on the strongest competing class, T > 1 spreads it over all
+    classes, and T = 1 is exactly PGD.
+
+    ``tmode='confidence'`` uses a per-sample temperature ``T_i = T ** p_y(x_i)``
+    (``p_y`` the clean softmax probability of the true class): the full T on
+    confidently classified samples, fading to plain CE (T_i = 1) on uncertain
+    ones.  This per-sample rule is rfbench's choice; the paper's body was not
+    available to check its exact form.
+    """
+
+    label_keys = ("steps", "T", "tmode")
+
+    @dataclass
+    class Config(_Iterative.Config):
+        T: float = field(default=1.0, metadata=rng(1e-6, None))
+        tmode: str = field(default="scalar", metadata=choice("scalar", "confidence"))
+
+    def loss_name(self) -> str:
+        return "tce"
+
+    def loss_kwargs(self) -> dict[str, Any]:
+        return {"T": self.cfg.T}
+
+    def aux(self, x, y):
+        if self.cfg.tmode == "scalar":
+            return {}
+        with torch.no_grad():
+            p_y = F.softmax(self.model(x).float(), dim=1).gather(1, y[:, None]).squeeze(1)
+        return {"T": torch.pow(torch.full_like(p_y, self.cfg.T), p_y)}
+
+    def base_label(self) -> str:
+        mode = "-conf" if self.cfg.tmode == "confidence" else ""
+        return f"{self.name}-{self.cfg.steps}-T{format_value(self.cfg.T)}{mode}"

@@ -1,0 +1,209 @@
+"""Attack specs: ``name[:key=value[,key=value...]]``, resolved against a threat model.
+
+Syntax (one ``--attack`` flag per attack)::
+
+    pgd                                    the dataset's eval PGD (eps, steps, alpha from the threat model)
+    pgd:steps=100,restarts=5,loss=dlr
+    cw:steps=20,kappa=50
+    temperature-pgd:T=0.5                  T-PGD; tmode=confidence for a per-sample T
+    fgsm:eps=8/255                         fractions are allowed for numbers
+    autoattack:version=standard
+    autoattack:version=custom,attacks=apgd-ce+apgd-t,steps=20
+
+* Keys are the fields of the attack's ``Config`` (``rfbench list attacks``,
+  and :mod:`attacks.named`): ``eps``, ``alpha``, ``steps``, ``restarts``,
+  ``loss``, ``T``, ``norm``, ``version``, ``attacks``, ...
+* **Lists inside a spec are joined with ``+``** (the comma separates keys):
+  ``attacks=apgd-ce+apgd-t``.
+* ``eps``, ``norm``, ``alpha`` and ``steps`` default to the threat model
+  (:class:`Threat`: the dataset's protocol values, with ``--eps``/``--norm``
+  applied to every attack); a key in a spec overrides it for that attack
+  only.  When a spec changes ``eps`` but not ``alpha``, alpha keeps the
+  threat model's ratio alpha/eps.
+* ``label=NAME`` replaces the derived label.
+
+Configs may list specs as strings or as mappings (``{name: pgd, steps: 20}``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import yaml
+
+import attacks.autoattack  # noqa: F401  (registers autoattack)
+import attacks.named  # noqa: F401  (registers fgsm, pgd, cw, temperature-pgd)
+from attacks.named import Attack, format_eps
+from attacks.registry import ATTACKS
+from benchmark.errors import ConfigError, UnknownNameError
+
+DEFAULT_SUITE = ("fgsm", "pgd", "cw")
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """A parsed spec: attack name, raw ``key -> value`` text (or typed values from a config), and the text."""
+
+    name: str
+    params: tuple[tuple[str, Any], ...] = ()
+    text: str = ""
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.params)
+
+
+def parse_spec(text: str) -> AttackSpec:
+    """Parse ``name[:key=value[,key=value...]]``; every malformed spec is a one-line :class:`ConfigError`."""
+    raw = text.strip()
+    name, sep, rest = raw.partition(":")
+    name = name.strip()
+    if not name:
+        raise ConfigError(f"attack spec '{text}': missing attack name (expected name[:key=value,...])")
+    params: dict[str, str] = {}
+    if sep and not rest.strip():
+        raise ConfigError(f"attack spec '{text}': nothing after ':' (expected key=value,...)")
+    for item in rest.split(",") if rest.strip() else []:
+        key, eq, value = item.partition("=")
+        key = key.strip()
+        if not eq or not key:
+            raise ConfigError(f"attack spec '{text}': '{item}' is not key=value (lists use '+', e.g. attacks=apgd-ce+apgd-t)")
+        if key in params:
+            raise ConfigError(f"attack spec '{text}': key '{key}' given twice")
+        params[key] = value.strip()
+    return AttackSpec(name, tuple(params.items()), raw)
+
+
+def as_spec(item: str | dict | AttackSpec) -> AttackSpec:
+    """A spec from a string, a config mapping ``{name: ..., key: value}``, or a spec."""
+    if isinstance(item, AttackSpec):
+        return item
+    if isinstance(item, str):
+        return parse_spec(item)
+    if isinstance(item, dict):
+        if "name" not in item:
+            raise ConfigError(f"attack entry {item!r}: missing 'name'")
+        params = {k: v for k, v in item.items() if k != "name"}
+        text = item["name"] + (":" + ",".join(f"{k}={v}" for k, v in params.items()) if params else "")
+        return AttackSpec(str(item["name"]), tuple(params.items()), text)
+    raise ConfigError(f"attack entry {item!r}: expected a spec string or a mapping")
+
+
+@dataclass
+class Threat:
+    """The evaluation threat model every attack starts from (protocol defaults, ``--eps``/``--norm`` applied)."""
+
+    norm: str = "linf"
+    eps: float = 8 / 255
+    steps: int = 20
+    alpha: float = 2 / 255
+
+    @classmethod
+    def from_defaults(cls, defaults: Any, eps: float | None = None, norm: str | None = None) -> "Threat":
+        """From a dataset's ``ThreatDefaults`` (``norm, eps, eval_steps, eval_alpha``) and the user's overrides.
+
+        A changed eps keeps the protocol's alpha/eps ratio; a norm other than the
+        dataset's needs an explicit eps.
+        """
+        norm = (norm or defaults.norm).lower()
+        if norm not in ("linf", "l2"):
+            raise ConfigError(f"--norm must be linf or l2, got {norm!r}")
+        if norm != defaults.norm and eps is None:
+            raise ConfigError(f"--norm {norm} needs --eps (the dataset's protocol threat is {defaults.norm} eps={format_eps(defaults.eps)})")
+        eps = defaults.eps if eps is None else float(eps)
+        if not (eps > 0 and math.isfinite(eps)):
+            raise ConfigError(f"--eps must be a positive number, got {eps}")
+        ratio = defaults.eval_alpha / defaults.eps if norm == defaults.norm else 0.25
+        return cls(norm=norm, eps=eps, steps=int(defaults.eval_steps), alpha=eps * ratio)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"norm": self.norm, "eps": self.eps, "eps_str": format_eps(self.eps), "steps": self.steps, "alpha": self.alpha}
+
+
+def _field_types(cls: type[Attack]) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls.Config)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls.Config)}
+
+
+def _is_list(tp: Any) -> bool:
+    return typing.get_origin(tp) is list or tp is list
+
+
+def _typed(cls: type[Attack], spec: AttackSpec) -> dict[str, Any]:
+    """Spec text values -> Python values: ``+``-lists for list fields, YAML scalars otherwise."""
+    types = _field_types(cls)
+    out = {}
+    for key, value in spec.params:
+        if not isinstance(value, str):
+            out[key] = value  # already typed (from a config file)
+        elif _is_list(types.get(key)):
+            out[key] = [v.strip() for v in value.split("+") if v.strip()]
+        else:
+            try:
+                out[key] = yaml.safe_load(value) if value else ""
+            except yaml.YAMLError:
+                out[key] = value
+    return out
+
+
+def build_attack(spec: str | dict | AttackSpec, model: torch.nn.Module, threat: Threat) -> Attack:
+    """Build the attack a spec names, with the threat model's defaults for the keys the spec leaves out."""
+    spec = as_spec(spec)
+    try:
+        cls = ATTACKS.get(spec.name)
+        given = _typed(cls, spec)
+        if "norm" in given and str(given["norm"]).lower() != threat.norm and "eps" not in given:
+            raise ConfigError(f"norm={given['norm']} needs eps= (the threat model's eps is for {threat.norm})")
+        reference = {k: getattr(threat, k) for k in cls.threat_keys}
+        if "eps" in given and "alpha" in reference and "alpha" not in given:
+            reference["alpha"] = threat.alpha * _number(given["eps"]) / threat.eps  # keep alpha/eps
+        return cls(model, reference=reference, **{**reference, **given})
+    except ConfigError as exc:
+        if isinstance(exc, UnknownNameError):
+            raise
+        raise ConfigError(f"--attack {spec.text}: {exc}") from None
+
+
+def _number(value: Any) -> float:
+    """A number, or a fraction such as ``8/255``."""
+    num, _, den = str(value).partition("/")
+    try:
+        return float(num) / float(den) if den else float(num)
+    except (ValueError, ZeroDivisionError):
+        raise ConfigError(f"eps: '{value}' is not a number") from None
+
+
+def build_attacks(specs: list[str | dict | AttackSpec], model: torch.nn.Module, threat: Threat) -> list[Attack]:
+    """Build every spec (the default suite when empty); duplicate labels are an error."""
+    built = [build_attack(s, model, threat) for s in (specs or list(DEFAULT_SUITE))]
+    seen: dict[str, str] = {}
+    for atk, s in zip(built, specs or DEFAULT_SUITE):
+        text = as_spec(s).text
+        if atk.label in seen:
+            raise ConfigError(f"--attack {text} and --attack {seen[atk.label]} are the same attack ('{atk.label}'); "
+                              "give one of them label=NAME if you want both")
+        seen[atk.label] = text
+    return built
+
+
+def t_sweep_specs(values: list[float], base: dict[str, Any] | None = None) -> list[AttackSpec]:
+    """Temperature-PGD specs for a sweep over T (Tian et al., KDD 2021), one per temperature.
+
+    ``base`` holds settings shared by the sweep (e.g. the steps and step size of
+    the PGD it is compared with).
+    """
+    extra = tuple((base or {}).items())
+    return [AttackSpec("temperature-pgd", (("T", float(t)),) + extra, f"temperature-pgd:T={t:g}") for t in values]
+
+
+def sweep_base(attacks: list[Attack]) -> dict[str, Any]:
+    """The settings of the first CE-PGD among ``attacks`` that a T-PGD sweep copies, so the two compare like for like."""
+    for a in attacks:
+        if a.name == "pgd" and a.cfg.loss == "ce":
+            return {k: getattr(a.cfg, k) for k in ("eps", "norm", "alpha", "steps", "restarts", "start")}
+    return {}

@@ -1,0 +1,80 @@
+"""``rfbench train``: adversarially train a model with a defense, resumably."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from benchmark.cli.config_args import add_config_flags, resolve_config
+from benchmark.train.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+HELP = {
+    "dataset": "dataset name (`rfbench list datasets`): fashion-mnist, cifar10, cifar10-lt, imagefolder:PATH, ...",
+    "data_root": "directory holding the dataset files (default: the dataset's usual places)",
+    "download": "let torchvision download missing files",
+    "imbalance_ratio": "long-tail ratio rho = head/tail count (50: the tail class has 1/50 of the head's images)",
+    "val_per_class": "validation images held out per class (default: 2%% of the largest class, at least 20)",
+    "max_train_samples": "train on a stratified subset of this many images (quick runs)",
+    "model": "model name (`rfbench list models`)",
+    "init": "checkpoint to initialise the weights from (e.g. runs/trades/checkpoint-best.pt for FRL)",
+    "defense": "defense name (`rfbench list defenses`), an installed plugin, or module:Class / file.py:Class "
+               "(a file is executed: only name code you trust)",
+    "norm": "training attack norm (default: the dataset's protocol)",
+    "eps": "training attack radius, e.g. 8/255 (default: the dataset's protocol)",
+    "alpha": "training attack step size (default: the dataset's protocol)",
+    "steps": "training attack steps (default: the dataset's protocol)",
+    "epochs": "number of epochs",
+    "batch_size": "training batch size",
+    "optimizer": "optimiser",
+    "lr": "initial learning rate",
+    "momentum": "SGD momentum",
+    "nesterov": "Nesterov momentum",
+    "weight_decay": "weight decay",
+    "schedule": "learning-rate schedule",
+    "milestones": "epochs at which a multistep schedule multiplies the lr by gamma",
+    "gamma": "multistep decay factor",
+    "val_steps": "PGD steps of the per-epoch validation attack",
+    "select": "how checkpoint-best.pt is chosen on validation robust accuracy: mean, worst class, or their sum",
+    "seed": "seed for torch, numpy, random, shuffling, augmentation and attack starts",
+    "device": "auto, cpu, cuda or cuda:N",
+    "amp": "mixed precision: auto = bf16 autocast on CUDA, off on CPU",
+    "channels_last": "channels-last memory format: auto = on for CUDA",
+    "nan_policy": "on a NaN/Inf loss: stop with a message, or skip the batch",
+    "out": "run directory (a rerun resumes from its checkpoint-last.pt)",
+}
+
+EPILOG = """\
+examples:
+  rfbench train --dataset fashion-mnist --model smallcnn --defense pgd-at --epochs 2 --out runs/demo
+  rfbench train --config configs/cifar10-lt50/at-bsl.yaml seed=1 out=runs/bsl-s1
+  rfbench train --defense trades defense_args.beta=3 --out runs/trades-b3
+
+A killed run resumes where it stopped when the same command is run again.
+Defense hyper-parameters go in `defense_args` (YAML mapping, or key=value overrides
+such as defense_args.beta=6); `rfbench list defenses` names the defenses.
+"""
+
+
+def run(args: argparse.Namespace) -> int:
+    from benchmark.train.trainer import train
+
+    cfg = resolve_config(TrainConfig, args, args.config, args.overrides)
+    out = train(cfg, quiet=args.quiet, force=args.force)
+    print(f"run directory: {out}", file=sys.stderr)
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    from benchmark.cli import HelpFormatter
+
+    p = sub.add_parser("train", help="train a model with a defense", description=__doc__, epilog=EPILOG,
+                       formatter_class=HelpFormatter)
+    p.add_argument("--config", metavar="FILE.yaml", help="YAML file of config keys (flags and key=value override it)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, applied last")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--force", action="store_true", help="start over even if the run directory holds a checkpoint")
+    add_config_flags(p, TrainConfig, HELP)
+    p.set_defaults(func=run)

@@ -1,0 +1,201 @@
+"""Image-folder datasets: ``imagefolder:PATH`` and ``imagenet:PATH``.
+
+``imagefolder:PATH`` reads ``PATH/train/<class>/*`` and ``PATH/test/<class>/*``:
+
+* classes are the sorted sub-folder names of ``PATH/train`` (torchvision's
+  ``ImageFolder`` convention); a test class must also be a training class;
+* images are the files with an image extension inside each class folder
+  (sub-folders included), in sorted path order: this is the "original
+  training order" the long-tailed generator sees, so ``imagefolder:PATH``
+  with ``imbalance_ratio=`` works like ``cifar10-lt``;
+* every image is decoded once with PIL into a uint8 tensor.  The first
+  training image fixes the format: grayscale images give 1 channel, anything
+  else is converted to RGB; an image of a different size is resized
+  (bilinear) to the first image's size, and a warning says how many were;
+* defaults: the protocol's CIFAR threat model (Linf 8/255), random crop
+  (pad 4) and flip, and ``mean``/``std`` measured on the training images.
+
+For example, the CIFAR-10 JPEG archive ``cifar10-jpeg.tar.gz`` (``train/<class>/``,
+``test/<class>/``) extracted into ``DIR`` is ``imagefolder:DIR``.
+
+``imagenet:PATH`` is an ImageNet-style folder, ``PATH/val/<wnid>/*`` (or
+``PATH/test/``) and optionally ``PATH/train/<wnid>/*``.  Every image is
+resized (shorter side to 256, bilinear) and centre-cropped to 224×224, as
+RobustBench's ImageNet preprocessing does; classes are the sorted wnids,
+which is the standard ImageNet label order.  Without ``PATH/train`` the
+dataset is evaluation-only: its training and validation splits are marked
+unavailable, and anything that tries to train on them gets a
+:class:`~benchmark.errors.DataNotFoundError` saying so.  The threat model is
+RobustBench's ImageNet Linf one (eps 4/255, step 1/255), and mean/std are
+the usual ImageNet ones.  RobustBench evaluates ImageNet on a fixed
+5,000-image subset of the validation set (the list ``imagenet_test_image_ids.txt``
+in RobustBench); to match it, make ``PATH/val`` hold exactly those images
+(symlinks are fine).  All images are held in memory (150 KB each at
+224×224), so a training split is only practical for a subset of ImageNet.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from benchmark.data.augment import AugmentConfig
+from benchmark.data.base import ArrayDataset, channel_stats
+from benchmark.data.registry import DataOptions, RawSplits, ThreatDefaults, register_path_scheme
+from benchmark.errors import DataNotFoundError
+
+log = logging.getLogger(__name__)
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+GRAY_MODES = ("1", "L", "LA", "La", "I", "I;16", "F")
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+IMAGENET_RESIZE, IMAGENET_CROP = 256, 224
+
+
+def list_classes(split_dir: Path) -> list[str]:
+    """Sorted names of the class sub-folders of ``split_dir``."""
+    return sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def list_samples(split_dir: Path, classes: list[str]) -> tuple[list[Path], list[int]]:
+    """Image files of ``split_dir/<class>/`` (sorted by path within each class, classes in label order), and labels.
+
+    Every sub-folder of ``split_dir`` must be one of ``classes``.
+    """
+    unknown = sorted(set(list_classes(split_dir)) - set(classes))
+    if unknown:
+        raise DataNotFoundError(f"{split_dir} has classes that the training set lacks: {', '.join(unknown[:5])}")
+    paths, labels = [], []
+    for label, name in enumerate(classes):
+        files = sorted(
+            Path(dirpath) / f
+            for dirpath, _, filenames in os.walk(split_dir / name, followlinks=True)
+            for f in filenames
+            if f.lower().endswith(IMG_EXTENSIONS)
+        )
+        if not files:
+            log.warning("no images in %s", split_dir / name)
+        paths += files
+        labels += [label] * len(files)
+    if not paths:
+        raise DataNotFoundError(f"no images found in {split_dir}/<class>/ (extensions: {', '.join(IMG_EXTENSIONS)})")
+    return paths, labels
+
+
+def _open(path: Path, prepare: Callable[[Image.Image], Image.Image]) -> np.ndarray:
+    """``prepare(image)`` as an H×W×C uint8 array; an unreadable file is a :class:`DataNotFoundError`."""
+    try:
+        with Image.open(path) as im:
+            arr = np.asarray(prepare(im))
+    except (UnidentifiedImageError, OSError) as exc:
+        raise DataNotFoundError(f"cannot decode image {path}: {exc}") from None
+    return arr[:, :, None] if arr.ndim == 2 else arr
+
+
+def _mode_and_size(path: Path) -> tuple[str, tuple[int, int]]:
+    """The PIL mode rfbench converts a folder to ("L" for grayscale images, else "RGB") and the image's (W, H)."""
+    try:
+        with Image.open(path) as im:
+            return ("L" if im.mode in GRAY_MODES else "RGB"), im.size
+    except (UnidentifiedImageError, OSError) as exc:
+        raise DataNotFoundError(f"cannot decode image {path}: {exc}") from None
+
+
+def decode_images(paths: list[Path], prepare: Callable[[Image.Image], Image.Image], workers: int | None = None) -> torch.Tensor:
+    """Decode ``paths`` with PIL, apply ``prepare`` (same-size output), and stack as uint8 ``N×C×H×W``.
+
+    Decoding runs in a thread pool, in chunks (PIL releases the GIL while decoding).
+    """
+    first = _open(paths[0], prepare)
+    out = np.empty((len(paths), first.shape[2], first.shape[0], first.shape[1]), dtype=np.uint8)
+    out[0] = first.transpose(2, 0, 1)
+
+    def fill(chunk: range) -> None:
+        for i in chunk:
+            out[i] = _open(paths[i], prepare).transpose(2, 0, 1)
+
+    log.info("decoding %d images from %s", len(paths), paths[0].parent.parent)
+    chunks = [range(s, min(s + 512, len(paths))) for s in range(1, len(paths), 512)]
+    with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
+        list(pool.map(fill, chunks))
+    return torch.from_numpy(out)
+
+
+def _folder_split(
+    split_dir: Path,
+    classes: list[str],
+    prepare: Callable[[Image.Image], Image.Image],
+    samples: tuple[list[Path], list[int]] | None = None,
+) -> ArrayDataset:
+    paths, labels = samples or list_samples(split_dir, classes)
+    return ArrayDataset(decode_images(paths, prepare), torch.tensor(labels, dtype=torch.long), classes)
+
+
+def _missing_layout(path: Path, what: str) -> DataNotFoundError:
+    return DataNotFoundError(
+        f"image folder not found: expected {what} (for example {path}/train/cat/0001.jpg); "
+        "extract or arrange the images that way, or check the path"
+    )
+
+
+@register_path_scheme("imagefolder")
+def imagefolder(path: str, opts: DataOptions) -> RawSplits:
+    """PATH/{train,test}/<class>/* image folders, decoded once to uint8 (sizes follow the first image)."""
+    root = Path(path).expanduser()
+    if not (root / "train").is_dir() or not (root / "test").is_dir():
+        raise _missing_layout(root, f"{root}/train/<class>/* and {root}/test/<class>/*")
+    classes = list_classes(root / "train")
+    if not classes:
+        raise _missing_layout(root, f"class folders in {root}/train")
+    train_samples = list_samples(root / "train", classes)
+    mode, size = _mode_and_size(train_samples[0][0])
+    resized: list[Path] = []  # list.append is atomic, and prepare runs in several threads
+
+    def prepare(im: Image.Image) -> Image.Image:
+        if im.size != size:
+            resized.append(Path(im.filename or ""))
+            return im.convert(mode).resize(size, Image.BILINEAR)
+        return im.convert(mode)
+
+    train = _folder_split(root / "train", classes, prepare, train_samples)
+    test = _folder_split(root / "test", classes, prepare)
+    if resized:
+        log.warning("%s: resized %d images (e.g. %s) to the first image's size %dx%d", root, len(resized), resized[0], *size)
+    mean, std = channel_stats(train.x)
+    return RawSplits(train, test, AugmentConfig(crop_padding=4, flip=True), ThreatDefaults(), mean=mean, std=std)
+
+
+def imagenet_preprocess(im: Image.Image) -> Image.Image:
+    """RGB, shorter side resized to 256 (bilinear), centre crop 224×224 (RobustBench's ImageNet preprocessing)."""
+    import torchvision.transforms.functional as TF
+
+    im = TF.resize(im.convert("RGB"), IMAGENET_RESIZE, interpolation=TF.InterpolationMode.BILINEAR)
+    return TF.center_crop(im, [IMAGENET_CROP, IMAGENET_CROP])
+
+
+@register_path_scheme("imagenet")
+def imagenet(path: str, opts: DataOptions) -> RawSplits:
+    """ImageNet-style PATH/{val,train}/<wnid>/*, resized 256 + centre crop 224; train optional (eval-only)."""
+    root = Path(path).expanduser()
+    test_dir = next((root / d for d in ("val", "test") if (root / d).is_dir()), None)
+    if test_dir is None:
+        raise _missing_layout(root, f"{root}/val/<wnid>/* (or {root}/test/<wnid>/*) and optionally {root}/train/<wnid>/*")
+    train_dir = root / "train"
+    classes = list_classes(train_dir if train_dir.is_dir() else test_dir)
+    test = _folder_split(test_dir, classes, imagenet_preprocess)
+    if train_dir.is_dir():
+        train = _folder_split(train_dir, classes, imagenet_preprocess)
+    else:
+        train = ArrayDataset.missing(
+            classes, (3, IMAGENET_CROP, IMAGENET_CROP),
+            f"{train_dir} does not exist, so imagenet:{path} is evaluation-only; training needs {train_dir}/<wnid>/*",
+        )
+    threat = ThreatDefaults(eps=4 / 255, train_alpha=1 / 255, eval_alpha=1 / 255)
+    return RawSplits(train, test, AugmentConfig(crop_padding=0, flip=True), threat, mean=IMAGENET_MEAN, std=IMAGENET_STD)

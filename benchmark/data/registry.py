@@ -1,0 +1,207 @@
+"""The dataset registry and :func:`load_dataset`.
+
+A dataset source is registered with ``@register_dataset(name)`` and returns a
+:class:`RawSplits` (the full training and test sets plus its augmentation and
+threat-model defaults).  :func:`load_dataset` turns that into a
+:class:`~benchmark.data.base.DataBundle`: it applies the long-tailed generator
+when asked (``cifar10-lt`` or ``imbalance_ratio=``), and holds out a balanced
+validation split as the protocol says.
+
+Names:
+
+* ``cifar10``, ``cifar100``, ``svhn``, ``stl10``, ``mnist``, ``fashion-mnist``;
+* ``NAME-lt`` for any of them (the imbalance ratio ρ defaults to 50);
+* ``imagefolder:PATH`` and ``imagenet:PATH``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from benchmark.data.augment import AugmentConfig
+from benchmark.data.base import ArrayDataset, DataBundle
+from benchmark.data.longtail import VAL_BORROW_MODES, balanced_validation, longtail_indices
+from benchmark.errors import ConfigError, DataNotFoundError
+from benchmark.registry import Registry
+
+
+@dataclass
+class ThreatDefaults:
+    """The protocol's per-dataset threat model (``protocol.md``, first table).
+
+    ``eps_warmup_epochs`` > 0 asks the trainer to ramp the training eps
+    linearly from 0 over that many epochs (the protocol's SVHN note: without
+    it, SVHN adversarial training diverges).
+    """
+
+    norm: str = "linf"
+    eps: float = 8 / 255
+    train_steps: int = 10
+    train_alpha: float = 2 / 255
+    eval_steps: int = 20
+    eval_alpha: float = 2 / 255
+    eps_warmup_epochs: int = 0
+
+
+@dataclass
+class RawSplits:
+    """What a dataset source returns: full train and test sets and its defaults."""
+
+    train: ArrayDataset
+    test: ArrayDataset
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    threat: ThreatDefaults = field(default_factory=ThreatDefaults)
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+
+
+@dataclass
+class DataOptions:
+    """How to fetch a dataset: local root and whether torchvision may download."""
+
+    root: str | None = None
+    download: bool = False
+
+
+DATASETS: Registry[Callable[[DataOptions], RawSplits]] = Registry("dataset")
+register_dataset = DATASETS.register
+PATH_SCHEMES: dict[str, Callable[[str, DataOptions], RawSplits]] = {}
+PATH_SCHEME_HELP: dict[str, str] = {}
+
+LT_SUFFIX = "-lt"
+DEFAULT_IMBALANCE_RATIO = 50.0
+#: Where ``download=True`` puts files when no root is given (relative to the working directory).
+DEFAULT_DOWNLOAD_ROOT = "data"
+
+
+def register_path_scheme(scheme: str) -> Callable[[Callable[[str, DataOptions], RawSplits]], Callable[[str, DataOptions], RawSplits]]:
+    """Decorator registering a ``scheme:PATH`` dataset source (``f(path, opts) -> RawSplits``)."""
+
+    def deco(fn: Callable[[str, DataOptions], RawSplits]) -> Callable[[str, DataOptions], RawSplits]:
+        if scheme in PATH_SCHEMES and PATH_SCHEMES[scheme] is not fn:
+            raise ValueError(f"dataset scheme '{scheme}:' is already registered")
+        PATH_SCHEMES[scheme] = fn
+        PATH_SCHEME_HELP[scheme] = ((fn.__doc__ or "").strip().splitlines() or [""])[0]
+        return fn
+
+    return deco
+
+
+def describe_dataset(name: str) -> str:
+    """One-line description of a name from :func:`list_datasets` (``NAME-lt`` and ``scheme:PATH`` included)."""
+    if name.endswith(":PATH") and name[: -len(":PATH")] in PATH_SCHEMES:
+        return PATH_SCHEME_HELP[name[: -len(":PATH")]]
+    base, is_lt = parse_dataset_name(name)
+    desc = DATASETS.describe(base)
+    return f"long-tailed {base} (reference generator, rho={DEFAULT_IMBALANCE_RATIO:g} unless --imbalance-ratio)" if is_lt else desc
+
+
+def list_datasets() -> list[str]:
+    """Registered dataset names, their ``-lt`` variants and the path schemes."""
+    base = DATASETS.names()
+    return base + [n + LT_SUFFIX for n in base] + [f"{s}:PATH" for s in sorted(PATH_SCHEMES)]
+
+
+def parse_dataset_name(name: str) -> tuple[str, bool]:
+    """Split ``cifar10-lt`` into ``("cifar10", True)``; path schemes pass through."""
+    if ":" in name:
+        return name, False
+    if name.endswith(LT_SUFFIX) and name[: -len(LT_SUFFIX)] in DATASETS:
+        return name[: -len(LT_SUFFIX)], True
+    return name, False
+
+
+def load_raw(name: str, opts: DataOptions | None = None) -> RawSplits:
+    """Load the full splits of a base dataset name or ``scheme:PATH``."""
+    opts = opts or DataOptions()
+    if ":" in name:
+        scheme, path = name.split(":", 1)
+        if scheme not in PATH_SCHEMES:
+            raise ConfigError(f"unknown dataset scheme '{scheme}:'; valid: {', '.join(s + ':PATH' for s in sorted(PATH_SCHEMES))}")
+        return PATH_SCHEMES[scheme](path, opts)
+    return DATASETS.get(name)(opts)
+
+
+def validation_size(counts: list[int], fraction: float, minimum: int) -> int:
+    """Images per class in the balanced validation split: ``max(minimum, round(fraction·n_max))``.
+
+    ``counts`` are the full training set's class sizes; for a balanced dataset
+    this is the protocol's "2% of each class, at least 20".
+    """
+    return max(minimum, int(round(fraction * max(counts))))
+
+
+def load_dataset(
+    name: str,
+    *,
+    root: str | None = None,
+    download: bool = False,
+    imbalance_ratio: float | None = None,
+    val_fraction: float = 0.02,
+    val_min: int = 20,
+    val_per_class: int | None = None,
+    seed: int = 0,
+    val_borrow: str = "remove",
+) -> DataBundle:
+    """Load ``name`` as a :class:`DataBundle` with train, balanced validation and test splits.
+
+    ``imbalance_ratio`` (ρ) makes a long-tailed training set with the reference
+    generator (:func:`~benchmark.data.longtail.longtail_indices`); a ``-lt``
+    name implies ρ = 50 unless given.  The validation split holds
+    ``val_per_class`` images of every class (default: 2% of the largest
+    class, at least ``val_min``), drawn with ``seed``; ``val_borrow`` says
+    whether validation images a long-tailed class had to take from its own
+    selected images leave training (``"remove"``) or stay in it
+    (``"share"``); see :func:`~benchmark.data.longtail.balanced_validation`.
+    A balanced dataset always holds its validation images out of training.
+    Everything a result file must say about the splits is in ``bundle.notes``.
+    """
+    base, is_lt = parse_dataset_name(name)
+    if imbalance_ratio is not None and imbalance_ratio < 1:
+        raise ConfigError(f"imbalance_ratio: expected a number >= 1, got {imbalance_ratio}")
+    if val_borrow not in VAL_BORROW_MODES:
+        raise ConfigError(f"val_borrow: expected one of {', '.join(VAL_BORROW_MODES)}, got '{val_borrow}'")
+    if val_per_class is not None and val_per_class < 0:
+        raise ConfigError(f"val_per_class: expected a number >= 0, got {val_per_class}")
+    if is_lt and imbalance_ratio is None:
+        imbalance_ratio = DEFAULT_IMBALANCE_RATIO
+    raw = load_raw(base, DataOptions(root=root, download=download))
+    full_name = name if imbalance_ratio is None or is_lt else f"{name}-lt"
+    common = dict(name=full_name, test=raw.test, augment=raw.augment, imbalance_ratio=imbalance_ratio,
+                  threat=raw.threat, mean=raw.mean, std=raw.std)
+    if raw.train.unavailable is not None:
+        if imbalance_ratio is not None:
+            raise DataNotFoundError(f"a long-tailed split needs training images: {raw.train.unavailable}")
+        val = ArrayDataset.missing(raw.test.classes, tuple(raw.test.x.shape[1:]), raw.train.unavailable)
+        return DataBundle(train=raw.train, val=val, notes=[f"evaluation only: {raw.train.unavailable}"], **common)
+    labels = raw.train.y.numpy()
+    c = raw.train.num_classes
+    notes = []
+    if imbalance_ratio is not None:
+        selected, counts = longtail_indices(labels, c, imbalance_ratio)
+        notes.append(
+            f"long-tailed training set: reference generator (np.random.seed(0)), rho={imbalance_ratio:g}, "
+            f"per-class counts {counts}"
+        )
+    else:
+        selected = np.arange(len(labels))
+    per_class = val_per_class if val_per_class is not None else validation_size(raw.train.counts(), val_fraction, val_min)
+    train_pos, val_pos, val_notes = balanced_validation(
+        labels, selected, c, per_class, seed=seed, borrow=val_borrow if imbalance_ratio is not None else "remove"
+    )
+    if imbalance_ratio is None:
+        notes.append(f"balanced validation split: {per_class} training images per class held out (seed {seed})")
+    else:
+        notes.append(f"balanced validation split: {per_class} images per class (seed {seed}, val_borrow={val_borrow})")
+        notes += val_notes
+    # both splits are kept sorted by position in the original training set
+    return DataBundle(
+        train=raw.train.subset(torch.from_numpy(np.sort(train_pos))),
+        val=raw.train.subset(torch.from_numpy(np.sort(val_pos))),
+        notes=notes,
+        **common,
+    )

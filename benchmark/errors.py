@@ -1,0 +1,36 @@
+"""User-facing errors.
+
+Every error a user can cause (a bad name, a bad config value, a missing file)
+is raised as an :class:`RfbenchError`.  The CLI prints its message on one
+line and exits with status 2, so users never see a traceback from deep inside
+the library for a mistake of their own.
+"""
+
+from __future__ import annotations
+
+
+class RfbenchError(Exception):
+    """An error whose message is meant for the user, on one line."""
+
+
+class UnknownNameError(RfbenchError, KeyError):
+    """A registry lookup failed; the message lists the valid names."""
+
+    def __init__(self, kind: str, name: str, valid: list[str]):
+        self.kind, self.name, self.valid = kind, name, list(valid)
+        super().__init__(f"unknown {kind} '{name}'; valid {kind}s: {', '.join(self.valid) or '(none)'}")
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return self.args[0]
+
+
+class ConfigError(RfbenchError, ValueError):
+    """A config key is unknown, of the wrong type, or out of range."""
+
+
+class DataNotFoundError(RfbenchError, FileNotFoundError):
+    """A dataset is missing; the message says where it was expected and how to get it."""
+
+
+class CheckpointError(RfbenchError):
+    """A checkpoint is corrupt, unsafe, or does not match the model."""

@@ -1,0 +1,25 @@
+"""Per-class evaluation: the harness, metrics, sanity checks, result files, plots and reports.
+
+Example::
+
+    from benchmark.eval import EvalConfig, evaluate
+    result = evaluate(model, bundle, EvalConfig(attacks=["pgd", "cw"], n_per_class=100), "out/")
+
+See ``docs/evaluation.md`` for the command line and the result schema.
+"""
+
+from benchmark.eval.flags import SampleFlags
+from benchmark.eval.harness import AttackBallError, EvalConfig, evaluate, verify_in_ball
+from benchmark.eval.result import SCHEMA, build_result, markdown_table, validate_result
+
+__all__ = [
+    "SCHEMA",
+    "AttackBallError",
+    "EvalConfig",
+    "SampleFlags",
+    "build_result",
+    "evaluate",
+    "markdown_table",
+    "validate_result",
+    "verify_in_ball",
+]

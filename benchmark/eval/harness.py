@@ -1,0 +1,279 @@
+"""The per-class evaluation harness: clean pass, attacks per batch, resumable flag file, result.
+
+Example::
+
+    from benchmark.eval import EvalConfig, evaluate
+    result = evaluate(model, bundle, EvalConfig(attacks=["pgd:steps=20", "cw"], n_per_class=100), "runs/demo/eval")
+    result["summary"]["worst_case"]["worst"]
+
+Per batch: clean predictions; every attack in order (cheap attacks on every
+sample, then the cascade attacks such as AutoAttack on the points still
+robust, unless ``autoattack_scope='all'``); each ``x_adv`` is checked to lie
+in its eps-ball and in [0,1] (:class:`AttackBallError` otherwise); the
+predictions on it are taken in float32; the flag file is rewritten
+atomically.  Attack randomness is seeded per (seed, attack label, batch), so a
+resumed evaluation equals an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import sys
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from attacks.named import Attack
+from attacks.spec import DEFAULT_SUITE, Threat, build_attacks, sweep_base, t_sweep_specs
+from benchmark.config import choice, rng
+from benchmark.data.base import ArrayDataset, DataBundle, iterate_batches
+from benchmark.data.subsets import per_class_subset
+from benchmark.errors import RfbenchError
+from benchmark.eval.flags import SampleFlags
+from benchmark.eval.metrics import class_weight_norms
+from benchmark.eval.provenance import provenance
+from benchmark.eval.result import build_result, write_outputs
+from benchmark.train.runtime import autocast_dtype, resolve_device, use_channels_last
+
+log = logging.getLogger(__name__)
+
+FLAGS_FILE = "flags.npz"
+BALL_ATOL = 1e-6  # float32 rounding of x + δ − x
+
+
+class AttackBallError(RfbenchError):
+    """An attack returned a point outside its eps-ball or outside [0,1]."""
+
+
+@dataclass
+class EvalConfig:
+    """Settings of one evaluation (``rfbench eval`` flags map onto these fields)."""
+
+    attacks: list[Any] = field(default_factory=list)  # specs (strings or mappings); empty = DEFAULT_SUITE
+    eps: float | None = field(default=None, metadata=rng(0, None))  # None = the dataset's protocol eps
+    norm: str | None = field(default=None, metadata=choice("linf", "l2"))
+    t_sweep: list[float] = field(default_factory=list)  # adds temperature-pgd:T=t for each t
+    n_per_class: int | None = field(default=None, metadata=rng(1, None))  # stratified, deterministic subset
+    subset_seed: int = 0  # seed of that subset (independent of the attack seed)
+    batch_size: int = field(default=256, metadata=rng(1, None))
+    device: str = "auto"
+    seed: int = 0  # attack randomness (random starts, AutoAttack)
+    autoattack_scope: str = field(default="survivors", metadata=choice("survivors", "all"))
+    amp: str = field(default="off", metadata=choice("off", "bf16"))  # autocast of attack steps; predictions stay fp32
+    channels_last: str = field(default="auto", metadata=choice("auto", "on", "off"))
+    bootstrap: int = field(default=1000, metadata=rng(10, None))
+    plot: bool = False
+    quiet: bool = False
+    overwrite: bool = False  # discard an existing flag file of a different evaluation
+
+
+def perturbation_norm(x_adv: torch.Tensor, x: torch.Tensor, norm: str) -> torch.Tensor:
+    """‖x_adv − x‖ per sample in ``norm`` (float64 to avoid rounding in the check)."""
+    d = (x_adv.double() - x.double()).flatten(1)
+    return d.abs().amax(dim=1) if norm == "linf" else d.norm(p=2, dim=1)
+
+
+def verify_in_ball(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str, label: str) -> torch.Tensor:
+    """Raise :class:`AttackBallError` unless every x_adv is finite, in [0,1] and within eps; return the norms."""
+    if x_adv.shape != x.shape:
+        raise AttackBallError(f"attack {label} returned shape {tuple(x_adv.shape)} for inputs of shape {tuple(x.shape)}")
+    if not torch.isfinite(x_adv).all():
+        raise AttackBallError(f"attack {label} returned non-finite values")
+    lo, hi = float(x_adv.min()), float(x_adv.max())
+    if lo < 0 or hi > 1:
+        raise AttackBallError(f"attack {label} returned values outside [0,1] (min {lo:.6g}, max {hi:.6g})")
+    norms = perturbation_norm(x_adv, x, norm)
+    tol = BALL_ATOL + (1e-5 * eps if norm == "l2" else 0.0)
+    over = norms > eps + tol
+    if over.any():
+        raise AttackBallError(f"attack {label} left the {norm} ball of radius {eps:.6g} on {int(over.sum())} samples "
+                              f"(largest perturbation {float(norms.max()):.6g})")
+    return norms
+
+
+def batch_seed(seed: int, label: str, batch: int) -> int:
+    """The seed of one attack on one batch: a function of (seed, label, batch index) only."""
+    return int(np.random.SeedSequence([seed, zlib.crc32(label.encode()), batch]).generate_state(1)[0])
+
+
+def model_digest(model: torch.nn.Module) -> str:
+    """SHA-256 of the model's state (so a resume with other weights is refused)."""
+    h = hashlib.sha256()
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def select_subset(test: ArrayDataset, n_per_class: int | None, seed: int) -> ArrayDataset:
+    """The evaluated samples: the whole test set, or ``n_per_class`` per class (deterministic in ``seed``)."""
+    return per_class_subset(test, n_per_class, seed=seed) if n_per_class else test
+
+
+def order_attacks(attacks: list[Attack], scope: str) -> list[Attack]:
+    """Cheap attacks first, in the given order, then the cascade attacks (they run on the survivors)."""
+    if scope == "all":
+        return list(attacks)
+    return [a for a in attacks if not a.cascade] + [a for a in attacks if a.cascade]
+
+
+def threat_key(atk: Attack) -> tuple[str, float]:
+    """Attacks with equal (norm, eps) share survivors: a cascade attack runs on the points they left robust."""
+    return atk.cfg.norm, round(float(atk.cfg.eps), 12)
+
+
+def attack_settings(attacks: list[Attack], scope: str) -> dict[str, dict[str, Any]]:
+    """Full settings of every attack, with its scope (``all``, or ``survivors`` of the same-threat attacks before it)."""
+    out: dict[str, dict[str, Any]] = {}
+    for i, a in enumerate(attacks):
+        s = a.settings()
+        s.pop("flags", None)
+        if a.cascade and scope == "survivors":
+            s["scope"] = "survivors"
+            s["after"] = [b.label for b in attacks[:i] if threat_key(b) == threat_key(a)]
+        else:
+            s["scope"] = "all"
+        out[a.label] = s
+    return out
+
+
+def _open_flags(path: Path, test: ArrayDataset, labels: list[str], meta: dict, overwrite: bool) -> SampleFlags:
+    if path.exists() and not overwrite:
+        old = SampleFlags.load(path)
+        if old.meta.get("static") == meta["static"]:
+            log.info("resuming from %s: %d of %d samples done", path, int(old.done.sum()), len(old.done))
+            return old
+        diff = sorted(k for k in set(old.meta.get("static", {})) | set(meta["static"])
+                      if old.meta.get("static", {}).get(k) != meta["static"].get(k))
+        raise RfbenchError(f"{path} belongs to a different evaluation (differs in: {', '.join(diff)}); "
+                           "use another --out or pass --overwrite")
+    return SampleFlags.empty(test.index.numpy(), test.y.numpy(), labels, meta)
+
+
+@torch.no_grad()
+def _predict(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return model(x).argmax(1)
+
+
+def run_attacks(
+    model: torch.nn.Module,
+    test: ArrayDataset,
+    attacks: list[Attack],
+    flags: SampleFlags,
+    flags_path: Path,
+    *,
+    cfg: EvalConfig,
+    device: torch.device,
+    callback: Callable[[int], None] | None = None,
+) -> None:
+    """The batch loop: fill ``flags`` batch by batch, saving after each, skipping finished batches."""
+    bs = cfg.batch_size
+    n_batches = (len(test) + bs - 1) // bs
+    done_batches = [bool(flags.done[b * bs : (b + 1) * bs].all()) for b in range(n_batches)]
+    survivors_scope = cfg.autoattack_scope == "survivors"
+    bar = tqdm(total=n_batches, initial=sum(done_batches), desc="eval", unit="batch",
+               disable=cfg.quiet or not sys.stderr.isatty())
+    cl = use_channels_last(cfg.channels_last, device)
+    for b, (x, y, pos) in enumerate(iterate_batches(test, bs, device=device)):
+        if done_batches[b]:
+            continue
+        if cl:
+            x = x.contiguous(memory_format=torch.channels_last)
+        rows = pos.numpy()
+        t_batch = time.time()
+        clean = _predict(model, x)
+        flags.clean_pred[rows] = clean.cpu().numpy()
+        alive = {threat_key(a): clean == y for a in attacks}  # robust so far, per threat
+        for a_idx, atk in enumerate(attacks):
+            key = threat_key(atk)
+            cascade = atk.cascade and survivors_scope
+            sel = alive[key].nonzero().squeeze(1) if cascade else torch.arange(len(y), device=device)
+            if sel.numel() == 0:
+                continue
+            xs, ys = x[sel], y[sel]
+            x_adv = atk(xs, ys, seed=batch_seed(cfg.seed, atk.label, b))
+            norms = verify_in_ball(x_adv, xs, atk.cfg.eps, atk.cfg.norm, atk.label)
+            pred = _predict(model, x_adv)
+            r = rows[sel.cpu().numpy()]
+            flags.adv_pred[r, a_idx] = pred.cpu().numpy()
+            flags.ran[r, a_idx] = True
+            flags.pert[r, a_idx] = norms.float().cpu().numpy()
+            alive[key][sel] &= pred == ys
+        flags.done[rows] = True
+        flags.meta["attack_flags"] = {a.label: a.flags for a in attacks if a.flags}
+        flags.meta["elapsed_s"] = flags.meta.get("elapsed_s", 0.0) + time.time() - t_batch
+        flags.save(flags_path)
+        bar.update(1)
+        bar.set_postfix(robust=f"{float(alive[threat_key(attacks[0])].float().mean()):.3f}" if attacks else "")
+        log.debug("batch %d/%d done", b + 1, n_batches)
+        if callback is not None:
+            callback(b)
+    bar.close()
+
+
+def evaluate(
+    model: torch.nn.Module,
+    bundle: DataBundle,
+    cfg: EvalConfig,
+    out_dir: str | Path,
+    *,
+    source: dict[str, Any] | None = None,
+    callback: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Evaluate ``model`` on ``bundle``'s test split; write result.json, the CSV, the flag file (and plots).
+
+    ``source`` describes where the model came from (run directory, checkpoint,
+    selection) for the provenance.  ``callback(batch_index)`` runs after each
+    finished batch (tests use it to simulate a kill).
+    """
+    t0 = time.time()
+    out_dir = Path(out_dir)
+    device = resolve_device(cfg.device)
+    model = model.to(device).eval()
+    if use_channels_last(cfg.channels_last, device):
+        model = model.to(memory_format=torch.channels_last)
+    threat = Threat.from_defaults(bundle.threat, cfg.eps, cfg.norm)
+    test = select_subset(bundle.test, cfg.n_per_class, cfg.subset_seed)
+    specs = list(cfg.attacks) or list(DEFAULT_SUITE)
+    attacks = build_attacks(specs, model, threat)
+    if cfg.t_sweep:
+        attacks = build_attacks(specs + t_sweep_specs(cfg.t_sweep, sweep_base(attacks)), model, threat)
+    attacks = order_attacks(attacks, cfg.autoattack_scope)
+    dtype = autocast_dtype(cfg.amp, device)
+    for a in attacks:
+        a.autocast_dtype = dtype
+    settings = attack_settings(attacks, cfg.autoattack_scope)
+    static = {"attacks": settings, "seed": cfg.seed, "batch_size": cfg.batch_size, "model": model_digest(model),
+              "index": hashlib.sha256(test.index.numpy().tobytes()).hexdigest()[:16],
+              "scope": cfg.autoattack_scope, "amp": cfg.amp}
+    static = json.loads(json.dumps(static))  # as it reads back from the file (tuples -> lists)
+    flags_path = out_dir / FLAGS_FILE
+    if cfg.overwrite and flags_path.exists():
+        flags_path.unlink()
+    flags = _open_flags(flags_path, test, [a.label for a in attacks], {"static": static}, cfg.overwrite)
+    for a in attacks:  # flags raised before a kill are kept
+        a.flags.update(flags.meta.get("attack_flags", {}).get(a.label, {}))
+    log.info("evaluating %d samples (%d classes) with %s; threat %s eps=%g on %s",
+             len(test), bundle.num_classes, ", ".join(a.label for a in attacks), threat.norm, threat.eps, device)
+    run_attacks(model, test, attacks, flags, flags_path, cfg=cfg, device=device, callback=callback)
+    for lab, s in settings.items():
+        f = flags.meta.get("attack_flags", {}).get(lab)
+        if f:
+            s["flags"] = f
+    prov = provenance(cfg=dataclasses.asdict(cfg), source=source or {}, device=device, wall_time=time.time() - t0)
+    prov["attack_time_s"] = round(flags.meta.get("elapsed_s", 0.0), 2)  # summed over resumed runs
+    result = build_result(flags, classes=bundle.classes, settings=settings, threat=threat, dataset=bundle.name,
+                          train_counts=bundle.train_counts, imbalance_ratio=bundle.imbalance_ratio,
+                          weight_norms=class_weight_norms(model), provenance=prov, n_boot=cfg.bootstrap, seed=cfg.seed,
+                          n_per_class_requested=cfg.n_per_class, flags_file=FLAGS_FILE, source=source or {})
+    write_outputs(result, out_dir, plot=cfg.plot)
+    return result

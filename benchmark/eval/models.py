@@ -1,0 +1,121 @@
+"""Where an evaluated model comes from: a run directory, a registry name, a user's factory, or RobustBench.
+
+* ``--run DIR [--which best|last]``: :func:`benchmark.train.rundir.load_run_model`;
+* ``--model NAME --weights W``: a registered architecture with weights loaded safely
+  (:func:`benchmark.io.load_checkpoint`, ``weights_only``);
+* ``--model path/to/file.py:factory [--weights W] --allow-code``: **runs the code in
+  that file** to build the model, so it needs the explicit ``--allow-code``;
+* ``--model robustbench:<Name>``: a RobustBench zoo model (imported lazily; the
+  package must be installed from its repository, see :data:`ROBUSTBENCH_HINT`).
+
+Each loader returns ``(model, source)``; ``source`` describes the model for the
+result's provenance (name, checkpoint, which, epoch, how it was selected).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmark.errors import ConfigError, RfbenchError
+from benchmark.io.checkpoint import load_checkpoint, load_state_dict_into
+from benchmark.models import create_model
+
+ROBUSTBENCH_HINT = ("install it from its repository: pip install git+https://github.com/RobustBench/robustbench.git "
+                    "(the PyPI release 1.1.1 cannot be installed next to pyautoattack)")
+SELECTION = {"best": "best epoch on the validation split by '{select}' of per-class robust accuracy",
+             "last": "last epoch"}
+
+
+def from_run(run_dir: str | Path, which: str = "best", device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The model of a run directory, and where it came from (config, checkpoint, epoch, selection rule)."""
+    from benchmark.train.rundir import load_run_model
+
+    model, info = load_run_model(run_dir, which=which, device=device)
+    cfg = info.get("config", {})
+    kind = "best" if which.endswith("best") else "last"
+    source = {
+        "kind": "run", "name": f"{Path(run_dir).name}:{which}", "run_dir": str(run_dir), "checkpoint": info.get("checkpoint"),
+        "which": which, "epoch": info.get("epoch"), "selected_by": SELECTION[kind].format(select=info.get("select")),
+        "defense": info.get("defense"), "architecture": cfg.get("model"), "additional_data": False, "train_config": cfg,
+        "train_counts": (info.get("meta") or {}).get("train_counts"),
+    }
+    return model, source
+
+
+def data_args_from_run(source: dict[str, Any]) -> dict[str, Any]:
+    """``load_dataset`` keyword arguments that rebuild the run's dataset (its test split is the full test set)."""
+    cfg = source.get("train_config", {})
+    return {"name": cfg.get("dataset"), "root": cfg.get("data_root"), "download": bool(cfg.get("download", False)),
+            "imbalance_ratio": cfg.get("imbalance_ratio"), "val_per_class": cfg.get("val_per_class"), "seed": cfg.get("seed", 0)}
+
+
+def _load_weights(model: torch.nn.Module, weights: str | None) -> None:
+    if weights:
+        load_state_dict_into(model, load_checkpoint(weights), source=str(weights))
+
+
+def from_registry(name: str, weights: str | None, *, num_classes: int, in_channels: int, mean, std,
+                  model_args: dict[str, Any] | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """A registered architecture with ``weights`` (required: an untrained model is no evaluation)."""
+    if not weights:
+        raise ConfigError(f"--model {name} needs --weights FILE (a checkpoint of that architecture)")
+    model = create_model(name, num_classes=num_classes, in_channels=in_channels, mean=mean, std=std, **(model_args or {}))
+    _load_weights(model, weights)
+    return model, {"kind": "registry", "name": name, "architecture": name, "checkpoint": str(weights),
+                   "which": None, "selected_by": "given by the user", "model_args": model_args or {}}
+
+
+def _import_factory(target: str):
+    path_text, _, attr = target.rpartition(":")
+    path = Path(path_text).expanduser().resolve()
+    if not path.is_file():
+        raise ConfigError(f"model file not found: {path}")
+    name = f"rfbench_user_model_{path.stem}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    if not hasattr(module, attr):
+        raise ConfigError(f"{path} has no attribute '{attr}'")
+    return getattr(module, attr)
+
+
+def from_file(target: str, weights: str | None, *, allow_code: bool, num_classes: int, in_channels: int, mean, std,
+              model_args: dict[str, Any] | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """``file.py:factory``: runs that file (only with ``allow_code``), calls the factory, loads ``weights`` if given.
+
+    The factory receives those of ``num_classes``, ``in_channels``, ``mean``, ``std`` it
+    accepts, plus ``model_args``; it must return a module mapping inputs in [0,1] to logits.
+    """
+    if not allow_code:
+        raise ConfigError(f"--model {target} runs the Python code in that file; pass --allow-code to allow it")
+    factory = _import_factory(target)
+    offered = {"num_classes": num_classes, "in_channels": in_channels, "mean": mean, "std": std}
+    params = inspect.signature(factory).parameters
+    takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    kwargs = {k: v for k, v in offered.items() if takes_all or k in params}
+    model = factory(**kwargs, **(model_args or {}))
+    if not isinstance(model, torch.nn.Module):
+        raise ConfigError(f"{target} returned {type(model).__name__}, not a torch.nn.Module")
+    _load_weights(model, weights)
+    return model, {"kind": "file", "name": target, "architecture": target, "checkpoint": str(weights) if weights else None,
+                   "which": None, "selected_by": "given by the user", "model_args": model_args or {}}
+
+
+def from_robustbench(name: str, dataset: str, norm: str, model_dir: str | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """A RobustBench zoo model (Croce et al., NeurIPS 2021 Datasets and Benchmarks), downloaded by robustbench."""
+    try:
+        from robustbench.utils import load_model
+    except Exception as exc:  # ImportError, or a broken install failing inside its own imports
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise RfbenchError(f"--model robustbench:{name} needs the robustbench package ({reason}); {ROBUSTBENCH_HINT}") from None
+    threat = {"linf": "Linf", "l2": "L2"}[norm]
+    model = load_model(model_name=name, dataset=dataset, threat_model=threat, model_dir=model_dir or "models")
+    return model, {"kind": "robustbench", "name": f"robustbench:{name}", "architecture": name, "which": None,
+                   "selected_by": "RobustBench zoo", "additional_data": None}

@@ -1,0 +1,86 @@
+"""Plots of a result (matplotlib, Agg backend): per-class bars and the confusion-flow heat map."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from benchmark.io.atomic import atomic_write_bytes  # noqa: E402
+
+
+def _save(fig, path: Path) -> Path:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=130, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def plot_per_class(result: dict, path: str | Path) -> Path:
+    """Clean vs worst-case robust accuracy per class, sorted from the weakest class, with 95% bootstrap intervals.
+
+    The per-attack accuracies are drawn as markers on the robust bar, so one
+    sees which classes the stronger attacks gain on.
+    """
+    classes = result["classes"]
+    clean = np.array(result["per_class"]["clean"], dtype=float)
+    robust = np.array(result["per_class"]["worst_case"], dtype=float)
+    ci_c = np.array(result["per_class_ci95"]["clean"], dtype=float)
+    ci_r = np.array(result["per_class_ci95"]["worst_case"], dtype=float)
+    order = np.argsort(np.nan_to_num(robust, nan=np.inf), kind="stable")
+    x = np.arange(len(classes))
+    w = 0.38
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.7 * len(classes) + 2), 4.2))
+    for off, acc, ci, lab, color in ((-w / 2, clean, ci_c, "clean", "#9ecae1"), (w / 2, robust, ci_r, "robust (worst case)", "#de2d26")):
+        a, c = acc[order], ci[order]
+        err = np.vstack([a - c[:, 0], c[:, 1] - a]).clip(min=0)
+        ax.bar(x + off, 100 * a, w, yerr=100 * err, capsize=2, label=lab, color=color, edgecolor="black", linewidth=0.4)
+    markers = "o^sDv<>"
+    attack_names = [n for n in result["names"] if n not in ("clean", "worst_case")]
+    for i, name in enumerate(attack_names):
+        acc = np.array(result["per_class"][name], dtype=float)[order]
+        ax.scatter(x + w / 2, 100 * acc, marker=markers[i % len(markers)], s=14, zorder=3, label=name, color=f"C{i}")
+    ax.set_xticks(x, [classes[k] for k in order], rotation=35, ha="right")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 104)
+    s = result["summary"]["worst_case"]
+    ax.set_title(f"{result.get('dataset', '')}: per-class accuracy, eps {result['eps']} ({result['threat']['norm']}); "
+                 f"robust mean {100 * s['mean']:.1f}%, worst {100 * s['worst']:.1f}%", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, Path(path))
+
+
+def plot_confusion_flow(result: dict, path: str | Path, name: str = "worst_case") -> Path:
+    """Heat map of the confusion flow: share of each true class's samples predicted as each class under attack.
+
+    The diagonal (robust samples) is masked so the flow between classes is visible.
+    """
+    classes = result["classes"]
+    m = np.array(result["confusion"][name], dtype=float)
+    rows = m.sum(axis=1, keepdims=True)
+    share = np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)
+    flow = np.ma.masked_array(share, mask=np.eye(len(classes), dtype=bool))
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.55 * len(classes) + 2.5), max(4.2, 0.5 * len(classes) + 1.5)))
+    cmap = matplotlib.colormaps["Reds"].copy()
+    cmap.set_bad("#d9d9d9")  # the hidden diagonal
+    im = ax.imshow(100 * flow, cmap=cmap, vmin=0)
+    if len(classes) <= 20:
+        for i in range(len(classes)):
+            for j in range(len(classes)):
+                if i != j and share[i, j] >= 0.005:
+                    ax.text(j, i, f"{100 * share[i, j]:.0f}", ha="center", va="center", fontsize=7,
+                            color="white" if share[i, j] > 0.6 * flow.max() else "black")
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(classes)), classes, fontsize=8)
+    ax.set_xlabel("predicted class under attack")
+    ax.set_ylabel("true class")
+    ax.set_title(f"confusion flow ({name}): % of each true class predicted as another (diagonal in grey)", fontsize=9)
+    fig.colorbar(im, ax=ax, label="% of true class")
+    return _save(fig, Path(path))

@@ -1,0 +1,60 @@
+"""The training configuration: one typed dataclass, with the protocol's defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from benchmark.config import choice, rng
+from benchmark.errors import ConfigError
+
+
+@dataclass
+class TrainConfig:
+    """Everything ``rfbench train`` needs.  ``None`` threat values take the dataset's protocol default."""
+
+    # data
+    dataset: str = "fashion-mnist"  # registry name, NAME-lt, imagefolder:PATH or imagenet:PATH
+    data_root: str | None = None  # local root; None = the dataset's default places
+    download: bool = False  # let torchvision download when files are missing
+    imbalance_ratio: float | None = field(default=None, metadata=rng(1, None))  # ρ (head/tail); NAME-lt implies 50
+    val_per_class: int | None = field(default=None, metadata=rng(1, None))  # default: 2% of the largest class, >= 20
+    max_train_samples: int | None = field(default=None, metadata=rng(1, None))  # stratified subset, for quick runs
+    # model
+    model: str = "smallcnn"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    init: str | None = None  # checkpoint to start from (FRL fine-tunes a PGD-AT/TRADES run)
+    # defense
+    defense: str = "pgd-at"  # name, entry point, or module:Class
+    defense_args: dict[str, Any] = field(default_factory=dict)
+    # threat model of the training attack
+    norm: str | None = field(default=None, metadata=choice("linf", "l2"))
+    eps: float | None = field(default=None, metadata=rng(0, 1))
+    alpha: float | None = field(default=None, metadata=rng(0, 1))
+    steps: int | None = field(default=None, metadata=rng(1, None))
+    # optimisation
+    epochs: int = field(default=2, metadata=rng(1, None))
+    batch_size: int = field(default=128, metadata=rng(1, None))
+    optimizer: str = field(default="sgd", metadata=choice("sgd", "adam", "adamw"))
+    lr: float = field(default=0.1, metadata=rng(0, None))
+    momentum: float = field(default=0.9, metadata=rng(0, 1))
+    nesterov: bool = False
+    weight_decay: float = field(default=5e-4, metadata=rng(0, None))
+    schedule: str = field(default="multistep", metadata=choice("multistep", "cosine", "constant"))
+    milestones: list[int] = field(default_factory=list)  # epochs at which lr *= gamma (multistep)
+    gamma: float = field(default=0.1, metadata=rng(0, 1))
+    # validation and selection
+    val_steps: int = field(default=10, metadata=rng(1, None))  # PGD steps of the per-epoch validation attack
+    select: str = field(default="mean+worst", metadata=choice("mean", "worst", "mean+worst"))
+    # execution
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: str = field(default="auto", metadata=choice("auto", "bf16", "off"))  # auto = bf16 on CUDA, off on CPU
+    channels_last: str = field(default="auto", metadata=choice("auto", "on", "off"))  # auto = on for CUDA
+    nan_policy: str = field(default="stop", metadata=choice("stop", "skip-batch"))
+    out: str = "runs/demo"
+
+    def validate(self) -> None:
+        """Cross-field checks that a single field's metadata cannot express."""
+        if any(m < 1 for m in self.milestones):
+            raise ConfigError(f"config: 'milestones' must be epochs >= 1, got {self.milestones}")

@@ -1,0 +1,42 @@
+"""Device, precision and seeding helpers shared by training and evaluation."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; otherwise ``torch.device(spec)``."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(spec)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        from benchmark.errors import ConfigError
+
+        raise ConfigError(f"device '{spec}' requested but CUDA is not available; use --device cpu")
+    return dev
+
+
+def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """``auto``: bf16 on CUDA, none on CPU; ``bf16``: bf16 everywhere; ``off``: none."""
+    if amp == "bf16" or (amp == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+def use_channels_last(setting: str, device: torch.device) -> bool:
+    """``auto`` enables channels-last on CUDA only (on CPU fp32 it can hit a slow path)."""
+    return setting == "on" or (setting == "auto" and device.type == "cuda")
+
+
+def seed_everything(seed: int) -> dict[str, int]:
+    """Seed Python, NumPy and torch (all devices); returns the seeds written to the run."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    os.environ.setdefault("PYTHONHASHSEED", str(seed))
+    return {"python": seed, "numpy": seed % (2**32), "torch": seed}

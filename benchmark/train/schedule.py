@@ -1,0 +1,20 @@
+"""Learning-rate schedules as pure functions of the epoch (so resume needs no scheduler state)."""
+
+from __future__ import annotations
+
+import math
+
+
+def lr_at(epoch: int, base_lr: float, schedule: str, epochs: int, milestones: list[int], gamma: float) -> float:
+    """The learning rate used during ``epoch`` (0-based).
+
+    * ``multistep``: ``base_lr · gamma^k`` with k = number of milestones ≤ epoch
+      (torch's MultiStepLR; milestone 75 means epochs 75, 76, ... use the decayed rate);
+    * ``cosine``: ``base_lr · (1 + cos(π·epoch/epochs)) / 2``;
+    * ``constant``: ``base_lr``.
+    """
+    if schedule == "multistep":
+        return base_lr * gamma ** sum(1 for m in milestones if m <= epoch)
+    if schedule == "cosine":
+        return base_lr * 0.5 * (1.0 + math.cos(math.pi * epoch / max(1, epochs)))
+    return base_lr

@@ -1,0 +1,47 @@
+"""Per-class clean and PGD accuracy of a model on a dataset (the trainer's validation)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from attacks.core import pgd
+from benchmark.data.base import ArrayDataset, iterate_batches
+
+
+@torch.no_grad()
+def _predict(model: nn.Module, x: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
+        return model(x).argmax(1)
+
+
+def per_class_accuracy(
+    model: nn.Module,
+    ds: ArrayDataset,
+    *,
+    eps: float,
+    alpha: float,
+    steps: int,
+    norm: str = "linf",
+    batch_size: int = 512,
+    device: torch.device | str = "cpu",
+    generator: torch.Generator | None = None,
+    autocast_dtype: torch.dtype | None = None,
+) -> tuple[list[float], list[float]]:
+    """Per-class clean accuracy and PGD-``steps`` robust accuracy (uniform start, early stop).
+
+    The model must already be in eval mode.  Early stop does not change whether
+    a sample is robust, only how fast we find out.
+    """
+    c = ds.num_classes
+    correct_clean = torch.zeros(c, dtype=torch.long)
+    correct_rob = torch.zeros(c, dtype=torch.long)
+    for x, y, _ in iterate_batches(ds, batch_size, device=device):
+        pred = _predict(model, x, autocast_dtype)
+        x_adv = pgd(model, x, y, eps=eps, alpha=alpha, steps=steps, norm=norm, early_stop=True,
+                    generator=generator, autocast_dtype=autocast_dtype)
+        pred_adv = _predict(model, x_adv, autocast_dtype)
+        correct_clean += torch.bincount(y[pred == y].cpu(), minlength=c)
+        correct_rob += torch.bincount(y[pred_adv == y].cpu(), minlength=c)
+    counts = torch.bincount(ds.y, minlength=c).clamp(min=1)
+    return (correct_clean / counts).tolist(), (correct_rob / counts).tolist()

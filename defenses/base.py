@@ -1,0 +1,208 @@
+"""The defense plugin interface.
+
+A defense is a training objective plus the state it keeps between epochs.
+The trainer (:mod:`benchmark.train.trainer`) calls, for every batch::
+
+    out = defense.training_step(model, x, y, pos)      # -> StepOutput
+    out.loss.backward(); optimizer.step()
+    defense.on_batch_end(y, out.adv_logits)
+
+and after every epoch ``defense.on_epoch_end(stats)`` with the per-class
+statistics of :class:`EpochStats`.  Override only what your method changes:
+
+* :meth:`Defense.perturb` -- the inner maximisation (default: the PGD core with
+  the training threat model and per-sample ``eps``/``alpha`` from
+  :meth:`Defense.sample_eps`), run with BN in eval mode and frozen parameters;
+* :meth:`Defense.loss` -- the training loss from model, batch and state;
+* :meth:`Defense.on_epoch_end` -- the per-epoch state update;
+* :meth:`Defense.setup_model` -- a head change (e.g. a cosine classifier);
+* :meth:`Defense.inference_model` -- an inference-time logit adjustment;
+* :meth:`Defense.sample_order` / :meth:`Defense.on_batch_end` -- a class sampler;
+* :meth:`Defense.state_dict` / :meth:`Defense.load_state_dict` -- resumable state
+  (by default every tensor, list, number and dict attribute named in ``state_keys``).
+
+Hyper-parameters are a dataclass (``Config``) with the paper's defaults.
+
+Minimal example (a complete defense; ``--defense my_file:ClippedAT`` loads it)::
+
+    from dataclasses import dataclass
+    import torch.nn.functional as F
+    from defenses.base import Defense, LossOutput
+
+    class ClippedAT(Defense):
+        \"\"\"PGD-AT with the adversarial CE clipped at ``max_loss``.\"\"\"
+
+        @dataclass
+        class Config:
+            max_loss: float = 5.0
+
+        def loss(self, model, x, y, x_adv):
+            logits = model(x_adv)
+            ce = F.cross_entropy(logits, y, reduction="none").clamp(max=self.cfg.max_loss)
+            return LossOutput(ce.mean(), logits)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from attacks.core import eval_mode, pgd
+
+
+@dataclass
+class ThreatModel:
+    """The training attack: norm, radius, step and number of steps."""
+
+    norm: str = "linf"
+    eps: float = 8 / 255
+    alpha: float = 2 / 255
+    steps: int = 10
+
+
+@dataclass
+class TrainContext:
+    """What a defense may know about the run when it is built."""
+
+    num_classes: int
+    train_counts: list[int]
+    threat: ThreatModel
+    epochs: int
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    autocast_dtype: torch.dtype | None = None
+    generator: torch.Generator | None = None
+    val_loader: Any = None  # callable(batch_size) -> iterator of (x, y, pos) over the validation split
+    lr_milestones: list[int] = field(default_factory=list)
+
+
+@dataclass
+class LossOutput:
+    """The batch loss, the logits on the adversarial examples (for statistics) and named terms to log."""
+
+    loss: torch.Tensor
+    adv_logits: torch.Tensor | None = None
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+StepOutput = LossOutput
+
+
+@dataclass
+class EpochStats:
+    """Per-class statistics handed to :meth:`Defense.on_epoch_end` (lists indexed by class).
+
+    * ``train_pred_counts[i]``: training adversarial examples *predicted as* class i;
+    * ``train_robust_acc[i]``: accuracy on class i's training adversarial examples;
+    * ``train_adv_probs[i][j]``: mean softmax probability of class j over class i's
+      training adversarial examples (DAFA's p_i(j));
+    * ``val_clean_acc`` / ``val_robust_acc``: per-class validation accuracy, clean and
+      under the trainer's validation PGD.
+    """
+
+    epoch: int
+    train_pred_counts: list[int]
+    train_robust_acc: list[float]
+    train_adv_probs: list[list[float]]
+    val_clean_acc: list[float]
+    val_robust_acc: list[float]
+    model: nn.Module | None = None
+
+
+class Defense:
+    """Base class: PGD-AT (Madry et al., ICLR 2018) unless a subclass overrides a hook."""
+
+    name: ClassVar[str] = "defense"
+
+    @dataclass
+    class Config:
+        pass
+
+    state_keys: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, cfg: Any, ctx: TrainContext):
+        self.cfg = cfg
+        self.ctx = ctx
+        self.epoch = 0
+
+    # -- model ---------------------------------------------------------------
+    def setup_model(self, model: nn.Module) -> nn.Module:
+        """Change the model before training (e.g. a cosine head).  Default: unchanged."""
+        return model
+
+    def inference_model(self, model: nn.Module) -> nn.Module:
+        """The model to evaluate (e.g. with a logit adjustment).  Default: ``model`` itself."""
+        return model
+
+    # -- per batch -------------------------------------------------------------
+    def sample_eps(self, y: torch.Tensor) -> tuple[float | torch.Tensor, float | torch.Tensor]:
+        """Per-sample ``(eps, alpha)`` for the inner maximisation.  Default: the threat model's scalars."""
+        return self.ctx.threat.eps, self.ctx.threat.alpha
+
+    def attack_kwargs(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
+        """Loss and start of the inner maximisation.  Default: CE with a uniform start."""
+        return {"loss": "ce", "start": "uniform"}
+
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The inner maximisation: the PGD core, BN in eval mode, parameters frozen."""
+        t = self.ctx.threat
+        eps, alpha = self.sample_eps(y)
+        with eval_mode(model):
+            return pgd(model, x, y, eps=eps, alpha=alpha, steps=t.steps, norm=t.norm,
+                       generator=self.ctx.generator, autocast_dtype=self.ctx.autocast_dtype,
+                       **self.attack_kwargs(model, x, y))
+
+    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor) -> LossOutput:
+        """The training loss.  Default: CE on the adversarial examples (PGD-AT)."""
+        logits = model(x_adv)
+        return LossOutput(nn.functional.cross_entropy(logits, y), logits)
+
+    def training_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, pos: torch.Tensor | None = None) -> LossOutput:
+        """Inner maximisation then loss, with the model in train mode for the loss."""
+        x_adv = self.perturb(model, x, y)
+        model.train()
+        return self.loss(model, x, y, x_adv)
+
+    def on_batch_end(self, y: torch.Tensor, adv_logits: torch.Tensor | None) -> None:
+        """Called after each optimiser step.  Default: nothing."""
+
+    # -- per epoch -------------------------------------------------------------
+    def sample_order(self, epoch: int, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor | None:
+        """The order of training positions for this epoch, or None for a uniform shuffle."""
+        return None
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Called before each epoch.  Default: records the epoch."""
+        self.epoch = epoch
+
+    def on_epoch_end(self, stats: EpochStats) -> dict[str, Any]:
+        """Update state from per-class statistics; return anything worth logging.  Default: nothing."""
+        return {}
+
+    def extra_models(self) -> dict[str, nn.Module]:
+        """Extra model copies to checkpoint and evaluate beside the raw weights (e.g. CFA's FAWA)."""
+        return {}
+
+    # -- state -----------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Resumable state: the attributes named in ``state_keys`` plus the epoch."""
+        out: dict[str, Any] = {"epoch": self.epoch}
+        for k in self.state_keys:
+            v = getattr(self, k)
+            out[k] = v.detach().cpu().clone() if torch.is_tensor(v) else v
+        return out
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch = state.get("epoch", 0)
+        for k in self.state_keys:
+            if k in state:
+                cur = getattr(self, k, None)
+                v = state[k]
+                setattr(self, k, v.to(cur.device) if torch.is_tensor(v) and torch.is_tensor(cur) else v)
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{f.name}={getattr(self.cfg, f.name)!r}" for f in dataclasses.fields(self.cfg))
+        return f"{type(self).__name__}({params})"

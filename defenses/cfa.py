@@ -1,0 +1,204 @@
+"""CFA: Class-wise calibrated Fair Adversarial training (Wei, Wang, Guo & Wang, CVPR 2023).
+
+Three parts, on top of PGD-AT or TRADES (``base``):
+
+* **CCM** (class-wise calibrated margin, Sec. 4.1): per-class radius
+  ``eps_k = (λ1 + t_k)·eps``, where ``t_k`` is class k's robust accuracy on the
+  previous epoch's training adversarial examples (``EpochStats.train_robust_acc``);
+  ``λ1 = 0.5`` (PGD-AT) or 0.3 (TRADES).  The attack step stays the threat's.
+* **CCR** (class-wise calibrated regularisation, TRADES only, Sec. 4.2):
+  ``β_k = (0.5 + t_k)·β`` with β = 6 and the per-sample loss
+  ``[CE + β_y·KL] / (1 + β_y)``.
+* **FAWA** (fairness-aware weight average, Sec. 4.3): an EMA copy of the model,
+  ``θ̄ ← d·θ̄ + (1−d)·θ`` with d = 0.85, that absorbs the current weights after
+  an epoch only if their worst-class validation robust accuracy
+  (``EpochStats.val_robust_acc``: the trainer's validation PGD, PGD-10 by default) is
+  ≥ 0.2, from epoch ``fawa_start`` (50) on.  The first accepted checkpoint
+  initialises the average.  It is exposed as the extra model ``fawa``: the trainer
+  checkpoints it beside the raw weights and it is evaluated as its own checkpoint.
+
+Until class statistics exist (the first epoch) and before ``class_adaptive_start``,
+CCM uses the plain eps and CCR uses ``β_k = β`` (still in the ``/(1+β_y)`` form,
+so the loss scale does not jump when adaptation starts).  Until FAWA has
+absorbed a checkpoint, the ``fawa`` copy mirrors the raw weights (the log's
+``fawa_updates`` says how many checkpoints it holds).
+
+Epochs are 0-based indices (the trainer's ``EpochStats.epoch``): FAWA considers
+the weights after epoch ``e`` when ``e ≥ fawa_start``.  For short runs scale
+``fawa_start`` in the config (e.g. 50/200 of the schedule); it is never rescaled
+silently.
+
+The released code's defaults differ from the paper (FAWA threshold 0.24, decay
+0.88, CCM/CCR only from epoch 10, checkpoints selected on the test set).
+rfbench uses the paper's values; ``released_defaults: true`` switches the three
+numbers (selection stays on the validation split).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from benchmark.config import choice, rng
+from benchmark.errors import ConfigError
+from defenses.base import Defense, EpochStats, LossOutput
+from defenses.class_stats import fill_missing
+from defenses.registry import register_defense
+from defenses.trades_terms import trades_attack_kwargs, trades_forward, trades_terms
+
+log = logging.getLogger(__name__)
+
+PAPER = {"fawa_decay": 0.85, "fawa_threshold": 0.2, "class_adaptive_start": 0}
+RELEASED = {"fawa_decay": 0.88, "fawa_threshold": 0.24, "class_adaptive_start": 10}
+CCM_LAMBDA = {"pgd-at": 0.5, "trades": 0.3}
+
+
+def cfa_class_eps(train_robust_acc: torch.Tensor, eps: float, lam: float) -> torch.Tensor:
+    """CCM's per-class radius ``eps_k = (λ1 + t_k)·eps`` (Wei et al. 2023, Eq. 7)."""
+    return (lam + train_robust_acc.double()) * eps
+
+
+def cfa_class_beta(train_robust_acc: torch.Tensor, beta: float, lam: float = 0.5) -> torch.Tensor:
+    """CCR's per-class regularisation ``β_k = (λ + t_k)·β`` (Wei et al. 2023, Eq. 9; λ = 0.5)."""
+    return (lam + train_robust_acc.double()) * beta
+
+
+def fawa_accepts(val_robust_acc: list[float] | torch.Tensor, epoch: int, threshold: float, start: int) -> bool:
+    """FAWA's gate: the epoch is ≥ ``start`` and the worst-class validation robust accuracy is ≥ ``threshold``."""
+    acc = torch.as_tensor(val_robust_acc, dtype=torch.float64)
+    acc = acc[~torch.isnan(acc)]
+    return epoch >= start and acc.numel() > 0 and float(acc.min()) >= threshold
+
+
+@torch.no_grad()
+def ema_update(average: nn.Module, current: nn.Module, decay: float) -> None:
+    """``average ← decay·average + (1−decay)·current`` on floating parameters and buffers; others are copied."""
+    cur = current.state_dict()
+    for k, v in average.state_dict().items():
+        src = cur[k].to(v.device)
+        if v.is_floating_point():
+            v.mul_(decay).add_(src.to(v.dtype), alpha=1.0 - decay)
+        else:
+            v.copy_(src)
+
+
+@torch.no_grad()
+def copy_weights(target: nn.Module, source: nn.Module) -> None:
+    """Copy every parameter and buffer of ``source`` into ``target``."""
+    cur = source.state_dict()
+    for k, v in target.state_dict().items():
+        v.copy_(cur[k].to(v.device))
+
+
+@register_defense("cfa")
+class CFA(Defense):
+    """CFA (Wei et al., CVPR 2023): class-wise eps (CCM), class-wise β (CCR, TRADES) and the FAWA weight average."""
+
+    @dataclass
+    class Config:
+        base: str = field(default="pgd-at", metadata=choice("pgd-at", "trades"))
+        beta: float = field(default=6.0, metadata=rng(0, None))  # TRADES β (base: trades)
+        ccm: bool = True
+        ccm_lambda: float | None = None  # λ1; None = 0.5 (pgd-at) / 0.3 (trades)
+        ccr: bool | None = None  # CCR; None = on for base trades (it needs the TRADES KL term)
+        ccr_lambda: float = field(default=0.5, metadata=rng(0, None))  # β_k = (ccr_lambda + t_k)·β
+        class_adaptive_start: int | None = None  # first epoch of CCM/CCR; None = 0 (paper) / 10 (released)
+        fawa: bool = True
+        fawa_decay: float | None = field(default=None, metadata=rng(0, 1))  # None = 0.85 (paper) / 0.88
+        fawa_threshold: float | None = field(default=None, metadata=rng(0, 1))  # None = 0.2 (paper) / 0.24
+        fawa_start: int = field(default=50, metadata=rng(0, None))  # first epoch (0-based) FAWA may absorb
+        released_defaults: bool = False  # take the released code's values for the None fields above
+
+    state_keys = ("t", "fawa_updates")
+
+    def __init__(self, cfg: Any, ctx):
+        super().__init__(cfg, ctx)
+        if cfg.ccr and cfg.base != "trades":
+            raise ConfigError("defense 'cfa': 'ccr: true' needs 'base: trades' (CCR re-weights the TRADES KL term)")
+        defaults = RELEASED if cfg.released_defaults else PAPER
+        self.fawa_decay = defaults["fawa_decay"] if cfg.fawa_decay is None else cfg.fawa_decay
+        self.fawa_threshold = defaults["fawa_threshold"] if cfg.fawa_threshold is None else cfg.fawa_threshold
+        self.adaptive_start = defaults["class_adaptive_start"] if cfg.class_adaptive_start is None else cfg.class_adaptive_start
+        self.ccm_lambda = CCM_LAMBDA[cfg.base] if cfg.ccm_lambda is None else cfg.ccm_lambda
+        self.use_ccr = cfg.base == "trades" and cfg.ccr is not False
+        self.t: torch.Tensor | None = None  # per-class training robust accuracy of the last epoch
+        self.fawa_updates = 0
+        self._fawa: nn.Module | None = None
+
+    # -- model ---------------------------------------------------------------------
+    def setup_model(self, model: nn.Module) -> nn.Module:
+        if self.cfg.fawa:
+            self._fawa = copy.deepcopy(model)
+            for p in self._fawa.parameters():
+                p.requires_grad_(False)
+        return model
+
+    def extra_models(self) -> dict[str, nn.Module]:
+        return {"fawa": self._fawa} if self._fawa is not None else {}
+
+    # -- per batch -------------------------------------------------------------------
+    def _adaptive(self) -> bool:
+        return self.t is not None and self.epoch >= self.adaptive_start
+
+    def sample_eps(self, y: torch.Tensor):
+        t = self.ctx.threat
+        if not (self.cfg.ccm and self._adaptive()):
+            return t.eps, t.alpha
+        class_eps = cfa_class_eps(self.t, t.eps, self.ccm_lambda)
+        return class_eps.to(device=y.device, dtype=torch.float32)[y], t.alpha
+
+    def attack_kwargs(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
+        if self.cfg.base == "trades":
+            return trades_attack_kwargs(model, x, self.ctx.autocast_dtype)
+        return super().attack_kwargs(model, x, y)
+
+    def class_beta(self) -> torch.Tensor:
+        """β_k per class (CCR), or β for every class before adaptation."""
+        if self._adaptive():
+            return cfa_class_beta(self.t, self.cfg.beta, self.cfg.ccr_lambda)
+        return torch.full((self.ctx.num_classes,), float(self.cfg.beta), dtype=torch.float64)
+
+    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor) -> LossOutput:
+        if self.cfg.base == "pgd-at":
+            return super().loss(model, x, y, x_adv)
+        clean_logits, adv_logits = trades_forward(model, x, x_adv)
+        ce, kl = trades_terms(clean_logits, adv_logits, y)
+        if self.use_ccr:
+            b = self.class_beta().to(device=y.device, dtype=ce.dtype)[y]
+            loss = ((ce + b * kl) / (1.0 + b)).mean()
+        else:
+            loss = ce.mean() + self.cfg.beta * kl.mean()
+        return LossOutput(loss, adv_logits, {"natural": ce.mean().detach(), "boundary": kl.mean().detach()})
+
+    # -- per epoch -------------------------------------------------------------------
+    def on_epoch_end(self, stats: EpochStats) -> dict[str, Any]:
+        t = torch.tensor(stats.train_robust_acc, dtype=torch.float64)
+        previous = self.t if self.t is not None else torch.full_like(t, float(torch.nanmean(t)))
+        self.t = fill_missing(t, previous)  # a class absent from the epoch keeps its previous value
+        out: dict[str, Any] = {"cfa_t": self.t.tolist()}
+        if self.cfg.ccm:
+            out["cfa_class_eps"] = cfa_class_eps(self.t, self.ctx.threat.eps, self.ccm_lambda).tolist()
+        if self.use_ccr:
+            out["cfa_class_beta"] = cfa_class_beta(self.t, self.cfg.beta, self.cfg.ccr_lambda).tolist()
+        if self._fawa is not None and stats.model is not None:
+            out.update(self._fawa_step(stats))
+        return out
+
+    def _fawa_step(self, stats: EpochStats) -> dict[str, Any]:
+        model = stats.model
+        ref = next(model.parameters(), None)
+        if ref is not None and next(self._fawa.parameters()).device != ref.device:
+            self._fawa.to(ref.device)
+        accepted = fawa_accepts(stats.val_robust_acc, stats.epoch, self.fawa_threshold, self.cfg.fawa_start)
+        if accepted and self.fawa_updates > 0:
+            ema_update(self._fawa, model, self.fawa_decay)
+        elif accepted or self.fawa_updates == 0:
+            copy_weights(self._fawa, model)  # first accepted checkpoint, or mirroring before any
+        self.fawa_updates += int(accepted)
+        return {"fawa_accepted": accepted, "fawa_updates": self.fawa_updates}
+

@@ -1,0 +1,93 @@
+"""Per-class statistics that a defense measures itself on the validation split.
+
+The trainer hands every defense the per-class statistics of :class:`~defenses.base.EpochStats`
+(validation accuracy under its own validation PGD).  Some methods specify a
+different measurement, which they take here with the same PGD core:
+
+* FRL (Xu et al., ICML 2021): per-class clean and robust accuracy under PGD-20;
+* WAT (Li & Liu, AAAI 2023): per-class mean TRADES loss CE + β·KL under the TRADES attack.
+
+``loader`` is the trainer's ``TrainContext.val_loader(batch_size)``: an iterator
+of ``(x, y, pos)`` batches of the validation split.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from attacks.core import eval_mode, pgd
+from defenses.trades_terms import trades_perturb, trades_terms
+
+
+def per_class_mean(values: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Mean of ``values`` over the samples of each class, float64 ``(C,)``; NaN for a class with no sample."""
+    y = y.long().cpu()
+    values = values.detach().double().cpu()
+    sums = torch.zeros(num_classes, dtype=torch.float64).index_add_(0, y, values)
+    counts = torch.bincount(y, minlength=num_classes).double()
+    out = sums / counts
+    out[counts == 0] = float("nan")
+    return out
+
+
+def fill_missing(values: torch.Tensor, fallback: torch.Tensor | float) -> torch.Tensor:
+    """Replace NaN entries (classes with no sample) by ``fallback`` (a tensor of the same shape or a number)."""
+    fb = fallback if torch.is_tensor(fallback) else torch.full_like(values, float(fallback))
+    return torch.where(torch.isnan(values), fb.to(values), values)
+
+
+def val_pgd_accuracy(
+    model: nn.Module,
+    loader: Iterable,
+    *,
+    num_classes: int,
+    eps: float,
+    alpha: float,
+    steps: int,
+    norm: str = "linf",
+    generator: torch.Generator | None = None,
+    autocast_dtype: torch.dtype | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-class clean and robust accuracy (CE PGD, uniform start, BN in eval mode), each float64 ``(C,)``."""
+    clean, robust, labels = [], [], []
+    with eval_mode(model):
+        for x, y, _ in loader:
+            with torch.no_grad(), torch.autocast(x.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                clean.append((model(x).argmax(1) == y).cpu())
+            x_adv = pgd(model, x, y, eps=eps, alpha=alpha, steps=steps, norm=norm, loss="ce", start="uniform",
+                        generator=generator, autocast_dtype=autocast_dtype)
+            with torch.no_grad(), torch.autocast(x.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                robust.append((model(x_adv).argmax(1) == y).cpu())
+            labels.append(y.cpu())
+    y_all = torch.cat(labels)
+    return (per_class_mean(torch.cat(clean).double(), y_all, num_classes),
+            per_class_mean(torch.cat(robust).double(), y_all, num_classes))
+
+
+def val_trades_loss(
+    model: nn.Module,
+    loader: Iterable,
+    *,
+    num_classes: int,
+    beta: float,
+    eps: float,
+    alpha: float,
+    steps: int,
+    norm: str = "linf",
+    generator: torch.Generator | None = None,
+    autocast_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Per-class mean of CE(z(x), y) + β·KL(p(x) ‖ p(x')) with x' from the TRADES attack, float64 ``(C,)``."""
+    losses, labels = [], []
+    with eval_mode(model):
+        for x, y, _ in loader:
+            x_adv = trades_perturb(model, x, y, eps=eps, alpha=alpha, steps=steps, norm=norm,
+                                   generator=generator, autocast_dtype=autocast_dtype)
+            with torch.no_grad(), torch.autocast(x.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                ce, kl = trades_terms(model(x), model(x_adv), y)
+            losses.append((ce + beta * kl).cpu())
+            labels.append(y.cpu())
+    return per_class_mean(torch.cat(losses), torch.cat(labels), num_classes)

@@ -1,0 +1,94 @@
+"""TRADES maths as pure functions, shared by every TRADES-based defense.
+
+TRADES (Zhang et al., ICML 2019, Eq. 5) minimises, per sample,
+
+    CE(z(x), y) + β · KL(p(x) ‖ p(x'))
+
+where ``x'`` maximises the KL term inside the eps-ball, starting from
+``x + 0.001·N(0, I)`` (10 sign steps of 0.007 at eps 0.031 in the reference
+recipe; the step count, step and radius come from the run's threat model).
+
+* :func:`trades_attack_kwargs` -- the keyword arguments that turn the PGD core
+  (:func:`attacks.core.pgd`) into the TRADES inner maximisation; a defense's
+  ``attack_kwargs`` hook can return it as is, so per-sample eps/step from
+  ``sample_eps`` keep working (CFA, FRL-RWRM, DAFA).
+* :func:`trades_perturb` -- the inner maximisation in one call (BN in eval mode).
+* :func:`trades_terms` -- the per-sample CE and KL terms, which FRL, CFA, WAT
+  and DAFA weight per class before reducing.
+
+Example::
+
+    x_adv = trades_perturb(model, x, y, eps=0.031, alpha=0.007, steps=10)
+    model.train()
+    ce, kl = trades_terms(model(x), model(x_adv), y)
+    loss = ce.mean() + 6.0 * kl.mean()         # plain TRADES, β = 6
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from attacks.core import eval_mode, pgd
+
+TRADES_START_STD = 0.001  # x' starts at x + 0.001·N(0, I)
+
+
+@torch.no_grad()
+def clean_probs(model: nn.Module, x: torch.Tensor, autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Softmax of the model on clean inputs (float32, no gradient): the KL target of the inner maximisation."""
+    with torch.autocast(x.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        logits = model(x)
+    return F.softmax(logits.float(), dim=1)
+
+
+def trades_attack_kwargs(model: nn.Module, x: torch.Tensor, autocast_dtype: torch.dtype | None = None) -> dict:
+    """Arguments of :func:`attacks.core.pgd` for the TRADES inner maximisation (Zhang et al. 2019, Eq. 5).
+
+    KL(p(x) ‖ p(x')) against the clean probabilities of ``model`` in its current
+    mode (call it with BN in eval mode), normal start with std 0.001.
+    """
+    return {
+        "loss": "kl",
+        "start": "normal",
+        "start_std": TRADES_START_STD,
+        "aux": {"clean_probs": clean_probs(model, x, autocast_dtype)},
+    }
+
+
+def trades_perturb(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float | torch.Tensor,
+    alpha: float | torch.Tensor,
+    steps: int,
+    norm: str = "linf",
+    generator: torch.Generator | None = None,
+    autocast_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """The TRADES adversarial examples ``x'`` (BN in eval mode; ``eps``/``alpha`` may be per-sample ``(B,)``)."""
+    with eval_mode(model):
+        return pgd(model, x, y, eps=eps, alpha=alpha, steps=steps, norm=norm, generator=generator,
+                   autocast_dtype=autocast_dtype, **trades_attack_kwargs(model, x, autocast_dtype))
+
+
+def trades_terms(clean_logits: torch.Tensor, adv_logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample TRADES terms ``(CE(z(x), y), KL(p(x) ‖ p(x')))``, each of shape ``(B,)``.
+
+    The KL is summed over classes (TRADES' ``KLDivLoss(size_average=False)/B``
+    is the batch mean of this).  Gradients flow through both logits, as in TRADES.
+    """
+    clean_logits, adv_logits = clean_logits.float(), adv_logits.float()
+    ce = F.cross_entropy(clean_logits, y, reduction="none")
+    log_p = F.log_softmax(clean_logits, dim=1)
+    log_q = F.log_softmax(adv_logits, dim=1)
+    kl = (log_p.exp() * (log_p - log_q)).sum(dim=1)
+    return ce, kl
+
+
+def trades_forward(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clean and adversarial logits in two forward passes (as TRADES does, so BN sees each batch separately)."""
+    return model(x), model(x_adv)

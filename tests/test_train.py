@@ -1,0 +1,106 @@
+"""The trainer: end-to-end on real Fashion-MNIST, exact resume, lr schedules, NaN policy, selection."""
+
+import json
+
+import pytest
+import torch
+
+from benchmark.errors import ConfigError
+from benchmark.io import load_checkpoint
+from benchmark.train.config import TrainConfig
+from benchmark.train.rundir import load_run_model
+from benchmark.train.schedule import lr_at
+from benchmark.train.trainer import NonFiniteLossError, Trainer, selection_score, train
+
+TINY = dict(dataset="fashion-mnist", model="smallcnn", max_train_samples=400, val_per_class=20, steps=2,
+            val_steps=2, batch_size=64, optimizer="adam", lr=1e-3, weight_decay=0.0, device="cpu", seed=3)
+
+
+def _cfg(tmp_path, name, **kw):
+    return TrainConfig(**{**TINY, "out": str(tmp_path / name), **kw})
+
+
+def test_train_writes_a_complete_run_directory(tmp_path):
+    out = train(_cfg(tmp_path, "run", epochs=2, defense="pgd-at"), quiet=True)
+    for f in ("config.yaml", "checkpoint-last.pt", "checkpoint-best.pt", "log.jsonl", "summary.json"):
+        assert (out / f).is_file(), f
+    lines = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2]
+    assert len(lines[0]["val_robust_acc"]) == 10 and len(lines[0]["train_robust_acc"]) == 10
+    best = load_checkpoint(out / "checkpoint-best.pt")
+    assert best["epoch"] == max(lines, key=lambda r: r["select_score"])["epoch"]
+    model, info = load_run_model(out, "last")
+    assert not model.training and info["epoch"] == 2
+    x = torch.rand(2, 1, 28, 28)
+    assert model(x).shape == (2, 10)
+
+
+def test_resume_after_a_kill_is_bit_identical(tmp_path):
+    straight = train(_cfg(tmp_path, "straight", epochs=3), quiet=True)
+    # "kill" after epoch 1: train 1 epoch, then rerun the 3-epoch config in the same directory
+    train(_cfg(tmp_path, "resumed", epochs=1), quiet=True)
+    resumed = train(_cfg(tmp_path, "resumed", epochs=3), quiet=True)
+    a = load_checkpoint(straight / "checkpoint-last.pt")
+    b = load_checkpoint(resumed / "checkpoint-last.pt")
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]
+    assert strip(a["history"]) == strip(b["history"])
+
+
+def test_finished_run_is_not_redone_and_other_config_is_refused(tmp_path):
+    cfg = _cfg(tmp_path, "run", epochs=1)
+    train(cfg, quiet=True)
+    stamp = (tmp_path / "run" / "checkpoint-last.pt").stat().st_mtime_ns
+    train(cfg, quiet=True)
+    assert (tmp_path / "run" / "checkpoint-last.pt").stat().st_mtime_ns == stamp
+    with pytest.raises(ConfigError, match="different config"):
+        train(_cfg(tmp_path, "run", epochs=1, lr=0.5), quiet=True)
+
+
+def test_nan_loss_stops_with_epoch_and_batch_or_skips(tmp_path, monkeypatch):
+    from defenses.standard import PGDAT
+
+    real = PGDAT.training_step
+
+    def poisoned(self, model, x, y, pos=None):
+        out = real(self, model, x, y, pos)
+        if self.epoch == 0 and getattr(self, "_calls", 0) == 1:
+            out.loss = out.loss * float("nan")
+        self._calls = getattr(self, "_calls", 0) + 1
+        return out
+
+    monkeypatch.setattr(PGDAT, "training_step", poisoned)
+    with pytest.raises(NonFiniteLossError, match="epoch 1, batch 2"):
+        train(_cfg(tmp_path, "nan", epochs=1), quiet=True)
+    out = train(_cfg(tmp_path, "skip", epochs=1, nan_policy="skip-batch"), quiet=True)
+    rec = json.loads((out / "log.jsonl").read_text().splitlines()[0])
+    assert rec["skipped_batches"] == 1
+
+
+def test_lr_schedules():
+    assert [lr_at(e, 0.1, "multistep", 100, [75, 90], 0.1) for e in (0, 74, 75, 89, 90)] == pytest.approx(
+        [0.1, 0.1, 0.01, 0.01, 0.001])
+    assert lr_at(0, 0.1, "cosine", 10, [], 0.1) == pytest.approx(0.1)
+    assert lr_at(5, 0.1, "cosine", 10, [], 0.1) == pytest.approx(0.05)
+    assert lr_at(7, 0.1, "constant", 10, [75], 0.1) == 0.1
+
+
+def test_selection_rules():
+    rob = [0.5, 0.1, 0.3]
+    assert selection_score(rob, "mean") == pytest.approx(0.3)
+    assert selection_score(rob, "worst") == pytest.approx(0.1)
+    assert selection_score(rob, "mean+worst") == pytest.approx(0.4)
+
+
+def test_per_class_training_statistics_reach_the_defense(tmp_path, monkeypatch):
+    seen = []
+    from defenses.standard import PGDAT
+
+    monkeypatch.setattr(PGDAT, "on_epoch_end", lambda self, stats: seen.append(stats) or {})
+    t = Trainer(_cfg(tmp_path, "stats", epochs=1))
+    t.fit()
+    s = seen[0]
+    assert sum(s.train_pred_counts) == len(t.bundle.train)
+    assert len(s.train_adv_probs) == 10 and all(abs(sum(row) - 1) < 1e-4 for row in s.train_adv_probs)
+    assert all(0 <= a <= 1 for a in s.val_clean_acc + s.val_robust_acc + s.train_robust_acc)
