@@ -74,8 +74,34 @@ def _l2_norm(t: torch.Tensor) -> torch.Tensor:
     return t.flatten(1).norm(p=2, dim=1).view(-1, *([1] * (t.ndim - 1)))
 
 
-def _uniform(x: torch.Tensor, low: float, high: float, generator: torch.Generator | None) -> torch.Tensor:
-    return torch.empty_like(x).uniform_(low, high, generator=generator)
+class ShardedGenerator:
+    """A generator shared by data-parallel ranks: every draw is made for the *global* batch and sliced.
+
+    Rank r of a distributed run attacks rows ``offset:offset+n`` of a global
+    batch of ``global_n``; drawing the random start for all ``global_n`` rows
+    from the same seeded generator and keeping this rank's rows gives exactly
+    the start a single process would have drawn.  The trainer sets
+    ``global_n`` and ``offset`` before every batch.
+    """
+
+    def __init__(self, generator: torch.Generator):
+        self.generator = generator
+        self.global_n = 0
+        self.offset = 0
+
+
+def _draw(x: torch.Tensor, generator, fill) -> torch.Tensor:
+    """``fill(tensor, generator)`` on a tensor shaped like ``x`` (or its global batch when sharded)."""
+    if isinstance(generator, ShardedGenerator) and generator.global_n:
+        full = fill(x.new_empty((generator.global_n, *x.shape[1:])), generator.generator)
+        return full[generator.offset : generator.offset + x.shape[0]]
+    if isinstance(generator, ShardedGenerator):
+        generator = generator.generator
+    return fill(torch.empty_like(x), generator)
+
+
+def _uniform(x: torch.Tensor, low: float, high: float, generator) -> torch.Tensor:
+    return _draw(x, generator, lambda t, g: t.uniform_(low, high, generator=g))
 
 
 def random_start(
@@ -85,14 +111,14 @@ def random_start(
     if kind == "none":
         return x.clone()
     if kind == "normal":
-        return (x + std * torch.empty_like(x).normal_(generator=generator)).clamp(0, 1)
+        return (x + std * _draw(x, generator, lambda t, g: t.normal_(generator=g))).clamp(0, 1)
     if norm == "linf":
         # scalar eps: uniform_(-eps, eps) exactly as torchattacks.PGD draws it
         noise = _uniform(x, -1.0, 1.0, generator) * eps if torch.is_tensor(eps) else _uniform(x, -eps, eps, generator)
         return torch.clamp(x + noise, 0, 1)
-    d = torch.empty_like(x).normal_(generator=generator)
+    d = _draw(x, generator, lambda t, g: t.normal_(generator=g))
     n = _l2_norm(d)
-    r = torch.empty_like(n).uniform_(0, 1, generator=generator)
+    r = _draw(n, generator, lambda t, g: t.uniform_(0, 1, generator=g))
     return torch.clamp(x + d * (r / n * eps), 0, 1)
 
 
@@ -158,7 +184,8 @@ def pgd(
         early_stop: freeze each sample at its first misclassified iterate (evaluation only:
             the "robust or not" answer is unchanged, and it is faster).
         aux: per-sample tensors for the loss (sliced along with the active samples).
-        generator: source of the random start (defaults to the global RNG).
+        generator: source of the random start (defaults to the global RNG); a
+            :class:`ShardedGenerator` in data-parallel training.
         autocast_dtype: e.g. ``torch.bfloat16`` to run forward/backward under autocast.
 
     Returns:

@@ -95,8 +95,11 @@ class Attack:
 
     # -- API -------------------------------------------------------------------
     def __call__(self, x: torch.Tensor, y: torch.Tensor, *, seed: int | None = None) -> torch.Tensor:
-        """Adversarial versions of ``x`` (labels ``y``); ``seed`` None uses the global RNG."""
-        with eval_mode(self.model):
+        """Adversarial versions of ``x`` (labels ``y``); ``seed`` None uses the global RNG.
+
+        Input gradients are enabled even when the caller is inside ``torch.no_grad()``.
+        """
+        with eval_mode(self.model), torch.enable_grad():
             return self.perturb(x.detach(), y.detach(), seed=seed)
 
     def perturb(self, x: torch.Tensor, y: torch.Tensor, *, seed: int | None) -> torch.Tensor:

@@ -40,6 +40,7 @@ import attacks.autoattack  # noqa: F401  (registers autoattack)
 import attacks.named  # noqa: F401  (registers fgsm, pgd, cw, temperature-pgd)
 from attacks.named import Attack, format_eps
 from attacks.registry import ATTACKS
+from benchmark.config import from_dict
 from benchmark.errors import ConfigError, UnknownNameError
 
 DEFAULT_SUITE = ("fgsm", "pgd", "cw")
@@ -176,6 +177,17 @@ def _number(value: Any) -> float:
         return float(num) / float(den) if den else float(num)
     except (ValueError, ZeroDivisionError):
         raise ConfigError(f"eps: '{value}' is not a number") from None
+
+
+def check_specs(specs: list[str | dict | AttackSpec]) -> None:
+    """Fail fast on unknown attacks, keys, types or ranges, before any model or data is loaded."""
+    for item in specs:
+        spec = as_spec(item)
+        cls = ATTACKS.get(spec.name)
+        try:
+            from_dict(cls.Config, _typed(cls, spec), where=f"attack '{spec.name}'")
+        except ConfigError as exc:
+            raise ConfigError(f"--attack {spec.text}: {exc}") from None
 
 
 def build_attacks(specs: list[str | dict | AttackSpec], model: torch.nn.Module, threat: Threat) -> list[Attack]:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 
 class RfbenchError(Exception):
-    """An error whose message is meant for the user, on one line."""
+    """An error whose message is meant for the user, on one line; the CLI exits with ``exit_code``."""
+
+    exit_code = 2
 
 
 class UnknownNameError(RfbenchError, KeyError):
@@ -34,3 +36,11 @@ class DataNotFoundError(RfbenchError, FileNotFoundError):
 
 class CheckpointError(RfbenchError):
     """A checkpoint is corrupt, unsafe, or does not match the model."""
+
+
+class Interrupted(RfbenchError):
+    """Stopped by SIGINT/SIGTERM after saving a resumable state; the message says how to resume."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum

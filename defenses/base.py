@@ -52,6 +52,7 @@ import torch
 from torch import nn
 
 from attacks.core import eval_mode, pgd
+from benchmark.models.base import unwrap
 
 
 @dataclass
@@ -147,9 +148,15 @@ class Defense:
         return {"loss": "ce", "start": "uniform"}
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The inner maximisation: the PGD core, BN in eval mode, parameters frozen."""
+        """The inner maximisation: the PGD core, BN in eval mode, parameters frozen.
+
+        Subclasses that run their own attack should call ``unwrap(model)`` first
+        (see :func:`benchmark.models.base.unwrap`), and compute loss-side features
+        with ``model(x, return_features=True)``, so data-parallel training works.
+        """
         t = self.ctx.threat
         eps, alpha = self.sample_eps(y)
+        model = unwrap(model)  # attack the bare module: a DDP wrapper must only see the loss's forward
         with eval_mode(model):
             return pgd(model, x, y, eps=eps, alpha=alpha, steps=t.steps, norm=t.norm,
                        generator=self.ctx.generator, autocast_dtype=self.ctx.autocast_dtype,

@@ -97,24 +97,30 @@ def pairwise_feature_kl(anchor_features: torch.Tensor, features: torch.Tensor) -
 
 def tail_penalty(features: torch.Tensor, y: torch.Tensor, omega: torch.Tensor, tail: Sequence[int],
                  variant: str = "released") -> torch.Tensor:
-    """REAT's TAIL term for a batch of features ``(B, D)``; see the module docstring for both variants."""
-    features = features.to(torch.promote_types(features.dtype, torch.float32))
-    is_anchor = torch.isin(y, torch.as_tensor(list(tail), device=y.device))
-    if not bool(is_anchor.any()):
-        return features.new_zeros(())
+    """REAT's TAIL term for a batch of features ``(B, D)``; see the module docstring for both variants.
+
+    Computed in at least float32, outside autocast (a bf16 matmul would blur the small KLs).
+    """
+    with torch.autocast(features.device.type, enabled=False):
+        return _tail_penalty(features.to(torch.promote_types(features.dtype, torch.float32)), y, omega, tail, variant)
+
+
+def _tail_penalty(features: torch.Tensor, y: torch.Tensor, omega: torch.Tensor, tail: Sequence[int],
+                  variant: str) -> torch.Tensor:
+    # every sample is scored as an anchor and non-tail anchors are masked out: no host sync, no boolean indexing
     b, d = features.shape
-    ya = y[is_anchor]
-    sign = torch.where(ya[:, None] == y[None, :], -1.0, 1.0).to(features)  # s_aj
+    is_anchor = torch.isin(y, torch.as_tensor(list(tail), device=y.device)).to(features.dtype)
+    sign = torch.where(y[:, None] == y[None, :], -1.0, 1.0).to(features.dtype)  # s_aj
     omega = omega.to(features)
-    weight = omega[ya][:, None] + omega[y][None, :]  # W_aj
-    kl = pairwise_feature_kl(features[is_anchor].detach(), features)  # (|T|, B)
+    weight = omega[y][:, None] + omega[y][None, :]  # W_aj
+    kl = pairwise_feature_kl(features.detach(), features)  # K[a, j], anchor side detached
     if variant == "released":
-        kl_bar = kl.sum(dim=1) / (b * d)  # reduction='mean' over all B·D elements
-        c = (sign * weight).mean(dim=1)
-        return (c * kl_bar).mean()
-    if variant == "per-pair":
-        return (sign * weight * kl).mean(dim=1).mean()
-    raise ValueError(f"TAIL variant must be 'released' or 'per-pair', got {variant!r}")
+        per_anchor = (sign * weight).mean(dim=1) * kl.sum(dim=1) / (b * d)  # c_a · KLbar_a (reduction='mean')
+    elif variant == "per-pair":
+        per_anchor = (sign * weight * kl).mean(dim=1)
+    else:
+        raise ValueError(f"TAIL variant must be 'released' or 'per-pair', got {variant!r}")
+    return (per_anchor * is_anchor).sum() / is_anchor.sum().clamp_min(1.0)
 
 
 @register_defense("reat")

@@ -44,6 +44,7 @@ Differences from the released code (github.com/wutong16/Adversarial_Long-Tail):
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -145,9 +146,10 @@ class RoBal(Defense):
 
     def __init__(self, cfg: Any, ctx: TrainContext):
         super().__init__(cfg, ctx)
-        self.params = {k: (getattr(cfg, k) if getattr(cfg, k) is not None else v) for k, v in VARIANTS[cfg.variant].items()}
-        p = self.params
-        self.margins = class_margins(ctx.train_counts, p["m"], p["tau_m"], p["s"]).to(ctx.device)
+        # the config with every None replaced by the variant's value
+        self.resolved = dataclasses.replace(cfg, **{k: v for k, v in VARIANTS[cfg.variant].items() if getattr(cfg, k) is None})
+        p = self.resolved
+        self.margins = class_margins(ctx.train_counts, p.m, p.tau_m, p.s).to(ctx.device)
         self.log_pi = log_prior(ctx.train_counts).to(ctx.device)
 
     def setup_model(self, model: nn.Module) -> nn.Module:
@@ -158,17 +160,17 @@ class RoBal(Defense):
 
     def inference_bias(self) -> torch.Tensor:
         """−τ_p·log π (zero for variant "R")."""
-        return -self.params["tau_p"] * self.log_pi
+        return -self.resolved.tau_p * self.log_pi
 
     def inference_model(self, model: nn.Module) -> nn.Module:
         """``inference_scale·cos − τ_p·log π``."""
         return AffineLogits(model, self.cfg.inference_scale, self.inference_bias())
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor) -> LossOutput:
-        p = self.params
+        p = self.resolved
         cos_adv = model(x_adv).float()
         cos_nat = model(x).float()
-        ce = F.cross_entropy(margin_logits(cos_adv, y, self.margins, p["s"], p["tau_b"], self.log_pi), y)
+        ce = F.cross_entropy(margin_logits(cos_adv, y, self.margins, p.s, p.tau_b, self.log_pi), y)
         kl = kl_per_sample(cos_nat, cos_adv).mean()
         stats_logits = self.cfg.inference_scale * cos_adv.detach() + self.inference_bias().to(cos_adv.device)
-        return LossOutput(ce + p["beta_reg"] * kl, stats_logits, {"margin_ce": ce.detach(), "kl": kl.detach()})
+        return LossOutput(ce + p.beta_reg * kl, stats_logits, {"margin_ce": ce.detach(), "kl": kl.detach()})

@@ -1,6 +1,13 @@
-"""Shared fixtures: real Fashion-MNIST loaded once, and a quickly trained tiny SmallCNN."""
+"""Shared fixtures: real Fashion-MNIST loaded once, and a quickly trained tiny SmallCNN.
+
+Tests run torch on ``RFBENCH_TEST_THREADS`` intra-op threads (default 1): the
+tensors here are tiny, and on a shared, loaded machine two OpenMP threads
+waiting on each other made small convolutions about 20x slower than one thread.
+"""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
@@ -8,6 +15,8 @@ import torch.nn.functional as F
 
 from benchmark.data import iterate_batches, load_dataset
 from benchmark.models import create_model
+
+torch.set_num_threads(int(os.environ.get("RFBENCH_TEST_THREADS", "1")))
 
 
 @pytest.fixture(scope="session")

@@ -99,13 +99,13 @@ def test_early_stop_gives_the_same_robust_answer(fmnist_cnn, batch):
     """Early stop says "broken" exactly when some iterate of the full run fooled the model."""
     x, y = batch
     kw = dict(eps=0.05, alpha=0.0125, steps=6)
-    with torch.no_grad():
-        es_fooled = fmnist_cnn(PGD(fmnist_cnn, early_stop=True, **kw)(x, y, seed=9)).argmax(1) != y
-        any_fooled = torch.zeros_like(es_fooled)
-        for k in range(kw["steps"] + 1):  # iterate k of the same seeded trajectory (k = 0: the random start)
-            xk = pgd(fmnist_cnn, x, y, eps=kw["eps"], alpha=kw["alpha"], steps=k, generator=torch.Generator().manual_seed(9))
-            any_fooled |= fmnist_cnn(xk).argmax(1) != y
-        final_fooled = fmnist_cnn(xk).argmax(1) != y
+    predict = lambda z: fmnist_cnn(z).detach().argmax(1)
+    es_fooled = predict(PGD(fmnist_cnn, early_stop=True, **kw)(x, y, seed=9)) != y
+    any_fooled = torch.zeros_like(es_fooled)
+    for k in range(kw["steps"] + 1):  # iterate k of the same seeded trajectory (k = 0: the random start)
+        xk = pgd(fmnist_cnn, x, y, eps=kw["eps"], alpha=kw["alpha"], steps=k, generator=torch.Generator().manual_seed(9))
+        any_fooled |= predict(xk) != y
+    final_fooled = predict(xk) != y
     assert torch.equal(es_fooled, any_fooled)
     assert (es_fooled >= final_fooled).all()
     assert 0 < int(es_fooled.sum()) < len(y)  # the comparison is not vacuous

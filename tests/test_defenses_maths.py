@@ -293,6 +293,15 @@ def test_robal_margins_and_cosine_logits_by_hand():
     assert z[0].tolist() == pytest.approx(expected, rel=1e-6)
 
 
+def test_robal_variants_resolve_and_overrides_win():
+    n = build_defense("robal", {}, ctx_for(CIFAR10_LT50)).resolved
+    assert (n.variant, n.m, n.s, n.tau_b, n.tau_m, n.beta_reg, n.tau_p) == ("N", 0.1, 10.0, 1.2, 0.0, 6.0, 0.1)
+    r = build_defense("robal", {"variant": "R", "tau_p": 0.2}, ctx_for(CIFAR10_LT50)).resolved
+    assert (r.m, r.s, r.tau_b, r.tau_m, r.beta_reg, r.tau_p) == (0.1, 10.0, 1.5, 0.3, 6.0, 0.2)
+    with pytest.raises(ConfigError):
+        build_defense("robal", {"variant": "X"}, ctx_for(CIFAR10_LT50))
+
+
 def test_robal_head_inference_and_loss(fmnist_lt, real_batch):
     x, y = real_batch
     counts = fmnist_lt.train_counts

@@ -176,3 +176,58 @@ def test_example_defense_loads_from_file_spec(fmnist_lt, batch, monkeypatch):
     fresh.load_state_dict(defense.state_dict())
     assert fresh.class_weights.tolist() == [1.0] * 9 + [2.0]
     assert fresh.cfg.boost == 3.0
+
+
+# --------------------------------------------------------------------------- reproduction configs
+CONFIG_FILES = sorted((REPO / "configs" / "cifar10-lt50").glob("*.yaml")) + sorted((REPO / "configs" / "fmnist-lt50").glob("*.yaml"))
+SPEC_RECIPES = {  # ../shared/spec/defenses.md (PGD-AT takes AT-BSL's recipe, whose baseline it is)
+    "pgd-at": dict(model="resnet18", epochs=100, batch_size=128, lr=0.1, weight_decay=5e-4, milestones=[75, 90], steps=10),
+    "at-bsl": dict(model="resnet18", epochs=100, batch_size=128, lr=0.1, weight_decay=5e-4, milestones=[75, 90], steps=10),
+    "reat": dict(model="resnet18", epochs=80, batch_size=128, lr=0.1, weight_decay=5e-4, milestones=[60, 75], steps=10),
+    "reat-per-pair": dict(model="resnet18", epochs=80, batch_size=128, lr=0.1, weight_decay=5e-4, milestones=[60, 75], steps=10),
+    "robal-n": dict(model="wrn34_10", epochs=80, batch_size=64, lr=0.1, weight_decay=2e-4, milestones=[60, 75], steps=5),
+    "robal-r": dict(model="wrn34_10", epochs=80, batch_size=64, lr=0.1, weight_decay=2e-4, milestones=[60, 75], steps=5),
+}
+
+
+def _load_config(path):
+    from benchmark.config import from_dict, load_yaml
+    from benchmark.train.config import TrainConfig
+
+    return from_dict(TrainConfig, load_yaml(path), where=str(path))
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_config_is_valid(path):
+    from benchmark.config import from_dict
+    from benchmark.models import list_models
+
+    cfg = _load_config(path)
+    assert cfg.model in list_models()
+    from_dict(get_defense_class(cfg.defense).Config, cfg.defense_args, where=f"{path} defense_args")
+    assert cfg.out.endswith(path.stem)
+
+
+def test_cifar10_lt50_configs_follow_the_spec():
+    got = {p.stem: _load_config(p) for p in CONFIG_FILES if p.parent.name == "cifar10-lt50"}
+    assert set(got) == set(SPEC_RECIPES)
+    for name, recipe in SPEC_RECIPES.items():
+        cfg = got[name]
+        assert (cfg.dataset, cfg.imbalance_ratio, cfg.eps, cfg.alpha) == ("cifar10-lt", 50, 8 / 255, 2 / 255), name
+        assert (cfg.momentum, cfg.gamma, cfg.schedule) == (0.9, 0.1, "multistep"), name
+        for key, value in recipe.items():
+            assert getattr(cfg, key) == value, (name, key)
+    assert got["robal-n"].defense_args["variant"] == "N" and got["robal-r"].defense_args["variant"] == "R"
+    assert got["reat"].defense_args["variant"] == "released" and got["reat-per-pair"].defense_args["variant"] == "per-pair"
+
+
+def test_fmnist_lt50_runs_share_model_budget_and_seed():
+    import dataclasses
+
+    cfgs = {p.stem: dataclasses.asdict(_load_config(p)) for p in CONFIG_FILES if p.parent.name == "fmnist-lt50"}
+    assert set(cfgs) == {"pgd-at", "cb-at", "at-bsl", "reat-released", "reat-per-pair"}
+    strip = lambda c: {k: v for k, v in c.items() if k not in ("defense", "defense_args", "out")}  # noqa: E731
+    base = strip(cfgs["pgd-at"])
+    assert base["dataset"] == "fashion-mnist" and base["imbalance_ratio"] == 50
+    for name, c in cfgs.items():
+        assert strip(c) == base, name

@@ -12,12 +12,27 @@ from benchmark.train.rundir import load_run_model
 from benchmark.train.schedule import lr_at
 from benchmark.train.trainer import NonFiniteLossError, Trainer, selection_score, train
 
-TINY = dict(dataset="fashion-mnist", model="smallcnn", max_train_samples=400, val_per_class=20, steps=2,
+TINY = dict(dataset="fashion-mnist", model="smallcnn", max_train_samples=320, val_per_class=10, steps=2,
             val_steps=2, batch_size=64, optimizer="adam", lr=1e-3, weight_decay=0.0, device="cpu", seed=3)
 
 
 def _cfg(tmp_path, name, **kw):
     return TrainConfig(**{**TINY, "out": str(tmp_path / name), **kw})
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """An uninterrupted 2-epoch run that the resume tests compare against."""
+    return train(_cfg(tmp_path_factory.mktemp("straight"), "run", epochs=2), quiet=True)
+
+
+def _assert_same_run(a_dir, b_dir):
+    a = load_checkpoint(a_dir / "checkpoint-last.pt")
+    b = load_checkpoint(b_dir / "checkpoint-last.pt")
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]
+    assert strip(a["history"]) == strip(b["history"])
 
 
 def test_train_writes_a_complete_run_directory(tmp_path):
@@ -35,17 +50,10 @@ def test_train_writes_a_complete_run_directory(tmp_path):
     assert model(x).shape == (2, 10)
 
 
-def test_resume_after_a_kill_is_bit_identical(tmp_path):
-    straight = train(_cfg(tmp_path, "straight", epochs=3), quiet=True)
-    # "kill" after epoch 1: train 1 epoch, then rerun the 3-epoch config in the same directory
+def test_resume_after_a_kill_is_bit_identical(tmp_path, straight):
+    # "killed" after epoch 1: train 1 epoch, then rerun the 2-epoch config in the same directory
     train(_cfg(tmp_path, "resumed", epochs=1), quiet=True)
-    resumed = train(_cfg(tmp_path, "resumed", epochs=3), quiet=True)
-    a = load_checkpoint(straight / "checkpoint-last.pt")
-    b = load_checkpoint(resumed / "checkpoint-last.pt")
-    for k in a["model"]:
-        assert torch.equal(a["model"][k], b["model"][k]), k
-    strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]
-    assert strip(a["history"]) == strip(b["history"])
+    _assert_same_run(straight, train(_cfg(tmp_path, "resumed", epochs=2), quiet=True))
 
 
 def test_finished_run_is_not_redone_and_other_config_is_refused(tmp_path):
@@ -104,3 +112,27 @@ def test_per_class_training_statistics_reach_the_defense(tmp_path, monkeypatch):
     assert sum(s.train_pred_counts) == len(t.bundle.train)
     assert len(s.train_adv_probs) == 10 and all(abs(sum(row) - 1) < 1e-4 for row in s.train_adv_probs)
     assert all(0 <= a <= 1 for a in s.val_clean_acc + s.val_robust_acc + s.train_robust_acc)
+
+
+@pytest.mark.parametrize("at_batch", [2, 4])
+def test_sigterm_mid_epoch_saves_state_and_resume_is_bit_identical(tmp_path, monkeypatch, at_batch, straight):
+    import signal
+
+    from benchmark.errors import Interrupted
+    from defenses.standard import PGDAT
+
+    trainer = Trainer(_cfg(tmp_path, "killed", epochs=2))
+    calls = {"n": 0}
+
+    def on_batch_end(self, y, adv_logits):
+        calls["n"] += 1
+        if calls["n"] == at_batch:  # as if SIGTERM arrived during this batch
+            trainer._signal = signal.SIGTERM
+
+    monkeypatch.setattr(PGDAT, "on_batch_end", on_batch_end)
+    with pytest.raises(Interrupted, match=f"SIGTERM at epoch 1, batch {at_batch}.*same command") as exc:
+        trainer.fit()
+    assert exc.value.exit_code == 128 + signal.SIGTERM
+    assert load_checkpoint(tmp_path / "killed" / "checkpoint-last.pt")["partial"]["batches_done"] == at_batch
+    monkeypatch.undo()
+    _assert_same_run(straight, train(_cfg(tmp_path, "killed", epochs=2), quiet=True))

@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except RfbenchError as exc:
         print(f"rfbench: error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
     except KeyboardInterrupt:
         print("rfbench: interrupted", file=sys.stderr)
         return 130

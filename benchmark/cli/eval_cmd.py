@@ -86,12 +86,14 @@ def _load_model(args: argparse.Namespace, device):
 
 
 def run(args: argparse.Namespace) -> int:
+    from attacks.spec import check_specs
     from benchmark.eval import EvalConfig, evaluate, markdown_table
     from benchmark.train.runtime import resolve_device
 
     cfg = resolve_config(EvalConfig, args, args.config, [])
     if cfg.quiet:
         logging.getLogger().setLevel(logging.WARNING)
+    check_specs(cfg.attacks)
     device = resolve_device(cfg.device)
     model, source, bundle = _load_model(args, device)
     out = Path(args.out) if args.out else (Path(args.run) / f"eval-{args.which}" if args.run else Path("runs") / "eval")

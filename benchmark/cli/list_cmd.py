@@ -7,9 +7,10 @@ import argparse
 
 def _names(kind: str) -> list[tuple[str, str]]:
     if kind == "datasets":
-        from benchmark.data import DATASETS, list_datasets
+        from benchmark.data import list_datasets
+        from benchmark.data.registry import describe_dataset
 
-        return [(n, DATASETS.describe(n) if n in DATASETS else "") for n in list_datasets()]
+        return [(n, describe_dataset(n)) for n in list_datasets()]
     if kind == "models":
         from benchmark.models import MODELS
 

@@ -17,6 +17,10 @@ HELP = {
     "download": "let torchvision download missing files",
     "imbalance_ratio": "long-tail ratio rho = head/tail count (50: the tail class has 1/50 of the head's images)",
     "val_per_class": "validation images held out per class (default: 2%% of the largest class, at least 20)",
+    "val_borrow": "long-tailed sets: validation images borrowed from the head class are removed from training, "
+                  "or shared with it",
+    "eps_warmup_epochs": "ramp the training eps linearly over this many epochs (default: the dataset's protocol; "
+                         "SVHN uses 5)",
     "max_train_samples": "train on a stratified subset of this many images (quick runs)",
     "model": "model name (`rfbench list models`)",
     "init": "checkpoint to initialise the weights from (e.g. runs/trades/checkpoint-best.pt for FRL)",

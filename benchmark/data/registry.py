@@ -1,17 +1,27 @@
 """The dataset registry and :func:`load_dataset`.
 
-A dataset source is registered with ``@register_dataset(name)`` and returns a
-:class:`RawSplits` (the full training and test sets plus its augmentation and
-threat-model defaults).  :func:`load_dataset` turns that into a
-:class:`~benchmark.data.base.DataBundle`: it applies the long-tailed generator
-when asked (``cifar10-lt`` or ``imbalance_ratio=``), and holds out a balanced
-validation split as the protocol says.
+A dataset source is registered with ``@register_dataset(name)`` (or
+``@register_path_scheme(scheme)`` for ``scheme:PATH`` sources) and returns a
+:class:`RawSplits` (the full training and test sets plus its augmentation,
+threat-model defaults and normalisation).  :func:`load_dataset` turns that
+into a :class:`~benchmark.data.base.DataBundle`: it applies the long-tailed
+generator when asked (``cifar10-lt`` or ``imbalance_ratio=``), and holds out
+a balanced validation split as the protocol says (see
+:mod:`benchmark.data.longtail`).
 
 Names:
 
-* ``cifar10``, ``cifar100``, ``svhn``, ``stl10``, ``mnist``, ``fashion-mnist``;
+* ``cifar10``, ``cifar100``, ``svhn``, ``stl10`` (:mod:`~benchmark.data.torchvision_sets`),
+  ``mnist``, ``fashion-mnist`` (:mod:`~benchmark.data.idx`);
 * ``NAME-lt`` for any of them (the imbalance ratio ρ defaults to 50);
-* ``imagefolder:PATH`` and ``imagenet:PATH``.
+* ``imagefolder:PATH`` and ``imagenet:PATH`` (:mod:`~benchmark.data.imagefolder`);
+  give these a long tail with ``imbalance_ratio=``.
+
+Example::
+
+    bundle = load_dataset("cifar10-lt", root="data", imbalance_ratio=100)
+    bundle.train_counts   # [4900, 2997, 1796, ...]: the head's 100 validation images left training
+    bundle.notes          # what a result file must say about the splits
 """
 
 from __future__ import annotations

@@ -14,9 +14,8 @@ def per_class_subset(ds: ArrayDataset, n_per_class: int, seed: int = 0) -> Array
     """
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(len(ds), generator=g)
-    keep = []
-    for c in range(ds.num_classes):
-        keep.append(perm[ds.y[perm] == c][:n_per_class])
+    y = ds.y.cpu()[perm]
+    keep = [perm[y == c][:n_per_class] for c in range(ds.num_classes)]
     return ds.subset(torch.cat(keep).sort().values)
 
 
@@ -28,8 +27,9 @@ def stratified_subset(ds: ArrayDataset, n: int, seed: int = 0) -> ArrayDataset:
     total = sum(counts)
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(len(ds), generator=g)
+    y = ds.y.cpu()[perm]
     keep = []
     for c, n_c in enumerate(counts):
         k = max(1, (n * n_c) // total) if n_c else 0
-        keep.append(perm[ds.y[perm] == c][:k])
+        keep.append(perm[y == c][:k])
     return ds.subset(torch.cat(keep).sort().values)

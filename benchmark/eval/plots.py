@@ -68,8 +68,7 @@ def plot_confusion_flow(result: dict, path: str | Path, name: str = "worst_case"
     share = np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)
     flow = np.ma.masked_array(share, mask=np.eye(len(classes), dtype=bool))
     fig, ax = plt.subplots(figsize=(max(5.0, 0.55 * len(classes) + 2.5), max(4.2, 0.5 * len(classes) + 1.5)))
-    cmap = matplotlib.colormaps["Reds"].copy()
-    cmap.set_bad("#d9d9d9")  # the hidden diagonal
+    cmap = matplotlib.colormaps["Reds"].with_extremes(bad="#d9d9d9")  # grey: the hidden diagonal
     im = ax.imshow(100 * flow, cmap=cmap, vmin=0)
     if len(classes) <= 20:
         for i in range(len(classes)):

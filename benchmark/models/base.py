@@ -7,7 +7,10 @@ models do, so eps is in pixel scale), and exposes:
   weight-norm diagnostics need them);
 * ``head``: the classifier applied to ``f`` (a ``nn.Linear`` unless a defense
   swapped in a cosine head);
-* ``forward(x) = head(features(x))``: the logits.
+* ``forward(x) = head(features(x))``: the logits;
+  ``forward(x, return_features=True)`` returns ``(logits, features)`` from one
+  pass (use this form in a defense's loss: it also goes through a
+  DistributedDataParallel wrapper, which ``model.features`` would bypass).
 """
 
 from __future__ import annotations
@@ -55,8 +58,17 @@ class RFModel(nn.Module):
         """Penultimate features of inputs ``x`` in [0,1]."""
         return self.body(self.normalize(x))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+    def forward(self, x: torch.Tensor, return_features: bool = False):
+        f = self.features(x)
+        logits = self.head(f)
+        return (logits, f) if return_features else logits
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside a DistributedDataParallel (or similar ``.module``) wrapper."""
+    while isinstance(model, nn.parallel.DistributedDataParallel):
+        model = model.module
+    return model
 
 
 ModelFactory = Callable[..., RFModel]

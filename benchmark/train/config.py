@@ -19,6 +19,7 @@ class TrainConfig:
     download: bool = False  # let torchvision download when files are missing
     imbalance_ratio: float | None = field(default=None, metadata=rng(1, None))  # ρ (head/tail); NAME-lt implies 50
     val_per_class: int | None = field(default=None, metadata=rng(1, None))  # default: 2% of the largest class, >= 20
+    val_borrow: str = field(default="remove", metadata=choice("remove", "share"))  # LT head-class validation images
     max_train_samples: int | None = field(default=None, metadata=rng(1, None))  # stratified subset, for quick runs
     # model
     model: str = "smallcnn"
@@ -32,6 +33,7 @@ class TrainConfig:
     eps: float | None = field(default=None, metadata=rng(0, 1))
     alpha: float | None = field(default=None, metadata=rng(0, 1))
     steps: int | None = field(default=None, metadata=rng(1, None))
+    eps_warmup_epochs: int | None = field(default=None, metadata=rng(0, None))  # ramp eps linearly over N epochs
     # optimisation
     epochs: int = field(default=2, metadata=rng(1, None))
     batch_size: int = field(default=128, metadata=rng(1, None))
@@ -52,6 +54,7 @@ class TrainConfig:
     amp: str = field(default="auto", metadata=choice("auto", "bf16", "off"))  # auto = bf16 on CUDA, off on CPU
     channels_last: str = field(default="auto", metadata=choice("auto", "on", "off"))  # auto = on for CUDA
     nan_policy: str = field(default="stop", metadata=choice("stop", "skip-batch"))
+    checkpoint_every: int = field(default=0, metadata=rng(0, None))  # also save mid-epoch every N batches (0 = epoch ends only)
     out: str = "runs/demo"
 
     def validate(self) -> None:

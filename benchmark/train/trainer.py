@@ -14,10 +14,13 @@ saved in the checkpoint, and the learning rate is a pure function of the epoch.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import platform
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -29,10 +32,12 @@ from tqdm.auto import tqdm
 from benchmark.config import dump_yaml, to_dict
 from benchmark.data import DataBundle, iterate_batches, load_dataset
 from benchmark.data.subsets import stratified_subset
-from benchmark.errors import ConfigError, RfbenchError
+from attacks.core import ShardedGenerator
+from benchmark.errors import ConfigError, Interrupted, RfbenchError
 from benchmark.io import atomic_write_json, atomic_write_text, load_checkpoint, load_state_dict_into, save_checkpoint
-from benchmark.models import create_model
+from benchmark.models import create_model, unwrap
 from benchmark.train.config import TrainConfig
+from benchmark.train.distributed import DistInfo, all_reduce_sum, any_rank, barrier, gather_rows, init_distributed, shard
 from benchmark.train.runtime import autocast_dtype, resolve_device, seed_everything, use_channels_last
 from benchmark.train.schedule import lr_at
 from benchmark.train.validate import per_class_accuracy
@@ -43,7 +48,7 @@ log = logging.getLogger(__name__)
 
 LAST, BEST, CONFIG, LOG, SUMMARY = "checkpoint-last.pt", "checkpoint-best.pt", "config.yaml", "log.jsonl", "summary.json"
 # config keys that may differ between a run and its resumption
-RESUMABLE_KEYS = {"out", "device", "epochs"}
+RESUMABLE_KEYS = {"out", "device", "epochs", "checkpoint_every"}
 
 
 class NonFiniteLossError(RfbenchError):
@@ -63,8 +68,10 @@ def threat_from(cfg: TrainConfig, bundle: DataBundle) -> ThreatModel:
 
 def load_bundle(cfg: TrainConfig) -> DataBundle:
     """The run's data: dataset, long-tail split, validation split, optional training subset."""
-    bundle = load_dataset(cfg.dataset, root=cfg.data_root, download=cfg.download,
-                          imbalance_ratio=cfg.imbalance_ratio, val_per_class=cfg.val_per_class, seed=cfg.seed)
+    bundle = load_dataset(cfg.dataset, root=cfg.data_root, download=cfg.download, imbalance_ratio=cfg.imbalance_ratio,
+                          val_per_class=cfg.val_per_class, seed=cfg.seed, val_borrow=cfg.val_borrow)
+    if bundle.eval_only:
+        raise ConfigError(f"dataset '{cfg.dataset}' has no training split here; it can only be evaluated")
     if cfg.max_train_samples:
         bundle.train = stratified_subset(bundle.train, cfg.max_train_samples, seed=cfg.seed)
         bundle.notes.append(f"training subset: {len(bundle.train)} images (max_train_samples={cfg.max_train_samples})")
@@ -106,7 +113,7 @@ class EpochAccumulator:
         self.batches = 0
 
     @torch.no_grad()
-    def add(self, y: torch.Tensor, logits: torch.Tensor | None, loss: float, terms: dict[str, torch.Tensor]) -> None:
+    def add(self, y: torch.Tensor, logits: torch.Tensor | None, loss: float, terms: dict[str, float]) -> None:
         self.batches += 1
         self.loss_sum += loss
         for k, v in terms.items():
@@ -120,6 +127,21 @@ class EpochAccumulator:
         self.pred_counts += torch.bincount(pred, minlength=c)
         self.correct += torch.bincount(y[pred == y], minlength=c)
         self.prob_sum.index_add_(0, y, logits.softmax(1).double())
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"pred_counts": self.pred_counts, "correct": self.correct, "seen": self.seen,
+                "prob_sum": self.prob_sum, "loss_sum": self.loss_sum, "terms": dict(self.terms),
+                "batches": self.batches}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for k in ("pred_counts", "correct", "seen", "prob_sum"):
+            getattr(self, k).copy_(state[k])
+        self.loss_sum, self.terms, self.batches = float(state["loss_sum"]), dict(state["terms"]), int(state["batches"])
+
+    def reduce(self, info: DistInfo) -> None:
+        """Sum the counts over ranks (losses are already global averages on every rank)."""
+        for t in (self.pred_counts, self.correct, self.seen, self.prob_sum):
+            all_reduce_sum(t, info)
 
     def summary(self) -> dict[str, Any]:
         seen = self.seen.clamp(min=1)
@@ -138,19 +160,28 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, quiet: bool = False, force: bool = False):
         self.cfg = cfg
         self.out = Path(cfg.out)
-        self.quiet = quiet
         self.force = force
-        self.device = resolve_device(cfg.device)
+        self.dist, self.device = init_distributed(resolve_device(cfg.device))
+        self.quiet = quiet or not self.dist.main
+        if not self.dist.main:  # one voice: rank 0 logs, the others only warn
+            logging.getLogger().setLevel(logging.WARNING)
         self.amp = autocast_dtype(cfg.amp, self.device)
         self.channels_last = use_channels_last(cfg.channels_last, self.device)
         self.seeds = seed_everything(cfg.seed)
         self.bundle = load_bundle(cfg)
         self.threat = threat_from(cfg, self.bundle)
-        self.data_gen = torch.Generator().manual_seed(cfg.seed)
+        self.base_eps = self.threat.eps
+        self.eps_warmup = (cfg.eps_warmup_epochs if cfg.eps_warmup_epochs is not None
+                           else self.bundle.threat.eps_warmup_epochs)
+        # independent streams: epoch order, augmentation, attack starts (each saved for exact resume)
+        self.perm_gen = torch.Generator().manual_seed(cfg.seed)
+        self.aug_gen = torch.Generator().manual_seed(cfg.seed + 2)
         self.attack_gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 1)
+        self.sharded_gen = ShardedGenerator(self.attack_gen) if self.dist.enabled else None
         ctx = TrainContext(
             num_classes=self.bundle.num_classes, train_counts=self.bundle.train_counts, threat=self.threat,
-            epochs=cfg.epochs, device=self.device, autocast_dtype=self.amp, generator=self.attack_gen,
+            epochs=cfg.epochs, device=self.device, autocast_dtype=self.amp,
+            generator=self.sharded_gen or self.attack_gen,
             val_loader=lambda bs=512: iterate_batches(self.bundle.val, bs, device=self.device),
             lr_milestones=list(cfg.milestones),
         )
@@ -161,11 +192,17 @@ class Trainer:
         if cfg.init:
             load_state_dict_into(model, load_checkpoint(cfg.init), source=f"init checkpoint {cfg.init}")
             log.info("initialised weights from %s", cfg.init)
-        self.model = model
+        self.module = model
         self.optimizer = build_optimizer(cfg, model)
+        if self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        self.model = model
         self.history: list[dict[str, Any]] = []
         self.best_score = float("-inf")
         self.start_epoch = 0
+        self.partial: dict[str, Any] | None = None  # mid-epoch state to resume from
+        self._signal: int | None = None
 
     # -- checkpoints ------------------------------------------------------------
     def _resolved(self) -> dict[str, Any]:
@@ -177,16 +214,19 @@ class Trainer:
         return {"dataset": b.name, "num_classes": b.num_classes, "in_channels": b.in_channels,
                 "image_size": list(b.image_size), "mean": list(b.mean), "std": list(b.std),
                 "classes": list(b.classes), "train_counts": b.train_counts,
-                "threat": dataclasses.asdict(self.threat), "imbalance_ratio": b.imbalance_ratio}
+                "threat": {**dataclasses.asdict(self.threat), "eps": self.base_eps},
+                "imbalance_ratio": b.imbalance_ratio, "notes": list(b.notes)}
 
-    def _state(self) -> dict[str, Any]:
+    def _state(self, partial: dict[str, Any] | None = None) -> dict[str, Any]:
         return {
-            "model": self.model.state_dict(),
+            "model": self.module.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "epoch": len(self.history),
+            "partial": partial,
             "defense_state": self.defense.state_dict(),
             "extra_models": {k: m.state_dict() for k, m in self.defense.extra_models().items()},
-            "data_gen": self.data_gen.get_state(),
+            "perm_gen": self.perm_gen.get_state(),
+            "aug_gen": self.aug_gen.get_state(),
             "attack_gen": self.attack_gen.get_state(),
             "history": self.history,
             "best_score": self.best_score,
@@ -210,70 +250,136 @@ class Trainer:
             return False
         state = load_checkpoint(path, map_location=self.device)
         self._check_same_run(state.get("config", {}))
-        load_state_dict_into(self.model, state["model"], source=str(path))
+        load_state_dict_into(self.module, state["model"], source=str(path))
         self.optimizer.load_state_dict(state["optimizer"])
         self.defense.load_state_dict(state.get("defense_state", {}))
         for name, m in self.defense.extra_models().items():
             if name in state.get("extra_models", {}):
                 m.load_state_dict(state["extra_models"][name])
-        self.data_gen.set_state(state["data_gen"].cpu())
-        self.attack_gen.set_state(state["attack_gen"].cpu())
+        self.perm_gen.set_state(state["perm_gen"].cpu())
+        self.aug_gen.set_state(state["aug_gen"].cpu())
+        self.attack_gen.set_state(state["attack_gen"].to(self.attack_gen.get_state().device))
         self.history = list(state["history"])
         self.best_score = float(state["best_score"])
         self.start_epoch = int(state["epoch"])
-        log.info("resuming %s after epoch %d of %d", self.out, self.start_epoch, self.cfg.epochs)
+        self.partial = state.get("partial")
+        where = (f"epoch {self.start_epoch + 1}, batch {self.partial['batches_done']}" if self.partial
+                 else f"the end of epoch {self.start_epoch}")
+        log.info("resuming %s from %s (of %d epochs)", self.out, where, self.cfg.epochs)
         return True
+
+    def _save_last(self, partial: dict[str, Any] | None = None) -> None:
+        if self.dist.main:
+            save_checkpoint(self.out / LAST, self._state(partial))
+        barrier(self.dist)
 
     # -- one epoch ----------------------------------------------------------------
     def _train_epoch(self, epoch: int) -> dict[str, Any]:
-        cfg, bundle = self.cfg, self.bundle
+        cfg, bundle, info = self.cfg, self.bundle, self.dist
         lr = lr_at(epoch, cfg.lr, cfg.schedule, cfg.epochs, cfg.milestones, cfg.gamma)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
+        if self.eps_warmup:  # the defense's ctx.threat is this object: it sees the ramped eps
+            self.threat.eps = self.base_eps * min(1.0, (epoch + 1) / self.eps_warmup)
         self.defense.on_epoch_start(epoch)
-        order = self.defense.sample_order(epoch, bundle.train.y, self.data_gen)
         acc = EpochAccumulator(bundle.num_classes, self.device)
-        batches = iterate_batches(bundle.train, cfg.batch_size, device=self.device, shuffle=True,
-                                  generator=self.data_gen, augment=bundle.augment, order=order)
-        n_batches = -(-len(order if order is not None else bundle.train) // cfg.batch_size)
-        bar = tqdm(batches, total=n_batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+        partial, self.partial = self.partial, None
+        if partial is not None:  # resume inside this epoch: same order, skip the batches already done
+            self.perm_gen.set_state(partial["perm_state"].cpu())
+            acc.load_state_dict(partial["acc"])
+        perm_state = self.perm_gen.get_state()
+        order = self.defense.sample_order(epoch, bundle.train.y, self.perm_gen)
+        if order is None:
+            order = torch.randperm(len(bundle.train), generator=self.perm_gen)
+        done = partial["batches_done"] if partial else 0
+        skipped = partial["skipped"] if partial else 0
+        batches = iterate_batches(bundle.train, cfg.batch_size, device=self.device, generator=self.aug_gen,
+                                  augment=bundle.augment, order=order[done * cfg.batch_size:])
+        n_batches = -(-len(order) // cfg.batch_size)
+        bar = tqdm(batches, total=n_batches, initial=done, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
                    disable=self.quiet or not sys.stderr.isatty(), unit="batch")
-        skipped = 0
-        for i, (x, y, pos) in enumerate(bar):
+        for i, (x, y, pos) in enumerate(bar, start=done):
+            n_global = len(y)
+            if info.enabled:
+                offset, n_local = shard(n_global, info)
+                x, y, pos = x[offset:offset + n_local], y[offset:offset + n_local], pos[offset:offset + n_local]
+                self.sharded_gen.global_n, self.sharded_gen.offset = n_global, offset
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
                 out = self.defense.training_step(self.model, x, y, pos)
             bad = not torch.isfinite(out.loss) or (out.adv_logits is not None and not torch.isfinite(out.adv_logits).all())
-            if bad:
+            self.optimizer.zero_grad(set_to_none=True)
+            if any_rank(bool(bad), info, self.device):
                 where = f"non-finite loss or logits at epoch {epoch + 1}, batch {i + 1}"
                 if cfg.nan_policy == "stop":
                     raise NonFiniteLossError(f"{where}; lower the learning rate, or rerun with --nan-policy skip-batch")
                 log.warning("%s: batch skipped (--nan-policy skip-batch)", where)
                 skipped += 1
-                self.optimizer.zero_grad(set_to_none=True)
-                continue
-            self.optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
-            self.optimizer.step()
-            self.defense.on_batch_end(y, out.adv_logits)
-            loss = float(out.loss.detach())
-            acc.add(y, out.adv_logits, loss, {k: v.detach() for k, v in out.terms.items()})
-            bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+            else:
+                scale = len(y) * info.world / n_global  # makes DDP's gradient average the global-batch mean
+                (out.loss * scale if info.enabled else out.loss).backward()
+                self.optimizer.step()
+                adv_logits = out.adv_logits.detach() if out.adv_logits is not None else None
+                if info.enabled:
+                    y_all = gather_rows(y, info)
+                    adv_all = gather_rows(adv_logits.float(), info) if adv_logits is not None else None
+                    loss_t = all_reduce_sum(out.loss.detach().float() * len(y), info) / n_global
+                    terms = {k: float(all_reduce_sum(v.detach().float() * len(y), info) / n_global)
+                             for k, v in out.terms.items()}
+                else:
+                    y_all, adv_all, loss_t = y, adv_logits, out.loss.detach()
+                    terms = {k: float(v.detach()) for k, v in out.terms.items()}
+                self.defense.on_batch_end(y_all, adv_all)
+                loss = float(loss_t)
+                acc.add(y_all, adv_all, loss, terms)
+                bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+            batches_done = i + 1
+            stop = any_rank(self._signal is not None, info, self.device)
+            if stop or (cfg.checkpoint_every and batches_done % cfg.checkpoint_every == 0 and batches_done < n_batches):
+                self._save_last({"epoch": epoch, "batches_done": batches_done, "perm_state": perm_state,
+                                 "acc": acc.state_dict(), "skipped": skipped})
+            if stop:
+                sig = self._signal or signal.SIGTERM
+                raise Interrupted(
+                    f"stopped by {signal.Signals(sig).name} at epoch {epoch + 1}, batch {batches_done}; "
+                    f"state saved in {self.out / LAST}. Resume by running the same command again.", int(sig))
         stats = acc.summary()
         stats.update(lr=lr, skipped_batches=skipped)
         return stats
 
     def _validate(self, epoch: int) -> tuple[list[float], list[float]]:
-        model = self.defense.inference_model(self.model)
+        model = self.defense.inference_model(self.module)
         model.eval()
         gen = torch.Generator(device=self.device).manual_seed(self.cfg.seed + 10_000 + epoch)
         t = self.threat
-        return per_class_accuracy(model, self.bundle.val, eps=t.eps, alpha=t.alpha, steps=self.cfg.val_steps,
+        return per_class_accuracy(model, self.bundle.val, eps=self.base_eps, alpha=t.alpha, steps=self.cfg.val_steps,
                                   norm=t.norm, device=self.device, generator=gen, autocast_dtype=self.amp)
 
     # -- the run ------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _signals(self):
+        """SIGINT/SIGTERM set a flag; the loop saves a resumable state at the next batch end and stops."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        def handler(signum, frame):
+            if self._signal is not None:  # a second signal: stop now
+                raise KeyboardInterrupt
+            self._signal = signum
+            log.warning("received %s: finishing this batch, saving state, then stopping", signal.Signals(signum).name)
+        old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+
     def fit(self) -> Path:
+        with self._signals():
+            return self._fit()
+
+    def _fit(self) -> Path:
         self.out.mkdir(parents=True, exist_ok=True)
         if (self.out / SUMMARY).exists() and not self.force:
             saved = load_checkpoint(self.out / LAST) if (self.out / LAST).exists() else {}
@@ -282,7 +388,8 @@ class Trainer:
                 log.info("%s is already trained (%d epochs); nothing to do (use --force to retrain)", self.out, self.cfg.epochs)
                 return self.out
         self.maybe_resume()
-        atomic_write_text(self.out / CONFIG, dump_yaml(self.cfg))
+        if self.dist.main:
+            atomic_write_text(self.out / CONFIG, dump_yaml(self.cfg))
         log.info("training %s with %s on %s (%d train / %d val images, %d classes) on %s; output in %s",
                  self.cfg.model, self.cfg.defense, self.bundle.name, len(self.bundle.train), len(self.bundle.val),
                  self.bundle.num_classes, self.device, self.out)
@@ -304,26 +411,30 @@ class Trainer:
                 "defense": extra, "seconds": time.time() - t0,
             }
             self.history.append(record)
-            if score > self.best_score:
-                self.best_score = score
+            if score > self.best_score and self.dist.main:
                 save_checkpoint(self.out / BEST, {
-                    "model": self.model.state_dict(), "epoch": epoch + 1, "score": score, "select": self.cfg.select,
+                    "model": self.module.state_dict(), "epoch": epoch + 1, "score": score, "select": self.cfg.select,
                     "extra_models": {k: m.state_dict() for k, m in self.defense.extra_models().items()},
                     "defense_state": self.defense.state_dict(), "config": self._resolved(), "meta": self._meta(),
                 })
-            save_checkpoint(self.out / LAST, self._state())
-            atomic_write_text(self.out / LOG, "".join(_json_line(r) for r in self.history))
+            self.best_score = max(self.best_score, score)
+            if self.dist.main:
+                atomic_write_text(self.out / LOG, "".join(_json_line(r) for r in self.history))
+            self._save_last()
             log.info("epoch %d/%d  loss %.4f  val clean %.3f  val robust %.3f (worst class %.3f)  %.1fs%s",
                      epoch + 1, self.cfg.epochs, record["loss"], record["val_clean_mean"], record["val_robust_mean"],
                      record["val_robust_worst"], record["seconds"],
                      "".join(f"  {k} {v:.4f}" for k, v in record["terms"].items()))
         best = max(self.history, key=lambda r: r["select_score"])
+        if not self.dist.main:
+            return self.out
         atomic_write_json(self.out / SUMMARY, {
             "epochs": self.cfg.epochs, "best_epoch": best["epoch"], "select": self.cfg.select,
             "best_score": best["select_score"], "wall_seconds_this_session": time.time() - t_start,
             "train_seconds_total": sum(r["seconds"] for r in self.history), "device": str(self.device),
             "host": platform.node(), "torch": torch.__version__, "seeds": self.seeds,
             "dataset": self.bundle.name, "train_counts": self.bundle.train_counts, "notes": self.bundle.notes,
+            "world_size": self.dist.world,
             "last": {k: self.history[-1][k] for k in ("val_clean_mean", "val_robust_mean", "val_robust_worst")},
         })
         return self.out

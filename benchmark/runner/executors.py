@@ -1,0 +1,157 @@
+"""Executors: how the cells of a sweep are run (``local`` one after another, or ``ray`` as Ray tasks).
+
+An executor takes a list of :class:`Cell` and returns one :class:`CellOutcome`
+per cell, in the same order.  Every cell writes its own run directory, so the
+summary is computed from the files and does not depend on the executor.
+
+* ``local``: in this process, one run after another, with an overall tqdm bar.
+* ``ray``: each cell is a Ray task (Ray is an optional extra:
+  ``pip install rfbench[ray]``).  ``address=None`` starts a local Ray;
+  ``--ray-address auto`` or ``ray://host:10001`` joins a cluster, whose nodes
+  must have rfbench installed and share the output directory.  Each task asks
+  for ``gpus`` GPUs (1 when the run trains on CUDA, 0 on CPU) and ``cpus`` CPUs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from tqdm.auto import tqdm
+
+from benchmark.errors import RfbenchError
+from benchmark.registry import Registry
+from benchmark.runner.config import ResolvedRun
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Cell:
+    """One run of a sweep: its coordinates in the grid (``key``) and its resolved config."""
+
+    key: dict[str, Any]
+    run: ResolvedRun
+
+    @property
+    def label(self) -> str:
+        return " ".join(f"{k}={v}" for k, v in self.key.items())
+
+
+@dataclass
+class CellOutcome:
+    key: dict[str, Any]
+    out: str
+    ok: bool
+    seconds: float
+    error: str | None = None
+
+
+@dataclass
+class ExecutorOptions:
+    force: bool = False
+    quiet: bool = False
+    address: str | None = None  # Ray: None = a local Ray
+    num_cpus: int | None = None  # Ray: CPUs of the local Ray (None = all)
+    gpus: float | None = None  # per run; None = 1 when the run trains on CUDA, else 0
+    cpus: float = 1.0  # per run
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+EXECUTORS: Registry[Callable[[list[Cell], ExecutorOptions], list[CellOutcome]]] = Registry("executor")
+
+
+def run_cell(run: ResolvedRun, key: dict[str, Any], force: bool, quiet: bool) -> CellOutcome:
+    """Execute one cell, turning a failure into an outcome (one bad cell does not stop a sweep)."""
+    from benchmark.runner.run import execute_run
+
+    t0 = time.time()
+    try:
+        out = execute_run(run, force=force, quiet=quiet)
+        return CellOutcome(key=key, out=str(out), ok=True, seconds=time.time() - t0)
+    except (RfbenchError, RuntimeError, ValueError, OSError) as exc:  # reported per cell, the sweep goes on
+        log.debug("cell %s failed:\n%s", key, traceback.format_exc())
+        return CellOutcome(key=key, out=str(run.out), ok=False, seconds=time.time() - t0,
+                           error=f"{type(exc).__name__}: {exc}")
+
+
+@EXECUTORS.register("local", help="in this process, one run after another, with an overall progress bar")
+def local_executor(cells: list[Cell], opts: ExecutorOptions) -> list[CellOutcome]:
+    outcomes = []
+    bar = tqdm(cells, desc="sweep", unit="run", disable=opts.quiet or not sys.stderr.isatty())
+    for cell in bar:
+        bar.set_postfix_str(cell.label, refresh=True)
+        outcome = run_cell(cell.run, cell.key, opts.force, True)
+        if not outcome.ok:
+            log.error("%s failed: %s", cell.label, outcome.error)
+        outcomes.append(outcome)
+    return outcomes
+
+
+def gpus_for(run: ResolvedRun, opts: ExecutorOptions, cluster_gpus: float) -> float:
+    """GPUs a run asks Ray for: the explicit option, else 1 for a CUDA run (``auto`` when the cluster has GPUs), else 0."""
+    if opts.gpus is not None:
+        return opts.gpus
+    device = run.train.device
+    if device.startswith("cuda"):
+        return 1.0
+    return 1.0 if device == "auto" and cluster_gpus > 0 else 0.0
+
+
+def _absolute(run: ResolvedRun) -> ResolvedRun:
+    """The run with every path absolute (Ray workers may start in another directory)."""
+    out = run.out.resolve()
+    train = dataclasses.replace(run.train, out=str(out / "train"),
+                                init=str(Path(run.train.init).resolve()) if run.train.init else None)
+    pre = dataclasses.replace(run.pretrain, out=str(out / "pretrain")) if run.pretrain else None
+    return dataclasses.replace(run, out=out, train=train, pretrain=pre, data={**run.data, "out": str(out)})
+
+
+@EXECUTORS.register("ray", help="each run as a Ray task (local Ray by default, or --ray-address)")
+def ray_executor(cells: list[Cell], opts: ExecutorOptions) -> list[CellOutcome]:
+    try:
+        import ray
+    except ImportError:
+        raise RfbenchError("--executor ray needs Ray: pip install 'rfbench[ray]' (or pip install 'ray[default]')") from None
+    started = False
+    if not ray.is_initialized():
+        repo = str(Path(__file__).resolve().parents[2])
+        env = {"PYTHONPATH": os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH", "")) if p)}
+        kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}, "log_to_driver": not opts.quiet}
+        if opts.address:
+            kwargs["address"] = opts.address
+        else:
+            kwargs.update(num_cpus=opts.num_cpus, include_dashboard=False)
+        ray.init(**kwargs)
+        started = True
+    try:
+        cluster_gpus = float(ray.cluster_resources().get("GPU", 0))
+        task = ray.remote(run_cell)
+        pending = {}
+        for i, cell in enumerate(cells):
+            gpus = gpus_for(cell.run, opts, cluster_gpus)
+            ref = task.options(num_gpus=gpus, num_cpus=opts.cpus, name=cell.label[:100]).remote(
+                _absolute(cell.run), cell.key, opts.force, True)
+            pending[ref] = i
+        outcomes: list[CellOutcome | None] = [None] * len(cells)
+        with tqdm(total=len(cells), desc="sweep (ray)", unit="run", disable=opts.quiet or not sys.stderr.isatty()) as bar:
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                for ref in done:
+                    i = pending.pop(ref)
+                    outcome = ray.get(ref)
+                    if not outcome.ok:
+                        log.error("%s failed: %s", cells[i].label, outcome.error)
+                    outcomes[i] = outcome
+                    bar.update(1)
+        return [o for o in outcomes if o is not None]
+    finally:
+        if started:
+            ray.shutdown()

@@ -1,0 +1,133 @@
+"""Execute one run: pretrain (optional) -> train -> evaluate each selected checkpoint -> report.
+
+Example::
+
+    from benchmark.runner import load_run_config, resolve_run, execute_run
+    run = resolve_run(load_run_config("leaderboards/fashion-mnist-linf/track.yaml"), defense="trades", seed=1)
+    run_dir = execute_run(run)            # runs/fashion-mnist-linf/trades-s1/result.json
+
+Run directory::
+
+    run.yaml            the resolved run config
+    stages.json         stage markers (see benchmark.runner.stages)
+    pretrain/, train/   trainer run directories (checkpoint-best.pt, checkpoint-last.pt, log.jsonl, summary.json)
+    eval-best/, eval-last/   rfbench.result/1 + flags.npz + CSV + plots of each checkpoint
+    result.json, report.md, per_class.png, training.png
+
+Idempotent: a finished stage is skipped on rerun, a killed stage resumes
+(the trainer from its last checkpoint, the evaluation batch by batch), and
+a finished ``result.json`` is never overwritten without ``force``.  A rerun
+with a different config is refused (``force`` starts over).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from benchmark.config import dump_yaml
+from benchmark.errors import ConfigError
+from benchmark.io import atomic_write_text
+from benchmark.runner.config import ResolvedRun, config_differences, fingerprint
+from benchmark.runner.report import build_run_result, write_run_outputs
+from benchmark.runner.stages import StageLog
+
+log = logging.getLogger(__name__)
+
+RUN_FILE, RESULT_FILE = "run.yaml", "result.json"
+
+
+def is_finished(run_dir: str | Path) -> bool:
+    """True when the run's ``result.json`` exists and its last stage is marked done."""
+    run_dir = Path(run_dir)
+    return (run_dir / RESULT_FILE).exists() and StageLog(run_dir).done("report")
+
+
+def _check_same_config(run: ResolvedRun) -> None:
+    path = run.out / RUN_FILE
+    if not path.exists():
+        return
+    saved = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    diff = config_differences(fingerprint(saved), fingerprint(run.data))
+    if diff:
+        raise ConfigError(f"{run.out} holds a run with a different config ({', '.join(diff[:6])} differ); "
+                          "use another --out, or --force to start over")
+
+
+def _clear_outputs(run: ResolvedRun) -> None:
+    """``--force``: drop the evaluations and the run result (the trainer restarts its own stages)."""
+    for which_dir in run.out.glob("eval-*"):
+        shutil.rmtree(which_dir)
+    for name in (RESULT_FILE, "report.md", "per_class.png", "training.png"):
+        (run.out / name).unlink(missing_ok=True)
+
+
+def _train_stage(cfg, quiet: bool, force: bool) -> None:
+    from benchmark.train.trainer import train
+
+    train(cfg, quiet=quiet, force=force)
+
+
+def _eval_stage(run: ResolvedRun, which: str, bundles: dict[str, Any], force: bool) -> dict[str, Any]:
+    from benchmark.data import load_dataset
+    from benchmark.eval import evaluate
+    from benchmark.eval.models import data_args_from_run, from_run
+    from benchmark.train.runtime import resolve_device
+
+    device = resolve_device(run.eval.device)
+    model, source = from_run(run.out / "train", which, device=device)
+    data = data_args_from_run(source)
+    key = repr(sorted(data.items()))
+    if key not in bundles:
+        name = data.pop("name")
+        bundles[key] = load_dataset(name, **data)
+    cfg = run.eval
+    cfg.overwrite = force
+    return evaluate(model, bundles[key], cfg, run.out / f"eval-{which}", source=source)
+
+
+def execute_run(run: ResolvedRun, *, force: bool = False, quiet: bool = False) -> Path:
+    """Run every unfinished stage of ``run``; return the run directory (holding ``result.json``)."""
+    out = run.out
+    if not force:
+        _check_same_config(run)
+        if is_finished(out):
+            log.info("%s is finished; nothing to do (use --force to run it again)", out)
+            return out
+    out.mkdir(parents=True, exist_ok=True)
+    stages = StageLog(out)
+    if force:
+        stages.reset()
+        _clear_outputs(run)
+    atomic_write_text(out / RUN_FILE, dump_yaml(run.data))
+    log.info("run %s: %s on %s (%s), seed %d -> %s", run.name, run.defense, run.train.dataset, run.train.model,
+             run.seed, out)
+    if run.pretrain is not None and not stages.done("pretrain"):
+        t0 = time.time()
+        _train_stage(run.pretrain, quiet, force)
+        stages.mark("pretrain", time.time() - t0)
+    if not stages.done("train"):
+        t0 = time.time()
+        _train_stage(run.train, quiet, force)
+        stages.mark("train", time.time() - t0)
+    bundles: dict[str, Any] = {}
+    for which in run.checkpoints:
+        stage = f"eval-{which}"
+        if stages.done(stage):
+            continue
+        t0 = time.time()
+        result = _eval_stage(run, which, bundles, force)
+        wc = result["summary"]["worst_case"]
+        log.info("%s: clean %.1f%%, robust %.1f%% (worst class %s %.1f%%)", stage, 100 * result["summary"]["clean"]["mean"],
+                 100 * wc["mean"], result["classes"][wc["worst_class"]], 100 * wc["worst"])
+        stages.mark(stage, time.time() - t0, checks=result["checks"]["overall"])
+    t0 = time.time()
+    result = build_run_result(out, run.data, run.checkpoints, stages.stages)
+    write_run_outputs(result, out, plot=run.eval.plot)
+    stages.mark("report", time.time() - t0)
+    return out

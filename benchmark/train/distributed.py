@@ -1,0 +1,89 @@
+"""Data-parallel helpers for ``torchrun``: a no-op in a single process.
+
+Each rank processes a contiguous shard of every *global* batch (the same
+shards ``torch.tensor_split`` makes), gradients are averaged by
+DistributedDataParallel, per-class counts are all-reduced, and only rank 0
+writes files.  With the loss of each shard scaled by ``n_local·W/N`` the
+update equals a single process's on the global batch, up to float rounding.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class DistInfo:
+    world: int = 1
+    rank: int = 0
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: torch.device) -> tuple[DistInfo, torch.device]:
+    """Join the process group torchrun describes (``WORLD_SIZE`` > 1); otherwise single-process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo(), device
+    info = DistInfo(world, int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0")))
+    if device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return info, device
+
+
+def shard(n_global: int, info: DistInfo) -> tuple[int, int]:
+    """``(offset, n_local)`` of this rank's rows in a global batch of ``n_global`` (tensor_split layout)."""
+    base, extra = divmod(n_global, info.world)
+    n_local = base + (1 if info.rank < extra else 0)
+    offset = info.rank * base + min(info.rank, extra)
+    return offset, n_local
+
+
+def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Sum ``t`` over ranks in place (no-op in a single process)."""
+    if info.enabled:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def gather_rows(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Concatenate every rank's rows of ``t`` in rank order (shards may differ in size by one)."""
+    if not info.enabled:
+        return t
+    n = torch.tensor([t.shape[0]], device=t.device)
+    sizes = [torch.zeros_like(n) for _ in range(info.world)]
+    dist.all_gather(sizes, n)
+    width = int(max(s.item() for s in sizes))
+    padded = t.new_zeros((width, *t.shape[1:]))
+    padded[: t.shape[0]] = t
+    parts = [torch.zeros_like(padded) for _ in range(info.world)]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[: int(s.item())] for p, s in zip(parts, sizes)])
+
+
+def any_rank(flag: bool, info: DistInfo, device: torch.device) -> bool:
+    """True if ``flag`` is true on any rank (so every rank takes the same branch)."""
+    if not info.enabled:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled:
+        dist.barrier()
