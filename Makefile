@@ -28,7 +28,7 @@ install-test: $(TEST_STAMP)
 ## demo: install rfbench, adversarially train a small CNN on Fashion-MNIST, print per-class clean/robust accuracy
 demo: $(STAMP)
 	$(BIN)/rfbench train --config configs/demo.yaml --out $(DEMO_OUT)
-	$(BIN)/rfbench eval --run $(DEMO_OUT) --out $(DEMO_OUT)/eval
+	$(BIN)/rfbench eval --run $(DEMO_OUT) --n-per-class 300 --out $(DEMO_OUT)/eval
 
 ## test: install the test dependencies if needed and run the test suite
 test: $(TEST_STAMP)

@@ -191,6 +191,7 @@ class AutoAttack(Attack):
 
     def settings(self) -> dict[str, Any]:
         out = super().settings()
+        out.pop("autocast", None)  # pyautoattack runs in the model's own precision
         out["effective"] = self.effective()
         if self.flags:
             out["flags"] = dict(self.flags)

@@ -14,6 +14,13 @@ attack (``requires_grad_(False)``), which skips the weight-gradient half of
 every backward.  The caller chooses the model's mode (defenses attack in
 ``eval`` mode and update in ``train`` mode).
 
+Speed (``docs/performance.md``): without early stop the steps run on the
+whole batch with no per-step indexing; with early stop the fooled samples
+leave the working batch.  A channels-last input keeps that memory format
+through the attack (pair it with a channels-last model), and
+``autocast_dtype=torch.bfloat16`` runs forward and backward under autocast
+(the iterates, the projection and the returned ``x_adv`` stay float32).
+
 Example::
 
     from attacks.core import pgd
@@ -151,6 +158,43 @@ def _sel(v: float | torch.Tensor, idx: torch.Tensor) -> float | torch.Tensor:
     return v[idx] if torch.is_tensor(v) else v
 
 
+def _input_grad(
+    model: torch.nn.Module, loss_fn: AttackLoss, xa: torch.Tensor, y: torch.Tensor, aux: dict[str, torch.Tensor],
+    autocast_dtype: torch.dtype | None, return_logits: bool = False,
+):
+    """Gradient of the batch-mean loss with respect to the input only (the caller froze the parameters)."""
+    with torch.autocast(xa.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        logits = model(xa)
+        l = loss_fn(logits.float(), y, aux).mean()
+    grad, = torch.autograd.grad(l, [xa])
+    return (grad, logits.detach()) if return_logits else grad
+
+
+def _early_stop_steps(
+    model: torch.nn.Module, loss_fn: AttackLoss, xs: torch.Tensor, ys: torch.Tensor, x_adv: torch.Tensor,
+    e: float | torch.Tensor, a: float | torch.Tensor, aux: dict[str, torch.Tensor], todo: torch.Tensor, b: int,
+    steps: int, norm: str, autocast_dtype: torch.dtype | None, layout: torch.memory_format,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """PGD steps that freeze each sample at its first misclassified iterate and drop it from the batch.
+
+    ``xs``/``ys`` are the samples of this restart (rows ``todo`` of the caller's
+    batch of ``b``).  Returns the iterates and which samples were seen misclassified.
+    """
+    active = torch.arange(len(xs), device=xs.device)
+    broken = torch.zeros(len(xs), dtype=torch.bool, device=xs.device)
+    for _ in range(steps):
+        xa = x_adv[active].contiguous(memory_format=layout).requires_grad_(True)
+        grad, logits = _input_grad(model, loss_fn, xa, ys[active], _slice_aux(aux, todo[active], b),
+                                   autocast_dtype, return_logits=True)
+        keep = logits.argmax(1) == ys[active]
+        broken[active[~keep]] = True
+        active, grad, xa = active[keep], grad[keep], xa[keep]
+        if active.numel() == 0:
+            break
+        x_adv[active] = _step(xs[active], xa, grad, _sel(e, active), _sel(a, active), norm)
+    return x_adv, broken
+
+
 def pgd(
     model: torch.nn.Module,
     x: torch.Tensor,
@@ -206,30 +250,27 @@ def pgd(
     device_type = x.device.type
     best = x.clone()
     todo = torch.arange(b, device=x.device)  # samples not yet broken (across restarts)
+    layout = torch.channels_last if x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last) \
+        and not x.is_contiguous() else torch.contiguous_format
     with frozen_params(model):
         restarts = max(1, restarts)
         for restart in range(restarts):
             if todo.numel() == 0:
                 break
-            xs, ys = x[todo], y[todo]
-            e, a = _sel(eps_c, todo), _sel(alpha_c, todo)
+            whole = todo.numel() == b  # no gather needed while every sample is still in play
+            xs, ys = (x, y) if whole else (x[todo].contiguous(memory_format=layout), y[todo])
+            e, a = (eps_c, alpha_c) if whole else (_sel(eps_c, todo), _sel(alpha_c, todo))
             x_adv = random_start(xs, e, norm, start, start_std, generator)
-            active = torch.arange(len(todo), device=x.device)
-            broken = torch.zeros(len(todo), dtype=torch.bool, device=x.device)
-            for _ in range(steps):
-                xa = x_adv[active].requires_grad_(True)
-                with torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                    logits = model(xa)
-                    l = loss_fn(logits.float(), ys[active], _slice_aux(aux, todo[active], b)).mean()
-                grad, = torch.autograd.grad(l, [xa])
-                if early_stop:
-                    fooled = logits.detach().argmax(1) != ys[active]
-                    broken[active[fooled]] = True
-                    keep = ~fooled
-                    active, grad, xa = active[keep], grad[keep], xa[keep]
-                    if active.numel() == 0:
-                        break
-                x_adv[active] = _step(xs[active], xa, grad, _sel(e, active), _sel(a, active), norm)
+            if early_stop:
+                x_adv, broken = _early_stop_steps(model, loss_fn, xs, ys, x_adv, e, a, aux, todo, b, steps, norm,
+                                                  autocast_dtype, layout)
+            else:  # the torchattacks order of operations, without any per-step indexing
+                sub_aux = aux if whole else _slice_aux(aux, todo, b)
+                for _ in range(steps):
+                    xa = x_adv.requires_grad_(True)
+                    grad = _input_grad(model, loss_fn, xa, ys, sub_aux, autocast_dtype)
+                    x_adv = _step(xs, xa, grad, e, a, norm)
+                broken = torch.zeros(len(xs), dtype=torch.bool, device=x.device)
             best[todo] = x_adv
             if restart == restarts - 1:
                 break

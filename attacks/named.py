@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from attacks.core import eval_mode, pgd
 from attacks.registry import register_attack
 from benchmark.config import choice, from_dict, rng
+from benchmark.errors import ConfigError
 
 NORMS = ("linf", "l2")
 
@@ -39,7 +40,7 @@ NORMS = ("linf", "l2")
 def format_eps(eps: float) -> str:
     """``8/255`` for multiples of 1/255 (RobustBench's convention), else the plain number."""
     k = eps * 255
-    if eps > 0 and abs(k - round(k)) < 1e-6:
+    if 0 < eps < 1 and abs(k - round(k)) < 1e-6:
         return f"{int(round(k))}/255"
     return f"{eps:g}"
 
@@ -85,6 +86,10 @@ class Attack:
         eps: float = field(default=8 / 255, metadata=rng(0, None))
         norm: str = field(default="linf", metadata=choice(*NORMS))
         label: str | None = None  # explicit label, replacing the derived one
+
+        def __post_init__(self) -> None:
+            if self.norm == "linf" and isinstance(self.eps, (int, float)) and self.eps > 1:
+                raise ConfigError(f"'eps' must be in [0, 1] for the linf norm (images are in [0,1]), got {self.eps:g}")
 
     def __init__(self, model: torch.nn.Module, *, reference: dict[str, Any] | None = None, **kwargs: Any):
         self.model = model

@@ -87,8 +87,8 @@ def as_spec(item: str | dict | AttackSpec) -> AttackSpec:
     if isinstance(item, str):
         return parse_spec(item)
     if isinstance(item, dict):
-        if "name" not in item:
-            raise ConfigError(f"attack entry {item!r}: missing 'name'")
+        if not isinstance(item.get("name"), str):
+            raise ConfigError(f"attack entry {item!r}: 'name' must be an attack name (a string)")
         params = {k: v for k, v in item.items() if k != "name"}
         text = item["name"] + (":" + ",".join(f"{k}={v}" for k, v in params.items()) if params else "")
         return AttackSpec(str(item["name"]), tuple(params.items()), text)
@@ -119,6 +119,8 @@ class Threat:
         eps = defaults.eps if eps is None else float(eps)
         if not (eps > 0 and math.isfinite(eps)):
             raise ConfigError(f"--eps must be a positive number, got {eps}")
+        if norm == "linf" and eps > 1:
+            raise ConfigError(f"--eps must be in (0, 1] for the linf norm (images are in [0,1]), got {eps:g}")
         ratio = defaults.eval_alpha / defaults.eps if norm == defaults.norm else 0.25
         return cls(norm=norm, eps=eps, steps=int(defaults.eval_steps), alpha=eps * ratio)
 

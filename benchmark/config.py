@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from pathlib import Path
@@ -37,6 +38,18 @@ def choice(*options: str) -> dict:
     return {"choices": options}
 
 
+# PyYAML's safe loader raises these (not YAMLError) for a bad scalar such as
+# ``2001-02-30`` or ``!!int x``, and RecursionError for absurdly deep nesting.
+YAML_VALUE_ERRORS = (ValueError, TypeError, OverflowError, RecursionError)
+
+
+def _yaml_value_problem(exc: BaseException) -> str:
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return f"bad value ({text})"
+
+
 def load_yaml(path: str | Path) -> dict:
     """Read a YAML mapping, with one-line errors for a missing or malformed file."""
     path = Path(path)
@@ -51,6 +64,8 @@ def load_yaml(path: str | Path) -> dict:
         raise ConfigError(f"malformed YAML in {path}{where}: {problem}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"malformed YAML in {path}: not UTF-8 text") from None
+    except YAML_VALUE_ERRORS as exc:
+        raise ConfigError(f"malformed YAML in {path}: {_yaml_value_problem(exc)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -68,7 +83,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
         raise ConfigError(f"override '{item}': empty key")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+    except (yaml.YAMLError, *YAML_VALUE_ERRORS):
         value = raw
     return key.split("."), value
 
@@ -114,44 +129,53 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
         return value
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: '{key}' must be a list, got {value!r}")
+            raise ConfigError(f"{where}: '{key}' must be a list, got {_brief(value)}")
         inner = args[0] if args else Any
         return [_coerce(v, inner, f"{key}[{i}]", where) for i, v in enumerate(value)]
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: '{key}' must be a mapping, got {value!r}")
+            raise ConfigError(f"{where}: '{key}' must be a mapping, got {_brief(value)}")
         return dict(value)
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: '{key}' must be a mapping, got {value!r}")
+            raise ConfigError(f"{where}: '{key}' must be a mapping, got {_brief(value)}")
         return from_dict(tp, value, where=f"{where}.{key}")
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"{where}: '{key}' must be true or false, got {value!r}")
+        raise ConfigError(f"{where}: '{key}' must be true or false, got {_brief(value)}")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
         if isinstance(value, float) and value.is_integer():
             return int(value)
-        raise ConfigError(f"{where}: '{key}' must be an integer, got {value!r}")
+        raise ConfigError(f"{where}: '{key}' must be an integer, got {_brief(value)}")
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # allow fractions such as 8/255
-            frac = _parse_fraction(value)
-            if frac is not None:
-                return frac
-        raise ConfigError(f"{where}: '{key}' must be a number, got {value!r}")
+            number = _to_float(value)
+        elif isinstance(value, str):  # allow fractions such as 8/255
+            number = _parse_fraction(value)
+        if number is not None and math.isfinite(number):
+            return number
+        raise ConfigError(f"{where}: '{key}' must be a finite number, got {_brief(value)}")
     if tp is str:
         if isinstance(value, str):
             return value
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)
-        raise ConfigError(f"{where}: '{key}' must be a string, got {value!r}")
+        raise ConfigError(f"{where}: '{key}' must be a string, got {_brief(value)}")
     return value
+
+
+def _to_float(value: int | float) -> float | None:
+    """``float(value)``, or None for an integer too large for a float."""
+    try:
+        return float(value)
+    except OverflowError:
+        return None
 
 
 def _parse_fraction(text: str) -> float | None:
@@ -162,8 +186,14 @@ def _parse_fraction(text: str) -> float | None:
             den = float(parts[1])
             return float(parts[0]) / den if den != 0 else None
         return float(text)
-    except ValueError:
+    except (ValueError, OverflowError):
         return None
+
+
+def _brief(value: Any, limit: int = 80) -> str:
+    """``repr(value)``, shortened so a huge value cannot flood the one-line message."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _check(value: Any, f: dataclasses.Field, where: str) -> None:
@@ -176,9 +206,9 @@ def _check(value: Any, f: dataclasses.Field, where: str) -> None:
         for v in vals:
             if not isinstance(v, (int, float)) or (lo is not None and v < lo) or (hi is not None and v > hi):
                 bounds = f"[{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
-                raise ConfigError(f"{where}: '{f.name}' must be a number in {bounds}, got {value!r}")
+                raise ConfigError(f"{where}: '{f.name}' must be a number in {bounds}, got {_brief(value)}")
     if "choices" in meta and value not in meta["choices"]:
-        raise ConfigError(f"{where}: '{f.name}' must be one of {', '.join(map(str, meta['choices']))}; got {value!r}")
+        raise ConfigError(f"{where}: '{f.name}' must be one of {', '.join(map(str, meta['choices']))}; got {_brief(value)}")
 
 
 def from_dict(cls: type[T], data: dict, where: str = "config") -> T:
@@ -192,7 +222,7 @@ def from_dict(cls: type[T], data: dict, where: str = "config") -> T:
         if key not in fields:
             close = difflib.get_close_matches(str(key), fields, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise ConfigError(f"{where}: unknown key '{key}'{hint}; valid keys: {', '.join(sorted(fields))}")
+            raise ConfigError(f"{where}: unknown key {_brief(str(key))}{hint}; valid keys: {', '.join(sorted(fields)) or '(none)'}")
         v = _coerce(value, hints[key], key, where)
         _check(v, fields[key], where)
         kwargs[key] = v

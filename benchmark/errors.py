@@ -10,9 +10,27 @@ from __future__ import annotations
 
 
 class RfbenchError(Exception):
-    """An error whose message is meant for the user, on one line; the CLI exits with ``exit_code``."""
+    """An error whose message is meant for the user, on one line; the CLI exits with ``exit_code``.
+
+    A message that embeds text from elsewhere (a YAML problem, a user's key,
+    an exception from a library) is folded onto one line here, so the promise
+    "one line, never a traceback" holds whatever the message quotes.
+    """
 
     exit_code = 2
+
+    def __init__(self, *args):
+        if args and isinstance(args[0], str):
+            args = (one_line(args[0]), *args[1:])
+        super().__init__(*args)
+
+    def __str__(self) -> str:
+        return one_line(super().__str__())
+
+
+def one_line(text: str) -> str:
+    """``text`` with every line break replaced by a space (runs of blanks kept as they are)."""
+    return " ".join(text.splitlines()) if ("\n" in text or "\r" in text) else text
 
 
 class UnknownNameError(RfbenchError, KeyError):

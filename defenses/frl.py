@@ -115,6 +115,7 @@ class FRLReweight(Defense):
         self.lam1 = torch.zeros(c, dtype=torch.float64)
         self.lam2 = torch.zeros(c, dtype=torch.float64)
         self.updates = 0
+        self._initial_log: dict[str, Any] = {}  # the update before epoch 0, logged with epoch 0
         self.tau_clean = self.default_tau if cfg.tau_clean is None else cfg.tau_clean
         self.tau_boundary = self.default_tau if cfg.tau_boundary is None else cfg.tau_boundary
 
@@ -167,7 +168,7 @@ class FRLReweight(Defense):
             self.updates = 1
             return
         clean, robust = self._measure(model)
-        self.update(clean, robust, epoch=0)
+        self._initial_log = self.update(clean, robust, epoch=0)
 
     def update(self, clean_acc: torch.Tensor, robust_acc: torch.Tensor, epoch: int) -> dict[str, Any]:
         """One FRL multiplier update from per-class validation accuracies, for the epoch ``epoch`` about to run."""
@@ -198,7 +199,10 @@ class FRLReweight(Defense):
         else:
             clean = torch.tensor(stats.val_clean_acc, dtype=torch.float64)
             robust = torch.tensor(stats.val_robust_acc, dtype=torch.float64)
-        return self.update(clean, robust, epoch=stats.epoch + 1)
+        out = self.update(clean, robust, epoch=stats.epoch + 1)
+        if self._initial_log:
+            out["initial_update"], self._initial_log = self._initial_log, {}
+        return out
 
 
 @register_defense("frl-rwrm")

@@ -151,8 +151,7 @@ class REAT(Defense):
         return {"loss": RBL_LOSSES[self.cfg.rbl], "start": "uniform", "aux": {"class_weights": self.class_weights().to(x.device)}}
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor) -> LossOutput:
-        f = model.features(x_adv)
-        logits = model.head(f)
+        logits, f = model(x_adv, return_features=True)
         bsl = balanced_softmax_loss(logits, y, self.log_n)
         tail = tail_penalty(f, y, self.omega, self.tail, self.cfg.variant)
         return LossOutput(bsl + self.cfg.tail_weight * tail, logits.detach(), {"bsl": bsl.detach(), "tail": tail.detach()})

@@ -26,12 +26,13 @@ the rest as "N".  Any value can be overridden; ``None`` takes the variant's.
 
 Differences from the released code (github.com/wutong16/Adversarial_Long-Tail):
 
-* **Learning-rate bug.**  The released schedule multiplies the lr by the decay
-  factor at *every* epoch after the first milestone (the decay compounds), so
-  the lr is ~1e-3 at epoch 61, ~1e-4 at 62, ... and training effectively
-  freezes at about epoch 62 of 80.  rfbench uses the trainer's correct
-  MultiStepLR (×0.1 at 60 and 75), so our epochs 62-80 really train: expect
-  numbers that differ from the paper's for that reason alone.
+* **Learning-rate bug.**  The released ``adjust_learning_rate`` multiplies the
+  *current* lr by the cumulative decay at every epoch, so from its (1-based)
+  epoch 60 on the decay compounds: lr 1e-2 at epoch 60, 1e-3 at 61, 1e-4 at
+  62, ... and training effectively freezes at about epoch 62 of 80.  rfbench
+  uses the trainer's correct MultiStepLR (×0.1 at 60 and 75, 0-based epochs, so
+  60 epochs at the full rate where the release had 59), so our epochs 62-80
+  really train: expect numbers that differ from the paper's for that reason.
 * The released attack starts from ``x + ε·U[0,1)`` (a one-sided start); we use
   the symmetric uniform start in the ε-ball of the PGD core.
 * The released loss runs the adversarial forward twice (once for the margin

@@ -66,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from benchmark.cli import HelpFormatter
+    from benchmark.cli.config_args import _number
 
     p = sub.add_parser("calibrate", help="fit a post-hoc per-class logit calibration for the worst class",
                        description=__doc__, epilog=EPILOG, formatter_class=HelpFormatter)
@@ -75,11 +76,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="per-class logit bias, or per-class classifier-norm (logit) scaling")
     p.add_argument("--out", required=True, metavar="DIR", help="where calibration.pt and calibration.json go")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--eps", type=float, default=None, help="attack radius (default: the run's training eps)")
-    p.add_argument("--alpha", type=float, default=None, help="attack step (default: the dataset's evaluation step)")
-    p.add_argument("--steps", type=int, default=None, help="attack steps (default: the dataset's evaluation PGD steps)")
+    p.add_argument("--eps", type=_number, default=None, help="attack radius, e.g. 8/255; None = the run's training eps")
+    p.add_argument("--alpha", type=_number, default=None, help="attack step; None = the dataset's evaluation step")
+    p.add_argument("--steps", type=int, default=None, help="attack steps; None = the dataset's evaluation PGD steps")
     p.add_argument("--targets", type=int, default=9, help="targeted attack points per sample (most likely other classes)")
-    p.add_argument("--rounds", type=int, default=None, help="re-attack/refit rounds (default: 1 for bias, 3 for norm)")
+    p.add_argument("--rounds", type=int, default=None, help="re-attack/refit rounds; None = 1 for bias, 3 for norm")
     p.add_argument("--grid", type=int, default=41, help="candidate values per class and pass")
     p.add_argument("--passes", type=int, default=6, help="coordinate-ascent passes per fit")
     p.add_argument("--batch-size", type=int, default=256, help="attack batch size")

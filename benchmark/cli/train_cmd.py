@@ -45,7 +45,8 @@ HELP = {
     "seed": "seed for torch, numpy, random, shuffling, augmentation and attack starts",
     "device": "auto, cpu, cuda or cuda:N",
     "amp": "mixed precision: auto = bf16 autocast on CUDA, off on CPU",
-    "channels_last": "channels-last memory format: auto = on for CUDA",
+    "channels_last": "channels-last memory format: auto = on for CUDA, and on CPU with bf16 autocast",
+    "compile": "torch.compile the model for training and its attack (the first steps pay the compile time)",
     "nan_policy": "on a NaN/Inf loss: stop with a message, or skip the batch",
     "out": "run directory (a rerun resumes from its checkpoint-last.pt)",
 }

@@ -103,16 +103,26 @@ def _try_torchvision(kind: str, root: Path) -> Path | None:
     return root / cls.__name__ / "raw"
 
 
+def _partial(candidates: list[Path]) -> str:
+    """"DIR holds only part of it (missing ...). " for the first directory with some but not all IDX files."""
+    for d in candidates:
+        have = {stem for stem in IDX_FILES.values() if _idx_path(d, stem) is not None}
+        if have and len(have) < len(IDX_FILES):
+            missing = ", ".join(f"{d / stem}[.gz]" for stem in IDX_FILES.values() if stem not in have)
+            return f"{d} holds only part of it (missing {missing}). "
+    return ""
+
+
 def _how_to_get(kind: str, candidates: list[Path]) -> str:
     where = ", ".join(str(c) for c in candidates)
     if kind == "fashion-mnist":
         return (
-            f"Fashion-MNIST not found (looked in: {where}). Get it with `sudo apt-get install dataset-fashion-mnist` "
+            f"Fashion-MNIST not found (looked in: {where}). {_partial(candidates)}Get it with `sudo apt-get install dataset-fashion-mnist` "
             "(installs /usr/share/datasets/fashion-mnist), or rerun with `--download` on a machine with internet, "
             "or put the four *-idx*-ubyte.gz files in a directory and pass `--data-root DIR`."
         )
     return (
-        f"MNIST not found (looked in: {where}). Rerun with `--download` on a machine with internet, or put the four "
+        f"MNIST not found (looked in: {where}). {_partial(candidates)}Rerun with `--download` on a machine with internet, or put the four "
         "*-idx*-ubyte.gz files in DIR/MNIST/raw and pass `--data-root DIR`."
     )
 
@@ -123,7 +133,7 @@ def _load_idx_dataset(kind: str, opts: DataOptions, classes: list[str]) -> tuple
     if opts.root:
         r = Path(opts.root).expanduser()
         candidates += [r, r / tv_name / "raw", r / kind]
-    if kind == "fashion-mnist":
+    if kind == "fashion-mnist" and not opts.root:  # an explicit --data-root is honoured, never swapped for another copy
         candidates.append(DEBIAN_FASHION_DIR)
     found = find_idx_dir(candidates)
     if found is None and kind == "fashion-mnist" and opts.root is None and _try_apt_install():

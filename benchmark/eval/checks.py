@@ -124,9 +124,14 @@ def run_checks(robust, clean, y, num_classes, settings, max_pert) -> dict[str, A
     """Every registered check, plus ``overall``: ``fail`` if any failed, ``warn`` if any warned, else ``pass``."""
     ctx = {"robust": robust, "clean": clean, "y": y, "C": num_classes, "settings": settings, "max_pert": max_pert}
     out = {name: fn(ctx) for name, fn in CHECKS.items()}
-    verdicts = {c["verdict"] for c in out.values()}
-    out["overall"] = "fail" if "fail" in verdicts else ("warn" if "warn" in verdicts else "pass")
+    out["overall"] = overall_verdict(out)
     return out
+
+
+def overall_verdict(checks: dict[str, Any]) -> str:
+    """``fail`` if any check failed, ``warn`` if any warned, else ``pass``."""
+    verdicts = {c["verdict"] for name, c in checks.items() if name != "overall"}
+    return "fail" if "fail" in verdicts else ("warn" if "warn" in verdicts else "pass")
 
 
 def _same_threat(a: dict, b: dict) -> bool:

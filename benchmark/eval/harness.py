@@ -6,13 +6,18 @@ Example::
     result = evaluate(model, bundle, EvalConfig(attacks=["pgd:steps=20", "cw"], n_per_class=100), "runs/demo/eval")
     result["summary"]["worst_case"]["worst"]
 
-Per batch: clean predictions; every attack in order (cheap attacks on every
+Before any attack, :func:`benchmark.eval.model_checks.check_model` checks that
+the model maps a batch to finite ``(batch, C)`` logits (an error otherwise) and
+warns, in ``checks.model`` of the result, about probability outputs and
+nondeterminism.  Per batch: clean predictions; every attack in order (cheap attacks on every
 sample, then the cascade attacks such as AutoAttack on the points still
 robust, unless ``autoattack_scope='all'``); each ``x_adv`` is checked to lie
 in its eps-ball and in [0,1] (:class:`AttackBallError` otherwise); the
 predictions on it are taken in float32; the flag file is rewritten
 atomically.  Attack randomness is seeded per (seed, attack label, batch), so a
-resumed evaluation equals an uninterrupted one.
+resumed evaluation equals an uninterrupted one.  Out of device memory, a batch
+is redone in halves (again, once per halving) and the halving is logged and
+recorded in the provenance.
 """
 
 from __future__ import annotations
@@ -38,16 +43,20 @@ from benchmark.config import choice, rng
 from benchmark.data.base import ArrayDataset, DataBundle, iterate_batches
 from benchmark.data.subsets import per_class_subset
 from benchmark.errors import RfbenchError
+from benchmark.eval.checks import overall_verdict
 from benchmark.eval.flags import SampleFlags
 from benchmark.eval.metrics import class_weight_norms
+from benchmark.eval.model_checks import check_model
 from benchmark.eval.provenance import provenance
 from benchmark.eval.result import build_result, write_outputs
+from benchmark.io.atomic import remove_stale_temps
 from benchmark.train.runtime import autocast_dtype, resolve_device, use_channels_last
 
 log = logging.getLogger(__name__)
 
 FLAGS_FILE = "flags.npz"
 BALL_ATOL = 1e-6  # float32 rounding of x + δ − x
+MODEL_CHECK_SAMPLES = 64  # clean test images the model checks run on
 
 
 class AttackBallError(RfbenchError):
@@ -100,9 +109,13 @@ def verify_in_ball(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str, 
     return norms
 
 
-def batch_seed(seed: int, label: str, batch: int) -> int:
-    """The seed of one attack on one batch: a function of (seed, label, batch index) only."""
-    return int(np.random.SeedSequence([seed, zlib.crc32(label.encode()), batch]).generate_state(1)[0])
+def batch_seed(seed: int, label: str, batch: int, part: int | None = None) -> int:
+    """The seed of one attack on one batch: a function of (seed, label, batch index) only.
+
+    ``part`` numbers the pieces of a batch that was split after running out of memory.
+    """
+    entropy = [seed, zlib.crc32(label.encode()), batch] + ([part] if part is not None else [])
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
 
 def model_digest(model: torch.nn.Module) -> str:
@@ -164,6 +177,43 @@ def _predict(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return model(x).argmax(1)
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """A device out-of-memory error (``torch.OutOfMemoryError``, or a RuntimeError saying "out of memory")."""
+    return isinstance(exc, torch.OutOfMemoryError) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
+
+
+def _attack_piece(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, rows: np.ndarray, attacks: list[Attack],
+                  flags: SampleFlags, *, seed: Callable[[str], int], survivors_scope: bool) -> torch.Tensor:
+    """Clean pass and every attack on one piece of a batch, written into ``flags``; returns the first threat's survivors."""
+    clean = _predict(model, x)
+    flags.clean_pred[rows] = clean.cpu().numpy()
+    alive = {threat_key(a): clean == y for a in attacks}  # robust so far, per threat
+    for a_idx, atk in enumerate(attacks):
+        key = threat_key(atk)
+        cascade = atk.cascade and survivors_scope
+        sel = alive[key].nonzero().squeeze(1) if cascade else torch.arange(len(y), device=x.device)
+        if sel.numel() == 0:
+            continue
+        xs, ys = x[sel], y[sel]
+        x_adv = atk(xs, ys, seed=seed(atk.label))
+        norms = verify_in_ball(x_adv, xs, atk.cfg.eps, atk.cfg.norm, atk.label)
+        pred = _predict(model, x_adv)
+        r = rows[sel.cpu().numpy()]
+        flags.adv_pred[r, a_idx] = pred.cpu().numpy()
+        flags.ran[r, a_idx] = True
+        flags.pert[r, a_idx] = norms.float().cpu().numpy()
+        alive[key][sel] &= pred == ys
+    return alive[threat_key(attacks[0])] if attacks else clean == y
+
+
+def _reset_rows(flags: SampleFlags, rows: np.ndarray) -> None:
+    """Forget a failed attempt at these rows (a cascade attack must not see stale ``ran`` flags)."""
+    flags.clean_pred[rows] = -1
+    flags.adv_pred[rows] = -1
+    flags.ran[rows] = False
+    flags.pert[rows] = np.nan
+
+
 def run_attacks(
     model: torch.nn.Module,
     test: ArrayDataset,
@@ -175,7 +225,14 @@ def run_attacks(
     device: torch.device,
     callback: Callable[[int], None] | None = None,
 ) -> None:
-    """The batch loop: fill ``flags`` batch by batch, saving after each, skipping finished batches."""
+    """The batch loop: fill ``flags`` batch by batch, saving after each, skipping finished batches.
+
+    Out of device memory on a batch, the batch is redone in pieces of half the
+    size, halving again (one retry per halving) until it fits; the smaller size
+    is kept for the following batches, and every halving is logged and recorded
+    in the flag file's ``meta["oom_halvings"]``.  A batch split into pieces
+    seeds each piece's attacks with ``batch_seed(seed, label, batch, part)``.
+    """
     bs = cfg.batch_size
     n_batches = (len(test) + bs - 1) // bs
     done_batches = [bool(flags.done[b * bs : (b + 1) * bs].all()) for b in range(n_batches)]
@@ -183,6 +240,7 @@ def run_attacks(
     bar = tqdm(total=n_batches, initial=sum(done_batches), desc="eval", unit="batch",
                disable=cfg.quiet or not sys.stderr.isatty())
     cl = use_channels_last(cfg.channels_last, device)
+    piece = bs  # the largest piece that fitted in memory so far
     for b, (x, y, pos) in enumerate(iterate_batches(test, bs, device=device)):
         if done_batches[b]:
             continue
@@ -190,30 +248,36 @@ def run_attacks(
             x = x.contiguous(memory_format=torch.channels_last)
         rows = pos.numpy()
         t_batch = time.time()
-        clean = _predict(model, x)
-        flags.clean_pred[rows] = clean.cpu().numpy()
-        alive = {threat_key(a): clean == y for a in attacks}  # robust so far, per threat
-        for a_idx, atk in enumerate(attacks):
-            key = threat_key(atk)
-            cascade = atk.cascade and survivors_scope
-            sel = alive[key].nonzero().squeeze(1) if cascade else torch.arange(len(y), device=device)
-            if sel.numel() == 0:
-                continue
-            xs, ys = x[sel], y[sel]
-            x_adv = atk(xs, ys, seed=batch_seed(cfg.seed, atk.label, b))
-            norms = verify_in_ball(x_adv, xs, atk.cfg.eps, atk.cfg.norm, atk.label)
-            pred = _predict(model, x_adv)
-            r = rows[sel.cpu().numpy()]
-            flags.adv_pred[r, a_idx] = pred.cpu().numpy()
-            flags.ran[r, a_idx] = True
-            flags.pert[r, a_idx] = norms.float().cpu().numpy()
-            alive[key][sel] &= pred == ys
+        while True:
+            try:
+                alive = []
+                for part, start in enumerate(range(0, len(y), piece)):
+                    whole = piece >= len(y)
+                    seed = (lambda lab, part=part: batch_seed(cfg.seed, lab, b, None if whole else part))
+                    sl = slice(start, start + piece)
+                    alive.append(_attack_piece(model, x[sl], y[sl], rows[sl], attacks, flags, seed=seed,
+                                               survivors_scope=survivors_scope))
+                break
+            except RuntimeError as exc:  # torch.OutOfMemoryError is one
+                if not is_out_of_memory(exc):
+                    raise
+            # out of memory; outside the except block, so the failed attempt's tensors can be freed
+            _reset_rows(flags, rows)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            size = min(piece, len(y))
+            if size == 1:
+                raise RfbenchError(f"out of memory on batch {b + 1} even one image at a time; free the device "
+                                   "or use a smaller model")
+            piece = size // 2
+            log.warning("out of memory on batch %d at batch size %d: retrying with batch size %d", b + 1, size, piece)
+            flags.meta.setdefault("oom_halvings", []).append({"batch": b, "from": size, "to": piece})
         flags.done[rows] = True
         flags.meta["attack_flags"] = {a.label: a.flags for a in attacks if a.flags}
         flags.meta["elapsed_s"] = flags.meta.get("elapsed_s", 0.0) + time.time() - t_batch
         flags.save(flags_path)
         bar.update(1)
-        bar.set_postfix(robust=f"{float(alive[threat_key(attacks[0])].float().mean()):.3f}" if attacks else "")
+        bar.set_postfix(robust=f"{float(torch.cat(alive).float().mean()):.3f}")
         log.debug("batch %d/%d done", b + 1, n_batches)
         if callback is not None:
             callback(b)
@@ -237,6 +301,8 @@ def evaluate(
     """
     t0 = time.time()
     out_dir = Path(out_dir)
+    if stale := remove_stale_temps(out_dir):  # left by a killed write; the output directory is this evaluation's
+        log.info("removed %d temporary file(s) left in %s by an interrupted write", len(stale), out_dir)
     device = resolve_device(cfg.device)
     model = model.to(device).eval()
     if use_channels_last(cfg.channels_last, device):
@@ -262,6 +328,8 @@ def evaluate(
     flags = _open_flags(flags_path, test, [a.label for a in attacks], {"static": static}, cfg.overwrite)
     for a in attacks:  # flags raised before a kill are kept
         a.flags.update(flags.meta.get("attack_flags", {}).get(a.label, {}))
+    x0, y0, _ = next(iterate_batches(test, min(len(test), cfg.batch_size, MODEL_CHECK_SAMPLES), device=device))
+    model_check = check_model(model, x0, y0, bundle.num_classes)  # raises for a wrong shape or NaN outputs
     log.info("evaluating %d samples (%d classes) with %s; threat %s eps=%g on %s",
              len(test), bundle.num_classes, ", ".join(a.label for a in attacks), threat.norm, threat.eps, device)
     run_attacks(model, test, attacks, flags, flags_path, cfg=cfg, device=device, callback=callback)
@@ -271,9 +339,12 @@ def evaluate(
             s["flags"] = f
     prov = provenance(cfg=dataclasses.asdict(cfg), source=source or {}, device=device, wall_time=time.time() - t0)
     prov["attack_time_s"] = round(flags.meta.get("elapsed_s", 0.0), 2)  # summed over resumed runs
+    prov["oom_halvings"] = flags.meta.get("oom_halvings", [])
     result = build_result(flags, classes=bundle.classes, settings=settings, threat=threat, dataset=bundle.name,
                           train_counts=bundle.train_counts, imbalance_ratio=bundle.imbalance_ratio,
                           weight_norms=class_weight_norms(model), provenance=prov, n_boot=cfg.bootstrap, seed=cfg.seed,
                           n_per_class_requested=cfg.n_per_class, flags_file=FLAGS_FILE, source=source or {})
+    result["checks"]["model"] = model_check
+    result["checks"]["overall"] = overall_verdict(result["checks"])
     write_outputs(result, out_dir, plot=cfg.plot)
     return result

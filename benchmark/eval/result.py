@@ -80,7 +80,8 @@ def t_sweep_summary(per_class: dict[str, np.ndarray], settings: dict[str, dict],
         c = int((robust[best["label"]] & ~robust[ref]).sum())  # broken by PGD only
         order = np.argsort(delta)
         out["vs_pgd"] = {
-            "pgd": ref, "mean_delta": float(np.nanmean(delta)), "worst_delta": float(np.nanmin(per_class[best["label"]]) - np.nanmin(per_class[ref])),
+            "pgd": ref, "mean_delta": float(np.nanmean(delta)),
+            "worst_delta": float(np.nanmin(per_class[best["label"]]) - np.nanmin(per_class[ref])),
             "per_class_delta": delta.tolist(), "broken_only_by_tpgd": b, "broken_only_by_pgd": c,
             "mcnemar_z": (b - c) / math.sqrt(b + c) if b + c else 0.0,
             "largest_drops": [{"class": int(k), "name": classes[k], "delta": float(delta[k])} for k in order[:3] if delta[k] < 0],

@@ -11,11 +11,16 @@ import errno
 import json
 import math
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterator
 
 from benchmark.errors import RfbenchError
+
+
+# mkstemp's names: ".<target>.<8 random characters>.tmp" (see atomic_write)
+_TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
 
 
 @contextlib.contextmanager
@@ -46,6 +51,23 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
         if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
             raise RfbenchError(f"disk full while writing {path}; the previous version of that file is intact") from exc
         raise
+
+
+def remove_stale_temps(directory: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that killed atomic writes left in ``directory``; returns them.
+
+    A SIGKILL during :func:`atomic_write` leaves its temporary file behind (the
+    target is untouched).  Call this only where no other process is writing
+    into ``directory`` at the same time, e.g. when a run resumes.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    stale = [p for p in directory.iterdir() if _TEMP_NAME.match(p.name) and p.is_file()]
+    for p in stale:
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+    return stale
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

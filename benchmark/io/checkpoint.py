@@ -11,6 +11,8 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import re
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -50,20 +52,40 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         except Exception as exc:  # safetensors raises several types for bad headers
             raise CheckpointError(f"corrupt file {path}: {exc}") from None
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": noise for a user, the error says it all
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
-            raise CheckpointError(
-                f"refusing to load {path}: it contains pickled objects other than tensors ({msg}); "
-                "rfbench loads weights only"
-            ) from None
-        raise CheckpointError(f"corrupt file {path}: {msg}") from None
+        raise _unpickling_error(path, exc) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
         raise CheckpointError(f"corrupt file {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"corrupt file {path}: expected a dict of tensors, got {type(obj).__name__}")
     return obj
+
+
+# what torch's weights-only unpickler says when a pickle asks for more than tensors and containers
+_UNSAFE = re.compile(r"GLOBAL (\S+)|reduce for unrecognized function (.+?)(?: which belongs|$)|"
+                     r"Can only (?:create new object|build) .*?but got (.+)$", re.M)
+
+
+def _unpickling_error(path: Path, exc: pickle.UnpicklingError) -> CheckpointError:
+    """Refused (the pickle names code or classes) or corrupt (anything else), on one line.
+
+    torch's message also suggests ``weights_only=False``; that advice is dropped
+    on purpose: it is exactly how a malicious checkpoint runs its code.
+    """
+    text = str(exc)
+    reason = text.split("WeightsUnpickler error:", 1)[-1].strip() if text else type(exc).__name__
+    unsafe = _UNSAFE.search(reason)
+    if unsafe:
+        what = next(g for g in unsafe.groups() if g).strip().rstrip(".")
+        return CheckpointError(
+            f"refusing to load {path}: it asks to unpickle {what}, and rfbench loads only tensors, numbers, "
+            "strings, lists and dicts (weights_only); save the weights with torch.save(model.state_dict(), ...) "
+            "or as .safetensors")
+    first = reason.splitlines()[0] if reason else type(exc).__name__
+    return CheckpointError(f"corrupt file {path}: not a weights-only PyTorch checkpoint ({first})")
 
 
 def load_state_dict_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:

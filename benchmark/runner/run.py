@@ -32,7 +32,7 @@ import yaml
 
 from benchmark.config import dump_yaml
 from benchmark.errors import ConfigError
-from benchmark.io import atomic_write_text
+from benchmark.io import atomic_write_bytes, atomic_write_text
 from benchmark.runner.config import ResolvedRun, config_differences, fingerprint
 from benchmark.runner.report import build_run_result, write_run_outputs
 from benchmark.runner.stages import StageLog
@@ -73,7 +73,21 @@ def _train_stage(cfg, quiet: bool, force: bool) -> None:
     train(cfg, quiet=quiet, force=force)
 
 
-def _eval_stage(run: ResolvedRun, which: str, bundles: dict[str, Any], force: bool) -> dict[str, Any]:
+def _reuse_identical(run: ResolvedRun, which: str, model, evaluated: dict[str, str]) -> None:
+    """When ``which`` holds the same weights as a checkpoint already evaluated (best = last epoch), start its
+    evaluation from that one's finished flag file: the harness then resumes with nothing left to attack."""
+    from benchmark.eval.harness import FLAGS_FILE, model_digest
+
+    digest = model_digest(model)
+    same = evaluated.get(digest)
+    target = run.out / f"eval-{which}" / FLAGS_FILE
+    if same is not None and not target.exists():
+        log.info("checkpoint %s has the same weights as %s: reusing its per-sample results", which, same)
+        atomic_write_bytes(target, (run.out / f"eval-{same}" / FLAGS_FILE).read_bytes())
+    evaluated.setdefault(digest, which)
+
+
+def _eval_stage(run: ResolvedRun, which: str, bundles: dict[str, Any], evaluated: dict[str, str]) -> dict[str, Any]:
     from benchmark.data import load_dataset
     from benchmark.eval import evaluate
     from benchmark.eval.models import data_args_from_run, from_run
@@ -81,14 +95,13 @@ def _eval_stage(run: ResolvedRun, which: str, bundles: dict[str, Any], force: bo
 
     device = resolve_device(run.eval.device)
     model, source = from_run(run.out / "train", which, device=device)
+    _reuse_identical(run, which, model, evaluated)
     data = data_args_from_run(source)
     key = repr(sorted(data.items()))
     if key not in bundles:
         name = data.pop("name")
         bundles[key] = load_dataset(name, **data)
-    cfg = run.eval
-    cfg.overwrite = force
-    return evaluate(model, bundles[key], cfg, run.out / f"eval-{which}", source=source)
+    return evaluate(model, bundles[key], run.eval, run.out / f"eval-{which}", source=source)
 
 
 def execute_run(run: ResolvedRun, *, force: bool = False, quiet: bool = False) -> Path:
@@ -116,18 +129,19 @@ def execute_run(run: ResolvedRun, *, force: bool = False, quiet: bool = False) -
         _train_stage(run.train, quiet, force)
         stages.mark("train", time.time() - t0)
     bundles: dict[str, Any] = {}
+    evaluated: dict[str, str] = {}  # model digest -> checkpoint evaluated in this session
     for which in run.checkpoints:
         stage = f"eval-{which}"
         if stages.done(stage):
             continue
         t0 = time.time()
-        result = _eval_stage(run, which, bundles, force)
+        result = _eval_stage(run, which, bundles, evaluated)
         wc = result["summary"]["worst_case"]
         log.info("%s: clean %.1f%%, robust %.1f%% (worst class %s %.1f%%)", stage, 100 * result["summary"]["clean"]["mean"],
                  100 * wc["mean"], result["classes"][wc["worst_class"]], 100 * wc["worst"])
         stages.mark(stage, time.time() - t0, checks=result["checks"]["overall"])
     t0 = time.time()
     result = build_run_result(out, run.data, run.checkpoints, stages.stages)
-    write_run_outputs(result, out, plot=run.eval.plot)
+    write_run_outputs(result, out)
     stages.mark("report", time.time() - t0)
     return out

@@ -49,10 +49,11 @@ class TrainConfig:
     val_steps: int = field(default=10, metadata=rng(1, None))  # PGD steps of the per-epoch validation attack
     select: str = field(default="mean+worst", metadata=choice("mean", "worst", "mean+worst"))
     # execution
-    seed: int = 0
+    seed: int = field(default=0, metadata=rng(0, 2**63 - 1))  # torch generators take 64-bit seeds
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: str = field(default="auto", metadata=choice("auto", "bf16", "off"))  # auto = bf16 on CUDA, off on CPU
-    channels_last: str = field(default="auto", metadata=choice("auto", "on", "off"))  # auto = on for CUDA
+    channels_last: str = field(default="auto", metadata=choice("auto", "on", "off"))  # auto = on for CUDA and CPU bf16
+    compile: bool = False  # torch.compile the model for training (and its attack); checkpoints keep plain keys
     nan_policy: str = field(default="stop", metadata=choice("stop", "skip-batch"))
     checkpoint_every: int = field(default=0, metadata=rng(0, None))  # also save mid-epoch every N batches (0 = epoch ends only)
     out: str = "runs/demo"

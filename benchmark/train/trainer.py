@@ -34,11 +34,12 @@ from benchmark.data import DataBundle, iterate_batches, load_dataset
 from benchmark.data.subsets import stratified_subset
 from attacks.core import ShardedGenerator
 from benchmark.errors import ConfigError, Interrupted, RfbenchError
-from benchmark.io import atomic_write_json, atomic_write_text, load_checkpoint, load_state_dict_into, save_checkpoint
+from benchmark.io import (atomic_write_json, atomic_write_text, load_checkpoint, load_state_dict_into, remove_stale_temps,
+                          save_checkpoint)
 from benchmark.models import create_model, unwrap
 from benchmark.train.config import TrainConfig
 from benchmark.train.distributed import DistInfo, all_reduce_sum, any_rank, barrier, gather_rows, init_distributed, shard
-from benchmark.train.runtime import autocast_dtype, resolve_device, seed_everything, use_channels_last
+from benchmark.train.runtime import autocast_dtype, maybe_compile, resolve_device, seed_everything, use_channels_last
 from benchmark.train.schedule import lr_at
 from benchmark.train.validate import per_class_accuracy
 from defenses import EpochStats, ThreatModel, TrainContext, build_defense
@@ -48,7 +49,7 @@ log = logging.getLogger(__name__)
 
 LAST, BEST, CONFIG, LOG, SUMMARY = "checkpoint-last.pt", "checkpoint-best.pt", "config.yaml", "log.jsonl", "summary.json"
 # config keys that may differ between a run and its resumption
-RESUMABLE_KEYS = {"out", "device", "epochs", "checkpoint_every"}
+RESUMABLE_KEYS = {"out", "device", "epochs", "checkpoint_every", "nan_policy", "compile"}
 
 
 class NonFiniteLossError(RfbenchError):
@@ -166,7 +167,7 @@ class Trainer:
         if not self.dist.main:  # one voice: rank 0 logs, the others only warn
             logging.getLogger().setLevel(logging.WARNING)
         self.amp = autocast_dtype(cfg.amp, self.device)
-        self.channels_last = use_channels_last(cfg.channels_last, self.device)
+        self.channels_last = use_channels_last(cfg.channels_last, self.device, self.amp)
         self.seeds = seed_everything(cfg.seed)
         self.bundle = load_bundle(cfg)
         self.threat = threat_from(cfg, self.bundle)
@@ -192,8 +193,9 @@ class Trainer:
         if cfg.init:
             load_state_dict_into(model, load_checkpoint(cfg.init), source=f"init checkpoint {cfg.init}")
             log.info("initialised weights from %s", cfg.init)
-        self.module = model
+        self.module = model  # the eager module: state_dicts, validation and checkpoints use it
         self.optimizer = build_optimizer(cfg, model)
+        model = maybe_compile(model, cfg.compile)  # training forward and the defense's attack
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
             model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
@@ -308,12 +310,14 @@ class Trainer:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
                 out = self.defense.training_step(self.model, x, y, pos)
-            bad = not torch.isfinite(out.loss) or (out.adv_logits is not None and not torch.isfinite(out.adv_logits).all())
+            bad = _non_finite(out.loss, out.adv_logits)
             self.optimizer.zero_grad(set_to_none=True)
             if any_rank(bool(bad), info, self.device):
-                where = f"non-finite loss or logits at epoch {epoch + 1}, batch {i + 1}"
+                where = f"{bad or 'non-finite loss or logits on another rank'} at epoch {epoch + 1}, batch {i + 1}"
                 if cfg.nan_policy == "stop":
-                    raise NonFiniteLossError(f"{where}; lower the learning rate, or rerun with --nan-policy skip-batch")
+                    saved = (f"; {self.out / LAST} holds the last good state" if (self.out / LAST).exists() else "")
+                    raise NonFiniteLossError(f"{where}{saved}; rerun with --nan-policy skip-batch to skip such "
+                                             "batches, or lower the learning rate")
                 log.warning("%s: batch skipped (--nan-policy skip-batch)", where)
                 skipped += 1
             else:
@@ -354,7 +358,8 @@ class Trainer:
         gen = torch.Generator(device=self.device).manual_seed(self.cfg.seed + 10_000 + epoch)
         t = self.threat
         return per_class_accuracy(model, self.bundle.val, eps=self.base_eps, alpha=t.alpha, steps=self.cfg.val_steps,
-                                  norm=t.norm, device=self.device, generator=gen, autocast_dtype=self.amp)
+                                  norm=t.norm, device=self.device, generator=gen, autocast_dtype=self.amp,
+                                  channels_last=self.channels_last)
 
     # -- the run ------------------------------------------------------------------
     @contextlib.contextmanager
@@ -381,6 +386,8 @@ class Trainer:
 
     def _fit(self) -> Path:
         self.out.mkdir(parents=True, exist_ok=True)
+        if self.dist.main and (stale := remove_stale_temps(self.out)):
+            log.info("removed %d temporary file(s) left in %s by an interrupted write", len(stale), self.out)
         if (self.out / SUMMARY).exists() and not self.force:
             saved = load_checkpoint(self.out / LAST) if (self.out / LAST).exists() else {}
             if saved.get("epoch") == self.cfg.epochs:
@@ -425,6 +432,10 @@ class Trainer:
                      epoch + 1, self.cfg.epochs, record["loss"], record["val_clean_mean"], record["val_robust_mean"],
                      record["val_robust_worst"], record["seconds"],
                      "".join(f"  {k} {v:.4f}" for k, v in record["terms"].items()))
+            if epoch + 1 < self.cfg.epochs and any_rank(self._signal is not None, self.dist, self.device):
+                sig = self._signal or signal.SIGTERM  # arrived during validation: the epoch-end state is saved
+                raise Interrupted(f"stopped by {signal.Signals(sig).name} at the end of epoch {epoch + 1}; state saved "
+                                  f"in {self.out / LAST}. Resume by running the same command again.", int(sig))
         best = max(self.history, key=lambda r: r["select_score"])
         if not self.dist.main:
             return self.out
@@ -435,9 +446,19 @@ class Trainer:
             "host": platform.node(), "torch": torch.__version__, "seeds": self.seeds,
             "dataset": self.bundle.name, "train_counts": self.bundle.train_counts, "notes": self.bundle.notes,
             "world_size": self.dist.world,
+            "precision": {"autocast": str(self.amp).replace("torch.", "") if self.amp else "off",
+                          "channels_last": self.channels_last, "compile": self.cfg.compile},
             "last": {k: self.history[-1][k] for k in ("val_clean_mean", "val_robust_mean", "val_robust_worst")},
         })
         return self.out
+
+
+def _non_finite(loss: torch.Tensor, logits: torch.Tensor | None) -> str:
+    """"NaN loss", "Inf logits", ... for a non-finite loss or logits, else ""."""
+    for name, t in (("loss", loss), ("logits", logits)):
+        if t is not None and not torch.isfinite(t).all():
+            return f"{'NaN' if torch.isnan(t).any() else 'Inf'} {name}"
+    return ""
 
 
 def _json_line(record: dict[str, Any]) -> str:

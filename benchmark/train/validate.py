@@ -27,16 +27,20 @@ def per_class_accuracy(
     device: torch.device | str = "cpu",
     generator: torch.Generator | None = None,
     autocast_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
 ) -> tuple[list[float], list[float]]:
     """Per-class clean accuracy and PGD-``steps`` robust accuracy (uniform start, early stop).
 
     The model must already be in eval mode.  Early stop does not change whether
-    a sample is robust, only how fast we find out.
+    a sample is robust, only how fast we find out.  ``channels_last`` feeds the
+    batches in that memory format (for a model converted to it).
     """
     c = ds.num_classes
     correct_clean = torch.zeros(c, dtype=torch.long)
     correct_rob = torch.zeros(c, dtype=torch.long)
     for x, y, _ in iterate_batches(ds, batch_size, device=device):
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         pred = _predict(model, x, autocast_dtype)
         x_adv = pgd(model, x, y, eps=eps, alpha=alpha, steps=steps, norm=norm, early_stop=True,
                     generator=generator, autocast_dtype=autocast_dtype)

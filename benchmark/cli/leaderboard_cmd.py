@@ -1,0 +1,119 @@
+"""``rfbench leaderboard``: check entries, submit a finished run, and build the leaderboard pages."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+EPILOG = """\
+examples:
+  rfbench run leaderboards/fashion-mnist-linf/track.yaml --defense trades
+  rfbench leaderboard submit runs/fashion-mnist-linf/trades-s0 --track fashion-mnist-linf
+  rfbench leaderboard check leaderboards/fashion-mnist-linf/trades-s0.json
+  rfbench leaderboard check                    (every entry of every track, as CI does)
+  rfbench leaderboard build                    (leaderboards/README.md, <track>/README.md, <track>/heatmap.png)
+
+Entries are JSON data (schema rfbench.entry/1), never code: check validates the schema,
+the track's protocol (eps, attacks, test-set size, fixed training keys), recomputes every
+summary from the per-class vectors and the per-class vectors from the per-sample flag
+file, and rejects paths that leave the repository.  See leaderboards/SUBMITTING.md.
+"""
+
+
+def _flags(items: list[str], default_ckpt: str) -> dict[str, Path]:
+    out = {}
+    for item in items or []:
+        which, sep, path = item.partition("=")
+        if not sep:
+            which, path = default_ckpt, item
+        out[which] = Path(path)
+    return out
+
+
+def run_check(args: argparse.Namespace) -> int:
+    from benchmark.leaderboard import EntryError, check_entry_file, leaderboards_root
+    from benchmark.leaderboard.check import read_entry_file
+    from benchmark.leaderboard.schema import find_track
+
+    root = leaderboards_root(args.root)
+    paths = [Path(p) for p in args.entries] or sorted((root / "leaderboards").glob("*/*.json"))
+    if args.flags and len(paths) != 1:
+        print("rfbench: error: --flags needs exactly one ENTRY.json", file=sys.stderr)
+        return 2
+    failed = 0
+    for path in paths:
+        try:
+            flags = None
+            if args.flags:
+                data = read_entry_file(path)
+                track_id = data.get("track") if isinstance(data, dict) else None
+                ck = find_track(track_id, root).info.protocol.checkpoint if isinstance(track_id, str) else "best"
+                flags = _flags(args.flags, ck)
+            entry = check_entry_file(path, root, flags=flags)
+            print(f"ok      {path} ({entry.track}, {entry.name})")
+        except EntryError as exc:
+            failed += 1
+            print(f"REJECT  {exc.where}")
+            for problem in exc.problems:
+                print(f"        - {problem}")
+    print(f"{len(paths) - failed}/{len(paths)} entries pass", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def run_submit(args: argparse.Namespace) -> int:
+    from benchmark.leaderboard import find_track, leaderboards_root
+    from benchmark.leaderboard.submit import submit
+
+    root = leaderboards_root(args.root)
+    path = submit(args.run_dir, find_track(args.track, root), root, entry_id=args.id, name=args.name, code=args.code,
+                  paper=args.paper or "", force=args.force)
+    print(f"wrote {path}; now run `rfbench leaderboard build` and open a pull request", file=sys.stderr)
+    return 0
+
+
+def run_build(args: argparse.Namespace) -> int:
+    from benchmark.leaderboard import leaderboards_root
+    from benchmark.leaderboard.build import build
+
+    for path in build(leaderboards_root(args.root)):
+        print(path)
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    from benchmark.cli import HelpFormatter
+
+    p = sub.add_parser("leaderboard", help="check, submit and build leaderboard entries", description=__doc__,
+                       epilog=EPILOG, formatter_class=HelpFormatter)
+    lsub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    def common(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--root", metavar="DIR", help="repository root holding leaderboards/ (default: the current "
+                       "directory if it has one, else this checkout)")
+
+    c = lsub.add_parser("check", help="validate entries (all of them without arguments)", epilog=EPILOG,
+                        formatter_class=HelpFormatter)
+    c.add_argument("entries", nargs="*", metavar="ENTRY.json", help="entry files (default: every leaderboards/*/*.json)")
+    c.add_argument("--flags", action="append", default=[], metavar="[CHECKPOINT=]FILE.npz",
+                   help="per-sample flag file to recompute the per-class vectors from (default checkpoint: the track's ranked one)")
+    common(c)
+    c.set_defaults(func=run_check)
+
+    s = lsub.add_parser("submit", help="write a checked entry from a finished `rfbench run`", epilog=EPILOG,
+                        formatter_class=HelpFormatter)
+    s.add_argument("run_dir", metavar="RUN_DIR", help="run directory holding result.json")
+    s.add_argument("--track", required=True, help="track id (a directory of leaderboards/)")
+    s.add_argument("--id", help="entry id, the file name (default: <defense>-s<seed>)")
+    s.add_argument("--name", help="display name (default: the defense name)")
+    s.add_argument("--code", help="where the defense's code lives: a repository path or an https:// URL "
+                   "(default: the source file of a defense inside this repository)")
+    s.add_argument("--paper", help="citation of the method")
+    s.add_argument("--force", action="store_true", help="replace an existing entry with the same id")
+    common(s)
+    s.set_defaults(func=run_submit)
+
+    b = lsub.add_parser("build", help="render leaderboards/README.md, the track pages and heat maps", epilog=EPILOG,
+                        formatter_class=HelpFormatter)
+    common(b)
+    b.set_defaults(func=run_build)

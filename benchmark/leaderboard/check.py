@@ -1,0 +1,267 @@
+"""``rfbench leaderboard check``: validate an entry against the schema, its track's protocol and itself.
+
+Every finding is a specific message (which field, what it holds, what was
+expected); :func:`check_entry` raises :class:`~benchmark.leaderboard.schema.EntryError`
+listing all of them.  What is checked:
+
+1. the file is JSON and follows ``rfbench.entry/1`` (no unknown keys, right types);
+2. it belongs where it is: ``id`` is the file name, ``track`` the directory;
+3. the track's protocol: dataset, model, threat (norm, eps), the attack suite,
+   the test-set size per class, the ranked checkpoint, and the training keys the
+   track fixes (``fixed_train``, with the defense's preset applied);
+4. internal consistency: each per-class accuracy is a count out of that class's
+   test images; the worst case is at most the clean accuracy and every attack it
+   covers; every summary equals the one recomputed from its per-class vector
+   (:func:`benchmark.eval.metrics.summarize`);
+5. when a per-sample flag file is given (the entry's ``flags_file`` or ``--flags``),
+   the per-class vectors equal those recomputed from the flags;
+6. paths (``defense.code``, ``flags_file``) are repository-relative and stay inside it.
+
+Entries are data: nothing in them is imported or executed, and the flag file is
+read with ``allow_pickle=False``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmark.errors import RfbenchError
+from benchmark.eval.metrics import per_class_accuracy, summarize
+from benchmark.leaderboard.paths import UnsafePathError, is_url, safe_repo_path
+from benchmark.leaderboard.schema import SUMMARY_FIELDS, Entry, EntryError, Evaluation, Track, find_track, parse_entry
+
+TOL = 1e-9
+
+
+def read_entry_file(path: str | Path) -> Any:
+    """The JSON data of an entry file; malformed JSON is an :class:`EntryError` with line and column."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise EntryError(str(path), ["file not found"]) from None
+    except UnicodeDecodeError:
+        raise EntryError(str(path), ["not valid JSON: the file is not UTF-8 text"]) from None
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except json.JSONDecodeError as exc:
+        raise EntryError(str(path), [f"not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"]) from None
+    except ValueError as exc:
+        raise EntryError(str(path), [f"not valid JSON: {exc}"]) from None
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _close(a: Any, b: Any) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=TOL)
+    return a == b
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.6g}" if isinstance(v, float) else repr(v)
+
+
+# -- protocol -------------------------------------------------------------------
+def check_protocol(entry: Entry, track: Track) -> list[str]:
+    """Problems with the entry against its track's protocol (empty when it conforms)."""
+    p, problems = track.info.protocol, []
+    if entry.track != track.id:
+        problems.append(f"track is '{entry.track}' but the entry is checked against track '{track.id}'")
+    if entry.dataset != p.dataset:
+        problems.append(f"dataset is '{entry.dataset}' but track {track.id} uses '{p.dataset}'")
+    if entry.model != p.model:
+        problems.append(f"model is '{entry.model}' but track {track.id} uses '{p.model}'")
+    if entry.threat.norm != p.norm:
+        problems.append(f"threat norm is {entry.threat.norm} but track {track.id} uses {p.norm}")
+    if not _close(entry.threat.eps, p.eps):
+        problems.append(f"threat eps is {_fmt(entry.threat.eps)} but track {track.id} uses eps {_fmt(p.eps)}")
+    if p.checkpoint not in entry.evaluations:
+        problems.append(f"evaluations has no '{p.checkpoint}' checkpoint, which track {track.id} ranks by")
+    for which, ev in entry.evaluations.items():
+        missing = [a for a in p.attacks if a not in ev.attacks]
+        extra = [a for a in ev.attacks if a not in p.attacks]
+        if missing or extra:
+            parts = ([f"missing {', '.join(missing)}"] if missing else []) + ([f"extra {', '.join(extra)}"] if extra else [])
+            problems.append(f"evaluations.{which}: attack suite differs from track {track.id}'s "
+                            f"({'; '.join(parts)}; the track runs {', '.join(p.attacks)})")
+        if p.n_per_class is not None and any(n != p.n_per_class for n in ev.n_per_class):
+            problems.append(f"evaluations.{which}: test images per class are {ev.n_per_class} but track {track.id} "
+                            f"evaluates {p.n_per_class} per class")
+        if p.test_size is not None and sum(ev.n_per_class) != p.test_size:
+            problems.append(f"evaluations.{which}: {sum(ev.n_per_class)} test images but track {track.id} "
+                            f"evaluates {p.test_size}")
+    expected = track.train_config_for(entry.defense.name)
+    for key in track.info.fixed_train:
+        if not _close(entry.train_config.get(key), expected.get(key)):
+            problems.append(f"train_config.{key} is {_fmt(entry.train_config.get(key))} but track {track.id} fixes it "
+                            f"to {_fmt(expected.get(key))}")
+    if entry.train_config.get("defense") != entry.defense.name:
+        problems.append(f"defense.name is '{entry.defense.name}' but the run trained '{entry.train_config.get('defense')}'")
+    if entry.train_config.get("seed") != entry.seed:
+        problems.append(f"seed is {entry.seed} but the run trained with seed {entry.train_config.get('seed')}")
+    return problems
+
+
+# -- internal consistency ----------------------------------------------------------
+def check_evaluation(which: str, ev: Evaluation, classes: list[str]) -> list[str]:
+    """Per-class vectors well formed and counts; worst case below clean and attacks; summaries recomputed."""
+    C, at, problems = len(classes), f"evaluations.{which}", []
+    names = ["clean", *ev.attacks, "worst_case"]
+    if len(ev.n_per_class) != C or any(not isinstance(n, int) or n < 1 for n in ev.n_per_class):
+        return [f"{at}.n_per_class must list {C} positive counts (one per class), got {ev.n_per_class}"]
+    if set(ev.per_class) != set(names):
+        return [f"{at}.per_class must have exactly {', '.join(names)}; has {', '.join(ev.per_class)}"]
+    if set(ev.summary) != set(names):
+        return [f"{at}.summary must have exactly {', '.join(names)}; has {', '.join(ev.summary)}"]
+    bad_cover = [a for a in ev.worst_case_over if a not in ev.attacks]
+    if bad_cover:
+        return [f"{at}.worst_case_over names {', '.join(bad_cover)}, which are not among its attacks"]
+    vecs: dict[str, np.ndarray] = {}
+    for name in names:
+        v = ev.per_class[name]
+        if not isinstance(v, list) or len(v) != C or any(isinstance(x, bool) or not isinstance(x, (int, float)) for x in v):
+            problems.append(f"{at}.per_class.{name} must be a list of {C} numbers")
+            continue
+        arr = np.asarray(v, dtype=float)
+        out = [k for k in range(C) if not 0 <= arr[k] <= 1]
+        if out:
+            problems.append(f"{at}.per_class.{name}[{out[0]}] = {_fmt(arr[out[0]])} is not an accuracy in [0, 1]")
+            continue
+        for k in range(C):
+            count = arr[k] * ev.n_per_class[k]
+            if abs(count - round(count)) > 1e-6:
+                problems.append(f"{at}.per_class.{name}[{k}] ({classes[k]}) = {_fmt(arr[k])} is not a count out of "
+                                f"its {ev.n_per_class[k]} test images (hand-edited?)")
+                break
+        vecs[name] = arr
+    if "worst_case" in vecs:
+        for name in ["clean", *ev.worst_case_over]:
+            if name in vecs:
+                k = int(np.argmax(vecs["worst_case"] - vecs[name]))
+                if vecs["worst_case"][k] > vecs[name][k] + TOL:
+                    problems.append(f"{at}.per_class.worst_case[{k}] ({classes[k]}) = {_fmt(vecs['worst_case'][k])} "
+                                    f"exceeds per_class.{name}[{k}] = {_fmt(vecs[name][k])}: a worst case cannot beat "
+                                    "the accuracy it is the minimum of")
+    for name, arr in vecs.items():
+        recomputed = summarize(arr)
+        given = ev.summary[name]
+        if not isinstance(given, dict):
+            problems.append(f"{at}.summary.{name} must be a mapping")
+            continue
+        for key in SUMMARY_FIELDS:
+            if key not in given:
+                problems.append(f"{at}.summary.{name} misses '{key}'")
+            elif not _close(given[key], recomputed[key]) and not (key == "nsd" and given[key] is None):
+                problems.append(f"{at}.summary.{name}.{key} is {_fmt(given[key])} but its per-class vector gives "
+                                f"{_fmt(recomputed[key])}")
+    return problems
+
+
+def check_flags(which: str, ev: Evaluation, flags_path: Path) -> list[str]:
+    """The per-class vectors of ``ev`` recomputed from a per-sample flag file."""
+    from benchmark.eval.flags import SampleFlags
+
+    at = f"evaluations.{which}"
+    try:
+        flags = SampleFlags.load(flags_path)
+    except RfbenchError as exc:
+        return [f"{at}.flags_file: {exc}"]
+    C = len(ev.n_per_class)
+    problems = []
+    if not flags.done.all():
+        problems.append(f"{at}.flags_file: the evaluation in {flags_path.name} is unfinished")
+    if sorted(flags.labels) != sorted(ev.attacks):
+        return problems + [f"{at}.flags_file holds attacks {', '.join(flags.labels)}, the entry lists {', '.join(ev.attacks)}"]
+    if len(np.unique(flags.index)) != len(flags.index):
+        problems.append(f"{at}.flags_file lists a test image twice")
+    counts = np.bincount(flags.y, minlength=C).tolist()
+    if counts != list(ev.n_per_class):
+        return problems + [f"{at}.n_per_class is {ev.n_per_class} but the flag file has {counts} images per class"]
+    correct = {"clean": flags.clean_correct, **{a: flags.robust(a) for a in ev.attacks},
+               "worst_case": flags.worst_case(list(ev.worst_case_over))}
+    for name, ok in correct.items():
+        from_flags = per_class_accuracy(ok, flags.y, C)
+        given = np.asarray(ev.per_class.get(name, []), dtype=float)
+        if given.shape != from_flags.shape:
+            continue
+        diff = np.flatnonzero(np.abs(given - from_flags) > TOL)
+        if diff.size:
+            k = int(diff[0])
+            problems.append(f"{at}.per_class.{name}[{k}] is {_fmt(float(given[k]))} but the per-sample flags give "
+                            f"{_fmt(float(from_flags[k]))}")
+    return problems
+
+
+def _resolve(text: str, root: Path, what: str, problems: list[str]) -> Path | None:
+    try:
+        return safe_repo_path(text, root, what)
+    except UnsafePathError as exc:
+        problems.append(str(exc))
+        return None
+
+
+def check_entry(
+    data: Any,
+    *,
+    where: str,
+    root: Path,
+    entry_path: Path | None = None,
+    track: Track | None = None,
+    flags: dict[str, Path] | None = None,
+) -> Entry:
+    """Validate entry ``data``; returns the typed :class:`Entry` or raises :class:`EntryError` listing every problem.
+
+    ``flags`` maps checkpoints to flag files given explicitly (trusted paths,
+    e.g. from ``--flags`` or a run directory); otherwise each evaluation's
+    ``flags_file`` is used, resolved safely inside ``root``.
+    """
+    entry = parse_entry(data, where)
+    problems: list[str] = []
+    if entry_path is not None:
+        if entry_path.stem != entry.id:
+            problems.append(f"id '{entry.id}' must be the file name (the file is {entry_path.name})")
+        if entry_path.parent.name != entry.track:
+            problems.append(f"track is '{entry.track}' but the entry lies in {entry_path.parent.name}/")
+    if track is None:
+        try:
+            track = find_track(entry.track, root)
+        except RfbenchError as exc:
+            raise EntryError(where, problems + [str(exc)]) from None
+    problems += check_protocol(entry, track)
+    if entry.cost.accelerator == "cuda" and entry.cost.gpu_hours is None:
+        problems.append("cost.gpu_hours is required for a run on a GPU")
+    if not is_url(entry.defense.code):
+        path = _resolve(entry.defense.code, root, "defense.code", problems)
+        if path is not None and not path.is_file():
+            problems.append(f"defense.code '{entry.defense.code}' does not exist in the repository; "
+                            "give the defense's source file or an https:// URL")
+    for which, ev in entry.evaluations.items():
+        if len(ev.n_per_class) != len(entry.classes):
+            problems.append(f"evaluations.{which}.n_per_class has {len(ev.n_per_class)} classes, classes lists {len(entry.classes)}")
+            continue
+        if ev.checks == "fail":
+            problems.append(f"evaluations.{which}: the evaluation's sanity checks failed; such a result cannot be ranked")
+        own = check_evaluation(which, ev, entry.classes)
+        problems += own
+        path = (flags or {}).get(which)
+        if path is None and ev.flags_file is not None:
+            path = _resolve(ev.flags_file, root, f"evaluations.{which}.flags_file", problems)
+        if path is not None and not own:
+            problems += check_flags(which, ev, path)
+    if problems:
+        raise EntryError(where, problems)
+    return entry
+
+
+def check_entry_file(path: str | Path, root: Path, flags: dict[str, Path] | None = None) -> Entry:
+    """Read and check ``leaderboards/<track>/<id>.json``."""
+    path = Path(path)
+    return check_entry(read_entry_file(path), where=str(path), root=root, entry_path=path, flags=flags)

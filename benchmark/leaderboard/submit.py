@@ -1,0 +1,115 @@
+"""``rfbench leaderboard submit RUN_DIR --track T``: turn a finished ``rfbench run`` into a checked entry.
+
+The entry is built from the run's ``result.json`` (``rfbench.run/1``) and its
+trainer ``config.yaml``, checked against the track with the run's own flag
+files, and only then written: the flag files to
+``leaderboards/<track>/flags/<id>-<checkpoint>.npz`` and the entry to
+``leaderboards/<track>/<id>.json``, each atomically.
+"""
+
+from __future__ import annotations
+
+import datetime
+import inspect
+import logging
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from benchmark.errors import ConfigError, RfbenchError
+from benchmark.io import atomic_write_bytes, atomic_write_json, read_json
+from benchmark.leaderboard.check import check_entry, check_entry_file
+from benchmark.leaderboard.paths import is_url
+from benchmark.leaderboard.schema import ENTRY_SCHEMA, SUMMARY_FIELDS, Track
+from benchmark.runner.config import slug
+from benchmark.runner.report import RUN_SCHEMA
+
+log = logging.getLogger(__name__)
+
+LOCAL_KEYS = ("out", "init")  # machine-local paths, not part of an entry
+
+
+def defense_code_path(defense: str, root: Path) -> str:
+    """Repository-relative source file of a defense (built-in or a plugin file inside the repository)."""
+    from defenses.registry import get_defense_class
+
+    source = inspect.getsourcefile(get_defense_class(defense))
+    path = Path(source).resolve() if source else None
+    if path is None or not path.is_relative_to(root.resolve()):
+        raise ConfigError(f"the code of defense '{defense}' is outside the repository ({path}); "
+                          "pass --code https://... (where reviewers can read it)")
+    return path.relative_to(root.resolve()).as_posix()
+
+
+def _evaluation(block: dict[str, Any], flags_rel: str) -> dict[str, Any]:
+    names = ["clean", *block["attacks"], "worst_case"]
+    return {
+        "epoch": block.get("epoch"),
+        "selected_by": block.get("selected_by") or "",
+        "attacks": list(block["attacks"]),
+        "worst_case_over": list(block["worst_case_over"]),
+        "n_per_class": list(block["n_per_class"]),
+        "per_class": {n: block["per_class"][n] for n in names},
+        "summary": {n: {k: block["summary"][n][k] for k in (*SUMMARY_FIELDS, "worst_ci95") if k in block["summary"][n]}
+                    for n in names},
+        "checks": block["checks"],
+        "flags_file": flags_rel,
+    }
+
+
+def entry_from_run(run_dir: Path, track: Track, root: Path, *, entry_id: str | None = None, name: str | None = None,
+                   code: str | None = None, paper: str = "") -> tuple[dict[str, Any], dict[str, Path]]:
+    """The entry data of a finished run, and the run's flag file per checkpoint."""
+    result_path = run_dir / "result.json"
+    if not result_path.exists():
+        raise RfbenchError(f"{run_dir} holds no finished run (no result.json); run `rfbench run` to the end first")
+    run = read_json(result_path)
+    if run.get("schema") != RUN_SCHEMA:
+        raise RfbenchError(f"{result_path} is not an `rfbench run` result (schema {run.get('schema')!r})")
+    train_cfg = yaml.safe_load((run_dir / "train" / "config.yaml").read_text(encoding="utf-8"))
+    defense = train_cfg["defense"]
+    entry_id = entry_id or f"{slug(defense)}-s{train_cfg['seed']}"
+    code = code or defense_code_path(defense, root)
+    if code.startswith(("http://",)) or (":" in code and not is_url(code)):
+        raise ConfigError(f"--code must be a repository-relative path or an https:// URL, got '{code}'")
+    blocks = run["checkpoints"]
+    first = next(iter(blocks.values()))
+    flags_rel = {w: f"leaderboards/{track.id}/flags/{entry_id}-{w}.npz" for w in blocks}
+    run_config = {k: v for k, v in run["config"].items() if k != "out"}
+    entry = {
+        "schema": ENTRY_SCHEMA,
+        "id": entry_id,
+        "track": track.id,
+        "name": name or defense,
+        "seed": train_cfg["seed"],
+        "dataset": run["dataset"],
+        "model": train_cfg["model"],
+        "classes": list(first["classes"]),
+        "threat": {"norm": first["threat"]["norm"], "eps": first["threat"]["eps"]},
+        "defense": {"name": defense, "code": code, "args": train_cfg.get("defense_args", {}), "paper": paper},
+        "evaluations": {w: _evaluation(b, flags_rel[w]) for w, b in blocks.items()},
+        "cost": {k: run["cost"][k] for k in ("accelerator", "device", "train_seconds", "eval_seconds", "gpu_hours")},
+        "train_config": {k: v for k, v in train_cfg.items() if k not in LOCAL_KEYS},
+        "provenance": {**run["provenance"], "run_config": run_config, "stages": run.get("stages", {}),
+                       "pretrained": run.get("pretrain") is not None},
+        "submitted": datetime.date.today().isoformat(),
+    }
+    return entry, {w: run_dir / b["flags_file"] for w, b in blocks.items()}
+
+
+def submit(run_dir: str | Path, track: Track, root: Path, *, entry_id: str | None = None, name: str | None = None,
+           code: str | None = None, paper: str = "", force: bool = False) -> Path:
+    """Check the run's entry against ``track``, then write its flag files and the entry; returns the entry path."""
+    run_dir = Path(run_dir)
+    entry, run_flags = entry_from_run(run_dir, track, root, entry_id=entry_id, name=name, code=code, paper=paper)
+    target = root / "leaderboards" / track.id / f"{entry['id']}.json"
+    if target.exists() and not force:
+        raise RfbenchError(f"{target} exists; choose another --id or pass --force to replace it")
+    check_entry(entry, where=f"entry from {run_dir}", root=root, entry_path=target, track=track, flags=run_flags)
+    for which, src in run_flags.items():
+        atomic_write_bytes(root / entry["evaluations"][which]["flags_file"], src.read_bytes())
+    atomic_write_json(target, entry)
+    check_entry_file(target, root)
+    log.info("wrote %s", target)
+    return target

@@ -1,0 +1,135 @@
+"""AutoAttack bookkeeping overhead: the evaluation harness's AutoAttack path against pyautoattack called directly.
+
+Both contenders evaluate the same model on the same test points, side by side
+in one process:
+
+* ``pyautoattack direct`` -- ``pyautoattack.AutoAttack(...).run_standard_evaluation``
+  on the points, with the seed the harness gives that batch;
+* ``rfbench harness`` -- :func:`benchmark.eval.evaluate` with the same
+  AutoAttack spec as its only attack: model checks, clean pass, AutoAttack on
+  the clean-correct points through :class:`attacks.autoattack.AutoAttack`
+  (RNG fork, log routing, frozen parameters), the eps-ball check, float32
+  predictions, the flag file, bootstrap intervals and ``result.json``.
+
+Overhead = harness time / direct time − 1 (median over rounds of the
+per-round ratio).  Both must find the same robust points (the script checks
+it).  The default workload -- APGD-CE + APGD-T on a briefly trained SmallCNN
+on Fashion-MNIST -- is cheap per point, so the fixed costs weigh more than in
+a real evaluation: the overhead it measures is an upper bound for bigger models
+and the standard version.
+
+Example::
+
+    PYTHONPATH=. python benchmarks/bench_autoattack.py                  # ~4 min on 1 loaded core
+    PYTHONPATH=. python benchmarks/bench_autoattack.py --version standard --n-per-class 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+
+import _common as C
+import torch
+
+from attacks.autoattack import NORM_NAMES
+from benchmark.data import iterate_batches, load_dataset
+from benchmark.eval.harness import EvalConfig, batch_seed, evaluate, select_subset
+from benchmark.train.runtime import resolve_device
+
+HARNESS, DIRECT = "rfbench harness", "pyautoattack direct"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--version", default="custom", choices=["standard", "plus", "custom"])
+    p.add_argument("--attacks", default="apgd-ce,apgd-t", help="custom version: comma-separated AutoAttack attacks")
+    p.add_argument("--n-per-class", type=int, default=10, help="test points per class (one batch holds them all)")
+    p.add_argument("--eps", type=float, default=None, help="default: the dataset's protocol eps")
+    p.add_argument("--train-steps", type=int, default=60, help="clean Adam steps of the SmallCNN")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0 = torch's default)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/bench_autoattack.json)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    device = resolve_device(args.device)
+    C.set_threads(args.threads)
+    info = C.machine_info(device)
+    bundle = load_dataset("fashion-mnist")
+    model = C.trained_smallcnn(bundle, args.train_steps, args.seed, device)
+    eps = args.eps if args.eps is not None else bundle.threat.eps
+    attacks = [a.strip() for a in args.attacks.split(",") if a.strip()] if args.version == "custom" else []
+    spec = f"autoattack:version={args.version}" + (f",attacks={'+'.join(attacks)}" if attacks else "")
+    test = select_subset(bundle.test, args.n_per_class, args.seed)
+    n = len(test)
+    cfg = EvalConfig(attacks=[spec], eps=eps, n_per_class=args.n_per_class, subset_seed=args.seed, batch_size=n,
+                     device=str(device), seed=args.seed, overwrite=True, quiet=True)
+    out_dir = tempfile.mkdtemp(prefix="rfbench-bench-aa-")
+    x, y, _ = next(iterate_batches(test, n, device=device))
+    results = {}
+
+    def harness():
+        results[HARNESS] = evaluate(model, bundle, cfg, out_dir)
+        return results[HARNESS]
+
+    def direct():
+        from pyautoattack import AutoAttack
+
+        label = results[HARNESS]["attacks"][0]["label"]  # the harness seeds batch 0 from it
+        aa = AutoAttack(model, norm=NORM_NAMES["linf"], eps=float(eps), version=args.version,
+                        attacks=attacks or None, device=device, seed=batch_seed(args.seed, label, 0))
+        x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=n)
+        with torch.no_grad():
+            results[DIRECT] = (model(x_adv).argmax(1) == y)
+        return results[DIRECT]
+
+    print(f"{spec}, eps {eps:.4g}, {n} Fashion-MNIST test points, SmallCNN after {args.train_steps} steps",
+          file=sys.stderr, flush=True)
+    with C.quiet_logs():
+        logging.getLogger("auto-attack").setLevel(logging.ERROR)
+        times = C.interleave({HARNESS: harness, DIRECT: direct}, args.repeats, device)
+    info["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
+    r = results[HARNESS]
+    harness_robust = _robust_flags(out_dir, n)
+    same = bool(torch.equal(harness_robust, results[DIRECT].cpu()))
+    overhead = 100 * (1 / C.paired_speedup(times[DIRECT], times[HARNESS]) - 1)
+    rows = [{"contender": k, "median_s": t.median, "images_per_s": n / t.median,
+             "time_vs_direct": t.median / times[DIRECT].median, "peak_mem_mib": t.peak, "seconds": t.seconds}
+            for k, t in times.items()]
+    print(f"\n{spec}, eps {eps:.4g}, {n} points, robust accuracy: harness {float(harness_robust.float().mean()):.3f}, "
+          f"direct {float(results[DIRECT].float().mean()):.3f}, same robust points: {same}")
+    C.print_table(rows, [("contender", "contender", ""), ("median_s", "median s", ".2f"),
+                         ("images_per_s", "points/s", ".2f"), ("time_vs_direct", "time / direct", ".3f"),
+                         ("peak_mem_mib", "peak MiB", ".0f")])
+    target = {"target": "AutoAttack bookkeeping overhead <= 5% over pyautoattack direct", "overhead_pct": overhead,
+              "met": overhead <= 5.0}
+    print(f"target {target['target']}: {overhead:+.1f}% -> {'met' if target['met'] else 'MISSED'}")
+    print(f"\nmachine: {info['cpu_model']}, {info['torch_threads']} thread(s), load {info['load_average']} -> "
+          f"{info['load_average_end']}")
+    path = C.write_results("bench_autoattack", {
+        "command": "python " + " ".join(sys.argv), "args": vars(args), "machine": info, "spec": spec, "eps": eps,
+        "points": n, "same_robust_points": same, "overhead_pct": overhead, "rows": rows, "targets": [target],
+        "harness_attack_time_s": r["provenance"].get("attack_time_s") if "provenance" in r else None},
+        args.out and C.Path(args.out))
+    print(f"wrote {path}")
+
+
+def _robust_flags(out_dir: str, n: int) -> torch.Tensor:
+    """Per point: clean-correct and not broken by any attack, read back from the harness's flag file."""
+    from benchmark.eval.flags import SampleFlags
+
+    flags = SampleFlags.load(C.Path(out_dir) / "flags.npz")
+    return torch.as_tensor(flags.worst_case(flags.labels)[:n])
+
+
+if __name__ == "__main__":
+    main()

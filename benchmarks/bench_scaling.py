@@ -1,0 +1,127 @@
+"""Where the machine saturates: PGD attack-step throughput over batch size × model width (× threads).
+
+For every model, width, precision (fp32; bf16 autocast + channels-last) and
+batch size, the script times PGD steps of the rfbench core (one forward and
+one input-gradient backward per step, about 2 forwards of work) on random
+inputs of the model's image size, for at least ``--min-time`` seconds after a
+warm-up step, and prints images/s, achieved GFLOP/s and the fraction of the
+GEMM peak measured in the same process.  ``saturates at`` is the smallest
+batch that reaches 90% of the best throughput of its (model, width,
+precision, threads) line.
+
+Example::
+
+    PYTHONPATH=. python benchmarks/bench_scaling.py                       # ~3 min on 1 loaded core
+    PYTHONPATH=. python benchmarks/bench_scaling.py --threads 1,2 --models smallcnn
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import _common as C
+import torch
+
+from attacks.core import pgd
+from benchmark.models import create_model
+from benchmark.train.runtime import resolve_device
+
+SHAPES = {"resnet18": (3, 32, 32), "smallcnn": (1, 28, 28)}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--models", default="resnet18,smallcnn")
+    p.add_argument("--resnet-widths", default="0.25,0.5,1")
+    p.add_argument("--resnet-batches", default="8,32,128")
+    p.add_argument("--smallcnn-widths", default="0.5,1,2")
+    p.add_argument("--smallcnn-batches", default="32,128,512")
+    p.add_argument("--precisions", default="fp32,bf16+CL")
+    p.add_argument("--threads", default="1", help="comma-separated thread counts to sweep")
+    p.add_argument("--min-time", type=float, default=1.0, help="seconds of timed steps per point (at least one step)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/bench_scaling.json)")
+    return p.parse_args(argv)
+
+
+def _floats(text: str) -> list[float]:
+    return [float(t) for t in text.split(",") if t.strip()]
+
+
+def measure(model, batch: int, shape, precision: str, device, min_time: float) -> float:
+    """Images/s of PGD steps (per step: every image of the batch once); ``model`` is left contiguous."""
+    x = torch.rand(batch, *shape, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
+    dtype = torch.bfloat16 if precision.startswith("bf16") else None
+    if precision.endswith("+CL"):
+        model.to(memory_format=torch.channels_last)  # in place
+        x = x.contiguous(memory_format=torch.channels_last)
+    kw = dict(eps=8 / 255, alpha=2 / 255, steps=1, autocast_dtype=dtype)
+    try:
+        pgd(model, x, y, **kw)
+        C.sync(device)
+        steps, t0 = 0, time.perf_counter()
+        while True:
+            pgd(model, x, y, **kw)
+            C.sync(device)
+            steps += 1
+            elapsed = time.perf_counter() - t0
+            if elapsed >= min_time:
+                return batch * steps / elapsed
+    finally:
+        model.to(memory_format=torch.contiguous_format)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    device = resolve_device(args.device)
+    threads = [int(t) for t in args.threads.split(",") if t.strip()]
+    info = C.machine_info(device)
+    rows, peaks = [], {}
+    for nt in threads:
+        C.set_threads(nt)
+        peaks[nt] = {"fp32": C.matmul_peak(torch.float32, device), "bf16": C.matmul_peak(torch.bfloat16, device)}
+        for name in [m.strip() for m in args.models.split(",") if m.strip()]:
+            widths = _floats(getattr(args, f"{'resnet' if name == 'resnet18' else name}_widths"))
+            batches = [int(b) for b in _floats(getattr(args, f"{'resnet' if name == 'resnet18' else name}_batches"))]
+            shape = SHAPES[name]
+            for width in widths:
+                torch.manual_seed(0)
+                model = create_model(name, 10, shape[0], (0.5,) * shape[0], (0.25,) * shape[0], width=width)
+                model = model.to(device).eval()
+                flops = C.forward_flops(model, torch.rand(2, *shape, device=device))
+                for precision in [p.strip() for p in args.precisions.split(",") if p.strip()]:
+                    for b in batches:
+                        ips = measure(model, b, shape, precision, device, args.min_time)
+                        gflops = ips * 2 * flops / 1e9
+                        dtype = "bf16" if precision.startswith("bf16") else "fp32"
+                        rows.append({"threads": nt, "model": name, "width": width, "precision": precision,
+                                     "batch": b, "images_per_s": ips, "gflop_per_s": gflops,
+                                     "pct_of_peak": 100 * gflops / peaks[nt][dtype],
+                                     "fwd_gflop_per_image": flops / 1e9})
+                        print(f"  {nt} thr  {name} w{width:g}  {precision:<8s} batch {b:5d}: {ips:9.1f} img-steps/s "
+                              f"{gflops:7.1f} GFLOP/s  load {os.getloadavg()[0]:.1f}", file=sys.stderr, flush=True)
+    for r in rows:  # the smallest batch reaching 90% of its line's best throughput
+        line = [q for q in rows if all(q[k] == r[k] for k in ("threads", "model", "width", "precision"))]
+        best = max(q["images_per_s"] for q in line)
+        r["saturates_at"] = min(q["batch"] for q in line if q["images_per_s"] >= 0.9 * best)
+    info["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
+    C.print_table(rows, [("threads", "threads", ""), ("model", "model", ""), ("width", "width", "g"),
+                         ("precision", "precision", ""), ("batch", "batch", ""),
+                         ("images_per_s", "img-steps/s", ".1f"), ("gflop_per_s", "GFLOP/s", ".1f"),
+                         ("pct_of_peak", "% peak", ".0f"), ("saturates_at", "saturates at", "")])
+    print(f"\nmachine: {info['cpu_model']} ({', '.join(info['cpu_flags'])}), load {info['load_average']} -> "
+          f"{info['load_average_end']}; measured GEMM peak GFLOP/s by threads: "
+          + "; ".join(f"{t}: fp32 {p['fp32']:.0f}, bf16 {p['bf16']:.0f}" for t, p in peaks.items()))
+    path = C.write_results("bench_scaling", {"command": "python " + " ".join(sys.argv), "args": vars(args),
+                                             "machine": info, "gemm_peak_gflop_per_s": peaks, "rows": rows},
+                           args.out and C.Path(args.out))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,266 @@
+"""Leaderboard tracks, entries, check, submit and build.
+
+One real (tiny) run of the fashion-mnist-linf track is submitted once per
+module; every rejection test corrupts a copy of that valid entry in one way
+and asserts the specific message `check` gives.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from benchmark.cli import main
+from benchmark.config import from_dict
+from benchmark.errors import RfbenchError
+from benchmark.eval.harness import EvalConfig
+from benchmark.eval.metrics import summarize
+from benchmark.leaderboard import EntryError, check_entry, check_entry_file, find_track, load_track
+from benchmark.leaderboard.build import build
+from benchmark.leaderboard.schema import list_tracks
+from benchmark.leaderboard.submit import defense_code_path, submit
+from benchmark.runner import execute_run, load_run_config, resolve_run
+from tests.tiny_runs import REPO, write_tiny_track
+
+TRACK_ID = "fashion-mnist-linf"
+
+
+@pytest.fixture(scope="module")
+def board(tmp_path_factory):
+    """A repository root with the tiny track and one submitted entry (from a real run)."""
+    root = tmp_path_factory.mktemp("repo")
+    track_path = write_tiny_track(root)
+    run = resolve_run(load_run_config(track_path), defense="pgd-at", out=root / "runs" / "pgd-at-s0", quiet=True)
+    run_dir = execute_run(run, quiet=True)
+    track = load_track(track_path)
+    entry_path = submit(run_dir, track, root, code="https://example.org/pgd-at.py", name="PGD-AT")
+    return {"root": root, "track": track, "run_dir": run_dir, "entry_path": entry_path,
+            "entry": json.loads(entry_path.read_text())}
+
+
+def _check(board, data, name="pgd-at-s0.json"):
+    path = board["root"] / "leaderboards" / TRACK_ID / name
+    return check_entry(data, where=name, root=board["root"], entry_path=path)
+
+
+def _rejects(board, data, fragment, name="pgd-at-s0.json"):
+    with pytest.raises(EntryError) as info:
+        _check(board, data, name)
+    assert any(fragment in p for p in info.value.problems), info.value.problems
+    return info.value.problems
+
+
+def test_valid_entry_passes(board):
+    entry = check_entry_file(board["entry_path"], board["root"])
+    assert entry.id == "pgd-at-s0" and entry.track == TRACK_ID and entry.defense.name == "pgd-at"
+    ev = entry.evaluations["best"]
+    assert ev.attacks == ["fgsm", "pgd-2"] and ev.n_per_class == [5] * 10
+    flags = board["root"] / ev.flags_file
+    assert flags.is_file() and flags.parent == board["root"] / "leaderboards" / TRACK_ID / "flags"
+    # the entry's numbers are the run's numbers
+    run = json.loads((board["run_dir"] / "result.json").read_text())
+    assert ev.per_class == {k: run["checkpoints"]["best"]["per_class"][k] for k in ev.per_class}
+    assert main(["leaderboard", "check", "--root", str(board["root"]), str(board["entry_path"])]) == 0
+
+
+def test_corrupt_json_is_rejected_with_position(board, tmp_path):
+    bad = board["root"] / "leaderboards" / TRACK_ID / "broken.json"
+    bad.write_text(board["entry_path"].read_text()[:200])
+    try:
+        with pytest.raises(EntryError, match=r"not valid JSON: .* at line \d+, column \d+"):
+            check_entry_file(bad, board["root"])
+        assert main(["leaderboard", "check", "--root", str(board["root"]), str(bad)]) == 1
+    finally:
+        bad.unlink()
+
+
+def test_nan_and_unknown_keys_are_rejected(board, tmp_path):
+    path = tmp_path / "leaderboards" / TRACK_ID / "pgd-at-s0.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(board["entry_path"].read_text().replace('"seed": 0', '"seed": NaN', 1))
+    with pytest.raises(EntryError, match="NaN is not a number JSON allows"):
+        check_entry_file(path, board["root"])
+    data = copy.deepcopy(board["entry"])
+    data["trust_me"] = True
+    _rejects(board, data, "unknown key 'trust_me'")
+    data = copy.deepcopy(board["entry"])
+    del data["cost"]
+    _rejects(board, data, "missing key 'cost'")
+
+
+def test_hand_edited_summary_is_rejected(board):
+    data = copy.deepcopy(board["entry"])
+    s = data["evaluations"]["best"]["summary"]["worst_case"]
+    s["mean"] = s["mean"] + 0.05
+    problems = _rejects(board, data, "summary.worst_case.mean is")
+    assert any("but its per-class vector gives" in p for p in problems)
+
+
+def test_hand_edited_per_class_vector_is_caught_by_counts_and_flags(board):
+    data = copy.deepcopy(board["entry"])
+    ev = data["evaluations"]["best"]
+    # not a count out of 5 images
+    ev["per_class"]["clean"][3] = 0.55
+    _rejects(board, data, "per_class.clean[3] (Dress) = 0.55 is not a count out of its 5 test images")
+    # a careful forger: a valid count, every summary recomputed; only the per-sample flags tell
+    data = copy.deepcopy(board["entry"])
+    ev = data["evaluations"]["best"]
+    k = int(np.argmin(ev["per_class"]["clean"]))
+    ev["per_class"]["clean"][k] = min(1.0, ev["per_class"]["clean"][k] + 0.2)
+    ev["summary"]["clean"] = {**ev["summary"]["clean"], **summarize(np.array(ev["per_class"]["clean"]))}
+    problems = _rejects(board, data, f"per_class.clean[{k}] is")
+    assert any("but the per-sample flags give" in p for p in problems)
+
+
+def test_worst_case_above_an_attack_is_rejected(board):
+    data = copy.deepcopy(board["entry"])
+    ev = data["evaluations"]["best"]
+    ev["per_class"]["pgd-2"][2] = 0.0
+    ev["per_class"]["worst_case"][2] = 0.2
+    _rejects(board, data, "per_class.worst_case[2] (Pullover) = 0.2 exceeds per_class.pgd-2[2] = 0")
+
+
+def test_wrong_track_eps_is_rejected(board):
+    data = copy.deepcopy(board["entry"])
+    data["threat"]["eps"] = 0.05
+    _rejects(board, data, "threat eps is 0.05 but track fashion-mnist-linf uses eps 0.1")
+
+
+def test_wrong_attack_suite_is_rejected(board):
+    data = copy.deepcopy(board["entry"])
+    for ev in data["evaluations"].values():
+        ev["attacks"] = ["pgd-2"]
+        ev["worst_case_over"] = ["pgd-2"]
+        del ev["per_class"]["fgsm"], ev["summary"]["fgsm"]
+        ev["flags_file"] = None
+    _rejects(board, data, "attack suite differs from track fashion-mnist-linf's (missing fgsm; the track runs fgsm, pgd-2)")
+
+
+def test_wrong_test_size_is_rejected(board):
+    data = copy.deepcopy(board["entry"])
+    data["evaluations"]["best"]["n_per_class"] = [4] * 10
+    problems = _rejects(board, data, "test images per class are [4, 4, 4, 4, 4, 4, 4, 4, 4, 4] but track "
+                                     "fashion-mnist-linf evaluates 5 per class")
+    assert any("40 test images but track fashion-mnist-linf evaluates 50" in p for p in problems)
+
+
+def test_changed_training_budget_is_rejected(board):
+    data = copy.deepcopy(board["entry"])
+    data["train_config"]["epochs"] = 3
+    _rejects(board, data, "train_config.epochs is 3 but track fashion-mnist-linf fixes it to 1")
+
+
+def test_misplaced_entry_is_rejected(board):
+    _rejects(board, copy.deepcopy(board["entry"]), "id 'pgd-at-s0' must be the file name", name="other.json")
+    data = copy.deepcopy(board["entry"])
+    data["track"] = "cifar10-linf"
+    _rejects(board, data, "unknown track 'cifar10-linf'")
+
+
+@pytest.mark.parametrize("field,value,fragment", [
+    ("flags_file", "../../../etc/passwd", "escapes the repository ('..' is not allowed)"),
+    ("flags_file", "/etc/passwd", "is an absolute path"),
+    ("flags_file", "leaderboards\\..\\x.npz", "must use '/' separators"),
+    ("code", "../outside.py", "escapes the repository"),
+    ("code", "~/x.py", "is an absolute path"),
+])
+def test_path_escapes_are_rejected(board, field, value, fragment):
+    data = copy.deepcopy(board["entry"])
+    if field == "code":
+        data["defense"]["code"] = value
+    else:
+        data["evaluations"]["best"]["flags_file"] = value
+    _rejects(board, data, fragment)
+
+
+def test_symlink_out_of_the_repository_is_rejected(board, tmp_path):
+    outside = tmp_path / "secret.npz"
+    shutil.copy(board["root"] / board["entry"]["evaluations"]["best"]["flags_file"], outside)
+    link = board["root"] / "leaderboards" / TRACK_ID / "flags" / "link.npz"
+    link.symlink_to(outside)
+    try:
+        data = copy.deepcopy(board["entry"])
+        data["evaluations"]["best"]["flags_file"] = f"leaderboards/{TRACK_ID}/flags/link.npz"
+        _rejects(board, data, "resolves outside the repository")
+    finally:
+        link.unlink()
+
+
+def test_missing_defense_code_is_rejected(board):
+    data = copy.deepcopy(board["entry"])
+    data["defense"]["code"] = "defenses/not_there.py"
+    _rejects(board, data, "defense.code 'defenses/not_there.py' does not exist in the repository")
+
+
+def test_explicit_flags_file_is_used(board, tmp_path):
+    """`--flags` recomputes from the given file: another run's flags do not match this entry."""
+    data = copy.deepcopy(board["entry"])
+    for ev in data["evaluations"].values():
+        ev["flags_file"] = None
+    _check(board, data)  # no flags: the per-class checks alone pass
+    from benchmark.eval.flags import SampleFlags
+
+    flags = SampleFlags.load(board["root"] / board["entry"]["evaluations"]["best"]["flags_file"])
+    flags.clean_pred = np.where(flags.clean_pred == flags.y, (flags.y + 1) % 10, flags.clean_pred)  # all wrong
+    other = tmp_path / "other.npz"
+    flags.save(other)
+    with pytest.raises(EntryError, match="but the per-sample flags give 0"):
+        check_entry(data, where="x", root=board["root"], entry_path=board["entry_path"], flags={"best": other})
+
+
+def test_submit_refuses_to_overwrite(board):
+    with pytest.raises(RfbenchError, match="exists; choose another --id or pass --force"):
+        submit(board["run_dir"], board["track"], board["root"], code="https://example.org/pgd-at.py")
+
+
+def test_build_renders_ranked_pages_and_heatmap(board):
+    paths = build(board["root"])
+    index = (board["root"] / "leaderboards" / "README.md").read_text()
+    page = (board["root"] / "leaderboards" / TRACK_ID / "README.md").read_text()
+    png = board["root"] / "leaderboards" / TRACK_ID / "heatmap.png"
+    assert png in paths and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"[{TRACK_ID}]({TRACK_ID}/README.md)" in index and "PGD-AT" in index
+    wc = board["entry"]["evaluations"]["best"]["summary"]["worst_case"]
+    assert "[pgd-at-s0](pgd-at-s0.json)" in page
+    assert f"{100 * wc['worst']:.1f}" in page and f"{100 * wc['mean']:.1f}" in page
+    assert "0 (CPU" in page  # CPU runs cost no GPU-hours
+
+
+def test_defense_code_path_points_into_this_repository():
+    assert defense_code_path("trades", REPO) == "defenses/trades.py"
+    with pytest.raises(RfbenchError, match="outside the repository"):
+        defense_code_path("trades", REPO / "leaderboards")
+
+
+def test_shipped_tracks_are_consistent():
+    """Each track's protocol names exactly the attacks its eval suite runs, at its eps, on its test-set size."""
+    from attacks.spec import Threat, build_attacks
+
+    tracks = {t.id: t for t in list_tracks(REPO)}
+    assert set(tracks) == {"cifar10-linf", "cifar10-lt50-linf", "cifar100-lt10-linf", "fashion-mnist-linf",
+                           "fashion-mnist-lt50-linf"}
+    for t in tracks.values():
+        p, ev = t.info.protocol, t.run.eval
+        assert math.isclose(from_dict(EvalConfig, ev).eps, p.eps), t.id
+        assert ev.get("n_per_class") in (None, p.n_per_class), t.id
+        threat = Threat(norm=p.norm, eps=p.eps, steps=20, alpha=p.eps / 4)  # protocol.md eval PGD: 20 steps, step eps/4
+        labels = [a.label for a in build_attacks(ev["attacks"], torch.nn.Identity(), threat)]
+        assert labels == p.attacks, t.id
+        classes = 100 if "cifar100" in p.dataset else 10
+        assert p.test_size == p.n_per_class * classes
+        assert t.train_config_for("pgd-at")["dataset"] == p.dataset and t.train_config_for("pgd-at")["model"] == p.model
+    assert find_track(TRACK_ID, REPO).info.hardware == "cpu"
+
+
+def test_shipped_entries_pass_check():
+    """Every entry committed to the repository passes `rfbench leaderboard check` (what CI runs)."""
+    entries = sorted((REPO / "leaderboards").glob("*/*.json"))
+    for path in entries:
+        check_entry_file(path, REPO)
