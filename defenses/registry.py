@@ -9,15 +9,12 @@ never implicit (an entry JSON cannot name code to run).
 
 from __future__ import annotations
 
-import importlib
 import importlib.metadata
-import importlib.util
-import sys
-from pathlib import Path
 from typing import Any
 
 from benchmark.config import from_dict
 from benchmark.errors import ConfigError, UnknownNameError
+from benchmark.plugins import import_target
 from benchmark.registry import Registry
 from defenses.base import Defense, TrainContext
 
@@ -49,28 +46,6 @@ def list_defenses(pattern: str = "*") -> list[str]:
     return sorted(set(DEFENSES.names(pattern)) | {n for n in _entry_points() if fnmatch.fnmatch(n, pattern)})
 
 
-def _import_target(spec: str) -> Any:
-    mod_name, _, attr = spec.rpartition(":")
-    try:
-        if mod_name.endswith(".py") or "/" in mod_name:
-            path = Path(mod_name).expanduser().resolve()
-            if not path.is_file():
-                raise ConfigError(f"defense file not found: {path}")
-            name = f"rfbench_user_{path.stem}"
-            module_spec = importlib.util.spec_from_file_location(name, path)
-            module = importlib.util.module_from_spec(module_spec)
-            sys.modules[name] = module
-            module_spec.loader.exec_module(module)
-        else:
-            module = importlib.import_module(mod_name)
-    except ModuleNotFoundError as exc:
-        raise ConfigError(f"cannot import defense module '{mod_name}': {exc}") from None
-    try:
-        return getattr(module, attr)
-    except AttributeError:
-        raise ConfigError(f"'{mod_name}' has no attribute '{attr}'") from None
-
-
 def get_defense_class(name: str) -> type[Defense]:
     """Resolve a defense name, entry point, or ``module:Class`` spec to its class."""
     if name in DEFENSES:
@@ -79,7 +54,7 @@ def get_defense_class(name: str) -> type[Defense]:
     if name in eps:
         cls = eps[name].load()
     elif ":" in name:
-        cls = _import_target(name)
+        cls = import_target(name, "defense")
     else:
         raise UnknownNameError("defense", name, list_defenses())
     if not (isinstance(cls, type) and issubclass(cls, Defense)):

@@ -16,8 +16,9 @@ examples:
 
 The output directory holds calibration.pt (frozen scale and bias, loaded with
 weights_only=True) and calibration.json (the fit report: validation per-class
-accuracy before and after).  Evaluate it like a run directory:
-  rfbench eval --run runs/fmnist/pgd-at-calib-bias --attack pgd:steps=20 --attack autoattack
+accuracy before and after).  Evaluate it like a run directory, AutoAttack included
+(post-hoc logit changes can mask gradients); in Python:
+  benchmark.calibrate.load_calibrated_model("runs/fmnist/pgd-at-calib-bias") -> (model, info)
 """
 
 

@@ -14,9 +14,7 @@ result's provenance (name, checkpoint, which, epoch, how it was selected).
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +23,7 @@ import torch
 from benchmark.errors import ConfigError, RfbenchError
 from benchmark.io.checkpoint import load_checkpoint, load_state_dict_into
 from benchmark.models import create_model
+from benchmark.plugins import import_target
 
 ROBUSTBENCH_HINT = ("install it from its repository: pip install git+https://github.com/RobustBench/robustbench.git "
                     "(the PyPI release 1.1.1 cannot be installed next to pyautoattack)")
@@ -71,21 +70,6 @@ def from_registry(name: str, weights: str | None, *, num_classes: int, in_channe
                    "which": None, "selected_by": "given by the user", "model_args": model_args or {}}
 
 
-def _import_factory(target: str):
-    path_text, _, attr = target.rpartition(":")
-    path = Path(path_text).expanduser().resolve()
-    if not path.is_file():
-        raise ConfigError(f"model file not found: {path}")
-    name = f"rfbench_user_model_{path.stem}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    if not hasattr(module, attr):
-        raise ConfigError(f"{path} has no attribute '{attr}'")
-    return getattr(module, attr)
-
-
 def from_file(target: str, weights: str | None, *, allow_code: bool, num_classes: int, in_channels: int, mean, std,
               model_args: dict[str, Any] | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
     """``file.py:factory``: runs that file (only with ``allow_code``), calls the factory, loads ``weights`` if given.
@@ -95,7 +79,7 @@ def from_file(target: str, weights: str | None, *, allow_code: bool, num_classes
     """
     if not allow_code:
         raise ConfigError(f"--model {target} runs the Python code in that file; pass --allow-code to allow it")
-    factory = _import_factory(target)
+    factory = import_target(target, "model")
     offered = {"num_classes": num_classes, "in_channels": in_channels, "mean": mean, "std": std}
     params = inspect.signature(factory).parameters
     takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())

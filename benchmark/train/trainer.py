@@ -36,7 +36,7 @@ from attacks.core import ShardedGenerator
 from benchmark.errors import ConfigError, Interrupted, RfbenchError
 from benchmark.io import (atomic_write_json, atomic_write_text, load_checkpoint, load_state_dict_into, remove_stale_temps,
                           save_checkpoint)
-from benchmark.models import create_model, unwrap
+from benchmark.models import create_model
 from benchmark.train.config import TrainConfig
 from benchmark.train.distributed import DistInfo, all_reduce_sum, any_rank, barrier, gather_rows, init_distributed, shard
 from benchmark.train.runtime import autocast_dtype, maybe_compile, resolve_device, seed_everything, use_channels_last
