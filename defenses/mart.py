@@ -27,7 +27,7 @@ from torch import nn
 from benchmark.config import choice, rng
 from defenses.base import Defense, LossOutput
 from defenses.registry import register_defense
-from defenses.trades import kl_per_sample
+from defenses.trades_terms import kl_per_sample
 
 
 def mart_terms(clean_logits: torch.Tensor, adv_logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -33,38 +33,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from attacks.core import eval_mode
 from benchmark.config import rng
 from defenses.base import Defense, LossOutput
 from defenses.registry import register_defense
-
-
-def kl_per_sample(clean_logits: torch.Tensor, adv_logits: torch.Tensor) -> torch.Tensor:
-    """KL( softmax(clean) ‖ softmax(adv) ) per sample, shape ``(B,)`` (TRADES's robust term).
-
-    Gradients flow through both arguments.
-    """
-    log_p = F.log_softmax(clean_logits.float(), dim=1)
-    log_q = F.log_softmax(adv_logits.float(), dim=1)
-    return F.kl_div(log_q, log_p, reduction="none", log_target=True).sum(dim=1)
-
-
-def clean_probs(model: nn.Module, x: torch.Tensor, autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """``softmax z(x)`` in eval mode without gradient: the target of the KL inner maximisation."""
-    with eval_mode(model), torch.no_grad(), torch.autocast(x.device.type, dtype=autocast_dtype,
-                                                             enabled=autocast_dtype is not None):
-        return F.softmax(model(x).float(), dim=1)
+from defenses.trades_terms import trades_attack_kwargs, trades_terms
 
 
 @register_defense("trades")
 class TRADES(Defense):
     """TRADES (Zhang et al., ICML 2019): CE(z(x), y) + β·KL(p(x) ‖ p(x')), KL inner maximisation.
 
-    Subclasses (FRL, CFA, WAT, DAFA) can reuse :meth:`attack_kwargs` (the KL
-    attack) and :func:`kl_per_sample`.
+    The maths lives in :mod:`defenses.trades_terms`, shared with FRL, CFA, WAT and DAFA.
     """
 
     @dataclass
@@ -75,14 +56,13 @@ class TRADES(Defense):
 
     def attack_kwargs(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
         """KL attack against the clean prediction, computed once (eval mode), from x + 0.001·N(0,1)."""
-        p = clean_probs(model, x, self.ctx.autocast_dtype)
-        return {"loss": "kl", "start": "normal", "start_std": self.cfg.start_std, "aux": {"clean_probs": p}}
+        return trades_attack_kwargs(model, x, self.ctx.autocast_dtype, start_std=self.cfg.start_std)
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor) -> LossOutput:
         logits = model(x)
         adv_logits = model(x_adv)
-        natural = F.cross_entropy(logits.float(), y)
-        robust = kl_per_sample(logits, adv_logits).mean()
+        ce, kl = trades_terms(logits, adv_logits, y)
+        natural, robust = ce.mean(), kl.mean()
         total = natural + self.cfg.beta * robust
         if self.cfg.normalize_by_one_plus_beta:
             total = total / (1.0 + self.cfg.beta)

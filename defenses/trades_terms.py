@@ -37,22 +37,33 @@ TRADES_START_STD = 0.001  # x' starts at x + 0.001·N(0, I)
 
 @torch.no_grad()
 def clean_probs(model: nn.Module, x: torch.Tensor, autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Softmax of the model on clean inputs (float32, no gradient): the KL target of the inner maximisation."""
-    with torch.autocast(x.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+    """``softmax z(x)`` with BN in eval mode, float32, no gradient: the KL target of the inner maximisation.
+
+    Computed once per batch; the official code recomputes this forward at every
+    attack step, where (eval mode) it is the same tensor each time.
+    """
+    with eval_mode(model), torch.autocast(x.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
         logits = model(x)
     return F.softmax(logits.float(), dim=1)
 
 
-def trades_attack_kwargs(model: nn.Module, x: torch.Tensor, autocast_dtype: torch.dtype | None = None) -> dict:
+def kl_per_sample(clean_logits: torch.Tensor, adv_logits: torch.Tensor) -> torch.Tensor:
+    """KL(softmax(clean) ‖ softmax(adv)) per sample, shape ``(B,)``; gradients flow through both arguments."""
+    log_p = F.log_softmax(clean_logits.float(), dim=1)
+    log_q = F.log_softmax(adv_logits.float(), dim=1)
+    return (log_p.exp() * (log_p - log_q)).sum(dim=1)
+
+
+def trades_attack_kwargs(model: nn.Module, x: torch.Tensor, autocast_dtype: torch.dtype | None = None,
+                         start_std: float = TRADES_START_STD) -> dict:
     """Arguments of :func:`attacks.core.pgd` for the TRADES inner maximisation (Zhang et al. 2019, Eq. 5).
 
-    KL(p(x) ‖ p(x')) against the clean probabilities of ``model`` in its current
-    mode (call it with BN in eval mode), normal start with std 0.001.
+    KL(p(x) ‖ p(x')) against the clean probabilities (BN in eval mode), normal start ``x + start_std·N(0,1)``.
     """
     return {
         "loss": "kl",
         "start": "normal",
-        "start_std": TRADES_START_STD,
+        "start_std": start_std,
         "aux": {"clean_probs": clean_probs(model, x, autocast_dtype)},
     }
 
@@ -81,12 +92,8 @@ def trades_terms(clean_logits: torch.Tensor, adv_logits: torch.Tensor, y: torch.
     The KL is summed over classes (TRADES' ``KLDivLoss(size_average=False)/B``
     is the batch mean of this).  Gradients flow through both logits, as in TRADES.
     """
-    clean_logits, adv_logits = clean_logits.float(), adv_logits.float()
-    ce = F.cross_entropy(clean_logits, y, reduction="none")
-    log_p = F.log_softmax(clean_logits, dim=1)
-    log_q = F.log_softmax(adv_logits, dim=1)
-    kl = (log_p.exp() * (log_p - log_q)).sum(dim=1)
-    return ce, kl
+    ce = F.cross_entropy(clean_logits.float(), y, reduction="none")
+    return ce, kl_per_sample(clean_logits, adv_logits)
 
 
 def trades_forward(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

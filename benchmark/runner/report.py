@@ -126,6 +126,7 @@ def plot_run(run: dict[str, Any], run_dir: Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
     import numpy as np
 
     def save(fig, path: Path) -> Path:
@@ -165,6 +166,7 @@ def plot_run(run: dict[str, Any], run_dir: Path) -> list[Path]:
             if best:
                 ax.axvline(best, color="grey", ls="--", lw=0.8, label=f"best epoch ({best})")
             ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
             ax.set_ylabel("accuracy (%)")
             ax.set_title("validation accuracy during training", fontsize=9)
             ax.legend(fontsize=7, frameon=False)
