@@ -32,10 +32,20 @@ SELECTION = {"best": "best epoch on the validation split by '{select}' of per-cl
 
 
 def from_run(run_dir: str | Path, which: str = "best", device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
-    """The model of a run directory, and where it came from (config, checkpoint, epoch, selection rule)."""
+    """The model of a run directory, and where it came from (config, checkpoint, epoch, selection rule).
+
+    A directory written by ``rfbench calibrate`` evaluates the calibrated model
+    (the source run's checkpoint wrapped in its frozen per-class calibration).
+    """
+    from benchmark.calibrate import is_calibration_dir, load_calibrated_model
     from benchmark.train.rundir import load_run_model
 
-    model, info = load_run_model(run_dir, which=which, device=device)
+    calibrated = is_calibration_dir(run_dir)
+    if calibrated:
+        model, info = load_calibrated_model(run_dir, device=device)
+        which = info.get("which", which)
+    else:
+        model, info = load_run_model(run_dir, which=which, device=device)
     cfg = info.get("config", {})
     kind = "best" if which.endswith("best") else "last"
     source = {
@@ -44,6 +54,9 @@ def from_run(run_dir: str | Path, which: str = "best", device: torch.device | st
         "defense": info.get("defense"), "architecture": cfg.get("model"), "additional_data": False, "train_config": cfg,
         "train_counts": (info.get("meta") or {}).get("train_counts"),
     }
+    if calibrated:
+        source["name"] += ":calibrated"
+        source["calibration"] = info["calibration"]
     return model, source
 
 
