@@ -179,12 +179,14 @@ def interleave(
     device: torch.device,
     warmup: dict[str, Callable[[], object]] | None = None,
     keep_outputs: bool = False,
+    per_round: Callable[[], None] | None = None,
     log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
 ) -> dict[str, Timing]:
     """Time every contender ``repeats`` times, round-robin, after one warm-up call each.
 
     ``warmup`` maps names to a cheaper call with the same code path (default:
     the timed call itself).  Round r starts at contender ``r mod n``.
+    ``per_round`` runs at the start of every round (e.g. :class:`GemmPeak`).
     """
     names = list(contenders)
     for name in names:
@@ -192,6 +194,8 @@ def interleave(
     sync(device)
     out = {n: Timing() for n in names}
     for r in range(repeats):
+        if per_round is not None:
+            per_round()
         order = names[r % len(names):] + names[: r % len(names)]
         for name in order:
             with PeakMemory(device) as mem:
@@ -239,6 +243,26 @@ def matmul_peak(dtype: torch.dtype, device: torch.device, n: int = 1024, repeats
         sync(device)
         times.append((time.perf_counter() - t0) / 4)
     return 2 * n**3 / statistics.median(times) / 1e9
+
+
+class GemmPeak:
+    """The GEMM throughput measured once per round, fp32 and bf16 (the median is the table's "peak").
+
+    Measured beside the contenders, so a load that drifts during the run moves
+    the peak and the contenders together.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.samples: dict[str, list[float]] = {"fp32": [], "bf16": []}
+
+    def __call__(self) -> None:
+        self.samples["fp32"].append(matmul_peak(torch.float32, self.device))
+        self.samples["bf16"].append(matmul_peak(torch.bfloat16, self.device))
+
+    @property
+    def median(self) -> dict[str, float]:
+        return {k: statistics.median(v) for k, v in self.samples.items() if v}
 
 
 def cifar_subset(train_per_class: int, test_per_class: int, tar_path: Path = CIFAR_TAR,

@@ -21,7 +21,7 @@ training so that robust accuracies and early stop mean something.
 
 Achieved GFLOP/s = images/s × steps × 2 × forward FLOPs per image (a PGD step
 is about one forward and one input-gradient backward); "% peak" divides by the
-GEMM throughput measured in the same process and dtype.
+GEMM throughput measured in the same dtype at the start of every round (median).
 
 Example::
 
@@ -57,6 +57,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--smallcnn-batch", type=int, default=256, help="SmallCNN batch size")
     p.add_argument("--steps", type=int, default=20, help="PGD steps")
     p.add_argument("--repeats", type=int, default=3, help="timed rounds per contender (medians reported)")
+    p.add_argument("--only", default=None,
+                   help="comma-separated contender names to time (the peer is always timed), e.g. 'rfbench fp32'")
     p.add_argument("--threads", type=int, default=1,
                    help="torch intra-op threads (0 = torch's default); 1 gives stable ratios on a shared machine")
     p.add_argument("--device", default="cpu", help="cpu, cuda, auto")
@@ -124,13 +126,18 @@ def robust_accuracy(model, x_adv, y) -> float:
     return float((model(x_adv).argmax(1) == y).float().mean())
 
 
-def bench_model(name: str, args, device: torch.device, peaks: dict[str, float]) -> dict:
+def bench_model(name: str, args, device: torch.device) -> dict:
     model, x, y, eps, alpha, note = load_model_and_batch(name, args, device)
     flops = C.forward_flops(model, x)
     calls, warm, dtypes = contenders(model, x, y, eps, alpha, args.steps, args.seed, early_stop_row=name == "smallcnn")
+    if args.only:
+        keep = {PEER, *(c.strip() for c in args.only.split(","))}
+        calls = {k: v for k, v in calls.items() if k in keep}
     print(f"[{name}] batch {len(x)}, PGD-{args.steps}, eps {eps:.4g}, alpha {alpha:.4g}, "
           f"{flops / 1e9:.3f} GFLOP/image forward", file=sys.stderr, flush=True)
-    times = C.interleave(calls, args.repeats, device, warmup=warm, keep_outputs=True)
+    gemm = C.GemmPeak(device)
+    times = C.interleave(calls, args.repeats, device, warmup=warm, keep_outputs=True, per_round=gemm)
+    peaks = gemm.median
     ref = times[PEER].outputs
     with torch.no_grad():
         clean = float((model(x).argmax(1) == y).float().mean())
@@ -149,6 +156,7 @@ def bench_model(name: str, args, device: torch.device, peaks: dict[str, float]) 
             "robust_acc": robust_accuracy(model, t.outputs[-1].contiguous(), y),
         })
     return {"model": name, "batch": len(x), "steps": args.steps, "eps": eps, "alpha": alpha,
+            "gemm_peak_gflop_per_s": peaks,
             "forward_gflop_per_image": flops / 1e9, "clean_acc": clean, "weights": note, "rows": rows}
 
 
@@ -160,6 +168,8 @@ def targets(results: list[dict]) -> list[dict]:
             continue
         by = {row["contender"]: row for row in r["rows"]}
         for contender, goal in (("rfbench fp32", 1.0), ("rfbench bf16 + channels-last", 2.0)):
+            if contender not in by:
+                continue
             ratio = by[contender]["ratio_to_peer"]
             out.append({"target": f"ResNet-18 PGD-{r['steps']} {contender} >= {goal}x torchattacks fp32",
                         "ratio": ratio, "met": ratio >= goal})
@@ -171,13 +181,14 @@ def main(argv=None) -> None:
     device = resolve_device(args.device)
     C.set_threads(args.threads)
     info = C.machine_info(device)
-    peaks = {"fp32": C.matmul_peak(torch.float32, device), "bf16": C.matmul_peak(torch.bfloat16, device)}
     with C.quiet_logs():
-        results = [bench_model(m.strip(), args, device, peaks) for m in args.models.split(",") if m.strip()]
+        results = [bench_model(m.strip(), args, device) for m in args.models.split(",") if m.strip()]
     info["load_average_end"] = [round(v, 2) for v in __import__("os").getloadavg()]
     for r in results:
+        pk = r["gemm_peak_gflop_per_s"]
         print(f"\n{r['model']}: PGD-{r['steps']} Linf CE, batch {r['batch']}, eps {r['eps']:.4g}, "
-              f"{r['forward_gflop_per_image']:.3f} GFLOP/image forward, clean acc {r['clean_acc']:.3f} ({r['weights']})")
+              f"{r['forward_gflop_per_image']:.3f} GFLOP/image forward, clean acc {r['clean_acc']:.3f} ({r['weights']}); "
+              f"GEMM peak fp32 {pk['fp32']:.0f} / bf16 {pk['bf16']:.0f} GFLOP/s")
         C.print_table(r["rows"], [
             ("contender", "contender", ""), ("images_per_s", "images/s", ".2f"), ("ratio_to_peer", "× peer", ".2f"),
             ("gflop_per_s", "GFLOP/s", ".1f"), ("pct_of_peak", "% peak", ".0f"), ("peak_mem_mib", "peak MiB", ".0f"),
@@ -187,11 +198,10 @@ def main(argv=None) -> None:
     for t in tg:
         print(f"target {t['target']}: {t['ratio']:.2f}x -> {'met' if t['met'] else 'MISSED'}")
     print(f"\nmachine: {info['cpu_model']} ({', '.join(info['cpu_flags'])}), {info['torch_threads']} thread(s), "
-          f"load {info['load_average']} -> {info['load_average_end']}; measured GEMM peak fp32 "
-          f"{peaks['fp32']:.0f} / bf16 {peaks['bf16']:.0f} GFLOP/s")
+          f"load {info['load_average']} -> {info['load_average_end']}")
     path = C.write_results("bench_attacks", {
         "command": "python " + " ".join(sys.argv), "args": vars(args), "machine": info,
-        "gemm_peak_gflop_per_s": peaks, "results": results, "targets": tg}, args.out and C.Path(args.out))
+        "results": results, "targets": tg}, args.out and C.Path(args.out))
     print(f"wrote {path}")
 
 

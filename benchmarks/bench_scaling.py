@@ -3,9 +3,10 @@
 For every model, width, precision (fp32; bf16 autocast + channels-last) and
 batch size, the script times PGD steps of the rfbench core (one forward and
 one input-gradient backward per step, about 2 forwards of work) on random
-inputs of the model's image size, for at least ``--min-time`` seconds after a
-warm-up step, and prints images/s, achieved GFLOP/s and the fraction of the
-GEMM peak measured in the same process.  ``saturates at`` is the smallest
+inputs of the model's image size: one warm-up step per point, then
+``--repeats`` rounds over all points, each point stepping for at least
+``--min-time`` seconds per round.  It prints the median images/s, achieved
+GFLOP/s and the fraction of the GEMM peak measured at the start of each round.  ``saturates at`` is the smallest
 batch that reaches 90% of the best throughput of its (model, width,
 precision, threads) line.
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import time
 
@@ -42,7 +44,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--smallcnn-batches", default="32,128,512")
     p.add_argument("--precisions", default="fp32,bf16+CL")
     p.add_argument("--threads", default="1", help="comma-separated thread counts to sweep")
-    p.add_argument("--min-time", type=float, default=1.0, help="seconds of timed steps per point (at least one step)")
+    p.add_argument("--min-time", type=float, default=0.5,
+                   help="seconds of timed steps per point and round (at least one step)")
+    p.add_argument("--repeats", type=int, default=3, help="rounds over all points (medians reported)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/bench_scaling.json)")
     return p.parse_args(argv)
@@ -52,28 +56,41 @@ def _floats(text: str) -> list[float]:
     return [float(t) for t in text.split(",") if t.strip()]
 
 
-def measure(model, batch: int, shape, precision: str, device, min_time: float) -> float:
-    """Images/s of PGD steps (per step: every image of the batch once); ``model`` is left contiguous."""
-    x = torch.rand(batch, *shape, device=device)
-    y = torch.randint(0, 10, (batch,), device=device)
-    dtype = torch.bfloat16 if precision.startswith("bf16") else None
-    if precision.endswith("+CL"):
-        model.to(memory_format=torch.channels_last)  # in place
-        x = x.contiguous(memory_format=torch.channels_last)
-    kw = dict(eps=8 / 255, alpha=2 / 255, steps=1, autocast_dtype=dtype)
-    try:
-        pgd(model, x, y, **kw)
-        C.sync(device)
+class Point:
+    """One (threads, model, width, precision, batch) point: its model, inputs and measured throughputs."""
+
+    def __init__(self, threads, name, width, precision, batch, device):
+        shape = SHAPES[name]
+        torch.manual_seed(0)
+        self.key = {"threads": threads, "model": name, "width": width, "precision": precision, "batch": batch}
+        self.model = create_model(name, 10, shape[0], (0.5,) * shape[0], (0.25,) * shape[0], width=width)
+        self.model = self.model.to(device).eval()
+        self.flops = C.forward_flops(self.model, torch.rand(2, *shape, device=device))
+        self.x = torch.rand(batch, *shape, device=device)
+        self.y = torch.randint(0, 10, (batch,), device=device)
+        if precision.endswith("+CL"):
+            self.model = self.model.to(memory_format=torch.channels_last)
+            self.x = self.x.contiguous(memory_format=torch.channels_last)
+        self.kw = dict(eps=8 / 255, alpha=2 / 255, steps=1,
+                       autocast_dtype=torch.bfloat16 if precision.startswith("bf16") else None)
+        self.device = device
+        self.samples: list[float] = []
+
+    def step(self) -> None:
+        pgd(self.model, self.x, self.y, **self.kw)
+        C.sync(self.device)
+
+    def measure(self, min_time: float) -> float:
+        """Images/s of PGD steps for at least ``min_time`` seconds (at least one step)."""
         steps, t0 = 0, time.perf_counter()
         while True:
-            pgd(model, x, y, **kw)
-            C.sync(device)
+            self.step()
             steps += 1
             elapsed = time.perf_counter() - t0
             if elapsed >= min_time:
-                return batch * steps / elapsed
-    finally:
-        model.to(memory_format=torch.contiguous_format)
+                rate = len(self.y) * steps / elapsed
+                self.samples.append(rate)
+                return rate
 
 
 def main(argv=None) -> None:
@@ -84,27 +101,30 @@ def main(argv=None) -> None:
     rows, peaks = [], {}
     for nt in threads:
         C.set_threads(nt)
-        peaks[nt] = {"fp32": C.matmul_peak(torch.float32, device), "bf16": C.matmul_peak(torch.bfloat16, device)}
+        points = []
         for name in [m.strip() for m in args.models.split(",") if m.strip()]:
-            widths = _floats(getattr(args, f"{'resnet' if name == 'resnet18' else name}_widths"))
-            batches = [int(b) for b in _floats(getattr(args, f"{'resnet' if name == 'resnet18' else name}_batches"))]
-            shape = SHAPES[name]
-            for width in widths:
-                torch.manual_seed(0)
-                model = create_model(name, 10, shape[0], (0.5,) * shape[0], (0.25,) * shape[0], width=width)
-                model = model.to(device).eval()
-                flops = C.forward_flops(model, torch.rand(2, *shape, device=device))
+            prefix = "resnet" if name == "resnet18" else name
+            for width in _floats(getattr(args, f"{prefix}_widths")):
                 for precision in [p.strip() for p in args.precisions.split(",") if p.strip()]:
-                    for b in batches:
-                        ips = measure(model, b, shape, precision, device, args.min_time)
-                        gflops = ips * 2 * flops / 1e9
-                        dtype = "bf16" if precision.startswith("bf16") else "fp32"
-                        rows.append({"threads": nt, "model": name, "width": width, "precision": precision,
-                                     "batch": b, "images_per_s": ips, "gflop_per_s": gflops,
-                                     "pct_of_peak": 100 * gflops / peaks[nt][dtype],
-                                     "fwd_gflop_per_image": flops / 1e9})
-                        print(f"  {nt} thr  {name} w{width:g}  {precision:<8s} batch {b:5d}: {ips:9.1f} img-steps/s "
-                              f"{gflops:7.1f} GFLOP/s  load {os.getloadavg()[0]:.1f}", file=sys.stderr, flush=True)
+                    for b in [int(b) for b in _floats(getattr(args, f"{prefix}_batches"))]:
+                        points.append(Point(nt, name, width, precision, b, device))
+        gemm = C.GemmPeak(device)
+        for p in points:  # warm-up: oneDNN builds its kernels for each shape once
+            p.step()
+        for r in range(args.repeats):
+            gemm()
+            for p in points:
+                rate = p.measure(args.min_time)
+                print(f"  round {r + 1}/{args.repeats}  {nt} thr  {p.key['model']} w{p.key['width']:g}  "
+                      f"{p.key['precision']:<8s} batch {p.key['batch']:5d}: {rate:9.1f} img-steps/s  "
+                      f"load {os.getloadavg()[0]:.1f}", file=sys.stderr, flush=True)
+        peaks[nt] = gemm.median
+        for p in points:
+            ips = statistics.median(p.samples)
+            gflops = ips * 2 * p.flops / 1e9
+            dtype = "bf16" if p.key["precision"].startswith("bf16") else "fp32"
+            rows.append({**p.key, "images_per_s": ips, "samples": p.samples, "gflop_per_s": gflops,
+                         "pct_of_peak": 100 * gflops / peaks[nt][dtype], "fwd_gflop_per_image": p.flops / 1e9})
     for r in rows:  # the smallest batch reaching 90% of its line's best throughput
         line = [q for q in rows if all(q[k] == r[k] for k in ("threads", "model", "width", "precision"))]
         best = max(q["images_per_s"] for q in line)
@@ -115,7 +135,7 @@ def main(argv=None) -> None:
                          ("images_per_s", "img-steps/s", ".1f"), ("gflop_per_s", "GFLOP/s", ".1f"),
                          ("pct_of_peak", "% peak", ".0f"), ("saturates_at", "saturates at", "")])
     print(f"\nmachine: {info['cpu_model']} ({', '.join(info['cpu_flags'])}), load {info['load_average']} -> "
-          f"{info['load_average_end']}; measured GEMM peak GFLOP/s by threads: "
+          f"{info['load_average_end']}; measured GEMM peak GFLOP/s by threads (median over rounds): "
           + "; ".join(f"{t}: fp32 {p['fp32']:.0f}, bf16 {p['bf16']:.0f}" for t, p in peaks.items()))
     path = C.write_results("bench_scaling", {"command": "python " + " ".join(sys.argv), "args": vars(args),
                                              "machine": info, "gemm_peak_gflop_per_s": peaks, "rows": rows},

@@ -24,8 +24,10 @@ the same number of steps, side by side in one process.  Contenders:
 Work per image, in forward equivalents (forward = 1, input- or
 weight-gradient backward = 1 each): rfbench PGD-AT 10·2 + 3 = 23; reference
 PGD-AT 10·3 + 3 = 33; rfbench TRADES 1 + 10·2 + 2·3 = 27; reference TRADES
-10·3 + 3·3 = 39.  GFLOP/s is the executed work divided by the time; "epoch s"
-extrapolates the measured images/s to a 50,000-image epoch (not measured).
+10·3 + 3·3 = 39.  GFLOP/s is the executed work divided by the time; "% peak"
+divides it by the GEMM throughput measured in the same dtype at the start of
+every round (median); "epoch s" extrapolates the measured images/s to a
+50,000-image epoch (not measured).
 
 Example::
 
@@ -191,7 +193,6 @@ def main(argv=None) -> None:
     device = resolve_device(args.device)
     C.set_threads(args.threads)
     info = C.machine_info(device)
-    peaks = {"fp32": C.matmul_peak(torch.float32, device), "bf16": C.matmul_peak(torch.bfloat16, device)}
     n = args.batch_size * args.batches
     folder = args.cifar or C.cifar_subset(math.ceil(n / 10) + 2, 1)
     with C.quiet_logs():
@@ -210,7 +211,9 @@ def main(argv=None) -> None:
                 warm_s[name] = time.perf_counter() - t0
             return run
 
-        times = C.interleave(calls, args.repeats, device, warmup={k: timed_warmup(k) for k in calls})
+        gemm = C.GemmPeak(device)
+        times = C.interleave(calls, args.repeats, device, warmup={k: timed_warmup(k) for k in calls}, per_round=gemm)
+    peaks = gemm.median
     info["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
     rows = []
     ref = {meta[k][1]: t for k, t in times.items() if meta[k][0] == "reference"}

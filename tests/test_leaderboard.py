@@ -11,7 +11,6 @@ import copy
 import json
 import math
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,7 +26,7 @@ from benchmark.leaderboard.build import build
 from benchmark.leaderboard.schema import list_tracks
 from benchmark.leaderboard.submit import defense_code_path, submit
 from benchmark.runner import execute_run, load_run_config, resolve_run
-from tests.tiny_runs import REPO, write_tiny_track
+from tiny_runs import REPO, write_tiny_track
 
 TRACK_ID = "fashion-mnist-linf"
 

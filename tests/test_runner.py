@@ -21,7 +21,7 @@ from benchmark.eval.result import validate_result
 from benchmark.runner import RunConfig, execute_run, is_finished, load_run_config, resolve_run
 from benchmark.runner.config import deep_merge
 from benchmark.runner.stages import StageLog
-from tests.tiny_runs import REPO, TRACK, write_tiny_track
+from tiny_runs import REPO, TRACK, write_tiny_track
 
 
 @pytest.fixture(scope="module")
@@ -184,3 +184,24 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
     for which in ("best", "last"):
         assert killed["checkpoints"][which]["per_class"] == whole["checkpoints"][which]["per_class"]
     assert yaml.safe_load((tmp_path / "killed" / "run.yaml").read_text())["train"]["defense"] == "pgd-at"
+
+
+@pytest.mark.slow
+def test_smoke_passes_a_defense_and_fails_a_broken_one(tmp_path, capsys):
+    """`rfbench smoke`: a working plugin passes with its time printed; a defense with a NaN loss is reported as failed."""
+    broken = tmp_path / "broken_defense.py"
+    broken.write_text(
+        "from defenses.base import Defense, LossOutput\n"
+        "class NaNAT(Defense):\n"
+        "    def loss(self, model, x, y, x_adv):\n"
+        "        logits = model(x_adv)\n"
+        "        return LossOutput(logits.sum() * float('nan'), logits.detach())\n")
+    plugin = REPO / "examples" / "my_defense.py"
+    code = main(["smoke", "--defense", f"{plugin}:WorstClassAT", "--defense", f"{broken}:NaNAT",
+                 "--out", str(tmp_path / "smoke"), "--root", str(REPO)])
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert "| ok " in out and "| FAIL " in out and "NonFiniteLossError" in out
+    assert "1/2 defenses pass" in err and "FAILED: " in err and "NaNAT" in err
+    result = json.loads((tmp_path / "smoke" / "my_defense-WorstClassAT" / "result.json").read_text())
+    assert result["checkpoints"]["best"]["checks"] == "pass" and result["config"]["smoke"]["eval"]["n_per_class"] == 30

@@ -12,9 +12,9 @@ import yaml
 
 from benchmark.cli import main
 from benchmark.runner.executors import ExecutorOptions, gpus_for
-from benchmark.runner.summary import aggregate, mean_std, per_run_frame
+from benchmark.runner.summary import aggregate, mean_std
 from benchmark.runner.sweep import GridConfig, expand_grid, load_grid, run_sweep
-from tests.tiny_runs import write_tiny_track
+from tiny_runs import write_tiny_track
 
 
 def _grid(root: Path, out: str, seeds=(0, 1)) -> Path:

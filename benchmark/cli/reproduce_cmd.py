@@ -61,12 +61,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("reproduce", help="rerun a paper table and compare with the published numbers",
                        description=__doc__, epilog=EPILOG, formatter_class=HelpFormatter)
     p.add_argument("table", metavar="TABLE", help="table id (leaderboards/papers/<id>.yaml) or a path to a table YAML")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="run-config overrides applied to every run")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="run-config overrides applied to every run (right after TABLE)")
     p.add_argument("--scale", choices=["full", "smoke"], default="full",
                    help="full: the paper's setting; smoke: the same table on Fashion-MNIST on a CPU")
     p.add_argument("--dry-run", action="store_true", help="print the grid and its estimated cost, run nothing")
     p.add_argument("--throughput", type=float, metavar="TFLOPS", help="assumed throughput for --dry-run "
-                   "(default: 320 for GPU runs, 0.15 for CPU runs)")
+                   "(default: 320 for GPU runs, 0.036 for CPU runs)")
     p.add_argument("--rows", metavar="A,B", help="only these rows")
     p.add_argument("--seeds", type=_ints, metavar="0,1,...", help="seeds (default: the table's)")
     p.add_argument("--executor", default="local", choices=EXECUTORS.names(), help="how the runs are executed")

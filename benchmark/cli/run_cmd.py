@@ -22,6 +22,8 @@ examples:
   rfbench run leaderboards/cifar10-linf/track.yaml --defense cfa --device cuda
   rfbench run my_run.yaml train.epochs=1 eval.n_per_class=20        (dotted key=value overrides)
 
+key=value overrides go right after CONFIG.yaml, before any --option.
+
 A run config holds `train:` (rfbench train keys), `eval:` (rfbench eval keys: attacks,
 eps, n_per_class, ...), `checkpoints:` ([best, last]), optionally `pretrain:` (a stage
 whose best checkpoint initialises training, as FRL needs) and `defense_presets:`
@@ -56,7 +58,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="train, select and evaluate one run from a run config or track",
                        description=__doc__, epilog=EPILOG, formatter_class=HelpFormatter)
     p.add_argument("config", metavar="CONFIG.yaml", help="run config (e.g. leaderboards/<track>/track.yaml)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides of the run config, applied last")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides of the run config, applied last (right after CONFIG.yaml)")
     p.add_argument("--defense", help="defense to run (name, installed plugin, module:Class or file.py:Class); "
                    "default: the config's train.defense")
     p.add_argument("--seed", type=int, help="training seed (default: the config's train.seed)")

@@ -37,6 +37,10 @@ def run(args: argparse.Namespace) -> int:
     defenses = args.defense or list_defenses()
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="rfbench-smoke-"))
     track = leaderboards_root(args.root) / TRACK
+    if not track.is_file():
+        print(f"rfbench: error: the smoke benchmark shrinks {TRACK}, which is not at {track}; run it from an rfbench "
+              "checkout or pass --root CHECKOUT", file=sys.stderr)
+        return 2
     t0 = time.time()
     rows = []
     for name in defenses:

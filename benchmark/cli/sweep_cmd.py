@@ -60,7 +60,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sweep", help="run a grid of runs (locally or on Ray) and summarise over seeds",
                        description=__doc__, epilog=EPILOG, formatter_class=HelpFormatter)
     p.add_argument("grid", metavar="GRID.yaml", help="grid file")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="run-config overrides applied to every run")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="run-config overrides applied to every run (right after GRID.yaml)")
     p.add_argument("--executor", default="local", choices=EXECUTORS.names(), help="how the runs are executed")
     p.add_argument("--ray-address", metavar="ADDR", help="Ray cluster to join (auto, ray://host:10001); default: start a local Ray")
     p.add_argument("--ray-cpus", type=int, metavar="N", help="CPUs of the local Ray (default: all)")

@@ -95,11 +95,12 @@ def plot_heatmap(board: TrackBoard, path: Path) -> Path:
     classes = board.entries[0].classes
     m = np.array([e.evaluation(ck).per_class["worst_case"] for e in board.entries], dtype=float) * 100
     fig, ax = plt.subplots(figsize=(max(6.0, 0.75 * len(classes) + 3), 0.42 * len(board.entries) + 2.0))
-    im = ax.imshow(m, cmap="RdYlGn", vmin=0, vmax=max(1.0, float(np.nanmax(m))), aspect="auto")
+    im = ax.imshow(m, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto")
     if len(classes) <= 20:
         for i in range(m.shape[0]):
             for j in range(m.shape[1]):
-                ax.text(j, i, f"{m[i, j]:.0f}", ha="center", va="center", fontsize=7)
+                dark = m[i, j] < 15 or m[i, j] > 85  # the ends of the colour map are dark
+                ax.text(j, i, f"{m[i, j]:.0f}", ha="center", va="center", fontsize=7, color="white" if dark else "black")
     ax.set_xticks(range(len(classes)), classes, rotation=40, ha="right", fontsize=8)
     ax.set_yticks(range(len(board.entries)), [f"{k + 1}. {e.name} ({e.id})" for k, e in enumerate(board.entries)], fontsize=8)
     ax.set_title(f"{board.track.info.title}\nper-class robust accuracy (%, worst case over the track's attacks, "

@@ -71,7 +71,7 @@ def entry_from_run(run_dir: Path, track: Track, root: Path, *, entry_id: str | N
     defense = train_cfg["defense"]
     entry_id = entry_id or f"{slug(defense)}-s{train_cfg['seed']}"
     code = code or defense_code_path(defense, root)
-    if code.startswith(("http://",)) or (":" in code and not is_url(code)):
+    if ":" in code and not is_url(code):
         raise ConfigError(f"--code must be a repository-relative path or an https:// URL, got '{code}'")
     blocks = run["checkpoints"]
     first = next(iter(blocks.values()))

@@ -128,6 +128,7 @@ def resolve_run(
         data["train"]["seed"] = seed
     if device:
         data["train"]["device"] = device
+        data["eval"]["device"] = device
     if any(item.split("=", 1)[0].strip() == "train.defense" for item in overrides or []):
         raise ConfigError("set the defense with --defense NAME, not with train.defense= (its preset must apply)")
     data = apply_overrides(data, overrides or [])
@@ -152,7 +153,6 @@ def resolve_run(
     ev.setdefault("plot", True)
     ev["quiet"] = quiet or bool(ev.get("quiet", False))
     eval_cfg = from_dict(EvalConfig, ev, where="run config eval")
-    data["pretrain"] = checked.pretrain
     return ResolvedRun(name=checked.name, out=out_dir, train=train_cfg, pretrain=pretrain_cfg, eval=eval_cfg,
                        checkpoints=list(checked.checkpoints), data=data)
 

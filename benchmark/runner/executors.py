@@ -20,7 +20,7 @@ import os
 import sys
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -62,7 +62,6 @@ class ExecutorOptions:
     num_cpus: int | None = None  # Ray: CPUs of the local Ray (None = all)
     gpus: float | None = None  # per run; None = 1 when the run trains on CUDA, else 0
     cpus: float = 1.0  # per run
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 EXECUTORS: Registry[Callable[[list[Cell], ExecutorOptions], list[CellOutcome]]] = Registry("executor")
@@ -129,7 +128,11 @@ def ray_executor(cells: list[Cell], opts: ExecutorOptions) -> list[CellOutcome]:
             kwargs["address"] = opts.address
         else:
             kwargs.update(num_cpus=opts.num_cpus, include_dashboard=False)
-        ray.init(**kwargs)
+        try:
+            ray.init(**kwargs)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            where = f"the Ray cluster at {opts.address}" if opts.address else "a local Ray"
+            raise RfbenchError(f"could not start or join {where}: {str(exc).splitlines()[0]}") from None
         started = True
     try:
         cluster_gpus = float(ray.cluster_resources().get("GPU", 0))

@@ -2,7 +2,7 @@
 
 The smoke run is the ``fashion-mnist-linf`` track (the same code path and the
 same per-defense presets) shrunk in the spirit of DeepMind's smoke tests: a
-narrow SmallCNN, one epoch on a few hundred images (a few optimiser steps),
+narrow SmallCNN, one epoch on 192 images (6 optimiser steps),
 PGD-3 training, and a cheap attack suite (FGSM, PGD-3, CW-3) on a few hundred
 test images; a defense's own validation attack (a ``val_steps`` field of its
 ``Config``, as FRL has) is shrunk to the same 2 steps as the trainer's.  For each defense it asserts:
@@ -33,8 +33,8 @@ log = logging.getLogger(__name__)
 
 TRACK = Path("leaderboards") / "fashion-mnist-linf" / "track.yaml"
 #: training keys of the shrunk run (applied to the pre-training stage too)
-SMOKE_TRAIN = {"max_train_samples": 192, "epochs": 1, "batch_size": 64, "steps": 3, "val_per_class": 10, "val_steps": 2,
-               "model_kwargs": {"width": 0.5}, "device": "cpu"}
+SMOKE_TRAIN = {"max_train_samples": 192, "epochs": 1, "batch_size": 32, "lr": 0.003, "steps": 3, "val_per_class": 10,
+               "val_steps": 2, "model_kwargs": {"width": 0.5}, "device": "cpu"}
 SMOKE_EVAL = {"attacks": ["fgsm", "pgd:steps=3", "cw:steps=3"], "n_per_class": 30, "batch_size": 300, "bootstrap": 100,
               "plot": False, "device": "cpu", "quiet": True}
 SMOKE_CHECKPOINTS = ["best"]

@@ -37,6 +37,3 @@ class StageLog:
         """Forget every stage (``--force``)."""
         self.stages = {}
         atomic_write_json(self.path, self.stages)
-
-    def seconds(self, prefix: str = "") -> float:
-        return sum(s.get("seconds", 0.0) for k, s in self.stages.items() if k.startswith(prefix))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import random
 import shlex
 import shutil
 import subprocess
@@ -168,14 +169,22 @@ def saved(tmp_path_factory):
     return d, model
 
 
-@pytest.mark.parametrize("damage", ["truncated-half", "truncated-10-bytes", "empty", "garbage", "text", "flipped-bytes"])
+DAMAGE = ["truncated-half", "truncated-10-bytes", "empty", "text", "flipped-bytes"] + [f"garbage-{i}" for i in range(8)]
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
 @pytest.mark.parametrize("fmt", ["pt", "safetensors"])
 def test_corrupt_checkpoints_say_corrupt_file(saved, tmp_path, damage, fmt):
     src = saved[0] / f"good.{fmt}"
     data = src.read_bytes()
-    bad = {"truncated-half": data[: len(data) // 2], "truncated-10-bytes": data[:10], "empty": b"",
-           "garbage": os.urandom(4096), "text": b"model: not a checkpoint\n",
-           "flipped-bytes": data[:64] + bytes(b ^ 0xFF for b in data[64:512]) + data[512:]}[damage]
+    if damage.startswith("garbage-"):  # seeded random bytes, some starting like a pickle or a zip file
+        rng = random.Random(damage)
+        head = [b"", b"\x80\x02", b"PK\x03\x04", b"\x80\x04\x95"][int(damage[-1]) % 4]
+        bad = head + rng.randbytes(rng.randrange(1, 4096))
+    else:
+        bad = {"truncated-half": data[: len(data) // 2], "truncated-10-bytes": data[:10], "empty": b"",
+               "text": b"model: not a checkpoint\n",
+               "flipped-bytes": data[:64] + bytes(b ^ 0xFF for b in data[64:512]) + data[512:]}[damage]
     path = tmp_path / f"ckpt.{fmt}"
     path.write_bytes(bad)
     with pytest.raises(CheckpointError) as exc:

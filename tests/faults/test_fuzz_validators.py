@@ -244,3 +244,124 @@ SPEC_VALUES = st.sampled_from(["8/255", "-1", "0", "2", "1e9", "nan", "inf", "ce
 def test_attack_specs(spec):
     TRIED["attack specs"] += 1
     outcome(check_specs, [spec])
+
+
+CHECKPOINT_HEADS = [b"", b"\x80\x02", b"\x80\x04\x95", b"PK\x03\x04", b"\x80\x02\x8a\x0alZ\xfc\x9cF\xf9 j\xa8P\x19.",
+                    b"\x10\x00\x00\x00\x00\x00\x00\x00{\"w\":{\"dtype\":"]
+
+
+@FUZZ
+@given(st.sampled_from(CHECKPOINT_HEADS), st.binary(max_size=600), st.sampled_from([".pt", ".safetensors"]))
+def test_checkpoint_bytes(tmp_path_factory, head, body, suffix):
+    """Arbitrary bytes (some starting like a pickle, a zip, torch's legacy format or safetensors) as a checkpoint."""
+    from benchmark.io import load_checkpoint
+
+    TRIED["checkpoint files (random bytes)"] += 1
+    path = tmp_path_factory.getbasetemp() / f"fuzz{suffix}"
+    path.write_bytes(head + body)
+    state = outcome(load_checkpoint, path)
+    assert state is None or isinstance(state, dict)
+
+
+# -- leaderboard entries and tracks ------------------------------------------------------------------
+TRACK_DIR = REPO / "leaderboards" / "fashion-mnist-linf"
+ENTRY_FILES = sorted(TRACK_DIR.glob("*.json"))
+needs_entry = pytest.mark.skipif(not ENTRY_FILES, reason="no leaderboard entry to mutate yet")
+
+
+@pytest.fixture(scope="module")
+def board(tmp_path_factory):
+    """A repository root with a copy of the track, its entries and flag files, and the defenses' sources."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("board")
+    shutil.copytree(TRACK_DIR, root / "leaderboards" / TRACK_DIR.name)
+    shutil.copytree(REPO / "defenses", root / "defenses", ignore=shutil.ignore_patterns("__pycache__"))
+    return root
+
+
+def json_paths(obj, prefix=()):
+    """Every path (tuple of keys/indices) into a JSON tree, the root excluded."""
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else []
+    for k, v in items:
+        yield prefix + (k,)
+        yield from json_paths(v, prefix + (k,))
+
+
+@st.composite
+def mutated_entry(draw):
+    """A real entry with 1-4 edits: a value replaced (by anything, or nudged as a hand edit would), a key removed or added."""
+    import copy
+    import json
+
+    data = copy.deepcopy(json.loads(ENTRY_FILES[0].read_text()))
+    for _ in range(draw(st.integers(1, 4))):
+        paths = list(json_paths(data))
+        if not paths:
+            break
+        path = draw(st.sampled_from(paths))
+        parent = data
+        for k in path[:-1]:
+            parent = parent[k]
+        key = path[-1]
+        op = draw(st.sampled_from(["set", "nudge", "delete", "add", "set"]))
+        if op == "nudge" and isinstance(parent[key], (int, float)) and not isinstance(parent[key], bool):
+            parent[key] = parent[key] + draw(st.sampled_from([0.01, -0.01, 1, -1, 1e-12, 0.5]))
+        elif op == "delete":
+            del parent[key]
+        elif op == "add" and isinstance(parent[key], dict):
+            parent[key][draw(st.text(max_size=8))] = draw(values)
+        else:
+            parent[key] = draw(values | st.sampled_from(["../../etc/passwd", "/etc/passwd", "evil.py:Evil", "https://x"]))
+    return data
+
+
+@needs_entry
+@FUZZ
+@given(mutated_entry())
+def test_mutated_leaderboard_entries(board, data):
+    from benchmark.leaderboard import check_entry
+
+    TRIED["leaderboard entries (mutated)"] += 1
+    path = board / "leaderboards" / TRACK_DIR.name / ENTRY_FILES[0].name
+    outcome(lambda: check_entry(data, where=path.name, root=board, entry_path=path))
+
+
+@needs_entry
+@FUZZ
+@given(st.one_of(st.text(max_size=300), st.binary(max_size=200),
+                 st.integers(0, 4000).map(lambda n: ENTRY_FILES[0].read_bytes()[:n])))
+def test_entry_files_as_bytes(board, raw):
+    from benchmark.leaderboard.check import check_entry_file
+
+    TRIED["entry files (random and truncated bytes)"] += 1
+    path = board / "leaderboards" / TRACK_DIR.name / "fuzz.json"
+    path.write_bytes(raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogatepass"))
+    outcome(check_entry_file, path, board)
+
+
+TRACK_TEXT = (TRACK_DIR / "track.yaml").read_text() if (TRACK_DIR / "track.yaml").exists() else ""
+
+
+@pytest.mark.skipif(not TRACK_TEXT, reason="no track file")
+@FUZZ
+@given(st.data())
+def test_mutated_track_files(board, data):
+    from benchmark.leaderboard import load_track
+
+    TRIED["track files (mutated)"] += 1
+    lines = TRACK_TEXT.splitlines()
+    for _ in range(data.draw(st.integers(1, 3))):
+        j = data.draw(st.integers(0, len(lines) - 1))
+        key = lines[j].split(":", 1)[0]
+        lines[j] = data.draw(st.sampled_from([
+            f"{key}: {data.draw(st.sampled_from(BAD_SCALARS))}",
+            f"{key}: {data.draw(scalars.map(repr))}",
+            lines[j][: data.draw(st.integers(0, len(lines[j])))],
+            "  " + lines[j],
+            "",
+        ]))
+    path = board / "fuzz-tracks" / TRACK_DIR.name / "track.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    outcome(load_track, path)
