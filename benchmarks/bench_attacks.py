@@ -25,7 +25,7 @@ GEMM throughput measured in the same dtype at the start of every round (median).
 
 Example::
 
-    PYTHONPATH=. python benchmarks/bench_attacks.py              # both models, ~6 min on 1 loaded core
+    PYTHONPATH=. python benchmarks/bench_attacks.py              # both models, ~7-10 min on 1 core at load 8
     PYTHONPATH=. python benchmarks/bench_attacks.py --models smallcnn --repeats 5
 """
 

@@ -26,7 +26,7 @@ and the standard version.
 
 Example::
 
-    PYTHONPATH=. python benchmarks/bench_autoattack.py                  # ~6 min on 1 loaded core
+    PYTHONPATH=. python benchmarks/bench_autoattack.py                  # ~6 min on 1 core at load 8
     PYTHONPATH=. python benchmarks/bench_autoattack.py --version standard --n-per-class 5
 """
 

@@ -12,7 +12,7 @@ precision, threads) line.
 
 Example::
 
-    PYTHONPATH=. python benchmarks/bench_scaling.py                       # ~3 min on 1 loaded core
+    PYTHONPATH=. python benchmarks/bench_scaling.py                       # ~2 min on 1 core at load 8
     PYTHONPATH=. python benchmarks/bench_scaling.py --threads 1,2 --models smallcnn
 """
 

@@ -31,7 +31,7 @@ every round (median); "epoch s" extrapolates the measured images/s to a
 
 Example::
 
-    PYTHONPATH=. python benchmarks/bench_train.py                 # ~7 min on 1 loaded core
+    PYTHONPATH=. python benchmarks/bench_train.py                 # ~6 min on 1 core at load 8
     PYTHONPATH=. python benchmarks/bench_train.py --defenses pgd-at --batches 2
 """
 
