@@ -19,6 +19,7 @@ import random
 import shlex
 import shutil
 import subprocess
+import sys
 import tempfile
 import types
 from pathlib import Path
@@ -126,7 +127,7 @@ def test_real_full_tmpfs_during_rfbench_train(tmp_path, reference_run):
     mnt.mkdir()
     work.mkdir()
     run = mnt / "run"
-    py = shlex.join(["python", "-m", "benchmark.cli"])
+    py = shlex.join([sys.executable, "-m", "benchmark.cli"])
     first = shlex.join(train_cmd(run, "--epochs", "1"))
     again = shlex.join(train_cmd(run))
     script = f"""
@@ -143,7 +144,7 @@ rm {mnt}/filler
 cp -a {run} after-3
 """
     e = env()
-    e["PATH"] = f"{Path(shutil.which('python') or 'python').parent}:{e.get('PATH', '')}"
+    e["PATH"] = f"{Path(sys.executable).parent}:{e.get('PATH', '')}"
     proc = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script], env=e,
                           capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr
