@@ -215,9 +215,9 @@ def t_sweep_specs(values: list[float], base: dict[str, Any] | None = None) -> li
     return [AttackSpec("temperature-pgd", (("T", float(t)),) + extra, f"temperature-pgd:T={t:g}") for t in values]
 
 
-def sweep_base(attacks: list[Attack]) -> dict[str, Any]:
-    """The settings of the first CE-PGD among ``attacks`` that a T-PGD sweep copies, so the two compare like for like."""
-    for a in attacks:
+def sweep_base(suite: list[Attack]) -> dict[str, Any]:
+    """The settings of the first CE-PGD in ``suite`` that a T-PGD sweep copies, so the two compare like for like."""
+    for a in suite:
         if a.name == "pgd" and a.cfg.loss == "ce":
             return {k: getattr(a.cfg, k) for k in ("eps", "norm", "alpha", "steps", "restarts", "start")}
     return {}

@@ -44,3 +44,17 @@ def fmnist_cnn(fmnist):
         opt.step()
     model.zero_grad(set_to_none=True)
     return model.eval()
+
+
+def pytest_addoption(parser):
+    parser.addoption("--run-track", action="store_true",
+                     help="also run the full leaderboard-track reproductions (minutes each; marker 'track')")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--run-track"):
+        return
+    skip = pytest.mark.skip(reason="a full track run takes minutes; pass --run-track")
+    for item in items:
+        if "track" in item.keywords:
+            item.add_marker(skip)

@@ -263,3 +263,65 @@ def test_shipped_entries_pass_check():
     entries = sorted((REPO / "leaderboards").glob("*/*.json"))
     for path in entries:
         check_entry_file(path, REPO)
+
+
+# --- rfbench leaderboard compare: does a rerun reproduce the committed entries? ---------------------------------
+
+
+def test_tolerance_by_hand():
+    """Three committed seeds: the seeds' sd dominates; one seed at accuracy 0: the Agresti-Coull test-set floor."""
+    from benchmark.leaderboard.compare import tolerance
+
+    s_seed, s_test, tol = tolerance([0.5, 0.6, 0.7], 0.6, 100, k=2.0)
+    assert s_seed == pytest.approx(0.1)
+    assert s_test == pytest.approx(math.sqrt((62 / 104) * (42 / 104) / 100))
+    assert tol == pytest.approx(2 * 0.1 * math.sqrt(1 + 1 / 3))
+    s_seed, s_test, tol = tolerance([0.0], 0.0, 100, k=2.0)
+    assert s_seed is None and s_test == pytest.approx(math.sqrt((2 / 104) * (102 / 104) / 100))
+    assert tol == pytest.approx(2 * s_test * math.sqrt(2)) and tol > 0.03  # a 0% worst class may come back as 1-3%
+
+
+def test_compare_a_rerun_of_the_committed_run(board, capsys):
+    """The run behind an entry reproduces it exactly; the CLI says so and exits 0."""
+    from benchmark.leaderboard.compare import compare_run
+
+    report = compare_run(board["run_dir"], board["track"], board["root"])
+    assert report.ok and report.same_seed_identical is True and [e.id for e in report.committed] == ["pgd-at-s0"]
+    assert [r.metric for r in report.rows] == ["mean robust", "worst-class robust", "clean"]
+    assert all(r.diff == 0 for r in report.rows)
+    summary = board["entry"]["evaluations"]["best"]["summary"]
+    assert report.rows[0].ours == summary["worst_case"]["mean"] and report.rows[2].ours == summary["clean"]["mean"]
+    out_json = board["root"] / "compare.json"
+    assert main(["leaderboard", "compare", str(board["run_dir"]), "--track", TRACK_ID, "--root", str(board["root"]),
+                 "--json", str(out_json)]) == 0
+    out = capsys.readouterr().out
+    assert "REPRODUCED" in out and "per-class results identical" in out
+    assert json.loads(out_json.read_text())["ok"] is True
+
+
+def test_compare_reports_a_number_outside_the_tolerance(board, monkeypatch, capsys):
+    from benchmark.leaderboard import compare
+
+    real = compare.compare_run(board["run_dir"], board["track"], board["root"])
+    row = compare.Comparison("mean robust", ours=0.9, committed=(0.5, 0.52, 0.48), sigma_seed=0.02, sigma_test=0.05,
+                             tolerance=0.1)
+    assert row.diff == pytest.approx(0.4) and not row.ok
+    bad = compare.Report(**{**real.__dict__, "rows": (row, *real.rows[1:]), "same_seed_identical": None})
+    assert not bad.ok and "NOT REPRODUCED" in compare.render(bad) and "OUTSIDE" in compare.render(bad)
+    monkeypatch.setattr(compare, "compare_run", lambda *a, **k: bad)
+    assert main(["leaderboard", "compare", str(board["run_dir"]), "--track", TRACK_ID, "--root", str(board["root"])]) == 1
+    assert "NOT REPRODUCED" in capsys.readouterr().out
+
+
+def test_compare_needs_a_committed_entry_of_the_same_defense(board, tmp_path):
+    """A hand-edited committed entry fails check and is no reference; a missing one is a clear error."""
+    from benchmark.leaderboard.compare import compare_run
+
+    root = tmp_path / "repo"
+    shutil.copytree(board["root"] / "leaderboards", root / "leaderboards")
+    entry_path = root / "leaderboards" / TRACK_ID / "pgd-at-s0.json"
+    data = json.loads(entry_path.read_text())
+    data["evaluations"]["best"]["summary"]["worst_case"]["mean"] += 0.05
+    entry_path.write_text(json.dumps(data))
+    with pytest.raises(RfbenchError, match="no committed entry for defense 'pgd-at'"):
+        compare_run(board["run_dir"], load_track(root / "leaderboards" / TRACK_ID / "track.yaml"), root)

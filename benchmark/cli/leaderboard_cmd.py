@@ -13,6 +13,8 @@ examples:
   rfbench leaderboard check leaderboards/fashion-mnist-linf/trades-s0.json
   rfbench leaderboard check                    (every entry of every track, as CI does)
   rfbench leaderboard build                    (leaderboards/README.md, <track>/README.md, <track>/heatmap.png)
+  rfbench leaderboard compare runs/fashion-mnist-linf/pgd-at-s1 --track fashion-mnist-linf
+                                               (does a rerun reproduce the committed entries within seed noise?)
 
 Entries are JSON data (schema rfbench.entry/1), never code: check validates the schema,
 the track's protocol (eps, attacks, test-set size, fixed training keys), recomputes every
@@ -81,6 +83,27 @@ def run_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_compare(args: argparse.Namespace) -> int:
+    import json
+
+    from benchmark.leaderboard import find_track, leaderboards_root
+    from benchmark.leaderboard.compare import compare_run, render
+
+    root = leaderboards_root(args.root)
+    report = compare_run(args.run_dir, find_track(args.track, root), root, k=args.k)
+    print(render(report))
+    if args.json:
+        rows = [{"metric": r.metric, "ours": r.ours, "committed": list(r.committed), "diff": r.diff,
+                 "sigma_seed": r.sigma_seed, "sigma_test": r.sigma_test, "tolerance": r.tolerance, "ok": r.ok}
+                for r in report.rows]
+        Path(args.json).write_text(json.dumps({"track": report.track, "defense": report.defense, "seed": report.seed,
+                                               "checkpoint": report.checkpoint, "k": report.k, "rows": rows,
+                                               "committed": [e.id for e in report.committed],
+                                               "same_seed_identical": report.same_seed_identical, "ok": report.ok},
+                                              indent=2) + "\n", encoding="utf-8")
+    return 0 if report.ok else 1
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from benchmark.cli import HelpFormatter
 
@@ -117,3 +140,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         formatter_class=HelpFormatter)
     common(b)
     b.set_defaults(func=run_build)
+
+    m = lsub.add_parser("compare", help="does a rerun reproduce the committed entries of its defense?", epilog=EPILOG,
+                        formatter_class=HelpFormatter,
+                        description="Compare a finished `rfbench run` of a track with the track's committed entries "
+                        "of the same defense and defense arguments: mean robust, worst-class robust and clean "
+                        "accuracy on the ranked checkpoint, each within k x sigma x sqrt(1 + 1/m) of the mean of the "
+                        "m committed seeds, sigma being the larger of the seeds' standard deviation and the binomial "
+                        "test-set standard deviation. Exit status 1 when a number is outside.")
+    m.add_argument("run_dir", metavar="RUN_DIR", help="run directory holding result.json")
+    m.add_argument("--track", required=True, help="track id (a directory of leaderboards/)")
+    m.add_argument("--k", type=float, default=2.0, help="tolerance in standard deviations")
+    m.add_argument("--json", metavar="FILE", help="also write the comparison as JSON")
+    common(m)
+    m.set_defaults(func=run_compare)

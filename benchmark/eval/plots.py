@@ -14,9 +14,11 @@ import numpy as np  # noqa: E402
 from benchmark.io.atomic import atomic_write_bytes  # noqa: E402
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: str | Path, dpi: int = 130) -> Path:
+    """Write ``fig`` as a PNG atomically (a killed run never leaves half an image) and close it."""
+    path = Path(path)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=130, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
     return path
@@ -54,7 +56,7 @@ def plot_per_class(result: dict, path: str | Path) -> Path:
                  f"robust mean {100 * s['mean']:.1f}%, worst {100 * s['worst']:.1f}%", fontsize=9)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax.grid(axis="y", alpha=0.3)
-    return _save(fig, Path(path))
+    return save_figure(fig, path)
 
 
 def plot_confusion_flow(result: dict, path: str | Path, name: str = "worst_case") -> Path:
@@ -82,4 +84,4 @@ def plot_confusion_flow(result: dict, path: str | Path, name: str = "worst_case"
     ax.set_ylabel("true class")
     ax.set_title(f"confusion flow ({name}): % of each true class predicted as another (diagonal in grey)", fontsize=9)
     fig.colorbar(im, ax=ax, label="% of true class")
-    return _save(fig, Path(path))
+    return save_figure(fig, path)

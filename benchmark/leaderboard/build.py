@@ -9,14 +9,13 @@ ranked.
 
 from __future__ import annotations
 
-import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from benchmark.io import atomic_write_bytes, atomic_write_text
+from benchmark.io import atomic_write_text
 from benchmark.leaderboard.check import check_entry_file
 from benchmark.leaderboard.schema import Entry, EntryError, Track, list_tracks
 
@@ -91,6 +90,8 @@ def plot_heatmap(board: TrackBoard, path: Path) -> Path:
     import matplotlib.pyplot as plt
     import numpy as np
 
+    from benchmark.eval.plots import save_figure
+
     ck = board.track.info.protocol.checkpoint
     classes = board.entries[0].classes
     m = np.array([e.evaluation(ck).per_class["worst_case"] for e in board.entries], dtype=float) * 100
@@ -106,11 +107,7 @@ def plot_heatmap(board: TrackBoard, path: Path) -> Path:
     ax.set_title(f"{board.track.info.title}\nper-class robust accuracy (%, worst case over the track's attacks, "
                  f"{ck} checkpoint)", fontsize=9)
     fig.colorbar(im, ax=ax, label="robust accuracy (%)")
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def track_page(board: TrackBoard) -> str:

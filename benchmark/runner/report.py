@@ -17,7 +17,6 @@ the cost, the stage timings and the provenance::
 from __future__ import annotations
 
 import datetime
-import io
 import json
 import sys
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import Any
 import pandas as pd
 
 from benchmark.eval.provenance import git_sha, package_versions
-from benchmark.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+from benchmark.io import atomic_write_json, atomic_write_text, read_json
 
 RUN_SCHEMA = "rfbench.run/1"
 CHECKPOINT_KEYS = ("classes", "n_per_class", "worst_case_over", "per_class", "summary", "clean_acc", "autoattack_acc",
@@ -129,12 +128,7 @@ def plot_run(run: dict[str, Any], run_dir: Path) -> list[Path]:
     import matplotlib.ticker
     import numpy as np
 
-    def save(fig, path: Path) -> Path:
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
-        plt.close(fig)
-        atomic_write_bytes(path, buf.getvalue())
-        return path
+    from benchmark.eval.plots import save_figure
 
     paths = []
     df = per_class_frame(run)
@@ -152,7 +146,7 @@ def plot_run(run: dict[str, Any], run_dir: Path) -> list[Path]:
     ax.set_title(f"{run['defense']} on {run['dataset']}: clean and worst-case robust accuracy per class", fontsize=9)
     ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(axis="y", alpha=0.3)
-    paths.append(save(fig, run_dir / "per_class.png"))
+    paths.append(save_figure(fig, run_dir / "per_class.png", dpi=120))
     log_path = run_dir / "train" / "log.jsonl"
     if log_path.exists():
         records = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
@@ -171,7 +165,7 @@ def plot_run(run: dict[str, Any], run_dir: Path) -> list[Path]:
             ax.set_title("validation accuracy during training", fontsize=9)
             ax.legend(fontsize=7, frameon=False)
             ax.grid(alpha=0.3)
-            paths.append(save(fig, run_dir / "training.png"))
+            paths.append(save_figure(fig, run_dir / "training.png", dpi=120))
     return paths
 
 
