@@ -6,8 +6,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.rfbench-installed
 TEST_STAMP := $(VENV)/.rfbench-test-installed
 DEMO_OUT ?= runs/demo
+SMOKE_OUT ?= runs/smoke
 
-.PHONY: demo test install install-test clean-demo
+.PHONY: demo test smoke install install-test clean-demo
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,9 +31,16 @@ demo: $(STAMP)
 	$(BIN)/rfbench train --config configs/demo.yaml --out $(DEMO_OUT)
 	$(BIN)/rfbench eval --run $(DEMO_OUT) --n-per-class 300 --out $(DEMO_OUT)/eval
 
-## test: install the test dependencies if needed and run the test suite
+## test: install the test dependencies if needed, run the test suite, then the smoke benchmark of every defense
 test: $(TEST_STAMP)
-	$(BIN)/python -m pytest -q
+	@$(BIN)/python -m pytest -q; status=$$?; \
+	if [ $$status -eq 5 ]; then echo "pytest collected no tests (exit 5): that is a failure" >&2; fi; \
+	exit $$status
+	$(MAKE) --no-print-directory smoke VENV=$(VENV)
+
+## smoke: every registered defense for a few steps on Fashion-MNIST, results validated, per-defense time printed
+smoke: $(STAMP)
+	$(BIN)/rfbench smoke --out $(SMOKE_OUT)
 
 clean-demo:
 	rm -rf $(DEMO_OUT)
