@@ -46,7 +46,13 @@ Run `rfbench COMMAND --help` for each command's options.
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Keeps hand-wrapped descriptions and shows every default."""
+    """Keeps hand-wrapped descriptions and shows every default a flag's help does not already state."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.default is None or action.default is False or "default" in text:
+            return text
+        return super()._get_help_string(action)
 
 
 def build_parser() -> argparse.ArgumentParser:
