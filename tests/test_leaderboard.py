@@ -325,3 +325,18 @@ def test_compare_needs_a_committed_entry_of_the_same_defense(board, tmp_path):
     entry_path.write_text(json.dumps(data))
     with pytest.raises(RfbenchError, match="no committed entry for defense 'pgd-at'"):
         compare_run(board["run_dir"], load_track(root / "leaderboards" / TRACK_ID / "track.yaml"), root)
+
+
+def test_shipped_entry_moved_to_the_other_cpu_track_is_rejected(tmp_path):
+    """A balanced-track entry relabelled as a long-tail entry fails on the training set the track fixes."""
+    root = tmp_path / "repo"
+    for d in ("leaderboards", "defenses"):
+        shutil.copytree(REPO / d, root / d)
+    src = root / "leaderboards" / TRACK_ID / "pgd-at-s0.json"
+    data = json.loads(src.read_text())
+    data["track"] = "fashion-mnist-lt50-linf"
+    target = root / "leaderboards" / "fashion-mnist-lt50-linf" / "pgd-at-s0.json"
+    with pytest.raises(EntryError) as info:
+        check_entry(data, where=target.name, root=root, entry_path=target)
+    assert any("train_config.imbalance_ratio is" in p and "fixes it to 50" in p for p in info.value.problems), \
+        info.value.problems
