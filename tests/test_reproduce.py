@@ -74,7 +74,7 @@ def test_dry_run_prints_grid_and_cost(capsys):
     assert re.search(r"estimated cost: [\d.]+ PFLOP = [\d.]+ GPU-hours .* at an assumed 320 TFLOP/s", out)
     assert main(["reproduce", "reat-cifar10lt", "--dry-run", "--scale", "smoke", "--root", str(REPO)]) == 0
     out = capsys.readouterr().out
-    assert "fashion-mnist-lt" in out and "CPU-hours" in out and "0.036 TFLOP/s" in out
+    assert "fashion-mnist-lt" in out and "CPU-hours" in out and "0.09 TFLOP/s" in out
 
 
 def test_verdicts_by_hand():

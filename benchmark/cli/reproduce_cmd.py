@@ -66,7 +66,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="full: the paper's setting; smoke: the same table on Fashion-MNIST on a CPU")
     p.add_argument("--dry-run", action="store_true", help="print the grid and its estimated cost, run nothing")
     p.add_argument("--throughput", type=float, metavar="TFLOPS", help="assumed throughput for --dry-run "
-                   "(default: 320 for GPU runs, 0.036 for CPU runs)")
+                   "(default: 320 for GPU runs, 0.09 for CPU runs)")
     p.add_argument("--rows", metavar="A,B", help="only these rows")
     p.add_argument("--seeds", type=_ints, metavar="0,1,...", help="seeds (default: the table's)")
     p.add_argument("--executor", default="local", choices=EXECUTORS.names(), help="how the runs are executed")

@@ -19,9 +19,10 @@ forward-equivalents per image (a backward pass ≈ 2 forwards):
 GPU-hours = FLOP / assumed throughput.  The default throughputs are stated in
 every estimate: 320 TFLOP/s for CUDA (performance.md's realistic target of
 3-5 s per ResNet-18 PGD-10 epoch on one H100/H200 is 1.28 PFLOP / 4 s) and
-0.036 TFLOP/s for CPU, measured on the project's 2-core CPU for SmallCNN
-runs (a full fashion-mnist-linf track run, 5.9 TFLOP by this model, took
-5.4 CPU-minutes); small convolutions reach far less than the 150-230 GFLOP/s
+0.09 TFLOP/s for CPU, measured on the project's 2-core CPU for SmallCNN
+runs (the training stage of ``rfbench run leaderboards/fashion-mnist-linf/
+track.yaml --defense pgd-at``, 9.4 TFLOP by this model, took 101 s on two
+lightly loaded cores); small convolutions reach less than the 150-230 GFLOP/s
 performance.md gives for ResNet-18 in fp32 on the same CPU.
 """
 
@@ -49,7 +50,7 @@ DATASET_SHAPES = {
 #: defenses whose loss adds a clean forward + backward to the adversarial one (also any defense with base: trades)
 TWO_INPUT_DEFENSES = {"trades", "mart", "frl-rw", "frl-rwrm", "dafa", "wat"}
 AA_STANDARD_FWD = 4750.0
-THROUGHPUT_TFLOPS = {"cuda": 320.0, "cpu": 0.036}
+THROUGHPUT_TFLOPS = {"cuda": 320.0, "cpu": 0.09}
 
 
 @dataclass
