@@ -196,6 +196,16 @@ def validated_at(state: State) -> set[int]:
     return {e for e in range(1, g // N_BATCHES + 1) if e * N_BATCHES < g or not inside}
 
 
+def resume_points(start, saved: list, saving: list):
+    """Where a process killed after ``saved`` (and while writing ``saving``) may be resumed from.
+
+    The newest durable save (or its own start if it saved nothing), and the saves it
+    had begun but not confirmed: a kill after the rename makes those durable too.
+    """
+    durable = saved[-1] if saved else start
+    return durable, [s for s in saving if s not in saved]
+
+
 @dataclass
 class RedoReport:
     """How much work the resumed processes repeated."""
@@ -225,8 +235,7 @@ def check_training_trace(segments: list[Segment], reference: list[tuple[int, str
         g0 = seg.start[0]
         if k:
             prev = segs[k - 1]
-            durable = prev.saved[-1] if prev.saved else prev.start
-            in_flight = [s for s in prev.saving if s not in prev.saved]
+            durable, in_flight = resume_points(prev.start, prev.saved, prev.saving)
             assert seg.start == durable or seg.start in in_flight, (
                 f"process {k} resumed at {seg.start}, but the newest durable save was {durable} "
                 f"(in flight: {in_flight})")
@@ -268,8 +277,7 @@ def check_eval_trace(segments: list[Segment], n_batches: int, labels: list[str])
     for k, seg in enumerate(segs):
         if k:
             prev = segs[k - 1]
-            durable = prev.eval_saved[-1] if prev.eval_saved else prev.eval_start
-            in_flight = [s for s in prev.eval_saving if s not in prev.eval_saved]
+            durable, in_flight = resume_points(prev.eval_start, prev.eval_saved, prev.eval_saving)
             assert seg.eval_start == durable or seg.eval_start in in_flight, (
                 f"evaluation {k} resumed with batches {sorted(seg.eval_start)}, but the newest durable flag file "
                 f"held {sorted(durable)}")

@@ -173,22 +173,25 @@ def mutated_yaml(draw):
 
 
 # -- properties ------------------------------------------------------------------------------------
+def parses_honestly(cls, data) -> None:
+    """``data`` is either rejected with a one-line RfbenchError or parsed into a ``cls`` that honours its fields."""
+    cfg = outcome(from_dict, cls, data)
+    if cfg is not None:
+        assert_honours_fields(cfg)
+
+
 @FUZZ
 @given(config_dicts(TrainConfig))
 def test_random_train_config_dicts(data):
     TRIED["train-config dicts (random)"] += 1
-    cfg = outcome(from_dict, TrainConfig, data)
-    if cfg is not None:
-        assert_honours_fields(cfg)
+    parses_honestly(TrainConfig, data)
 
 
 @FUZZ
 @given(mutated(BASE_TRAIN, TrainConfig))
 def test_mutated_train_config_dicts(data):
     TRIED["train-config dicts (mutated)"] += 1
-    cfg = outcome(from_dict, TrainConfig, data)
-    if cfg is not None:
-        assert_honours_fields(cfg)
+    parses_honestly(TrainConfig, data)
 
 
 @FUZZ
@@ -200,9 +203,7 @@ def test_yaml_texts(tmp_path_factory, text):
     data = outcome(load_yaml, path)
     if data is not None:
         assert isinstance(data, dict)
-        cfg = outcome(from_dict, TrainConfig, data)
-        if cfg is not None:
-            assert_honours_fields(cfg)
+        parses_honestly(TrainConfig, data)
 
 
 @FUZZ
@@ -214,18 +215,14 @@ def test_key_value_overrides(items):
     TRIED["key=value override lists"] += 1
     data = outcome(apply_overrides, {}, items)
     if data is not None:
-        cfg = outcome(from_dict, TrainConfig, data)
-        if cfg is not None:
-            assert_honours_fields(cfg)
+        parses_honestly(TrainConfig, data)
 
 
 @FUZZ
 @given(config_dicts(EvalConfig))
 def test_random_eval_config_dicts(data):
     TRIED["eval-config dicts"] += 1
-    cfg = outcome(from_dict, EvalConfig, data)
-    if cfg is not None:
-        assert_honours_fields(cfg)
+    parses_honestly(EvalConfig, data)
 
 
 SPEC_KEYS = ["eps", "alpha", "steps", "restarts", "loss", "start", "norm", "T", "tmode", "kappa", "version", "attacks",
