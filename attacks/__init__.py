@@ -1,21 +1,21 @@
-"""Attacks: one PGD core (:mod:`attacks.core`) with pluggable losses, and the named attacks built from it.
+"""Attacks: one PGD core (:mod:`rfbench.attacks.core`) with pluggable losses, and the named attacks built from it.
 
 Importing this package registers every built-in attack in :data:`ATTACKS`::
 
-    import attacks
+    from rfbench import attacks
     attacks.ATTACKS.names()   # ['autoattack', 'cw', 'fgsm', 'pgd', 'temperature-pgd']
     atk = attacks.PGD(model, eps=8/255, alpha=2/255, steps=20)
     x_adv = atk(x, y)
 
-Specs (``pgd:steps=20``) and the threat model live in :mod:`attacks.spec`.
+Specs (``pgd:steps=20``) and the threat model live in :mod:`rfbench.attacks.spec`.
 """
 
-from attacks.autoattack import AutoAttack
-from attacks.core import eval_mode, frozen_params, pgd
-from attacks.losses import LOSSES, make_loss
-from attacks.named import CW, FGSM, PGD, Attack, TemperaturePGD
-from attacks.registry import ATTACKS, list_attacks, register_attack
-from attacks.spec import DEFAULT_SUITE, AttackSpec, Threat, build_attack, build_attacks, parse_spec
+from rfbench.attacks.autoattack import AutoAttack
+from rfbench.attacks.core import eval_mode, frozen_params, pgd
+from rfbench.attacks.losses import LOSSES, make_loss
+from rfbench.attacks.named import CW, FGSM, PGD, Attack, TemperaturePGD
+from rfbench.attacks.registry import ATTACKS, list_attacks, register_attack
+from rfbench.attacks.spec import DEFAULT_SUITE, AttackSpec, Threat, build_attack, build_attacks, parse_spec
 
 __all__ = [
     "ATTACKS",

@@ -2,7 +2,7 @@
 
 Example::
 
-    from attacks.autoattack import AutoAttack
+    from rfbench.attacks.autoattack import AutoAttack
     aa = AutoAttack(model, eps=8/255, version="standard")
     x_adv = aa(x, y, seed=0)
     aa.flags          # gradient-masking warnings of pyautoattack's checks, by id
@@ -41,11 +41,11 @@ from typing import Any, Iterator
 
 import torch
 
-from attacks.core import frozen_params
-from attacks.named import Attack, format_value
-from attacks.registry import register_attack
-from benchmark.config import choice, rng
-from benchmark.errors import ConfigError
+from rfbench.attacks.core import frozen_params
+from rfbench.attacks.named import Attack, format_value
+from rfbench.attacks.registry import register_attack
+from rfbench.benchmark.config import choice, rng
+from rfbench.benchmark.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

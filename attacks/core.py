@@ -1,6 +1,6 @@
 """The one PGD core (Madry et al., ICLR 2018) behind every attack and every defense's inner maximisation.
 
-Pluggable parts: norm (``linf``, ``l2``), loss (:mod:`attacks.losses`),
+Pluggable parts: norm (``linf``, ``l2``), loss (:mod:`rfbench.attacks.losses`),
 random start (``uniform``, ``normal``, ``none``), restarts, per-sample early
 stop, and per-sample ``eps``/``alpha`` (tensors of shape ``(B,)``).
 
@@ -23,7 +23,7 @@ through the attack (pair it with a channels-last model), and
 
 Example::
 
-    from attacks.core import pgd
+    from rfbench.attacks.core import pgd
     x_adv = pgd(model, x, y, eps=8/255, alpha=2/255, steps=10)
 """
 
@@ -34,7 +34,7 @@ from typing import Iterator
 
 import torch
 
-from attacks.losses import AttackLoss, make_loss
+from rfbench.attacks.losses import AttackLoss, make_loss
 
 NORMS = ("linf", "l2")
 STARTS = ("uniform", "normal", "none")

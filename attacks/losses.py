@@ -19,7 +19,7 @@ from typing import Callable, Protocol
 import torch
 import torch.nn.functional as F
 
-from benchmark.registry import Registry
+from rfbench.benchmark.registry import Registry
 
 
 class AttackLoss(Protocol):

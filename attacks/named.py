@@ -2,7 +2,7 @@
 
 Example::
 
-    from attacks.named import PGD, TemperaturePGD
+    from rfbench.attacks.named import PGD, TemperaturePGD
     atk = PGD(model, eps=8/255, alpha=2/255, steps=20)
     x_adv = atk(x, y)                 # global RNG, like torchattacks
     x_adv = atk(x, y, seed=3)         # its own seeded generator (reproducible, resumable)
@@ -10,13 +10,13 @@ Example::
     TemperaturePGD(model, eps=8/255, steps=20, T=0.5).label   # 'temperature-pgd-20-T0.5'
 
 Every attack has a typed ``Config`` dataclass (validated by
-:func:`benchmark.config.from_dict`, so a bad key or value is a one-line
+:func:`rfbench.benchmark.config.from_dict`, so a bad key or value is a one-line
 error), a stable ``label`` derived from its settings, and ``settings()`` for
 the result file.  Attacks put the model in eval mode for their duration and
 never compute parameter gradients (the core freezes them).
 
 Registered names: ``fgsm``, ``pgd``, ``cw``, ``temperature-pgd`` (and
-``autoattack`` in :mod:`attacks.autoattack`).  Temperature-PGD is not
+``autoattack`` in :mod:`rfbench.attacks.autoattack`).  Temperature-PGD is not
 torchattacks' ``TPGD`` (that one is the TRADES KL attack).
 """
 
@@ -29,10 +29,10 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from attacks.core import eval_mode, pgd
-from attacks.registry import register_attack
-from benchmark.config import choice, from_dict, rng
-from benchmark.errors import ConfigError
+from rfbench.attacks.core import eval_mode, pgd
+from rfbench.attacks.registry import register_attack
+from rfbench.benchmark.config import choice, from_dict, rng
+from rfbench.benchmark.errors import ConfigError
 
 NORMS = ("linf", "l2")
 

@@ -1,16 +1,16 @@
-"""The attack registry: public attack names -> :class:`attacks.named.Attack` subclasses.
+"""The attack registry: public attack names -> :class:`rfbench.attacks.named.Attack` subclasses.
 
 An attack registers itself with a class decorator; the decorator also sets the
 class's ``name``, which is the first word of its spec (``pgd:steps=20``)::
 
-    from attacks.registry import register_attack
-    from attacks.named import Attack
+    from rfbench.attacks.registry import register_attack
+    from rfbench.attacks.named import Attack
 
     @register_attack("my-attack")
     class MyAttack(Attack):
         ...
 
-``import attacks`` registers every built-in attack (``fgsm``, ``pgd``, ``cw``,
+``import rfbench.attacks`` registers every built-in attack (``fgsm``, ``pgd``, ``cw``,
 ``temperature-pgd``, ``autoattack``).
 """
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from benchmark.registry import Registry
+from rfbench.benchmark.registry import Registry
 
 ATTACKS: Registry[Any] = Registry("attack")
 

@@ -11,7 +11,7 @@ Syntax (one ``--attack`` flag per attack)::
     autoattack:version=custom,attacks=apgd-ce+apgd-t,steps=20
 
 * Keys are the fields of the attack's ``Config`` (``rfbench list attacks``,
-  and :mod:`attacks.named`): ``eps``, ``alpha``, ``steps``, ``restarts``,
+  and :mod:`rfbench.attacks.named`): ``eps``, ``alpha``, ``steps``, ``restarts``,
   ``loss``, ``T``, ``norm``, ``version``, ``attacks``, ...
 * **Lists inside a spec are joined with ``+``** (the comma separates keys):
   ``attacks=apgd-ce+apgd-t``.
@@ -36,12 +36,12 @@ from typing import Any
 import torch
 import yaml
 
-import attacks.autoattack  # noqa: F401  (registers autoattack)
-import attacks.named  # noqa: F401  (registers fgsm, pgd, cw, temperature-pgd)
-from attacks.named import Attack, format_eps
-from attacks.registry import ATTACKS
-from benchmark.config import from_dict
-from benchmark.errors import ConfigError, UnknownNameError
+import rfbench.attacks.autoattack  # noqa: F401  (registers autoattack)
+import rfbench.attacks.named  # noqa: F401  (registers fgsm, pgd, cw, temperature-pgd)
+from rfbench.attacks.named import Attack, format_eps
+from rfbench.attacks.registry import ATTACKS
+from rfbench.benchmark.config import from_dict
+from rfbench.benchmark.errors import ConfigError, UnknownNameError
 
 DEFAULT_SUITE = ("fgsm", "pgd", "cw")
 

@@ -6,10 +6,10 @@ attacks and defenses are plugins in the sibling packages ``attacks`` and
 
 Quick use::
 
-    from benchmark.data import load_dataset
-    from benchmark.models import create_model
+    from rfbench.benchmark.data import load_dataset
+    from rfbench.benchmark.models import create_model
     bundle = load_dataset("fashion-mnist")
     model = create_model("smallcnn", num_classes=10, in_channels=1)
 """
 
-__version__ = "0.1.0"
+from rfbench import __version__  # noqa: F401  (one version, in rfbench/__init__.py)

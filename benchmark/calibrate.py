@@ -35,7 +35,7 @@ gradients: evaluate the calibrated model with AutoAttack too.
 ``DIR/calibration.pt`` (tensors, strings and numbers only; loaded with
 ``weights_only=True``) and ``DIR/calibration.json`` (the fit report).
 :func:`load_calibrated_model` rebuilds the run's model with
-:func:`benchmark.train.rundir.load_run_model` and wraps it in
+:func:`rfbench.benchmark.train.rundir.load_run_model` and wraps it in
 :class:`CalibratedModel`, which the evaluation harness then treats like any model.
 """
 
@@ -50,10 +50,10 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-from attacks.core import eval_mode, pgd
-from benchmark.config import choice, rng
-from benchmark.errors import CheckpointError, RfbenchError
-from benchmark.io import atomic_write_json, load_checkpoint, save_checkpoint
+from rfbench.attacks.core import eval_mode, pgd
+from rfbench.benchmark.config import choice, rng
+from rfbench.benchmark.errors import CheckpointError, RfbenchError
+from rfbench.benchmark.io import atomic_write_json, load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -292,7 +292,7 @@ def load_calibrated_model(calib_dir: str | Path, device: str | torch.device = "c
     Returns ``(model, info)`` with the source run's ``info`` plus ``calibration``
     (method, scale, bias, directory).
     """
-    from benchmark.train.rundir import load_run_model
+    from rfbench.benchmark.train.rundir import load_run_model
 
     state = load_calibration(calib_dir)
     model, info = load_run_model(state["run_dir"], state["which"], device=device)

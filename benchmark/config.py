@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from benchmark.errors import ConfigError
+from rfbench.benchmark.errors import ConfigError
 
 T = TypeVar("T")
 

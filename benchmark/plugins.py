@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from benchmark.errors import ConfigError
+from rfbench.benchmark.errors import ConfigError
 
 
 def import_target(target: str, kind: str) -> Any:

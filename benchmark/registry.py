@@ -21,7 +21,7 @@ from __future__ import annotations
 import fnmatch
 from typing import Callable, Generic, Iterator, TypeVar
 
-from benchmark.errors import UnknownNameError
+from rfbench.benchmark.errors import UnknownNameError
 
 T = TypeVar("T")
 

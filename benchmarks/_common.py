@@ -46,7 +46,7 @@ if str(ROOT) not in sys.path:  # run from a clone without installing the package
 import torch  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 
-from benchmark.io import atomic_write_json  # noqa: E402
+from rfbench.benchmark.io import atomic_write_json  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 CIFAR_TAR = Path("/work/shared/data/cifar10-jpeg.tar.gz")
@@ -306,8 +306,8 @@ def trained_smallcnn(bundle, steps: int, seed: int, device: torch.device) -> tor
     """
     import torch.nn.functional as F
 
-    from benchmark.data import iterate_batches
-    from benchmark.models import create_model
+    from rfbench.benchmark.data import iterate_batches
+    from rfbench.benchmark.models import create_model
 
     torch.manual_seed(seed)
     model = create_model("smallcnn", bundle.num_classes, bundle.in_channels, bundle.mean, bundle.std).to(device)

@@ -5,7 +5,7 @@ shared JPEG archive, and SmallCNN on real Fashion-MNIST test images.  Rows:
 
 * ``torchattacks.PGD fp32`` -- the peer (``× peer`` is the median over rounds
   of the per-round time ratio);
-* ``rfbench fp32`` -- :class:`attacks.named.PGD` with early stop off (the same
+* ``rfbench fp32`` -- :class:`rfbench.attacks.named.PGD` with early stop off (the same
   iterates as torchattacks: the script checks that the adversarial examples are
   bit-identical in every round, so the comparison is fair);
 * ``rfbench fp32 channels-last``, ``rfbench bf16``, ``rfbench bf16 + channels-last``
@@ -40,11 +40,11 @@ import _common as C
 import torch
 import torchattacks
 
-from attacks.named import PGD
-from benchmark.data import iterate_batches, load_dataset
-from benchmark.data.subsets import per_class_subset
-from benchmark.models import create_model
-from benchmark.train.runtime import resolve_device
+from rfbench.attacks.named import PGD
+from rfbench.benchmark.data import iterate_batches, load_dataset
+from rfbench.benchmark.data.subsets import per_class_subset
+from rfbench.benchmark.models import create_model
+from rfbench.benchmark.train.runtime import resolve_device
 
 PEER = "torchattacks.PGD fp32"
 

@@ -8,9 +8,9 @@ in one process:
 * ``pyautoattack direct, clean-correct only`` -- the same call on the points the
   model classifies correctly, which is what the harness hands to AutoAttack
   (pyautoattack runs its model checks and clean pass on every point it gets);
-* ``rfbench harness`` -- :func:`benchmark.eval.evaluate` with the same
+* ``rfbench harness`` -- :func:`rfbench.benchmark.eval.evaluate` with the same
   AutoAttack spec as its only attack: model checks, clean pass, AutoAttack on
-  the clean-correct points through :class:`attacks.autoattack.AutoAttack`
+  the clean-correct points through :class:`rfbench.attacks.autoattack.AutoAttack`
   (RNG fork, log routing, frozen parameters), the eps-ball check, float32
   predictions, the flag file, bootstrap intervals and ``result.json``.
 
@@ -43,10 +43,10 @@ import time
 import _common as C
 import torch
 
-from attacks.autoattack import NORM_NAMES
-from benchmark.data import iterate_batches, load_dataset
-from benchmark.eval.harness import EvalConfig, batch_seed, evaluate, select_subset
-from benchmark.train.runtime import resolve_device
+from rfbench.attacks.autoattack import NORM_NAMES
+from rfbench.benchmark.data import iterate_batches, load_dataset
+from rfbench.benchmark.eval.harness import EvalConfig, batch_seed, evaluate, select_subset
+from rfbench.benchmark.train.runtime import resolve_device
 
 HARNESS, DIRECT, DIRECT_CORRECT = "rfbench harness", "pyautoattack direct", "pyautoattack direct, clean-correct only"
 
@@ -169,7 +169,7 @@ def main(argv=None) -> None:
 
 def _robust_flags(out_dir: str, n: int) -> torch.Tensor:
     """Per point: clean-correct and not broken by any attack, read back from the harness's flag file."""
-    from benchmark.eval.flags import SampleFlags
+    from rfbench.benchmark.eval.flags import SampleFlags
 
     flags = SampleFlags.load(C.Path(out_dir) / "flags.npz")
     return torch.as_tensor(flags.worst_case(flags.labels)[:n])

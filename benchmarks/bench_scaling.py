@@ -27,9 +27,9 @@ import time
 import _common as C
 import torch
 
-from attacks.core import pgd
-from benchmark.models import create_model
-from benchmark.train.runtime import resolve_device
+from rfbench.attacks.core import pgd
+from rfbench.benchmark.models import create_model
+from rfbench.benchmark.train.runtime import resolve_device
 
 SHAPES = {"resnet18": (3, 32, 32), "smallcnn": (1, 28, 28)}
 

@@ -12,7 +12,7 @@ the same number of steps, side by side in one process.  Contenders:
 * ``reference TRADES`` -- the loop of the official TRADES code: the same data
   path; the attack (model in eval mode) recomputes the clean logits at every
   step; the loss runs the clean batch twice and the adversarial batch once;
-* ``rfbench <defense> fp32`` -- :class:`benchmark.train.trainer.Trainer`'s epoch
+* ``rfbench <defense> fp32`` -- :class:`rfbench.benchmark.train.trainer.Trainer`'s epoch
   loop (uint8 in-memory data, batch augmentation, frozen parameters and input
   gradients in the attack, TRADES' clean prediction once, per-class
   statistics), without validation and checkpoint writes, in fp32;
@@ -52,11 +52,11 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from benchmark.data import load_dataset
-from benchmark.models import create_model
-from benchmark.train.config import TrainConfig
-from benchmark.train.runtime import resolve_device
-from benchmark.train.trainer import Trainer
+from rfbench.benchmark.data import load_dataset
+from rfbench.benchmark.models import create_model
+from rfbench.benchmark.train.config import TrainConfig
+from rfbench.benchmark.train.runtime import resolve_device
+from rfbench.benchmark.train.trainer import Trainer
 
 # forward-equivalents per image of one training step (see the module docstring)
 WORK = {("rfbench", "pgd-at"): 23, ("reference", "pgd-at"): 33, ("rfbench", "trades"): 27, ("reference", "trades"): 39}

@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmark.config import rng
-from defenses.base import Defense, LossOutput, TrainContext
-from defenses.registry import register_defense
+from rfbench.benchmark.config import rng
+from rfbench.defenses.base import Defense, LossOutput, TrainContext
+from rfbench.defenses.registry import register_defense
 
 
 def log_counts(counts: Sequence[int], device: torch.device | str = "cpu") -> torch.Tensor:

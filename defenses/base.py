@@ -1,7 +1,7 @@
 """The defense plugin interface.
 
 A defense is a training objective plus the state it keeps between epochs.
-The trainer (:mod:`benchmark.train.trainer`) calls, for every batch::
+The trainer (:mod:`rfbench.benchmark.train.trainer`) calls, for every batch::
 
     out = defense.training_step(model, x, y, pos)      # -> StepOutput
     out.loss.backward(); optimizer.step()
@@ -27,7 +27,7 @@ Minimal example (a complete defense; ``--defense my_file:ClippedAT`` loads it)::
 
     from dataclasses import dataclass
     import torch.nn.functional as F
-    from defenses.base import Defense, LossOutput
+    from rfbench.defenses.base import Defense, LossOutput
 
     class ClippedAT(Defense):
         \"\"\"PGD-AT with the adversarial CE clipped at ``max_loss``.\"\"\"
@@ -51,8 +51,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from attacks.core import eval_mode, pgd
-from benchmark.models.base import unwrap
+from rfbench.attacks.core import eval_mode, pgd
+from rfbench.benchmark.models.base import unwrap
 
 
 @dataclass
@@ -151,7 +151,7 @@ class Defense:
         """The inner maximisation: the PGD core, BN in eval mode, parameters frozen.
 
         Subclasses that run their own attack should call ``unwrap(model)`` first
-        (see :func:`benchmark.models.base.unwrap`), and compute loss-side features
+        (see :func:`rfbench.benchmark.models.base.unwrap`), and compute loss-side features
         with ``model(x, return_features=True)``, so data-parallel training works.
         """
         t = self.ctx.threat

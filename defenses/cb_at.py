@@ -25,10 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmark.config import rng
-from benchmark.errors import ConfigError
-from defenses.base import Defense, EpochStats, LossOutput, TrainContext
-from defenses.registry import register_defense
+from rfbench.benchmark.config import rng
+from rfbench.benchmark.errors import ConfigError
+from rfbench.defenses.base import Defense, EpochStats, LossOutput, TrainContext
+from rfbench.defenses.registry import register_defense
 
 
 def effective_number(n: float, beta: float) -> float:

@@ -44,12 +44,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchmark.config import choice, rng
-from benchmark.errors import ConfigError
-from defenses.base import Defense, EpochStats, LossOutput
-from defenses.class_stats import fill_missing
-from defenses.registry import register_defense
-from defenses.trades_terms import trades_attack_kwargs, trades_forward, trades_terms
+from rfbench.benchmark.config import choice, rng
+from rfbench.benchmark.errors import ConfigError
+from rfbench.defenses.base import Defense, EpochStats, LossOutput
+from rfbench.defenses.class_stats import fill_missing
+from rfbench.defenses.registry import register_defense
+from rfbench.defenses.trades_terms import trades_attack_kwargs, trades_forward, trades_terms
 
 log = logging.getLogger(__name__)
 

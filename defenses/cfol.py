@@ -16,7 +16,7 @@ weight makes the reward estimate unbiased).  Classes the model keeps getting
 wrong are sampled more.  The learner minimises PGD-AT's CE on the batches.
 
 * ``cfol``: the sampler.  rfbench's trainer asks for the order once per epoch
-  (:meth:`~defenses.base.Defense.sample_order`), so ``p`` is drawn at the start
+  (:meth:`~rfbench.defenses.base.Defense.sample_order`), so ``p`` is drawn at the start
   of each epoch from the current ``w`` (and ``q = p`` for that epoch), while ``w``
   is updated after every batch; the epoch length stays the training-set size.
 * ``cfol-rw``: keeps the uniform data order and multiplies each sample's loss
@@ -36,9 +36,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmark.config import rng
-from defenses.base import Defense, EpochStats, LossOutput
-from defenses.registry import register_defense
+from rfbench.benchmark.config import rng
+from rfbench.defenses.base import Defense, EpochStats, LossOutput
+from rfbench.defenses.registry import register_defense
 
 
 def cfol_distribution(w: torch.Tensor, uniform_mix: float = 0.5) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Per-class statistics that a defense measures itself on the validation split.
 
-The trainer hands every defense the per-class statistics of :class:`~defenses.base.EpochStats`
+The trainer hands every defense the per-class statistics of :class:`~rfbench.defenses.base.EpochStats`
 (validation accuracy under its own validation PGD).  Some methods specify a
 different measurement, which they take here with the same PGD core:
 
@@ -18,8 +18,8 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from attacks.core import eval_mode, pgd
-from defenses.trades_terms import trades_perturb, trades_terms
+from rfbench.attacks.core import eval_mode, pgd
+from rfbench.defenses.trades_terms import trades_perturb, trades_terms
 
 
 def per_class_mean(values: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:

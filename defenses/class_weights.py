@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmark.errors import ConfigError
-from defenses.base import Defense, LossOutput
-from defenses.registry import register_defense
+from rfbench.benchmark.errors import ConfigError
+from rfbench.defenses.base import Defense, LossOutput
+from rfbench.defenses.registry import register_defense
 
 
 @register_defense("class-weights")

@@ -26,10 +26,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchmark.config import rng
-from defenses.base import Defense, EpochStats, LossOutput
-from defenses.registry import register_defense
-from defenses.trades_terms import trades_attack_kwargs, trades_forward, trades_terms
+from rfbench.benchmark.config import rng
+from rfbench.defenses.base import Defense, EpochStats, LossOutput
+from rfbench.defenses.registry import register_defense
+from rfbench.defenses.trades_terms import trades_attack_kwargs, trades_forward, trades_terms
 
 DEFAULT_FLOOR = 0.01
 

@@ -40,11 +40,11 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from benchmark.config import choice, rng
-from defenses.base import Defense, EpochStats, LossOutput
-from defenses.class_stats import fill_missing, val_pgd_accuracy
-from defenses.registry import register_defense
-from defenses.trades_terms import trades_attack_kwargs, trades_forward, trades_terms
+from rfbench.benchmark.config import choice, rng
+from rfbench.defenses.base import Defense, EpochStats, LossOutput
+from rfbench.defenses.class_stats import fill_missing, val_pgd_accuracy
+from rfbench.defenses.registry import register_defense
+from rfbench.defenses.trades_terms import trades_attack_kwargs, trades_forward, trades_terms
 
 log = logging.getLogger(__name__)
 

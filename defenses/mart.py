@@ -24,10 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmark.config import choice, rng
-from defenses.base import Defense, LossOutput
-from defenses.registry import register_defense
-from defenses.trades_terms import kl_per_sample
+from rfbench.benchmark.config import choice, rng
+from rfbench.defenses.base import Defense, LossOutput
+from rfbench.defenses.registry import register_defense
+from rfbench.defenses.trades_terms import kl_per_sample
 
 
 def mart_terms(clean_logits: torch.Tensor, adv_logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -60,11 +60,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmark.config import choice, rng
-from defenses.at_bsl import balanced_softmax_loss, log_counts
-from defenses.base import Defense, EpochStats, LossOutput, TrainContext
-from defenses.cb_at import effective_number, inverse_normalised
-from defenses.registry import register_defense
+from rfbench.benchmark.config import choice, rng
+from rfbench.defenses.at_bsl import balanced_softmax_loss, log_counts
+from rfbench.defenses.base import Defense, EpochStats, LossOutput, TrainContext
+from rfbench.defenses.cb_at import effective_number, inverse_normalised
+from rfbench.defenses.registry import register_defense
 
 RBL_LOSSES = {"released": "wce", "logit-adjusted": "la-ce"}
 RBL_EPS = 1e-5  # added to E_i before inverting, as released

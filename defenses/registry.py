@@ -12,11 +12,11 @@ from __future__ import annotations
 import importlib.metadata
 from typing import Any
 
-from benchmark.config import from_dict
-from benchmark.errors import ConfigError, UnknownNameError
-from benchmark.plugins import import_target
-from benchmark.registry import Registry
-from defenses.base import Defense, TrainContext
+from rfbench.benchmark.config import from_dict
+from rfbench.benchmark.errors import ConfigError, UnknownNameError
+from rfbench.benchmark.plugins import import_target
+from rfbench.benchmark.registry import Registry
+from rfbench.defenses.base import Defense, TrainContext
 
 DEFENSES: Registry[type[Defense]] = Registry("defense")
 ENTRY_POINT_GROUP = "rfbench.defenses"

@@ -54,10 +54,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmark.config import choice, rng
-from defenses.base import Defense, LossOutput, TrainContext
-from defenses.registry import register_defense
-from defenses.trades_terms import kl_per_sample
+from rfbench.benchmark.config import choice, rng
+from rfbench.defenses.base import Defense, LossOutput, TrainContext
+from rfbench.defenses.registry import register_defense
+from rfbench.defenses.trades_terms import kl_per_sample
 
 VARIANTS: dict[str, dict[str, float]] = {
     "N": {"m": 0.1, "s": 10.0, "tau_b": 1.2, "tau_m": 0.0, "beta_reg": 6.0, "tau_p": 0.1},

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from defenses.base import Defense, LossOutput
-from defenses.registry import register_defense
+from rfbench.defenses.base import Defense, LossOutput
+from rfbench.defenses.registry import register_defense
 
 
 @register_defense("standard")

@@ -35,17 +35,17 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from benchmark.config import rng
-from defenses.base import Defense, LossOutput
-from defenses.registry import register_defense
-from defenses.trades_terms import trades_attack_kwargs, trades_terms
+from rfbench.benchmark.config import rng
+from rfbench.defenses.base import Defense, LossOutput
+from rfbench.defenses.registry import register_defense
+from rfbench.defenses.trades_terms import trades_attack_kwargs, trades_terms
 
 
 @register_defense("trades")
 class TRADES(Defense):
     """TRADES (Zhang et al., ICML 2019): CE(z(x), y) + β·KL(p(x) ‖ p(x')), KL inner maximisation.
 
-    The maths lives in :mod:`defenses.trades_terms`, shared with FRL, CFA, WAT and DAFA.
+    The maths lives in :mod:`rfbench.defenses.trades_terms`, shared with FRL, CFA, WAT and DAFA.
     """
 
     @dataclass

@@ -9,7 +9,7 @@ where ``x'`` maximises the KL term inside the eps-ball, starting from
 recipe; the step count, step and radius come from the run's threat model).
 
 * :func:`trades_attack_kwargs` -- the keyword arguments that turn the PGD core
-  (:func:`attacks.core.pgd`) into the TRADES inner maximisation; a defense's
+  (:func:`rfbench.attacks.core.pgd`) into the TRADES inner maximisation; a defense's
   ``attack_kwargs`` hook can return it as is, so per-sample eps/step from
   ``sample_eps`` keep working (CFA, FRL-RWRM, DAFA).
 * :func:`trades_perturb` -- the inner maximisation in one call (BN in eval mode).
@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attacks.core import eval_mode, pgd
+from rfbench.attacks.core import eval_mode, pgd
 
 TRADES_START_STD = 0.001  # x' starts at x + 0.001·N(0, I)
 
@@ -56,7 +56,7 @@ def kl_per_sample(clean_logits: torch.Tensor, adv_logits: torch.Tensor) -> torch
 
 def trades_attack_kwargs(model: nn.Module, x: torch.Tensor, autocast_dtype: torch.dtype | None = None,
                          start_std: float = TRADES_START_STD) -> dict:
-    """Arguments of :func:`attacks.core.pgd` for the TRADES inner maximisation (Zhang et al. 2019, Eq. 5).
+    """Arguments of :func:`rfbench.attacks.core.pgd` for the TRADES inner maximisation (Zhang et al. 2019, Eq. 5).
 
     KL(p(x) ‖ p(x')) against the clean probabilities (BN in eval mode), normal start ``x + start_std·N(0,1)``.
     """

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from benchmark.config import rng
-from defenses.base import Defense, EpochStats, LossOutput
+from rfbench.benchmark.config import rng
+from rfbench.defenses.base import Defense, EpochStats, LossOutput
 
 
 class WorstClassAT(Defense):

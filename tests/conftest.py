@@ -13,8 +13,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from benchmark.data import iterate_batches, load_dataset
-from benchmark.models import create_model
+from rfbench.benchmark.data import iterate_batches, load_dataset
+from rfbench.benchmark.models import create_model
 
 torch.set_num_threads(int(os.environ.get("RFBENCH_TEST_THREADS", "1")))
 

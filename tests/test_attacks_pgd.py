@@ -7,13 +7,13 @@ import torch
 import torch.nn.functional as F
 import torchattacks
 
-from attacks import ATTACKS, FGSM, PGD, TemperaturePGD, Threat, build_attack, parse_spec
-from attacks.core import pgd
-from benchmark.data import iterate_batches
-from benchmark.data.registry import ThreatDefaults
-from benchmark.data.subsets import per_class_subset
-from benchmark.errors import RfbenchError
-from benchmark.eval.harness import perturbation_norm, verify_in_ball
+from rfbench.attacks import ATTACKS, FGSM, PGD, TemperaturePGD, Threat, build_attack, parse_spec
+from rfbench.attacks.core import pgd
+from rfbench.benchmark.data import iterate_batches
+from rfbench.benchmark.data.registry import ThreatDefaults
+from rfbench.benchmark.data.subsets import per_class_subset
+from rfbench.benchmark.errors import RfbenchError
+from rfbench.benchmark.eval.harness import perturbation_norm, verify_in_ball
 
 EPS, ALPHA = 0.1, 0.025
 

@@ -9,11 +9,11 @@ import torch
 from pyautoattack import AutoAttack as PackageAA
 from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted
 
-from attacks import AutoAttack
-from benchmark.data import iterate_batches
-from benchmark.data.subsets import per_class_subset
-from benchmark.errors import ConfigError
-from benchmark.eval.harness import verify_in_ball
+from rfbench.attacks import AutoAttack
+from rfbench.benchmark.data import iterate_batches
+from rfbench.benchmark.data.subsets import per_class_subset
+from rfbench.benchmark.errors import ConfigError
+from rfbench.benchmark.eval.harness import verify_in_ball
 
 EPS = 0.05
 STEPS = 4
@@ -89,11 +89,11 @@ class _SoftmaxNet(torch.nn.Module):
 def test_check_warnings_become_flags_and_go_through_our_logger(fmnist_cnn, batch, caplog):
     x, y = batch
     atk = AutoAttack(_SoftmaxNet(fmnist_cnn), eps=EPS, version="custom", attacks=["apgd-ce"], steps=2, restarts=1)
-    with caplog.at_level(logging.DEBUG, logger="attacks.autoattack"):
+    with caplog.at_level(logging.DEBUG, logger="rfbench.attacks.autoattack"):
         atk(x, y, seed=0)
         atk(x, y, seed=1)
     assert "softmax-output" in atk.flags and atk.flags["softmax-output"]["count"] == 2
-    ours = [r for r in caplog.records if r.name == "attacks.autoattack" and "probability distribution" in r.getMessage()]
+    ours = [r for r in caplog.records if r.name == "rfbench.attacks.autoattack" and "probability distribution" in r.getMessage()]
     assert [r.levelno for r in ours] == [logging.WARNING, logging.DEBUG]  # said once, counted twice
     assert not logging.getLogger("auto-attack").handlers  # the routing is undone
 

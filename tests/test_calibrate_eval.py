@@ -4,10 +4,10 @@ import json
 
 import torch
 
-from benchmark.cli import main
-from benchmark.eval.models import from_run
-from benchmark.train.config import TrainConfig
-from benchmark.train.trainer import train
+from rfbench.benchmark.cli import main
+from rfbench.benchmark.eval.models import from_run
+from rfbench.benchmark.train.config import TrainConfig
+from rfbench.benchmark.train.trainer import train
 
 
 def test_calibrate_then_eval_end_to_end(tmp_path):

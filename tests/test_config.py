@@ -2,11 +2,11 @@
 
 import pytest
 
-from benchmark.cli import build_parser
-from benchmark.cli.config_args import resolve_config
-from benchmark.config import from_dict
-from benchmark.errors import ConfigError
-from benchmark.train.config import TrainConfig
+from rfbench.benchmark.cli import build_parser
+from rfbench.benchmark.cli.config_args import resolve_config
+from rfbench.benchmark.config import from_dict
+from rfbench.benchmark.errors import ConfigError
+from rfbench.benchmark.train.config import TrainConfig
 
 
 def _resolve(argv, tmp_path=None, yaml_text=None):

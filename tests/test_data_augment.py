@@ -11,9 +11,9 @@ import pytest
 import torch
 import torchvision.transforms.functional as TF
 
-from benchmark.data import ArrayDataset, AugmentConfig, augment_batch, iterate_batches
-from benchmark.data.augment import random_crop, random_flip
-from benchmark.errors import DataNotFoundError
+from rfbench.benchmark.data import ArrayDataset, AugmentConfig, augment_batch, iterate_batches
+from rfbench.benchmark.data.augment import random_crop, random_flip
+from rfbench.benchmark.errors import DataNotFoundError
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

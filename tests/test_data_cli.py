@@ -1,4 +1,4 @@
-"""``rfbench data describe`` end to end, through ``benchmark.cli.main``."""
+"""``rfbench data describe`` end to end, through ``rfbench.benchmark.cli.main``."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from benchmark.cli import main
-from benchmark.data import idx
-from benchmark.data.registry import load_raw
+from rfbench.benchmark.cli import main
+from rfbench.benchmark.data import idx
+from rfbench.benchmark.data.registry import load_raw
 
 pytestmark = pytest.mark.skipif(idx.find_idx_dir([idx.DEBIAN_FASHION_DIR]) is None, reason="Fashion-MNIST not installed")
 

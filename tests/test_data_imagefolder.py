@@ -18,9 +18,9 @@ import pytest
 import torch
 from PIL import Image
 
-from benchmark.data import iterate_batches, load_dataset
-from benchmark.data.registry import load_raw
-from benchmark.errors import DataNotFoundError
+from rfbench.benchmark.data import iterate_batches, load_dataset
+from rfbench.benchmark.data.registry import load_raw
+from rfbench.benchmark.errors import DataNotFoundError
 
 ARCHIVE = Path("/work/shared/data/cifar10-jpeg.tar.gz")
 CIFAR10_FOLDERS = sorted(["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"])
@@ -145,7 +145,7 @@ def test_imagenet_resize_256_centre_crop_224(tmp_path):
 
 
 def test_imagenet_without_train_is_evaluation_only(tmp_path, capsys):
-    from benchmark.cli import main
+    from rfbench.benchmark.cli import main
 
     make_imagenet(tmp_path, with_train=False, test_name="test")
     bundle = load_dataset(f"imagenet:{tmp_path}")

@@ -13,9 +13,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from benchmark.data import balanced_validation, load_dataset, longtail_counts, longtail_indices
-from benchmark.data.registry import load_raw, validation_size
-from benchmark.errors import ConfigError, DataNotFoundError
+from rfbench.benchmark.data import balanced_validation, load_dataset, longtail_counts, longtail_indices
+from rfbench.benchmark.data.registry import load_raw, validation_size
+from rfbench.benchmark.errors import ConfigError, DataNotFoundError
 
 # protocol.md, "Long-tailed split generator": exact counts
 CIFAR10_LT = {

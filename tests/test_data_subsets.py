@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from benchmark.data import ArrayDataset, per_class_subset, stratified_subset
+from rfbench.benchmark.data import ArrayDataset, per_class_subset, stratified_subset
 
 
 def long_tailed(counts=(50, 20, 5)) -> ArrayDataset:

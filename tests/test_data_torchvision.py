@@ -17,10 +17,10 @@ import pytest
 import torch
 import torchvision.datasets as tvd
 
-from benchmark.data import load_dataset
-from benchmark.data.registry import load_raw
-from benchmark.data.torchvision_sets import STL10_CLASSES
-from benchmark.errors import DataNotFoundError
+from rfbench.benchmark.data import load_dataset
+from rfbench.benchmark.data.registry import load_raw
+from rfbench.benchmark.data.torchvision_sets import STL10_CLASSES
+from rfbench.benchmark.errors import DataNotFoundError
 
 CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -144,7 +144,7 @@ def test_download_off_needs_no_md5_and_no_network(tmp_path, monkeypatch):
 
 
 def test_all_torchvision_names_registered():
-    from benchmark.data import DATASETS
+    from rfbench.benchmark.data import DATASETS
 
     assert set(DATASETS.names()) >= {"cifar10", "cifar100", "svhn", "stl10", "mnist", "fashion-mnist"}
 
@@ -231,6 +231,6 @@ def test_cifar10_lt_on_cifar_files(tmp_path):
 
 
 def _opts(root, download=False):
-    from benchmark.data import DataOptions
+    from rfbench.benchmark.data import DataOptions
 
     return DataOptions(root=str(root), download=download)

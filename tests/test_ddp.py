@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from benchmark.io import load_checkpoint
+from rfbench.benchmark.io import load_checkpoint
 
 ARGS = ["--dataset", "fashion-mnist", "--model", "smallcnn", "--epochs", "2",
         "--max-train-samples", "300", "--val-per-class", "10", "--steps", "2", "--val-steps", "2",
@@ -28,10 +28,10 @@ def _env():
 def test_ddp_two_processes_match_single_process(tmp_path, defense, atol):
     single, ddp = tmp_path / "single", tmp_path / "ddp"
     args = [*ARGS, "--defense", defense]
-    subprocess.run([sys.executable, "-m", "benchmark.cli", "train", *args, "--out", str(single)],
+    subprocess.run([sys.executable, "-m", "rfbench.benchmark.cli", "train", *args, "--out", str(single)],
                    check=True, env=_env(), timeout=600)
     res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                          "-m", "benchmark.cli", "train", *args, "--out", str(ddp)],
+                          "-m", "rfbench.benchmark.cli", "train", *args, "--out", str(ddp)],
                          check=True, env=_env(), timeout=600, capture_output=True, text=True)
     assert res.stderr.count("epoch 2/2") == 1, "only rank 0 logs"
     a = load_checkpoint(single / "checkpoint-last.pt")

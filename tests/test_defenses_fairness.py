@@ -17,14 +17,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmark.errors import CheckpointError, ConfigError
-from defenses import EpochStats, ThreatModel, TrainContext, build_defense
-from defenses.cfa import cfa_class_beta, cfa_class_eps, fawa_accepts
-from defenses.cfol import cfol_distribution, cfol_exp3_update, sample_by_class
-from defenses.dafa import dafa_weights
-from defenses.frl import frl_class_weights, frl_eps_multiplier, frl_multiplier_step, frl_violations
-from defenses.trades_terms import trades_attack_kwargs, trades_terms
-from defenses.wat import wat_hedge_weights, wat_losses_with_mean
+from rfbench.benchmark.errors import CheckpointError, ConfigError
+from rfbench.defenses import EpochStats, ThreatModel, TrainContext, build_defense
+from rfbench.defenses.cfa import cfa_class_beta, cfa_class_eps, fawa_accepts
+from rfbench.defenses.cfol import cfol_distribution, cfol_exp3_update, sample_by_class
+from rfbench.defenses.dafa import dafa_weights
+from rfbench.defenses.frl import frl_class_weights, frl_eps_multiplier, frl_multiplier_step, frl_violations
+from rfbench.defenses.trades_terms import trades_attack_kwargs, trades_terms
+from rfbench.defenses.wat import wat_hedge_weights, wat_losses_with_mean
 
 EPS = 8 / 255
 ALPHA = 2 / 255
@@ -392,7 +392,7 @@ def toy_validation(n_per_class: int = 60):
 
 @pytest.mark.parametrize("method", ["bias", "norm"])
 def test_calibration_lifts_the_handicapped_class(method):
-    from benchmark.calibrate import CalibrationConfig, fit_calibration
+    from rfbench.benchmark.calibrate import CalibrationConfig, fit_calibration
 
     x, y = toy_validation()
     model = NearestCenter([-0.25, 0.0, 0.0])  # class 0 handicapped: its region is too small
@@ -409,12 +409,12 @@ def test_calibration_lifts_the_handicapped_class(method):
 
 
 def test_calibration_files_round_trip(tmp_path):
-    from benchmark.calibrate import (CalibratedModel, CalibrationConfig, CalibrationResult, is_calibration_dir,
+    from rfbench.benchmark.calibrate import (CalibratedModel, CalibrationConfig, CalibrationResult, is_calibration_dir,
                                      load_calibrated_model, load_calibration, save_calibration)
-    from benchmark.config import to_dict
-    from benchmark.io import save_checkpoint
-    from benchmark.models import create_model
-    from benchmark.train.config import TrainConfig
+    from rfbench.benchmark.config import to_dict
+    from rfbench.benchmark.io import save_checkpoint
+    from rfbench.benchmark.models import create_model
+    from rfbench.benchmark.train.config import TrainConfig
 
     # a minimal run directory as `rfbench train` writes it
     run = tmp_path / "run"

@@ -13,14 +13,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from benchmark.data import iterate_batches, load_dataset
-from benchmark.errors import ConfigError
-from benchmark.models import create_model
-from defenses import ThreatModel, TrainContext, build_defense
-from defenses.at_bsl import balanced_softmax_loss, log_counts
-from defenses.cb_at import class_balanced_weights
-from defenses.reat import pairwise_feature_kl, rbl_weights, tail_classes, tail_omega, tail_penalty
-from defenses.robal import CosineHead, class_margins, log_prior, margin_logits
+from rfbench.benchmark.data import iterate_batches, load_dataset
+from rfbench.benchmark.errors import ConfigError
+from rfbench.benchmark.models import create_model
+from rfbench.defenses import ThreatModel, TrainContext, build_defense
+from rfbench.defenses.at_bsl import balanced_softmax_loss, log_counts
+from rfbench.defenses.cb_at import class_balanced_weights
+from rfbench.defenses.reat import pairwise_feature_kl, rbl_weights, tail_classes, tail_omega, tail_penalty
+from rfbench.defenses.robal import CosineHead, class_margins, log_prior, margin_logits
 
 CIFAR10_LT50 = [5000, 3237, 2096, 1357, 878, 568, 368, 238, 154, 100]  # protocol.md, ρ = 50
 
@@ -150,7 +150,7 @@ def test_reat_state_follows_predicted_counts():
     d = build_defense("reat", {}, ctx_for(CIFAR10_LT50))
     assert d.pred_counts == CIFAR10_LT50
     assert d.class_weights().tolist() == pytest.approx(rbl_weights(CIFAR10_LT50, CIFAR10_LT50), rel=1e-6)
-    from defenses import EpochStats
+    from rfbench.defenses import EpochStats
 
     pred = [6000, 3000, 2000, 1400, 800, 400, 200, 150, 46, 0]
     logged = d.on_epoch_end(EpochStats(0, pred, [0.5] * 10, [[0.1] * 10] * 10, [0.8] * 10, [0.4] * 10))

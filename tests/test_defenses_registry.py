@@ -1,6 +1,6 @@
 """Every registered defense takes one real training step (timm-style registry test).
 
-Parametrised over :func:`defenses.list_defenses`, so a newly registered
+Parametrised over :func:`rfbench.defenses.list_defenses`, so a newly registered
 defense is tested without anyone writing a test for it.  For each one: build
 it from plain construction (no special setup), install its head
 (``setup_model``), take one training step on 32 real Fashion-MNIST-LT images
@@ -25,9 +25,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmark.data import iterate_batches, load_dataset
-from benchmark.models import create_model
-from defenses import EpochStats, ThreatModel, TrainContext, build_defense, get_defense_class, list_defenses
+from rfbench.benchmark.data import iterate_batches, load_dataset
+from rfbench.benchmark.models import create_model
+from rfbench.defenses import EpochStats, ThreatModel, TrainContext, build_defense, get_defense_class, list_defenses
 
 REPO = Path(__file__).resolve().parents[1]
 PER_CLASS = 4  # 4 images of every class: 40, of which the first 32 make the batch (tail classes included)
@@ -152,7 +152,7 @@ def test_state_dict_round_trip(name, fmnist_lt, batch):
 
 
 def test_unknown_defense_lists_names():
-    from benchmark.errors import UnknownNameError
+    from rfbench.benchmark.errors import UnknownNameError
 
     with pytest.raises(UnknownNameError, match="reat"):
         get_defense_class("no-such-defense")
@@ -191,16 +191,16 @@ SPEC_RECIPES = {  # ../shared/spec/defenses.md (PGD-AT takes AT-BSL's recipe, wh
 
 
 def _load_config(path):
-    from benchmark.config import from_dict, load_yaml
-    from benchmark.train.config import TrainConfig
+    from rfbench.benchmark.config import from_dict, load_yaml
+    from rfbench.benchmark.train.config import TrainConfig
 
     return from_dict(TrainConfig, load_yaml(path), where=str(path))
 
 
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_config_is_valid(path):
-    from benchmark.config import from_dict
-    from benchmark.models import list_models
+    from rfbench.benchmark.config import from_dict
+    from rfbench.benchmark.models import list_models
 
     cfg = _load_config(path)
     assert cfg.model in list_models()

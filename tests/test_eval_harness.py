@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-import benchmark.data
-from attacks.named import PGD
-from benchmark.cli import main
-from benchmark.errors import RfbenchError
-from benchmark.eval import AttackBallError, EvalConfig, SampleFlags, evaluate, validate_result, verify_in_ball
+import rfbench.benchmark.data as benchmark_data
+from rfbench.attacks.named import PGD
+from rfbench.benchmark.cli import main
+from rfbench.benchmark.errors import RfbenchError
+from rfbench.benchmark.eval import AttackBallError, EvalConfig, SampleFlags, evaluate, validate_result, verify_in_ball
 
 ATTACKS = ["fgsm", "pgd:steps=3", "autoattack:version=custom,attacks=apgd-ce,steps=2,restarts=1"]
 
@@ -132,7 +132,7 @@ def test_t_sweep_reports_the_strongest_temperature(fmnist, fmnist_cnn, tmp_path)
 
 
 def test_cli_eval_and_report(fmnist, fmnist_cnn, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(benchmark.data, "load_dataset", lambda *a, **k: fmnist)  # no second load of the files
+    monkeypatch.setattr(benchmark_data, "load_dataset", lambda *a, **k: fmnist)  # no second load of the files
     weights = tmp_path / "w.pt"
     torch.save(fmnist_cnn.state_dict(), weights)
     out = tmp_path / "ev"
@@ -149,7 +149,7 @@ def test_cli_eval_and_report(fmnist, fmnist_cnn, tmp_path, monkeypatch, capsys):
 
 
 def test_cli_errors_are_one_line(fmnist, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(benchmark.data, "load_dataset", lambda *a, **k: fmnist)
+    monkeypatch.setattr(benchmark_data, "load_dataset", lambda *a, **k: fmnist)
     monkeypatch.setitem(sys.modules, "robustbench", None)  # robustbench missing
     assert main(["eval", "--model", "robustbench:Carmon2019Unlabeled", "--dataset", "fashion-mnist", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()

@@ -16,16 +16,16 @@ import numpy as np
 import pytest
 import torch
 
-from benchmark.cli import main
-from benchmark.config import from_dict
-from benchmark.errors import RfbenchError
-from benchmark.eval.harness import EvalConfig
-from benchmark.eval.metrics import summarize
-from benchmark.leaderboard import EntryError, check_entry, check_entry_file, find_track, load_track
-from benchmark.leaderboard.build import build
-from benchmark.leaderboard.schema import list_tracks
-from benchmark.leaderboard.submit import defense_code_path, submit
-from benchmark.runner import execute_run, load_run_config, resolve_run
+from rfbench.benchmark.cli import main
+from rfbench.benchmark.config import from_dict
+from rfbench.benchmark.errors import RfbenchError
+from rfbench.benchmark.eval.harness import EvalConfig
+from rfbench.benchmark.eval.metrics import summarize
+from rfbench.benchmark.leaderboard import EntryError, check_entry, check_entry_file, find_track, load_track
+from rfbench.benchmark.leaderboard.build import build
+from rfbench.benchmark.leaderboard.schema import list_tracks
+from rfbench.benchmark.leaderboard.submit import defense_code_path, submit
+from rfbench.benchmark.runner import execute_run, load_run_config, resolve_run
 from tiny_runs import REPO, write_tiny_track
 
 TRACK_ID = "fashion-mnist-linf"
@@ -204,7 +204,7 @@ def test_explicit_flags_file_is_used(board, tmp_path):
     for ev in data["evaluations"].values():
         ev["flags_file"] = None
     _check(board, data)  # no flags: the per-class checks alone pass
-    from benchmark.eval.flags import SampleFlags
+    from rfbench.benchmark.eval.flags import SampleFlags
 
     flags = SampleFlags.load(board["root"] / board["entry"]["evaluations"]["best"]["flags_file"])
     flags.clean_pred = np.where(flags.clean_pred == flags.y, (flags.y + 1) % 10, flags.clean_pred)  # all wrong
@@ -240,7 +240,7 @@ def test_defense_code_path_points_into_this_repository():
 
 def test_shipped_tracks_are_consistent():
     """Each track's protocol names exactly the attacks its eval suite runs, at its eps, on its test-set size."""
-    from attacks.spec import Threat, build_attacks
+    from rfbench.attacks.spec import Threat, build_attacks
 
     tracks = {t.id: t for t in list_tracks(REPO)}
     assert set(tracks) == {"cifar10-linf", "cifar10-lt50-linf", "cifar100-lt10-linf", "fashion-mnist-linf",
@@ -270,7 +270,7 @@ def test_shipped_entries_pass_check():
 
 def test_tolerance_by_hand():
     """Three committed seeds: the seeds' sd dominates; one seed at accuracy 0: the Agresti-Coull test-set floor."""
-    from benchmark.leaderboard.compare import tolerance
+    from rfbench.benchmark.leaderboard.compare import tolerance
 
     s_seed, s_test, tol = tolerance([0.5, 0.6, 0.7], 0.6, 100, k=2.0)
     assert s_seed == pytest.approx(0.1)
@@ -283,7 +283,7 @@ def test_tolerance_by_hand():
 
 def test_compare_a_rerun_of_the_committed_run(board, capsys):
     """The run behind an entry reproduces it exactly; the CLI says so and exits 0."""
-    from benchmark.leaderboard.compare import compare_run
+    from rfbench.benchmark.leaderboard.compare import compare_run
 
     report = compare_run(board["run_dir"], board["track"], board["root"])
     assert report.ok and report.same_seed_identical is True and [e.id for e in report.committed] == ["pgd-at-s0"]
@@ -300,7 +300,7 @@ def test_compare_a_rerun_of_the_committed_run(board, capsys):
 
 
 def test_compare_reports_a_number_outside_the_tolerance(board, monkeypatch, capsys):
-    from benchmark.leaderboard import compare
+    from rfbench.benchmark.leaderboard import compare
 
     real = compare.compare_run(board["run_dir"], board["track"], board["root"])
     row = compare.Comparison("mean robust", ours=0.9, committed=(0.5, 0.52, 0.48), sigma_seed=0.02, sigma_test=0.05,
@@ -315,7 +315,7 @@ def test_compare_reports_a_number_outside_the_tolerance(board, monkeypatch, caps
 
 def test_compare_needs_a_committed_entry_of_the_same_defense(board, tmp_path):
     """A hand-edited committed entry fails check and is no reference; a missing one is a clear error."""
-    from benchmark.leaderboard.compare import compare_run
+    from rfbench.benchmark.leaderboard.compare import compare_run
 
     root = tmp_path / "repo"
     shutil.copytree(board["root"] / "leaderboards", root / "leaderboards")

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from attacks.spec import Threat
-from benchmark.eval import checks as C
-from benchmark.eval import metrics as M
-from benchmark.eval.flags import SampleFlags
-from benchmark.eval.result import build_result, markdown_table, validate_result
-from benchmark.models import create_model
+from rfbench.attacks.spec import Threat
+from rfbench.benchmark.eval import checks as C
+from rfbench.benchmark.eval import metrics as M
+from rfbench.benchmark.eval.flags import SampleFlags
+from rfbench.benchmark.eval.result import build_result, markdown_table, validate_result
+from rfbench.benchmark.models import create_model
 
 # 3 classes: class 0 has 4 samples, class 1 has 2, class 2 has 4
 Y = np.array([0, 0, 0, 0, 1, 1, 2, 2, 2, 2])

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from benchmark.errors import UnknownNameError
-from benchmark.models import MODELS, Normalize, create_model, list_models
+from rfbench.benchmark.errors import UnknownNameError
+from rfbench.benchmark.models import MODELS, Normalize, create_model, list_models
 
 SMALL = {"smallcnn": {}, "resnet18": {"width": 0.125}, "preact_resnet18": {"width": 0.125},
          "wrn34_10": {"widen": 1}, "wrn28_10": {"widen": 1}}

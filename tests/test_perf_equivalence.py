@@ -19,18 +19,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from attacks import Threat, build_attack
-from attacks.core import eval_mode, pgd
-from attacks.losses import make_loss
-from benchmark.data import iterate_batches
-from benchmark.data.registry import ThreatDefaults
-from benchmark.data.subsets import per_class_subset
-from benchmark.train.config import TrainConfig
-from benchmark.train.runtime import use_channels_last
-from benchmark.train.trainer import Trainer
-from benchmark.train.validate import per_class_accuracy
-from defenses import ThreatModel, TrainContext, build_defense
-from defenses.trades_terms import trades_perturb
+from rfbench.attacks import Threat, build_attack
+from rfbench.attacks.core import eval_mode, pgd
+from rfbench.attacks.losses import make_loss
+from rfbench.benchmark.data import iterate_batches
+from rfbench.benchmark.data.registry import ThreatDefaults
+from rfbench.benchmark.data.subsets import per_class_subset
+from rfbench.benchmark.train.config import TrainConfig
+from rfbench.benchmark.train.runtime import use_channels_last
+from rfbench.benchmark.train.trainer import Trainer
+from rfbench.benchmark.train.validate import per_class_accuracy
+from rfbench.defenses import ThreatModel, TrainContext, build_defense
+from rfbench.defenses.trades_terms import trades_perturb
 
 EPS, ALPHA, STEPS = 0.05, 0.0125, 10  # half the protocol radius: the fixture model is then partly robust
 BF16_TOLERANCE = 0.02  # |robust acc bf16 - fp32| on 500 images (10 images); observed: 0.002 (1 image)

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from benchmark.cli import main
-from benchmark.runner.cost import dataset_sizes, forward_gflop, run_cost
-from benchmark.runner.executors import ExecutorOptions
-from benchmark.runner.reproduce import compare, load_table, reproduce, table_cells, table_path, verdict
+from rfbench.benchmark.cli import main
+from rfbench.benchmark.runner.cost import dataset_sizes, forward_gflop, run_cost
+from rfbench.benchmark.runner.executors import ExecutorOptions
+from rfbench.benchmark.runner.reproduce import compare, load_table, reproduce, table_cells, table_path, verdict
 from tiny_runs import REPO, TINY_TRAIN
 
 SPEC = REPO.parent / "shared" / "spec" / "reference-numbers.md"  # the project spec, beside the repository

@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 import yaml
 
-from benchmark.cli import main
-from benchmark.errors import ConfigError
-from benchmark.eval.metrics import summarize
-from benchmark.eval.result import validate_result
-from benchmark.runner import RunConfig, execute_run, is_finished, load_run_config, resolve_run
-from benchmark.runner.config import deep_merge
-from benchmark.runner.stages import StageLog
+from rfbench.benchmark.cli import main
+from rfbench.benchmark.errors import ConfigError
+from rfbench.benchmark.eval.metrics import summarize
+from rfbench.benchmark.eval.result import validate_result
+from rfbench.benchmark.runner import RunConfig, execute_run, is_finished, load_run_config, resolve_run
+from rfbench.benchmark.runner.config import deep_merge
+from rfbench.benchmark.runner.stages import StageLog
 from tiny_runs import REPO, TRACK, write_tiny_track
 
 
@@ -63,7 +63,7 @@ def test_resolution_errors_name_the_problem():
     with pytest.raises(ConfigError, match="either 'pretrain' or 'train.init'"):
         resolve_run(base, defense="frl-rw", overrides=["train.init=x.pt"])
     with pytest.raises(ConfigError, match="unknown key 'trian'"):
-        from benchmark.config import from_dict
+        from rfbench.benchmark.config import from_dict
 
         from_dict(RunConfig, {"trian": {}})
 
@@ -166,7 +166,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
     """SIGKILL `rfbench run` after its training stage; the rerun finishes with the numbers of an uninterrupted run."""
     track = write_tiny_track(tmp_path)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "benchmark.cli", "run", str(track), "--defense", "pgd-at", "--quiet"]
+    cmd = [sys.executable, "-m", "rfbench.benchmark.cli", "run", str(track), "--defense", "pgd-at", "--quiet"]
     proc = subprocess.Popen([*cmd, "--out", str(tmp_path / "killed")], env=env, cwd=tmp_path)
     stages = tmp_path / "killed" / "stages.json"
     deadline = time.time() + 300
@@ -191,7 +191,7 @@ def test_smoke_passes_a_defense_and_fails_a_broken_one(tmp_path, capsys):
     """`rfbench smoke`: a working plugin passes with its time printed; a defense with a NaN loss is reported as failed."""
     broken = tmp_path / "broken_defense.py"
     broken.write_text(
-        "from defenses.base import Defense, LossOutput\n"
+        "from rfbench.defenses.base import Defense, LossOutput\n"
         "class NaNAT(Defense):\n"
         "    def loss(self, model, x, y, x_adv):\n"
         "        logits = model(x_adv)\n"

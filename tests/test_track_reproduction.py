@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmark.cli import main
+from rfbench.benchmark.cli import main
 from tiny_runs import REPO
 
 pytestmark = pytest.mark.track

@@ -5,12 +5,12 @@ import json
 import pytest
 import torch
 
-from benchmark.errors import ConfigError
-from benchmark.io import load_checkpoint
-from benchmark.train.config import TrainConfig
-from benchmark.train.rundir import load_run_model
-from benchmark.train.schedule import lr_at
-from benchmark.train.trainer import NonFiniteLossError, Trainer, selection_score, train
+from rfbench.benchmark.errors import ConfigError
+from rfbench.benchmark.io import load_checkpoint
+from rfbench.benchmark.train.config import TrainConfig
+from rfbench.benchmark.train.rundir import load_run_model
+from rfbench.benchmark.train.schedule import lr_at
+from rfbench.benchmark.train.trainer import NonFiniteLossError, Trainer, selection_score, train
 
 TINY = dict(dataset="fashion-mnist", model="smallcnn", max_train_samples=320, val_per_class=10, steps=2,
             val_steps=2, batch_size=64, optimizer="adam", lr=1e-3, weight_decay=0.0, device="cpu", seed=3)
@@ -67,7 +67,7 @@ def test_finished_run_is_not_redone_and_other_config_is_refused(tmp_path):
 
 
 def test_nan_loss_stops_with_epoch_and_batch_or_skips(tmp_path, monkeypatch):
-    from defenses.standard import PGDAT
+    from rfbench.defenses.standard import PGDAT
 
     real = PGDAT.training_step
 
@@ -103,7 +103,7 @@ def test_selection_rules():
 
 def test_per_class_training_statistics_reach_the_defense(tmp_path, monkeypatch):
     seen = []
-    from defenses.standard import PGDAT
+    from rfbench.defenses.standard import PGDAT
 
     monkeypatch.setattr(PGDAT, "on_epoch_end", lambda self, stats: seen.append(stats) or {})
     t = Trainer(_cfg(tmp_path, "stats", epochs=1))
@@ -118,8 +118,8 @@ def test_per_class_training_statistics_reach_the_defense(tmp_path, monkeypatch):
 def test_sigterm_mid_epoch_saves_state_and_resume_is_bit_identical(tmp_path, monkeypatch, at_batch, straight):
     import signal
 
-    from benchmark.errors import Interrupted
-    from defenses.standard import PGDAT
+    from rfbench.benchmark.errors import Interrupted
+    from rfbench.defenses.standard import PGDAT
 
     trainer = Trainer(_cfg(tmp_path, "killed", epochs=2))
     calls = {"n": 0}

@@ -5,7 +5,7 @@ Each subcommand lives in its own module of this package and exposes
 ``func=run`` (``run(args) -> int``).  :data:`SUBCOMMANDS` lists the modules in
 the order ``rfbench --help`` shows them.
 
-Errors a user can cause are :class:`~benchmark.errors.RfbenchError` and are
+Errors a user can cause are :class:`~rfbench.benchmark.errors.RfbenchError` and are
 printed as one line (``rfbench: error: ...``, exit status 2).
 """
 
@@ -16,8 +16,8 @@ import importlib
 import logging
 import sys
 
-from benchmark import __version__
-from benchmark.errors import RfbenchError
+from rfbench.benchmark import __version__
+from rfbench.benchmark.errors import RfbenchError
 
 SUBCOMMANDS = [
     "train",
@@ -62,9 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMANDS:
         try:
-            module = importlib.import_module(f"benchmark.cli.{name.replace('-', '_')}_cmd")
+            module = importlib.import_module(f"rfbench.benchmark.cli.{name.replace('-', '_')}_cmd")
         except ModuleNotFoundError as exc:
-            if exc.name == f"benchmark.cli.{name.replace('-', '_')}_cmd":
+            if exc.name == f"rfbench.benchmark.cli.{name.replace('-', '_')}_cmd":
                 continue  # subcommand not shipped in this build
             raise
         module.add_parser(sub)

@@ -1,7 +1,7 @@
 """``rfbench calibrate``: fit a per-class logit bias or classifier-norm scaling on a run's validation split.
 
 The fit maximises worst-class robust accuracy on the validation split (never
-the test set) and freezes the result in ``--out`` (see :mod:`benchmark.calibrate`).
+the test set) and freezes the result in ``--out`` (see :mod:`rfbench.benchmark.calibrate`).
 """
 
 from __future__ import annotations
@@ -23,13 +23,13 @@ accuracy before and after).  Evaluate it like a run directory, AutoAttack includ
 
 
 def run(args: argparse.Namespace) -> int:
-    from benchmark.calibrate import CalibrationConfig, fit_calibration, save_calibration
-    from benchmark.config import from_dict
-    from benchmark.data import to_float
-    from benchmark.train.config import TrainConfig
-    from benchmark.train.rundir import load_run_model
-    from benchmark.train.runtime import resolve_device
-    from benchmark.train.trainer import load_bundle
+    from rfbench.benchmark.calibrate import CalibrationConfig, fit_calibration, save_calibration
+    from rfbench.benchmark.config import from_dict
+    from rfbench.benchmark.data import to_float
+    from rfbench.benchmark.train.config import TrainConfig
+    from rfbench.benchmark.train.rundir import load_run_model
+    from rfbench.benchmark.train.runtime import resolve_device
+    from rfbench.benchmark.train.trainer import load_bundle
 
     device = resolve_device(args.device)
     model, info = load_run_model(args.run, args.which, device=device)
@@ -66,8 +66,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from benchmark.cli import HelpFormatter
-    from benchmark.cli.config_args import _number
+    from rfbench.benchmark.cli import HelpFormatter
+    from rfbench.benchmark.cli.config_args import _number
 
     p = sub.add_parser("calibrate", help="fit a post-hoc per-class logit calibration for the worst class",
                        description=__doc__, epilog=EPILOG, formatter_class=HelpFormatter)

@@ -12,7 +12,7 @@ import dataclasses
 import typing
 from typing import Any
 
-from benchmark.config import apply_overrides, from_dict, load_yaml
+from rfbench.benchmark.config import apply_overrides, from_dict, load_yaml
 
 
 def _base_type(tp: Any) -> Any:

@@ -14,7 +14,7 @@ import argparse
 
 from tabulate import tabulate
 
-from benchmark.io.atomic import atomic_write_json
+from rfbench.benchmark.io.atomic import atomic_write_json
 
 DESCRIBE_EPILOG = """\
 examples:
@@ -25,7 +25,7 @@ examples:
 
 
 def describe(args: argparse.Namespace) -> int:
-    from benchmark.data import load_dataset
+    from rfbench.benchmark.data import load_dataset
 
     bundle = load_dataset(
         args.dataset,
@@ -53,7 +53,7 @@ def describe(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from benchmark.cli import HelpFormatter
+    from rfbench.benchmark.cli import HelpFormatter
 
     p = sub.add_parser(
         "data",

@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from benchmark.cli.config_args import _number, resolve_config
-from benchmark.config import parse_override
-from benchmark.errors import ConfigError
+from rfbench.benchmark.cli.config_args import _number, resolve_config
+from rfbench.benchmark.config import parse_override
+from rfbench.benchmark.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +55,8 @@ def _model_args(items: list[str]) -> dict[str, Any]:
 
 def _load_model(args: argparse.Namespace, device):
     """(model, source, bundle) for --run or --model."""
-    from benchmark.data import load_dataset
-    from benchmark.eval import models as M
+    from rfbench.benchmark.data import load_dataset
+    from rfbench.benchmark.eval import models as M
 
     if args.run and args.model:
         raise ConfigError("give either --run or --model, not both")
@@ -86,9 +86,9 @@ def _load_model(args: argparse.Namespace, device):
 
 
 def run(args: argparse.Namespace) -> int:
-    from attacks.spec import check_specs
-    from benchmark.eval import EvalConfig, evaluate, markdown_table
-    from benchmark.train.runtime import resolve_device
+    from rfbench.attacks.spec import check_specs
+    from rfbench.benchmark.eval import EvalConfig, evaluate, markdown_table
+    from rfbench.benchmark.train.runtime import resolve_device
 
     cfg = resolve_config(EvalConfig, args, args.config, [])
     if cfg.quiet:
@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from benchmark.cli import HelpFormatter
+    from rfbench.benchmark.cli import HelpFormatter
 
     p = sub.add_parser("eval", help="per-class robustness of a model under attacks", description=__doc__,
                        epilog=EPILOG, formatter_class=HelpFormatter)

@@ -34,9 +34,9 @@ def _flags(items: list[str], default_ckpt: str) -> dict[str, Path]:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from benchmark.leaderboard import EntryError, check_entry_file, leaderboards_root
-    from benchmark.leaderboard.check import read_entry_file
-    from benchmark.leaderboard.schema import find_track
+    from rfbench.benchmark.leaderboard import EntryError, check_entry_file, leaderboards_root
+    from rfbench.benchmark.leaderboard.check import read_entry_file
+    from rfbench.benchmark.leaderboard.schema import find_track
 
     root = leaderboards_root(args.root)
     paths = [Path(p) for p in args.entries] or sorted((root / "leaderboards").glob("*/*.json"))
@@ -64,8 +64,8 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 def run_submit(args: argparse.Namespace) -> int:
-    from benchmark.leaderboard import find_track, leaderboards_root
-    from benchmark.leaderboard.submit import submit
+    from rfbench.benchmark.leaderboard import find_track, leaderboards_root
+    from rfbench.benchmark.leaderboard.submit import submit
 
     root = leaderboards_root(args.root)
     path = submit(args.run_dir, find_track(args.track, root), root, entry_id=args.id, name=args.name, code=args.code,
@@ -75,8 +75,8 @@ def run_submit(args: argparse.Namespace) -> int:
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from benchmark.leaderboard import leaderboards_root
-    from benchmark.leaderboard.build import build
+    from rfbench.benchmark.leaderboard import leaderboards_root
+    from rfbench.benchmark.leaderboard.build import build
 
     for path in build(leaderboards_root(args.root)):
         print(path)
@@ -86,8 +86,8 @@ def run_build(args: argparse.Namespace) -> int:
 def run_compare(args: argparse.Namespace) -> int:
     import json
 
-    from benchmark.leaderboard import find_track, leaderboards_root
-    from benchmark.leaderboard.compare import compare_run, render
+    from rfbench.benchmark.leaderboard import find_track, leaderboards_root
+    from rfbench.benchmark.leaderboard.compare import compare_run, render
 
     root = leaderboards_root(args.root)
     report = compare_run(args.run_dir, find_track(args.track, root), root, k=args.k)
@@ -105,7 +105,7 @@ def run_compare(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from benchmark.cli import HelpFormatter
+    from rfbench.benchmark.cli import HelpFormatter
 
     p = sub.add_parser("leaderboard", help="check, submit and build leaderboard entries", description=__doc__,
                        epilog=EPILOG, formatter_class=HelpFormatter)

@@ -7,19 +7,19 @@ import argparse
 
 def _names(kind: str) -> list[tuple[str, str]]:
     if kind == "datasets":
-        from benchmark.data import list_datasets
-        from benchmark.data.registry import describe_dataset
+        from rfbench.benchmark.data import list_datasets
+        from rfbench.benchmark.data.registry import describe_dataset
 
         return [(n, describe_dataset(n)) for n in list_datasets()]
     if kind == "models":
-        from benchmark.models import MODELS
+        from rfbench.benchmark.models import MODELS
 
         return [(n, MODELS.describe(n)) for n in MODELS.names()]
     if kind == "defenses":
-        from defenses import DEFENSES, list_defenses
+        from rfbench.defenses import DEFENSES, list_defenses
 
         return [(n, DEFENSES.describe(n) if n in DEFENSES else "(entry point)") for n in list_defenses()]
-    from attacks.registry import ATTACKS
+    from rfbench.attacks.registry import ATTACKS
 
     return [(n, ATTACKS.describe(n)) for n in ATTACKS.names()]
 
@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from benchmark.cli import HelpFormatter
+    from rfbench.benchmark.cli import HelpFormatter
 
     p = sub.add_parser(
         "list",

@@ -16,8 +16,8 @@ Markdown shows percentages; CSV and JSON keep fractions.
 
 
 def run(args: argparse.Namespace) -> int:
-    from benchmark.errors import ConfigError
-    from benchmark.eval import report as R
+    from rfbench.benchmark.errors import ConfigError
+    from rfbench.benchmark.eval import report as R
 
     results = R.load_results(args.results)
     only = [n.strip() for n in args.names.split(",")] if args.names else None
@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from benchmark.cli import HelpFormatter
+    from rfbench.benchmark.cli import HelpFormatter
 
     p = sub.add_parser("report", help="tables of one or more evaluation results", description=__doc__,
                        epilog=EPILOG, formatter_class=HelpFormatter)

@@ -32,9 +32,9 @@ def _ints(text: str) -> list[int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from benchmark.leaderboard.schema import leaderboards_root
-    from benchmark.runner.executors import ExecutorOptions
-    from benchmark.runner.reproduce import dry_run_text, load_table, reproduce, table_cells, table_path
+    from rfbench.benchmark.leaderboard.schema import leaderboards_root
+    from rfbench.benchmark.runner.executors import ExecutorOptions
+    from rfbench.benchmark.runner.reproduce import dry_run_text, load_table, reproduce, table_cells, table_path
 
     if args.quiet:
         logging.getLogger().setLevel(logging.WARNING)
@@ -55,8 +55,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from benchmark.cli import HelpFormatter
-    from benchmark.runner.executors import EXECUTORS
+    from rfbench.benchmark.cli import HelpFormatter
+    from rfbench.benchmark.runner.executors import EXECUTORS
 
     p = sub.add_parser("reproduce", help="rerun a paper table and compare with the published numbers",
                        description=__doc__, epilog=EPILOG, formatter_class=HelpFormatter)

@@ -37,9 +37,9 @@ finished run is never overwritten unless --force is given.
 
 
 def run(args: argparse.Namespace) -> int:
-    from benchmark.runner import execute_run, load_run_config, resolve_run
-    from benchmark.runner.report import summary_frame
-    from benchmark.io import read_json
+    from rfbench.benchmark.runner import execute_run, load_run_config, resolve_run
+    from rfbench.benchmark.runner.report import summary_frame
+    from rfbench.benchmark.io import read_json
 
     if args.quiet:
         logging.getLogger().setLevel(logging.WARNING)
@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from benchmark.cli import HelpFormatter
+    from rfbench.benchmark.cli import HelpFormatter
 
     p = sub.add_parser("run", help="train, select and evaluate one run from a run config or track",
                        description=__doc__, epilog=EPILOG, formatter_class=HelpFormatter)

@@ -29,9 +29,9 @@ defense plugin; copy it into your defense's repository (see leaderboards/SUBMITT
 
 
 def run(args: argparse.Namespace) -> int:
-    from benchmark.leaderboard.schema import leaderboards_root
-    from benchmark.runner.smoke import TRACK, smoke_one, smoke_table
-    from defenses import list_defenses
+    from rfbench.benchmark.leaderboard.schema import leaderboards_root
+    from rfbench.benchmark.runner.smoke import TRACK, smoke_one, smoke_table
+    from rfbench.defenses import list_defenses
 
     logging.getLogger().setLevel(logging.DEBUG if args.verbose_smoke else logging.WARNING)
     defenses = args.defense or list_defenses()
@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from benchmark.cli import HelpFormatter
+    from rfbench.benchmark.cli import HelpFormatter
 
     p = sub.add_parser("smoke", help="a few training steps + a cheap evaluation for every defense (CI)",
                        description=__doc__, epilog=EPILOG, formatter_class=HelpFormatter)

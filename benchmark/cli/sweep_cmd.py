@@ -33,8 +33,8 @@ cluster, every node needs rfbench installed and OUT on a shared filesystem.
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from benchmark.runner.executors import ExecutorOptions
-    from benchmark.runner.sweep import load_grid, run_sweep
+    from rfbench.benchmark.runner.executors import ExecutorOptions
+    from rfbench.benchmark.runner.sweep import load_grid, run_sweep
 
     if args.quiet:
         logging.getLogger().setLevel(logging.WARNING)
@@ -54,8 +54,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from benchmark.cli import HelpFormatter
-    from benchmark.runner.executors import EXECUTORS
+    from rfbench.benchmark.cli import HelpFormatter
+    from rfbench.benchmark.runner.executors import EXECUTORS
 
     p = sub.add_parser("sweep", help="run a grid of runs (locally or on Ray) and summarise over seeds",
                        description=__doc__, epilog=EPILOG, formatter_class=HelpFormatter)

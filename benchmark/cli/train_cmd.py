@@ -6,8 +6,8 @@ import argparse
 import logging
 import sys
 
-from benchmark.cli.config_args import add_config_flags, resolve_config
-from benchmark.train.config import TrainConfig
+from rfbench.benchmark.cli.config_args import add_config_flags, resolve_config
+from rfbench.benchmark.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ such as defense_args.beta=6); `rfbench list defenses` names the defenses.
 
 
 def run(args: argparse.Namespace) -> int:
-    from benchmark.train.trainer import train
+    from rfbench.benchmark.train.trainer import train
 
     cfg = resolve_config(TrainConfig, args, args.config, args.overrides)
     out = train(cfg, quiet=args.quiet, force=args.force)
@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from benchmark.cli import HelpFormatter
+    from rfbench.benchmark.cli import HelpFormatter
 
     p = sub.add_parser("train", help="train a model with a defense", description=__doc__, epilog=EPILOG,
                        formatter_class=HelpFormatter)

@@ -1,12 +1,12 @@
 """Datasets: uint8 in-memory splits, long-tailed variants, batch augmentation."""
 
-from benchmark.data import idx as _idx  # noqa: F401  (registers mnist, fashion-mnist)
-from benchmark.data import imagefolder as _imagefolder  # noqa: F401  (registers imagefolder:, imagenet:)
-from benchmark.data import torchvision_sets as _torchvision_sets  # noqa: F401  (registers cifar10, cifar100, svhn, stl10)
-from benchmark.data.augment import AugmentConfig, augment_batch
-from benchmark.data.base import ArrayDataset, DataBundle, channel_stats, iterate_batches, to_float
-from benchmark.data.longtail import VAL_BORROW_MODES, balanced_validation, longtail_counts, longtail_indices
-from benchmark.data.registry import (
+from rfbench.benchmark.data import idx as _idx  # noqa: F401  (registers mnist, fashion-mnist)
+from rfbench.benchmark.data import imagefolder as _imagefolder  # noqa: F401  (registers imagefolder:, imagenet:)
+from rfbench.benchmark.data import torchvision_sets as _torchvision_sets  # noqa: F401  (registers cifar10, cifar100, svhn, stl10)
+from rfbench.benchmark.data.augment import AugmentConfig, augment_batch
+from rfbench.benchmark.data.base import ArrayDataset, DataBundle, channel_stats, iterate_batches, to_float
+from rfbench.benchmark.data.longtail import VAL_BORROW_MODES, balanced_validation, longtail_counts, longtail_indices
+from rfbench.benchmark.data.registry import (
     DATASETS,
     PATH_SCHEMES,
     DataOptions,
@@ -18,7 +18,7 @@ from benchmark.data.registry import (
     register_dataset,
     register_path_scheme,
 )
-from benchmark.data.subsets import per_class_subset, stratified_subset
+from rfbench.benchmark.data.subsets import per_class_subset, stratified_subset
 
 __all__ = [
     "ArrayDataset",

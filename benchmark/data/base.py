@@ -2,7 +2,7 @@
 
 Every dataset is materialised once as an :class:`ArrayDataset` (uint8 images
 ``N×C×H×W`` and int64 labels).  Batches are converted to float in [0,1] and
-augmented on the batch's device (see :mod:`benchmark.data.augment`): no
+augmented on the batch's device (see :mod:`rfbench.benchmark.data.augment`): no
 per-sample Python transforms, no DataLoader workers.
 """
 
@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Iterator
 
 import torch
 
-from benchmark.data.augment import AugmentConfig, augment_batch
-from benchmark.errors import DataNotFoundError
+from rfbench.benchmark.data.augment import AugmentConfig, augment_batch
+from rfbench.benchmark.errors import DataNotFoundError
 
 if TYPE_CHECKING:
-    from benchmark.data.registry import ThreatDefaults
+    from rfbench.benchmark.data.registry import ThreatDefaults
 
 
 @dataclass

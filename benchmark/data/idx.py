@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmark.data.augment import AugmentConfig
-from benchmark.data.base import ArrayDataset
-from benchmark.data.registry import DEFAULT_DOWNLOAD_ROOT, DataOptions, RawSplits, ThreatDefaults, register_dataset
-from benchmark.errors import DataNotFoundError
+from rfbench.benchmark.data.augment import AugmentConfig
+from rfbench.benchmark.data.base import ArrayDataset
+from rfbench.benchmark.data.registry import DEFAULT_DOWNLOAD_ROOT, DataOptions, RawSplits, ThreatDefaults, register_dataset
+from rfbench.benchmark.errors import DataNotFoundError
 
 log = logging.getLogger(__name__)
 

@@ -4,17 +4,17 @@ A dataset source is registered with ``@register_dataset(name)`` (or
 ``@register_path_scheme(scheme)`` for ``scheme:PATH`` sources) and returns a
 :class:`RawSplits` (the full training and test sets plus its augmentation,
 threat-model defaults and normalisation).  :func:`load_dataset` turns that
-into a :class:`~benchmark.data.base.DataBundle`: it applies the long-tailed
+into a :class:`~rfbench.benchmark.data.base.DataBundle`: it applies the long-tailed
 generator when asked (``cifar10-lt`` or ``imbalance_ratio=``), and holds out
 a balanced validation split as the protocol says (see
-:mod:`benchmark.data.longtail`).
+:mod:`rfbench.benchmark.data.longtail`).
 
 Names:
 
-* ``cifar10``, ``cifar100``, ``svhn``, ``stl10`` (:mod:`~benchmark.data.torchvision_sets`),
-  ``mnist``, ``fashion-mnist`` (:mod:`~benchmark.data.idx`);
+* ``cifar10``, ``cifar100``, ``svhn``, ``stl10`` (:mod:`~rfbench.benchmark.data.torchvision_sets`),
+  ``mnist``, ``fashion-mnist`` (:mod:`~rfbench.benchmark.data.idx`);
 * ``NAME-lt`` for any of them (the imbalance ratio ρ defaults to 50);
-* ``imagefolder:PATH`` and ``imagenet:PATH`` (:mod:`~benchmark.data.imagefolder`);
+* ``imagefolder:PATH`` and ``imagenet:PATH`` (:mod:`~rfbench.benchmark.data.imagefolder`);
   give these a long tail with ``imbalance_ratio=``.
 
 Example::
@@ -32,11 +32,11 @@ from typing import Callable
 import numpy as np
 import torch
 
-from benchmark.data.augment import AugmentConfig
-from benchmark.data.base import ArrayDataset, DataBundle
-from benchmark.data.longtail import VAL_BORROW_MODES, balanced_validation, longtail_indices
-from benchmark.errors import ConfigError, DataNotFoundError
-from benchmark.registry import Registry
+from rfbench.benchmark.data.augment import AugmentConfig
+from rfbench.benchmark.data.base import ArrayDataset, DataBundle
+from rfbench.benchmark.data.longtail import VAL_BORROW_MODES, balanced_validation, longtail_indices
+from rfbench.benchmark.errors import ConfigError, DataNotFoundError
+from rfbench.benchmark.registry import Registry
 
 
 @dataclass
@@ -160,13 +160,13 @@ def load_dataset(
     """Load ``name`` as a :class:`DataBundle` with train, balanced validation and test splits.
 
     ``imbalance_ratio`` (ρ) makes a long-tailed training set with the reference
-    generator (:func:`~benchmark.data.longtail.longtail_indices`); a ``-lt``
+    generator (:func:`~rfbench.benchmark.data.longtail.longtail_indices`); a ``-lt``
     name implies ρ = 50 unless given.  The validation split holds
     ``val_per_class`` images of every class (default: 2% of the largest
     class, at least ``val_min``), drawn with ``seed``; ``val_borrow`` says
     whether validation images a long-tailed class had to take from its own
     selected images leave training (``"remove"``) or stay in it
-    (``"share"``); see :func:`~benchmark.data.longtail.balanced_validation`.
+    (``"share"``); see :func:`~rfbench.benchmark.data.longtail.balanced_validation`.
     A balanced dataset always holds its validation images out of training.
     Everything a result file must say about the splits is in ``bundle.notes``.
     """

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from benchmark.data.base import ArrayDataset
+from rfbench.benchmark.data.base import ArrayDataset
 
 
 def per_class_subset(ds: ArrayDataset, n_per_class: int, seed: int = 0) -> ArrayDataset:

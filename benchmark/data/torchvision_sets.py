@@ -18,7 +18,7 @@ with ``download=False`` they refuse any file whose md5 differs from the
 published one, re-hashing every file on every load (STL-10's 2.6 GB
 unlabeled set included, which rfbench never uses).  Instead the readers
 check the format (keys, shapes, label range) and raise
-:class:`~benchmark.errors.DataNotFoundError` for anything missing or
+:class:`~rfbench.benchmark.errors.DataNotFoundError` for anything missing or
 malformed.  CIFAR batches are Python pickles; they are read with an
 unpickler that only admits NumPy arrays, so a tampered file cannot run code.
 
@@ -40,10 +40,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from benchmark.data.augment import AugmentConfig
-from benchmark.data.base import ArrayDataset, channel_stats
-from benchmark.data.registry import DEFAULT_DOWNLOAD_ROOT, DataOptions, RawSplits, ThreatDefaults, register_dataset
-from benchmark.errors import DataNotFoundError
+from rfbench.benchmark.data.augment import AugmentConfig
+from rfbench.benchmark.data.base import ArrayDataset, channel_stats
+from rfbench.benchmark.data.registry import DEFAULT_DOWNLOAD_ROOT, DataOptions, RawSplits, ThreatDefaults, register_dataset
+from rfbench.benchmark.errors import DataNotFoundError
 
 log = logging.getLogger(__name__)
 

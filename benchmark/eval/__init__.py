@@ -2,15 +2,15 @@
 
 Example::
 
-    from benchmark.eval import EvalConfig, evaluate
+    from rfbench.benchmark.eval import EvalConfig, evaluate
     result = evaluate(model, bundle, EvalConfig(attacks=["pgd", "cw"], n_per_class=100), "out/")
 
 See ``docs/evaluation.md`` for the command line and the result schema.
 """
 
-from benchmark.eval.flags import SampleFlags
-from benchmark.eval.harness import AttackBallError, EvalConfig, evaluate, verify_in_ball
-from benchmark.eval.result import SCHEMA, build_result, markdown_table, validate_result
+from rfbench.benchmark.eval.flags import SampleFlags
+from rfbench.benchmark.eval.harness import AttackBallError, EvalConfig, evaluate, verify_in_ball
+from rfbench.benchmark.eval.result import SCHEMA, build_result, markdown_table, validate_result
 
 __all__ = [
     "SCHEMA",

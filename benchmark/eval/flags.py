@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from benchmark.errors import RfbenchError
-from benchmark.io.atomic import atomic_write_bytes
+from rfbench.benchmark.errors import RfbenchError
+from rfbench.benchmark.io.atomic import atomic_write_bytes
 
 
 @dataclass

@@ -2,11 +2,11 @@
 
 Example::
 
-    from benchmark.eval import EvalConfig, evaluate
+    from rfbench.benchmark.eval import EvalConfig, evaluate
     result = evaluate(model, bundle, EvalConfig(attacks=["pgd:steps=20", "cw"], n_per_class=100), "runs/demo/eval")
     result["summary"]["worst_case"]["worst"]
 
-Before any attack, :func:`benchmark.eval.model_checks.check_model` checks that
+Before any attack, :func:`rfbench.benchmark.eval.model_checks.check_model` checks that
 the model maps a batch to finite ``(batch, C)`` logits (an error otherwise) and
 warns, in ``checks.model`` of the result, about probability outputs and
 nondeterminism.  Per batch: clean predictions; every attack in order (cheap attacks on every
@@ -37,20 +37,20 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from attacks.named import Attack
-from attacks.spec import DEFAULT_SUITE, Threat, build_attacks, sweep_base, t_sweep_specs
-from benchmark.config import choice, rng
-from benchmark.data.base import ArrayDataset, DataBundle, iterate_batches
-from benchmark.data.subsets import per_class_subset
-from benchmark.errors import RfbenchError
-from benchmark.eval.checks import overall_verdict
-from benchmark.eval.flags import SampleFlags
-from benchmark.eval.metrics import class_weight_norms
-from benchmark.eval.model_checks import check_model
-from benchmark.eval.provenance import provenance
-from benchmark.eval.result import build_result, write_outputs
-from benchmark.io.atomic import remove_stale_temps
-from benchmark.train.runtime import autocast_dtype, resolve_device, use_channels_last
+from rfbench.attacks.named import Attack
+from rfbench.attacks.spec import DEFAULT_SUITE, Threat, build_attacks, sweep_base, t_sweep_specs
+from rfbench.benchmark.config import choice, rng
+from rfbench.benchmark.data.base import ArrayDataset, DataBundle, iterate_batches
+from rfbench.benchmark.data.subsets import per_class_subset
+from rfbench.benchmark.errors import RfbenchError
+from rfbench.benchmark.eval.checks import overall_verdict
+from rfbench.benchmark.eval.flags import SampleFlags
+from rfbench.benchmark.eval.metrics import class_weight_norms
+from rfbench.benchmark.eval.model_checks import check_model
+from rfbench.benchmark.eval.provenance import provenance
+from rfbench.benchmark.eval.result import build_result, write_outputs
+from rfbench.benchmark.io.atomic import remove_stale_temps
+from rfbench.benchmark.train.runtime import autocast_dtype, resolve_device, use_channels_last
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from benchmark.errors import RfbenchError
+from rfbench.benchmark.errors import RfbenchError
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def autoattack_checks(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) 
     """pyautoattack's softmax-output and randomness checks on ``(x, y)``, as flags ``{id: {message, count}}``."""
     from pyautoattack import checks
 
-    from attacks.autoattack import _routed
+    from rfbench.attacks.autoattack import _routed
 
     flags: dict[str, dict[str, Any]] = {}
     with _routed(flags):

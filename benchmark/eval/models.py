@@ -1,8 +1,8 @@
 """Where an evaluated model comes from: a run directory, a registry name, a user's factory, or RobustBench.
 
-* ``--run DIR [--which best|last]``: :func:`benchmark.train.rundir.load_run_model`;
+* ``--run DIR [--which best|last]``: :func:`rfbench.benchmark.train.rundir.load_run_model`;
 * ``--model NAME --weights W``: a registered architecture with weights loaded safely
-  (:func:`benchmark.io.load_checkpoint`, ``weights_only``);
+  (:func:`rfbench.benchmark.io.load_checkpoint`, ``weights_only``);
 * ``--model path/to/file.py:factory [--weights W] --allow-code``: **runs the code in
   that file** to build the model, so it needs the explicit ``--allow-code``;
 * ``--model robustbench:<Name>``: a RobustBench zoo model (imported lazily; the
@@ -20,10 +20,10 @@ from typing import Any
 
 import torch
 
-from benchmark.errors import ConfigError, RfbenchError
-from benchmark.io.checkpoint import load_checkpoint, load_state_dict_into
-from benchmark.models import create_model
-from benchmark.plugins import import_target
+from rfbench.benchmark.errors import ConfigError, RfbenchError
+from rfbench.benchmark.io.checkpoint import load_checkpoint, load_state_dict_into
+from rfbench.benchmark.models import create_model
+from rfbench.benchmark.plugins import import_target
 
 ROBUSTBENCH_HINT = ("install it from its repository: pip install git+https://github.com/RobustBench/robustbench.git "
                     "(the PyPI release 1.1.1 cannot be installed next to pyautoattack)")
@@ -37,8 +37,8 @@ def from_run(run_dir: str | Path, which: str = "best", device: torch.device | st
     A directory written by ``rfbench calibrate`` evaluates the calibrated model
     (the source run's checkpoint wrapped in its frozen per-class calibration).
     """
-    from benchmark.calibrate import is_calibration_dir, load_calibrated_model
-    from benchmark.train.rundir import load_run_model
+    from rfbench.benchmark.calibrate import is_calibration_dir, load_calibrated_model
+    from rfbench.benchmark.train.rundir import load_run_model
 
     calibrated = is_calibration_dir(run_dir)
     if calibrated:

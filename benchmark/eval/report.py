@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from benchmark.errors import RfbenchError
-from benchmark.eval import metrics as M
-from benchmark.eval.result import validate_result
-from benchmark.io.atomic import read_json
+from rfbench.benchmark.errors import RfbenchError
+from rfbench.benchmark.eval import metrics as M
+from rfbench.benchmark.eval.result import validate_result
+from rfbench.benchmark.io.atomic import read_json
 
 
 def load_results(paths: list[str | Path]) -> list[tuple[str, dict]]:

@@ -29,12 +29,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from attacks.named import format_eps
-from attacks.spec import Threat
-from benchmark.eval import checks as checks_mod
-from benchmark.eval import metrics as M
-from benchmark.eval.flags import SampleFlags
-from benchmark.io.atomic import atomic_write_json, atomic_write_text
+from rfbench.attacks.named import format_eps
+from rfbench.attacks.spec import Threat
+from rfbench.benchmark.eval import checks as checks_mod
+from rfbench.benchmark.eval import metrics as M
+from rfbench.benchmark.eval.flags import SampleFlags
+from rfbench.benchmark.io.atomic import atomic_write_json, atomic_write_text
 
 SCHEMA = "rfbench.result/1"
 REQUIRED_KEYS = ("schema", "classes", "n_per_class", "threat", "attacks", "per_class", "summary", "confusion",
@@ -245,7 +245,7 @@ def write_outputs(result: dict, out_dir: str | Path, *, plot: bool = False) -> d
     atomic_write_text(paths["csv"], per_class_frame(result).to_csv(index_label="class_index"))
     atomic_write_text(paths["md"], markdown_table(result) + "\n")
     if plot:
-        from benchmark.eval.plots import plot_confusion_flow, plot_per_class
+        from rfbench.benchmark.eval.plots import plot_confusion_flow, plot_per_class
 
         paths["per_class_png"] = plot_per_class(result, out_dir / "per_class.png")
         paths["confusion_png"] = plot_confusion_flow(result, out_dir / "confusion_flow.png")

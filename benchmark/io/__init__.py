@@ -1,8 +1,8 @@
 """File I/O: atomic writes and safe checkpoint loading."""
 
-from benchmark.io.atomic import (atomic_write, atomic_write_bytes, atomic_write_json, atomic_write_text, read_json,
+from rfbench.benchmark.io.atomic import (atomic_write, atomic_write_bytes, atomic_write_json, atomic_write_text, read_json,
                                  remove_stale_temps)
-from benchmark.io.checkpoint import load_checkpoint, load_state_dict_into, save_checkpoint
+from rfbench.benchmark.io.checkpoint import load_checkpoint, load_state_dict_into, save_checkpoint
 
 __all__ = [
     "atomic_write",

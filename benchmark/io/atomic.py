@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterator
 
-from benchmark.errors import RfbenchError
+from rfbench.benchmark.errors import RfbenchError
 
 
 # mkstemp's names: ".<target>.<8 random characters>.tmp" (see atomic_write)

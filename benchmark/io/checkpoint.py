@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from benchmark.errors import CheckpointError
-from benchmark.io.atomic import atomic_write_bytes
+from rfbench.benchmark.errors import CheckpointError
+from rfbench.benchmark.io.atomic import atomic_write_bytes
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:

@@ -1,14 +1,14 @@
 """Leaderboards: tracks, entries (JSON data), their checks, submission and the rendered pages.
 
-* :mod:`~benchmark.leaderboard.schema`: ``track.yaml`` and ``rfbench.entry/1`` dataclasses;
-* :mod:`~benchmark.leaderboard.check`: ``rfbench leaderboard check`` (schema, protocol, recomputed summaries, flags);
-* :mod:`~benchmark.leaderboard.submit`: ``rfbench leaderboard submit`` (an entry from a finished run);
-* :mod:`~benchmark.leaderboard.build`: ``rfbench leaderboard build`` (README, per-track pages, heat maps);
-* :mod:`~benchmark.leaderboard.paths`: paths inside entries stay inside the repository.
+* :mod:`~rfbench.benchmark.leaderboard.schema`: ``track.yaml`` and ``rfbench.entry/1`` dataclasses;
+* :mod:`~rfbench.benchmark.leaderboard.check`: ``rfbench leaderboard check`` (schema, protocol, recomputed summaries, flags);
+* :mod:`~rfbench.benchmark.leaderboard.submit`: ``rfbench leaderboard submit`` (an entry from a finished run);
+* :mod:`~rfbench.benchmark.leaderboard.build`: ``rfbench leaderboard build`` (README, per-track pages, heat maps);
+* :mod:`~rfbench.benchmark.leaderboard.paths`: paths inside entries stay inside the repository.
 """
 
-from benchmark.leaderboard.check import check_entry, check_entry_file, read_entry_file
-from benchmark.leaderboard.schema import ENTRY_SCHEMA, Entry, EntryError, Track, find_track, leaderboards_root, load_track
+from rfbench.benchmark.leaderboard.check import check_entry, check_entry_file, read_entry_file
+from rfbench.benchmark.leaderboard.schema import ENTRY_SCHEMA, Entry, EntryError, Track, find_track, leaderboards_root, load_track
 
 __all__ = ["ENTRY_SCHEMA", "Entry", "EntryError", "Track", "check_entry", "check_entry_file", "find_track",
            "leaderboards_root", "load_track", "read_entry_file"]

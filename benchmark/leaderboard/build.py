@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmark.io import atomic_write_text
-from benchmark.leaderboard.check import check_entry_file
-from benchmark.leaderboard.schema import Entry, EntryError, Track, list_tracks
+from rfbench.benchmark.io import atomic_write_text
+from rfbench.benchmark.leaderboard.check import check_entry_file
+from rfbench.benchmark.leaderboard.schema import Entry, EntryError, Track, list_tracks
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def plot_heatmap(board: TrackBoard, path: Path) -> Path:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from benchmark.eval.plots import save_figure
+    from rfbench.benchmark.eval.plots import save_figure
 
     ck = board.track.info.protocol.checkpoint
     classes = board.entries[0].classes

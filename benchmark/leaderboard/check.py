@@ -1,7 +1,7 @@
 """``rfbench leaderboard check``: validate an entry against the schema, its track's protocol and itself.
 
 Every finding is a specific message (which field, what it holds, what was
-expected); :func:`check_entry` raises :class:`~benchmark.leaderboard.schema.EntryError`
+expected); :func:`check_entry` raises :class:`~rfbench.benchmark.leaderboard.schema.EntryError`
 listing all of them.  What is checked:
 
 1. the file is JSON and follows ``rfbench.entry/1`` (no unknown keys, right types);
@@ -12,7 +12,7 @@ listing all of them.  What is checked:
 4. internal consistency: each per-class accuracy is a count out of that class's
    test images; the worst case is at most the clean accuracy and every attack it
    covers; every summary equals the one recomputed from its per-class vector
-   (:func:`benchmark.eval.metrics.summarize`);
+   (:func:`rfbench.benchmark.eval.metrics.summarize`);
 5. when a per-sample flag file is given (the entry's ``flags_file`` or ``--flags``),
    the per-class vectors equal those recomputed from the flags;
 6. paths (``defense.code``, ``flags_file``) are repository-relative and stay inside it.
@@ -30,10 +30,10 @@ from typing import Any
 
 import numpy as np
 
-from benchmark.errors import RfbenchError
-from benchmark.eval.metrics import per_class_accuracy, summarize
-from benchmark.leaderboard.paths import UnsafePathError, is_url, safe_repo_path
-from benchmark.leaderboard.schema import SUMMARY_FIELDS, Entry, EntryError, Evaluation, Track, find_track, parse_entry
+from rfbench.benchmark.errors import RfbenchError
+from rfbench.benchmark.eval.metrics import per_class_accuracy, summarize
+from rfbench.benchmark.leaderboard.paths import UnsafePathError, is_url, safe_repo_path
+from rfbench.benchmark.leaderboard.schema import SUMMARY_FIELDS, Entry, EntryError, Evaluation, Track, find_track, parse_entry
 
 TOL = 1e-9
 
@@ -167,7 +167,7 @@ def check_evaluation(which: str, ev: Evaluation, classes: list[str]) -> list[str
 
 def check_flags(which: str, ev: Evaluation, flags_path: Path) -> list[str]:
     """The per-class vectors of ``ev`` recomputed from a per-sample flag file."""
-    from benchmark.eval.flags import SampleFlags
+    from rfbench.benchmark.eval.flags import SampleFlags
 
     at = f"evaluations.{which}"
     try:

@@ -34,10 +34,10 @@ from pathlib import Path
 
 import yaml
 
-from benchmark.errors import RfbenchError
-from benchmark.leaderboard.check import check_entry, check_entry_file
-from benchmark.leaderboard.schema import Entry, EntryError, Track
-from benchmark.leaderboard.submit import entry_from_run
+from rfbench.benchmark.errors import RfbenchError
+from rfbench.benchmark.leaderboard.check import check_entry, check_entry_file
+from rfbench.benchmark.leaderboard.schema import Entry, EntryError, Track
+from rfbench.benchmark.leaderboard.submit import entry_from_run
 
 #: (row label, summary block, summary field) of every compared number
 METRICS = (("mean robust", "worst_case", "mean"), ("worst-class robust", "worst_case", "worst"),

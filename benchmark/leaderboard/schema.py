@@ -1,6 +1,6 @@
 """Leaderboard data: tracks (``leaderboards/<track>/track.yaml``) and entries (``leaderboards/<track>/<id>.json``).
 
-A **track** is a run config (:class:`~benchmark.runner.config.RunConfig`)
+A **track** is a run config (:class:`~rfbench.benchmark.runner.config.RunConfig`)
 whose ``track:`` section fixes what entries are compared on::
 
     track:
@@ -34,9 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmark.config import choice, from_dict, rng
-from benchmark.errors import ConfigError, RfbenchError
-from benchmark.runner.config import RunConfig, load_run_config
+from rfbench.benchmark.config import choice, from_dict, rng
+from rfbench.benchmark.errors import ConfigError, RfbenchError
+from rfbench.benchmark.runner.config import RunConfig, load_run_config
 
 ENTRY_SCHEMA = "rfbench.entry/1"
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}$")
@@ -88,8 +88,8 @@ class Track:
 
     def train_config_for(self, defense: str) -> dict[str, Any]:
         """The track's full training config (every TrainConfig key) when ``defense`` runs, its preset applied."""
-        from benchmark.config import to_dict
-        from benchmark.runner.config import resolve_run
+        from rfbench.benchmark.config import to_dict
+        from rfbench.benchmark.runner.config import resolve_run
 
         return to_dict(resolve_run(self.run, defense=defense, out="track-run").train)
 

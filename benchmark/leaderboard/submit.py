@@ -17,13 +17,13 @@ from typing import Any
 
 import yaml
 
-from benchmark.errors import ConfigError, RfbenchError
-from benchmark.io import atomic_write_bytes, atomic_write_json, read_json
-from benchmark.leaderboard.check import check_entry, check_entry_file
-from benchmark.leaderboard.paths import is_url
-from benchmark.leaderboard.schema import ENTRY_SCHEMA, SUMMARY_FIELDS, Track
-from benchmark.runner.config import slug
-from benchmark.runner.report import RUN_SCHEMA
+from rfbench.benchmark.errors import ConfigError, RfbenchError
+from rfbench.benchmark.io import atomic_write_bytes, atomic_write_json, read_json
+from rfbench.benchmark.leaderboard.check import check_entry, check_entry_file
+from rfbench.benchmark.leaderboard.paths import is_url
+from rfbench.benchmark.leaderboard.schema import ENTRY_SCHEMA, SUMMARY_FIELDS, Track
+from rfbench.benchmark.runner.config import slug
+from rfbench.benchmark.runner.report import RUN_SCHEMA
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ LOCAL_KEYS = ("out", "init")  # machine-local paths, not part of an entry
 
 def defense_code_path(defense: str, root: Path) -> str:
     """Repository-relative source file of a defense (built-in or a plugin file inside the repository)."""
-    from defenses.registry import get_defense_class
+    from rfbench.defenses.registry import get_defense_class
 
     source = inspect.getsourcefile(get_defense_class(defense))
     path = Path(source).resolve() if source else None

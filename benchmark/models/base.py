@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from benchmark.registry import Registry
+from rfbench.benchmark.registry import Registry
 
 
 class Normalize(nn.Module):

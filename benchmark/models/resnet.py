@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmark.models.base import RFModel, register_model
+from rfbench.benchmark.models.base import RFModel, register_model
 
 
 class BasicBlock(nn.Module):

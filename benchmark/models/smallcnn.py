@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from benchmark.models.base import RFModel, register_model
+from rfbench.benchmark.models.base import RFModel, register_model
 
 
 class SmallCNN(RFModel):

@@ -34,7 +34,7 @@ import io
 from dataclasses import dataclass
 from typing import Any
 
-from benchmark.data.longtail import longtail_counts
+from rfbench.benchmark.data.longtail import longtail_counts
 
 #: forward GFLOP per image (performance.md, "Work counts")
 FORWARD_GFLOP = {"resnet18": 1.11, "preact_resnet18": 1.11, "wrn28_10": 10.5, "wrn34_10": 13.3}
@@ -69,7 +69,7 @@ def measured_gflop(model: str, num_classes: int, shape: tuple[int, int, int], kw
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from benchmark.models import create_model
+    from rfbench.benchmark.models import create_model
 
     net = create_model(model, num_classes=num_classes, in_channels=shape[0], mean=(0.0,) * shape[0],
                        std=(1.0,) * shape[0], **dict(kwargs_items)).eval()
@@ -127,7 +127,7 @@ def eval_fwd_per_image(attack_specs: list[Any], norm: str, eps: float, eval_step
     """Forward-equivalents per test image of a suite (clean pass included)."""
     import torch
 
-    from attacks.spec import DEFAULT_SUITE, Threat, build_attacks
+    from rfbench.attacks.spec import DEFAULT_SUITE, Threat, build_attacks
 
     threat = Threat(norm=norm, eps=eps, steps=eval_steps, alpha=eps / 4)
     with contextlib.redirect_stdout(io.StringIO()):  # pyautoattack prints its settings when built
@@ -136,7 +136,7 @@ def eval_fwd_per_image(attack_specs: list[Any], norm: str, eps: float, eval_step
 
 
 def run_cost(run) -> RunCost:
-    """FLOP of a :class:`~benchmark.runner.config.ResolvedRun` (pretraining included)."""
+    """FLOP of a :class:`~rfbench.benchmark.runner.config.ResolvedRun` (pretraining included)."""
     ev = run.eval
     total_train = 0.0
     sizes = None

@@ -26,9 +26,9 @@ from typing import Any, Callable
 
 from tqdm.auto import tqdm
 
-from benchmark.errors import RfbenchError
-from benchmark.registry import Registry
-from benchmark.runner.config import ResolvedRun
+from rfbench.benchmark.errors import RfbenchError
+from rfbench.benchmark.registry import Registry
+from rfbench.benchmark.runner.config import ResolvedRun
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ EXECUTORS: Registry[Callable[[list[Cell], ExecutorOptions], list[CellOutcome]]] 
 
 def run_cell(run: ResolvedRun, key: dict[str, Any], force: bool, quiet: bool) -> CellOutcome:
     """Execute one cell, turning a failure into an outcome (one bad cell does not stop a sweep)."""
-    from benchmark.runner.run import execute_run
+    from rfbench.benchmark.runner.run import execute_run
 
     t0 = time.time()
     try:

@@ -24,8 +24,8 @@ from typing import Any
 
 import pandas as pd
 
-from benchmark.eval.provenance import git_sha, package_versions
-from benchmark.io import atomic_write_json, atomic_write_text, read_json
+from rfbench.benchmark.eval.provenance import git_sha, package_versions
+from rfbench.benchmark.io import atomic_write_json, atomic_write_text, read_json
 
 RUN_SCHEMA = "rfbench.run/1"
 CHECKPOINT_KEYS = ("classes", "n_per_class", "worst_case_over", "per_class", "summary", "clean_acc", "autoattack_acc",
@@ -128,7 +128,7 @@ def plot_run(run: dict[str, Any], run_dir: Path) -> list[Path]:
     import matplotlib.ticker
     import numpy as np
 
-    from benchmark.eval.plots import save_figure
+    from rfbench.benchmark.eval.plots import save_figure
 
     paths = []
     df = per_class_frame(run)

@@ -39,13 +39,13 @@ from typing import Any
 
 import pandas as pd
 
-from benchmark.config import choice, from_dict, load_yaml, to_dict
-from benchmark.errors import ConfigError
-from benchmark.io import atomic_write_json, atomic_write_text, read_json
-from benchmark.runner.config import RunConfig, deep_merge, resolve_run, slug
-from benchmark.runner.cost import THROUGHPUT_TFLOPS, run_cost
-from benchmark.runner.executors import EXECUTORS, Cell, CellOutcome, ExecutorOptions
-from benchmark.runner.summary import mean_std
+from rfbench.benchmark.config import choice, from_dict, load_yaml, to_dict
+from rfbench.benchmark.errors import ConfigError
+from rfbench.benchmark.io import atomic_write_json, atomic_write_text, read_json
+from rfbench.benchmark.runner.config import RunConfig, deep_merge, resolve_run, slug
+from rfbench.benchmark.runner.cost import THROUGHPUT_TFLOPS, run_cost
+from rfbench.benchmark.runner.executors import EXECUTORS, Cell, CellOutcome, ExecutorOptions
+from rfbench.benchmark.runner.summary import mean_std
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 Example::
 
-    from benchmark.runner import load_run_config, resolve_run, execute_run
+    from rfbench.benchmark.runner import load_run_config, resolve_run, execute_run
     run = resolve_run(load_run_config("leaderboards/fashion-mnist-linf/track.yaml"), defense="trades", seed=1)
     run_dir = execute_run(run)            # runs/fashion-mnist-linf/trades-s1/result.json
 
@@ -30,12 +30,12 @@ from typing import Any
 
 import yaml
 
-from benchmark.config import dump_yaml
-from benchmark.errors import ConfigError
-from benchmark.io import atomic_write_bytes, atomic_write_text
-from benchmark.runner.config import ResolvedRun, config_differences, fingerprint
-from benchmark.runner.report import build_run_result, write_run_outputs
-from benchmark.runner.stages import StageLog
+from rfbench.benchmark.config import dump_yaml
+from rfbench.benchmark.errors import ConfigError
+from rfbench.benchmark.io import atomic_write_bytes, atomic_write_text
+from rfbench.benchmark.runner.config import ResolvedRun, config_differences, fingerprint
+from rfbench.benchmark.runner.report import build_run_result, write_run_outputs
+from rfbench.benchmark.runner.stages import StageLog
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def _clear_outputs(run: ResolvedRun) -> None:
 
 
 def _train_stage(cfg, quiet: bool, force: bool) -> None:
-    from benchmark.train.trainer import train
+    from rfbench.benchmark.train.trainer import train
 
     train(cfg, quiet=quiet, force=force)
 
@@ -76,7 +76,7 @@ def _train_stage(cfg, quiet: bool, force: bool) -> None:
 def _reuse_identical(run: ResolvedRun, which: str, model, evaluated: dict[str, str]) -> None:
     """When ``which`` holds the same weights as a checkpoint already evaluated (best = last epoch), start its
     evaluation from that one's finished flag file: the harness then resumes with nothing left to attack."""
-    from benchmark.eval.harness import FLAGS_FILE, model_digest
+    from rfbench.benchmark.eval.harness import FLAGS_FILE, model_digest
 
     digest = model_digest(model)
     same = evaluated.get(digest)
@@ -88,10 +88,10 @@ def _reuse_identical(run: ResolvedRun, which: str, model, evaluated: dict[str, s
 
 
 def _eval_stage(run: ResolvedRun, which: str, bundles: dict[str, Any], evaluated: dict[str, str]) -> dict[str, Any]:
-    from benchmark.data import load_dataset
-    from benchmark.eval import evaluate
-    from benchmark.eval.models import data_args_from_run, from_run
-    from benchmark.train.runtime import resolve_device
+    from rfbench.benchmark.data import load_dataset
+    from rfbench.benchmark.eval import evaluate
+    from rfbench.benchmark.eval.models import data_args_from_run, from_run
+    from rfbench.benchmark.train.runtime import resolve_device
 
     device = resolve_device(run.eval.device)
     model, source = from_run(run.out / "train", which, device=device)

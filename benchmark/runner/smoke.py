@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmark.errors import RfbenchError
-from benchmark.io import read_json
-from benchmark.runner.config import ResolvedRun, load_run_config, resolve_run, slug
-from benchmark.runner.run import execute_run
+from rfbench.benchmark.errors import RfbenchError
+from rfbench.benchmark.io import read_json
+from rfbench.benchmark.runner.config import ResolvedRun, load_run_config, resolve_run, slug
+from rfbench.benchmark.runner.run import execute_run
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class SmokeRow:
 
 def defense_fields(defense: str) -> set[str]:
     """Hyper-parameter names of a defense's ``Config``."""
-    from defenses.registry import get_defense_class
+    from rfbench.defenses.registry import get_defense_class
 
     cfg = get_defense_class(defense).Config
     return {f.name for f in dataclasses.fields(cfg)} if dataclasses.is_dataclass(cfg) else set()
@@ -100,9 +100,9 @@ def shrink(run: ResolvedRun, out: Path) -> ResolvedRun:
 
 def verify_run(run_dir: Path) -> dict[str, Any]:
     """Validate every result of a finished run; raise :class:`SmokeFailure` naming the first problem."""
-    from benchmark.eval.result import validate_result
-    from benchmark.leaderboard.check import check_evaluation, check_flags
-    from benchmark.leaderboard.schema import Evaluation
+    from rfbench.benchmark.eval.result import validate_result
+    from rfbench.benchmark.leaderboard.check import check_evaluation, check_flags
+    from rfbench.benchmark.leaderboard.schema import Evaluation
 
     run = read_json(run_dir / "result.json")
     for which, block in run["checkpoints"].items():

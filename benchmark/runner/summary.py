@@ -14,7 +14,7 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from benchmark.io import read_json
+from rfbench.benchmark.io import read_json
 
 #: summary metrics of one checkpoint: (column name, result name, summary field)
 BASE_METRICS = (("clean", "clean", "mean"), ("clean_worst", "clean", "worst"),

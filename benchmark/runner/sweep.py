@@ -16,7 +16,7 @@ Each cell runs in ``OUT/<dataset>/<defense>/<variant>/seed<k>`` (a normal
 ``rfbench run`` directory: finished cells are skipped on rerun).  After the
 executor is done, ``OUT/sweep.json`` lists the cells and their outcome, and
 ``OUT/summary.json`` / ``summary.md`` aggregate the seeds (see
-:mod:`benchmark.runner.summary`).
+:mod:`rfbench.benchmark.runner.summary`).
 """
 
 from __future__ import annotations
@@ -27,12 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmark.config import from_dict, load_yaml, to_dict
-from benchmark.errors import ConfigError
-from benchmark.io import atomic_write_json, atomic_write_text
-from benchmark.runner.config import RunConfig, deep_merge, load_run_config, resolve_run, slug
-from benchmark.runner.executors import EXECUTORS, Cell, CellOutcome, ExecutorOptions
-from benchmark.runner.summary import aggregate, per_run_frame, summary_markdown
+from rfbench.benchmark.config import from_dict, load_yaml, to_dict
+from rfbench.benchmark.errors import ConfigError
+from rfbench.benchmark.io import atomic_write_json, atomic_write_text
+from rfbench.benchmark.runner.config import RunConfig, deep_merge, load_run_config, resolve_run, slug
+from rfbench.benchmark.runner.executors import EXECUTORS, Cell, CellOutcome, ExecutorOptions
+from rfbench.benchmark.runner.summary import aggregate, per_run_frame, summary_markdown
 
 log = logging.getLogger(__name__)
 

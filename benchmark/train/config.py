@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from benchmark.config import choice, rng
-from benchmark.errors import ConfigError
+from rfbench.benchmark.config import choice, rng
+from rfbench.benchmark.errors import ConfigError
 
 
 @dataclass

@@ -8,12 +8,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchmark.config import from_dict
-from benchmark.errors import RfbenchError
-from benchmark.io import load_checkpoint, load_state_dict_into
-from benchmark.models import create_model
-from benchmark.train.config import TrainConfig
-from defenses import ThreatModel, TrainContext, build_defense
+from rfbench.benchmark.config import from_dict
+from rfbench.benchmark.errors import RfbenchError
+from rfbench.benchmark.io import load_checkpoint, load_state_dict_into
+from rfbench.benchmark.models import create_model
+from rfbench.benchmark.train.config import TrainConfig
+from rfbench.defenses import ThreatModel, TrainContext, build_defense
 
 CHECKPOINTS = {"best": "checkpoint-best.pt", "last": "checkpoint-last.pt"}
 

@@ -15,7 +15,7 @@ def resolve_device(spec: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(spec)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        from benchmark.errors import ConfigError
+        from rfbench.benchmark.errors import ConfigError
 
         raise ConfigError(f"device '{spec}' requested but CUDA is not available; use --device cpu")
     return dev

@@ -1,6 +1,6 @@
 """The trainer every defense plugs into.
 
-One loop for all defenses (see :mod:`defenses.base` for the hooks it calls).
+One loop for all defenses (see :mod:`rfbench.defenses.base` for the hooks it calls).
 Per epoch it hands the defense per-class statistics of the training
 adversarial examples and of a per-class validation (clean + PGD), keeps
 ``checkpoint-last.pt`` (everything needed to resume) and ``checkpoint-best.pt``
@@ -29,21 +29,21 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from benchmark.config import dump_yaml, to_dict
-from benchmark.data import DataBundle, iterate_batches, load_dataset
-from benchmark.data.subsets import stratified_subset
-from attacks.core import ShardedGenerator
-from benchmark.errors import ConfigError, Interrupted, RfbenchError
-from benchmark.io import (atomic_write_json, atomic_write_text, load_checkpoint, load_state_dict_into, remove_stale_temps,
+from rfbench.benchmark.config import dump_yaml, to_dict
+from rfbench.benchmark.data import DataBundle, iterate_batches, load_dataset
+from rfbench.benchmark.data.subsets import stratified_subset
+from rfbench.attacks.core import ShardedGenerator
+from rfbench.benchmark.errors import ConfigError, Interrupted, RfbenchError
+from rfbench.benchmark.io import (atomic_write_json, atomic_write_text, load_checkpoint, load_state_dict_into, remove_stale_temps,
                           save_checkpoint)
-from benchmark.models import create_model
-from benchmark.train.config import TrainConfig
-from benchmark.train.distributed import DistInfo, all_reduce_sum, any_rank, barrier, gather_rows, init_distributed, shard
-from benchmark.train.runtime import autocast_dtype, maybe_compile, resolve_device, seed_everything, use_channels_last
-from benchmark.train.schedule import lr_at
-from benchmark.train.validate import per_class_accuracy
-from defenses import EpochStats, ThreatModel, TrainContext, build_defense
-from defenses.base import Defense
+from rfbench.benchmark.models import create_model
+from rfbench.benchmark.train.config import TrainConfig
+from rfbench.benchmark.train.distributed import DistInfo, all_reduce_sum, any_rank, barrier, gather_rows, init_distributed, shard
+from rfbench.benchmark.train.runtime import autocast_dtype, maybe_compile, resolve_device, seed_everything, use_channels_last
+from rfbench.benchmark.train.schedule import lr_at
+from rfbench.benchmark.train.validate import per_class_accuracy
+from rfbench.defenses import EpochStats, ThreatModel, TrainContext, build_defense
+from rfbench.defenses.base import Defense
 
 log = logging.getLogger(__name__)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from attacks.core import pgd
-from benchmark.data.base import ArrayDataset, iterate_batches
+from rfbench.attacks.core import pgd
+from rfbench.benchmark.data.base import ArrayDataset, iterate_batches
 
 
 @torch.no_grad()

@@ -1,6 +1,6 @@
 """Helpers of the fault-injection suite: real ``rfbench`` subprocesses, their traces, run comparisons.
 
-Every fault test drives the real command line (``python -m benchmark.cli``)
+Every fault test drives the real command line (``python -m rfbench``)
 in a subprocess, on the tiny Fashion-MNIST budget below, and with the
 instrumentation of ``hook/sitecustomize.py`` switched on by
 ``RFBENCH_FAULT_TRACE``.  The trace lists what each process actually did
@@ -21,7 +21,7 @@ from typing import Callable
 
 import torch
 
-from benchmark.io import load_checkpoint
+from rfbench.benchmark.io import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 HOOK_DIR = Path(__file__).resolve().parent / "hook"
@@ -89,21 +89,21 @@ class Proc:
 
 
 def start(args: list[str], cwd: Path, trace: Path | None = None, **extra_env: str) -> Proc:
-    """Start ``python -m benchmark.cli ARGS`` in ``cwd`` (its own session, so signals reach only it)."""
+    """Start ``python -m rfbench ARGS`` in ``cwd`` (its own session, so signals reach only it)."""
     cwd.mkdir(parents=True, exist_ok=True)
     n = len(list(cwd.glob("stderr-*.txt")))
     err = cwd / f"stderr-{n}.txt"
     with open(cwd / f"stdout-{n}.txt", "wb") as out, open(err, "wb") as fh:
-        popen = subprocess.Popen([sys.executable, "-m", "benchmark.cli", *args], cwd=cwd, stdout=out, stderr=fh,
+        popen = subprocess.Popen([sys.executable, "-m", "rfbench.benchmark.cli", *args], cwd=cwd, stdout=out, stderr=fh,
                                  env=env(trace, **extra_env), start_new_session=True)
     return Proc(popen, err)
 
 
 def rfbench(args: list[str], cwd: Path, trace: Path | None = None, timeout: float = 300,
             **extra_env: str) -> subprocess.CompletedProcess:
-    """Run ``python -m benchmark.cli ARGS`` to completion; returns code, stdout and stderr."""
+    """Run ``python -m rfbench ARGS`` to completion; returns code, stdout and stderr."""
     cwd.mkdir(parents=True, exist_ok=True)
-    return subprocess.run([sys.executable, "-m", "benchmark.cli", *args], cwd=cwd, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "rfbench.benchmark.cli", *args], cwd=cwd, capture_output=True, text=True,
                           env=env(trace, **extra_env), timeout=timeout)
 
 

@@ -5,7 +5,7 @@ and out-of-range values name the key and what was expected; a missing or
 partial dataset root names the exact path and how to get the data; a user
 model with the wrong output shape is refused, and one returning probabilities
 or answering differently each time is reported in the result's checks.
-Most cases go through ``benchmark.cli.main`` in process (the console script's
+Most cases go through ``rfbench.benchmark.cli.main`` in process (the console script's
 code path); a few run as real subprocesses to prove the process-level contract.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmark.cli import main
+from rfbench.benchmark.cli import main
 from faultkit import assert_one_line_error, rfbench
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -169,7 +169,7 @@ def test_missing_cifar_root_names_the_expected_layout(capsys, tmp_path):
 USER_MODELS = '''
 import torch
 from torch import nn
-from benchmark.models import create_model
+from rfbench.benchmark.models import create_model
 
 
 def _base(num_classes, in_channels, mean, std):

@@ -27,11 +27,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmark.errors import CheckpointError, RfbenchError
-from benchmark.io import atomic, atomic_write_json, load_checkpoint, load_state_dict_into, read_json, save_checkpoint
-from benchmark.models import create_model
-from benchmark.train.config import TrainConfig
-from benchmark.train.trainer import train
+from rfbench.benchmark.errors import CheckpointError, RfbenchError
+from rfbench.benchmark.io import atomic, atomic_write_json, load_checkpoint, load_state_dict_into, read_json, save_checkpoint
+from rfbench.benchmark.models import create_model
+from rfbench.benchmark.train.config import TrainConfig
+from rfbench.benchmark.train.trainer import train
 from faultkit import REPO, assert_one_line_error, assert_same_run, env, train_cmd
 
 HAS_DEV_FULL = os.path.exists("/dev/full")
@@ -127,7 +127,7 @@ def test_real_full_tmpfs_during_rfbench_train(tmp_path, reference_run):
     mnt.mkdir()
     work.mkdir()
     run = mnt / "run"
-    py = shlex.join([sys.executable, "-m", "benchmark.cli"])
+    py = shlex.join([sys.executable, "-m", "rfbench.benchmark.cli"])
     first = shlex.join(train_cmd(run, "--epochs", "1"))
     again = shlex.join(train_cmd(run))
     script = f"""
@@ -222,7 +222,7 @@ def test_mismatched_checkpoint_gets_a_summary_of_missing_unexpected_and_shape_ke
 
 
 def test_mismatched_init_checkpoint_through_the_cli(saved, tmp_path, capsys):
-    from benchmark.cli import main
+    from rfbench.benchmark.cli import main
 
     d, _ = saved
     code = main(train_cmd(tmp_path / "run", "--init", str(d / "good.pt"), "--epochs", "1")[:-1] + ["model_kwargs.width=0.5"])
@@ -232,7 +232,7 @@ def test_mismatched_init_checkpoint_through_the_cli(saved, tmp_path, capsys):
 
 
 def test_corrupt_checkpoint_last_on_resume_through_the_cli(saved, tmp_path, capsys):
-    from benchmark.cli import main
+    from rfbench.benchmark.cli import main
 
     out = tmp_path / "run"
     out.mkdir()

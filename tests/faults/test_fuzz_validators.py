@@ -2,7 +2,7 @@
 
 Every input must give either a valid object (whose every field then honours
 its declared type, range and choices, and is finite) or a one-line
-:class:`~benchmark.errors.RfbenchError`; any other exception, or a message with
+:class:`~rfbench.benchmark.errors.RfbenchError`; any other exception, or a message with
 a line break, is a bug.  The counts of inputs tried are printed at the end
 (run with ``-s``).
 """
@@ -21,11 +21,11 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from attacks.spec import check_specs
-from benchmark.config import apply_overrides, dump_yaml, from_dict, load_yaml
-from benchmark.errors import RfbenchError
-from benchmark.eval.harness import EvalConfig
-from benchmark.train.config import TrainConfig
+from rfbench.attacks.spec import check_specs
+from rfbench.benchmark.config import apply_overrides, dump_yaml, from_dict, load_yaml
+from rfbench.benchmark.errors import RfbenchError
+from rfbench.benchmark.eval.harness import EvalConfig
+from rfbench.benchmark.train.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[2]
 FUZZ = settings(max_examples=250, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
@@ -251,7 +251,7 @@ CHECKPOINT_HEADS = [b"", b"\x80\x02", b"\x80\x04\x95", b"PK\x03\x04", b"\x80\x02
 @given(st.sampled_from(CHECKPOINT_HEADS), st.binary(max_size=600), st.sampled_from([".pt", ".safetensors"]))
 def test_checkpoint_bytes(tmp_path_factory, head, body, suffix):
     """Arbitrary bytes (some starting like a pickle, a zip, torch's legacy format or safetensors) as a checkpoint."""
-    from benchmark.io import load_checkpoint
+    from rfbench.benchmark.io import load_checkpoint
 
     TRIED["checkpoint files (random bytes)"] += 1
     path = tmp_path_factory.getbasetemp() / f"fuzz{suffix}"
@@ -317,7 +317,7 @@ def mutated_entry(draw):
 @FUZZ
 @given(mutated_entry())
 def test_mutated_leaderboard_entries(board, data):
-    from benchmark.leaderboard import check_entry
+    from rfbench.benchmark.leaderboard import check_entry
 
     TRIED["leaderboard entries (mutated)"] += 1
     path = board / "leaderboards" / TRACK_DIR.name / ENTRY_FILES[0].name
@@ -329,7 +329,7 @@ def test_mutated_leaderboard_entries(board, data):
 @given(st.one_of(st.text(max_size=300), st.binary(max_size=200),
                  st.integers(0, 4000).map(lambda n: ENTRY_FILES[0].read_bytes()[:n])))
 def test_entry_files_as_bytes(board, raw):
-    from benchmark.leaderboard.check import check_entry_file
+    from rfbench.benchmark.leaderboard.check import check_entry_file
 
     TRIED["entry files (random and truncated bytes)"] += 1
     path = board / "leaderboards" / TRACK_DIR.name / "fuzz.json"
@@ -344,7 +344,7 @@ TRACK_TEXT = (TRACK_DIR / "track.yaml").read_text() if (TRACK_DIR / "track.yaml"
 @FUZZ
 @given(st.data())
 def test_mutated_track_files(board, data):
-    from benchmark.leaderboard import load_track
+    from rfbench.benchmark.leaderboard import load_track
 
     TRIED["track files (mutated)"] += 1
     lines = TRACK_TEXT.splitlines()

@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from benchmark.io import load_checkpoint
+from rfbench.benchmark.io import load_checkpoint
 from faultkit import (CHECKPOINT_EVERY, EPOCHS, EVAL_BATCHES, EVAL_LABELS, N_BATCHES, assert_same_eval, assert_same_run,
                       check_eval_trace, check_training_trace, eval_cmd, read_trace, segment_of, start, train_cmd,
                       wait_until)
@@ -109,7 +109,7 @@ def test_eval_killed_three_times_resumes_to_the_uninterrupted_result(tmp_path, r
             time.sleep(rng.uniform(0.0, 0.05))
         os.kill(proc.pid, signal.SIGKILL)
         assert proc.wait() == -signal.SIGKILL, "the evaluation finished before it could be killed"
-        from benchmark.eval.flags import SampleFlags
+        from rfbench.benchmark.eval.flags import SampleFlags
 
         held = SampleFlags.load(out / "flags.npz") if (out / "flags.npz").exists() else None  # whole, never torn
         kills.append({"mode": mode, "target_batch": target, "samples_done": int(held.done.sum()) if held else 0,

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from benchmark.cli import main
-from benchmark.errors import RfbenchError
-from benchmark.leaderboard import EntryError, check_entry, load_track
+from rfbench.benchmark.cli import main
+from rfbench.benchmark.errors import RfbenchError
+from rfbench.benchmark.leaderboard import EntryError, check_entry, load_track
 
 REPO = Path(__file__).resolve().parents[2]
 TRACK = "fashion-mnist-linf"

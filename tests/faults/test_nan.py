@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmark.io import load_checkpoint
+from rfbench.benchmark.io import load_checkpoint
 from faultkit import CHECKPOINT_EVERY, N_BATCHES, assert_one_line_error, rfbench, train_cmd
 
 PLUGIN = Path(__file__).resolve().parent / "plugins" / "poisoned_defense.py"

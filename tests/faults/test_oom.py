@@ -15,8 +15,8 @@ import pytest
 import torch
 from torch import nn
 
-from benchmark.errors import RfbenchError
-from benchmark.eval import EvalConfig, SampleFlags, evaluate
+from rfbench.benchmark.errors import RfbenchError
+from rfbench.benchmark.eval import EvalConfig, SampleFlags, evaluate
 
 DETERMINISTIC = ["fgsm", "pgd:steps=3,start=none"]  # no random start: any split gives the same answer
 
@@ -50,7 +50,7 @@ def plain(fmnist, fmnist_cnn, tmp_path_factory):
 def test_oom_halves_the_batch_until_it_fits_and_gives_the_same_result(fmnist, fmnist_cnn, plain, tmp_path, caplog,
                                                                      error):
     model = OOMAbove(fmnist_cnn, limit=5, error=error)
-    with caplog.at_level(logging.WARNING, logger="benchmark.eval.harness"):
+    with caplog.at_level(logging.WARNING, logger="rfbench.benchmark.eval.harness"):
         result = evaluate(model, fmnist, _cfg(), tmp_path)
     said = [r.getMessage() for r in caplog.records if "out of memory" in r.getMessage()]
     # 16 -> 8 -> 4 on the first batch (one retry per halving), then the next batches start at 4

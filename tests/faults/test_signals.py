@@ -14,7 +14,7 @@ import signal
 
 import pytest
 
-from benchmark.io import load_checkpoint
+from rfbench.benchmark.io import load_checkpoint
 from faultkit import (N_BATCHES, assert_one_line_error, assert_same_run, check_training_trace, read_trace,
                       segment_of, start, train_cmd, wait_until)
 

@@ -15,7 +15,7 @@ appended to that file, one line per event, *after* the event happened:
     <pid> eval-saving <b,...> / eval-saved <b,...>   flags.npz write (listing its finished batches) begins / is durable
 
 With ``RFBENCH_FAULT_SLOW_WRITE=1`` every checkpoint is written in two halves
-through the real :func:`benchmark.io.atomic.atomic_write`, with
+through the real :func:`rfbench.benchmark.io.atomic.atomic_write`, with
 ``<pid> half-written <name>`` and a pause in between: a test that kills the
 process on that line kills it in the middle of a checkpoint write, for certain.
 
@@ -41,7 +41,7 @@ def _install_trainer_trace() -> None:
     import hashlib
     import time
 
-    from benchmark.train import trainer as T
+    from rfbench.benchmark.train import trainer as T
 
     def n_batches(tr) -> int:
         return -(-len(tr.bundle.train) // tr.cfg.batch_size)
@@ -89,8 +89,8 @@ def _install_trainer_trace() -> None:
 
 
 def _install_eval_trace() -> None:
-    from benchmark.eval import flags as F
-    from benchmark.eval import harness as H
+    from rfbench.benchmark.eval import flags as F
+    from rfbench.benchmark.eval import harness as H
 
     real_run, real_seed, real_save = H.run_attacks, H.batch_seed, F.SampleFlags.save
     batch_size = []
@@ -123,7 +123,7 @@ def _install_slow_write() -> None:
     import time
     from pathlib import Path
 
-    from benchmark.io import atomic, checkpoint
+    from rfbench.benchmark.io import atomic, checkpoint
 
     def slow_write_bytes(path, data: bytes) -> None:
         with atomic.atomic_write(path, "wb") as fh:
@@ -135,7 +135,7 @@ def _install_slow_write() -> None:
             fh.write(data[len(data) // 2:])
 
     checkpoint.atomic_write_bytes = slow_write_bytes
-    from benchmark.eval import flags
+    from rfbench.benchmark.eval import flags
 
     flags.atomic_write_bytes = slow_write_bytes
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from benchmark.config import choice, rng
-from defenses.standard import PGDAT
+from rfbench.benchmark.config import choice, rng
+from rfbench.defenses.standard import PGDAT
 
 
 class PoisonedAT(PGDAT):
