@@ -81,29 +81,17 @@ def _l2_norm(t: torch.Tensor) -> torch.Tensor:
     return t.flatten(1).norm(p=2, dim=1).view(-1, *([1] * (t.ndim - 1)))
 
 
-class ShardedGenerator:
-    """A generator shared by data-parallel ranks: every draw is made for the *global* batch and sliced.
-
-    Rank r of a distributed run attacks rows ``offset:offset+n`` of a global
-    batch of ``global_n``; drawing the random start for all ``global_n`` rows
-    from the same seeded generator and keeping this rank's rows gives exactly
-    the start a single process would have drawn.  The trainer sets
-    ``global_n`` and ``offset`` before every batch.
-    """
-
-    def __init__(self, generator: torch.Generator):
-        self.generator = generator
-        self.global_n = 0
-        self.offset = 0
-
-
 def _draw(x: torch.Tensor, generator, fill) -> torch.Tensor:
-    """``fill(tensor, generator)`` on a tensor shaped like ``x`` (or its global batch when sharded)."""
-    if isinstance(generator, ShardedGenerator) and generator.global_n:
-        full = fill(x.new_empty((generator.global_n, *x.shape[1:])), generator.generator)
-        return full[generator.offset : generator.offset + x.shape[0]]
-    if isinstance(generator, ShardedGenerator):
-        generator = generator.generator
+    """``fill(tensor, generator)`` on a tensor shaped like ``x``.
+
+    ``generator`` is a :class:`torch.Generator`, ``None`` (the global RNG), or
+    a noise source with a ``draw(like, fill)`` method that returns the draw for
+    ``like`` (the data-parallel trainer's
+    :class:`rfbench.benchmark.train.distributed.ShardedGenerator`, which draws
+    for the global batch and keeps this rank's rows).
+    """
+    if hasattr(generator, "draw"):
+        return generator.draw(x, fill)
     return fill(torch.empty_like(x), generator)
 
 
@@ -145,13 +133,11 @@ def _step(
     return torch.clamp(x + delta * factor, 0, 1).detach()
 
 
-def _slice_aux(aux: dict[str, torch.Tensor], idx: torch.Tensor, batch: int) -> dict[str, torch.Tensor]:
-    """Restrict per-sample entries (first dim = batch) to ``idx``; leave per-class entries alone."""
-    return {k: (v[idx] if torch.is_tensor(v) and v.ndim >= 1 and v.shape[0] == batch and k not in _PER_CLASS else v)
-            for k, v in aux.items()}
-
-
-_PER_CLASS = {"class_weights"}
+def _loss_aux(per_sample: dict[str, torch.Tensor], shared: dict[str, torch.Tensor],
+              idx: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """The loss's ``aux``: ``shared`` entries as given, ``per_sample`` entries restricted to rows ``idx`` (None = all)."""
+    rows = per_sample if idx is None else {k: v[idx] for k, v in per_sample.items()}
+    return {**shared, **rows}
 
 
 def _sel(v: float | torch.Tensor, idx: torch.Tensor) -> float | torch.Tensor:
@@ -172,19 +158,19 @@ def _input_grad(
 
 def _early_stop_steps(
     model: torch.nn.Module, loss_fn: AttackLoss, xs: torch.Tensor, ys: torch.Tensor, x_adv: torch.Tensor,
-    e: float | torch.Tensor, a: float | torch.Tensor, aux: dict[str, torch.Tensor], todo: torch.Tensor, b: int,
-    steps: int, norm: str, autocast_dtype: torch.dtype | None, layout: torch.memory_format,
+    e: float | torch.Tensor, a: float | torch.Tensor, aux: dict[str, torch.Tensor], shared_aux: dict[str, torch.Tensor],
+    todo: torch.Tensor, steps: int, norm: str, autocast_dtype: torch.dtype | None, layout: torch.memory_format,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """PGD steps that freeze each sample at its first misclassified iterate and drop it from the batch.
 
     ``xs``/``ys`` are the samples of this restart (rows ``todo`` of the caller's
-    batch of ``b``).  Returns the iterates and which samples were seen misclassified.
+    batch; ``aux`` is per-sample over that batch, ``shared_aux`` is not sliced).  Returns the iterates and which samples were seen misclassified.
     """
     active = torch.arange(len(xs), device=xs.device)
     broken = torch.zeros(len(xs), dtype=torch.bool, device=xs.device)
     for _ in range(steps):
         xa = x_adv[active].contiguous(memory_format=layout).requires_grad_(True)
-        grad, logits = _input_grad(model, loss_fn, xa, ys[active], _slice_aux(aux, todo[active], b),
+        grad, logits = _input_grad(model, loss_fn, xa, ys[active], _loss_aux(aux, shared_aux, todo[active]),
                                    autocast_dtype, return_logits=True)
         keep = logits.argmax(1) == ys[active]
         broken[active[~keep]] = True
@@ -211,6 +197,7 @@ def pgd(
     restarts: int = 1,
     early_stop: bool = False,
     aux: dict[str, torch.Tensor] | None = None,
+    shared_aux: dict[str, torch.Tensor] | None = None,
     generator: torch.Generator | None = None,
     autocast_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
@@ -227,9 +214,13 @@ def pgd(
         restarts: independent runs; a sample counts as broken if any run breaks it.
         early_stop: freeze each sample at its first misclassified iterate (evaluation only:
             the "robust or not" answer is unchanged, and it is faster).
-        aux: per-sample tensors for the loss (sliced along with the active samples).
-        generator: source of the random start (defaults to the global RNG); a
-            :class:`ShardedGenerator` in data-parallel training.
+        aux: per-sample tensors for the loss, first dimension ``B`` (sliced
+            along with the active samples), e.g. clean probabilities or targets.
+        shared_aux: tensors for the loss that are the same for every sample
+            (per-class weights, a temperature table); passed unsliced.  A name
+            may not be in both.
+        generator: source of the random start (defaults to the global RNG), or
+            a noise source with ``draw(like, fill)`` (data-parallel training).
         autocast_dtype: e.g. ``torch.bfloat16`` to run forward/backward under autocast.
 
     Returns:
@@ -243,9 +234,15 @@ def pgd(
     if start not in STARTS:
         raise ValueError(f"start must be one of {STARTS}, got {start!r}")
     loss_fn = make_loss(loss, **(loss_kwargs or {}))
-    aux = aux or {}
+    aux, shared_aux = aux or {}, shared_aux or {}
     x = x.detach()
     b = x.shape[0]
+    for k, v in aux.items():
+        if not (torch.is_tensor(v) and v.ndim >= 1 and v.shape[0] == b):
+            raise ValueError(f"aux[{k!r}] must be a per-sample tensor with first dimension {b} "
+                             "(pass shared tensors as shared_aux)")
+    if both := sorted(set(aux) & set(shared_aux)):
+        raise ValueError(f"{both} given both as per-sample aux and as shared_aux")
     eps_c, alpha_c = _as_col(eps, x), _as_col(alpha, x)
     device_type = x.device.type
     best = x.clone()
@@ -262,10 +259,10 @@ def pgd(
             e, a = (eps_c, alpha_c) if whole else (_sel(eps_c, todo), _sel(alpha_c, todo))
             x_adv = random_start(xs, e, norm, start, start_std, generator)
             if early_stop:
-                x_adv, broken = _early_stop_steps(model, loss_fn, xs, ys, x_adv, e, a, aux, todo, b, steps, norm,
-                                                  autocast_dtype, layout)
+                x_adv, broken = _early_stop_steps(model, loss_fn, xs, ys, x_adv, e, a, aux, shared_aux, todo, steps,
+                                                  norm, autocast_dtype, layout)
             else:  # the torchattacks order of operations, without any per-step indexing
-                sub_aux = aux if whole else _slice_aux(aux, todo, b)
+                sub_aux = _loss_aux(aux, shared_aux, None if whole else todo)
                 for _ in range(steps):
                     xa = x_adv.requires_grad_(True)
                     grad = _input_grad(model, loss_fn, xa, ys, sub_aux, autocast_dtype)

@@ -1,9 +1,11 @@
 """Per-sample attack losses for the PGD core.
 
 Every loss maps ``(logits, y, aux)`` to a per-sample loss of shape ``(B,)``
-that the attack *maximises*.  ``aux`` holds per-sample tensors (clean
-probabilities for KL, a per-sample temperature, class weights...), already
-restricted to the samples still being attacked.
+that the attack *maximises*.  ``aux`` holds the core's per-sample tensors
+(``pgd(aux=...)``: clean probabilities for KL, a per-sample temperature),
+already restricted to the samples still being attacked, merged with its
+shared tensors (``pgd(shared_aux=...)``: per-class weights), which are never
+sliced.
 
 Registered names: ``ce``, ``cw`` (margin, clamp at −κ), ``dlr`` (Croce & Hein
 2020, Eq. 5), ``kl`` (TRADES inner maximisation, Zhang et al. 2019, Eq. 5),

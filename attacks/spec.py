@@ -16,10 +16,12 @@ Syntax (one ``--attack`` flag per attack)::
 * **Lists inside a spec are joined with ``+``** (the comma separates keys):
   ``attacks=apgd-ce+apgd-t``.
 * ``eps``, ``norm``, ``alpha`` and ``steps`` default to the threat model
-  (:class:`Threat`: the dataset's protocol values, with ``--eps``/``--norm``
-  applied to every attack); a key in a spec overrides it for that attack
-  only.  When a spec changes ``eps`` but not ``alpha``, alpha keeps the
-  threat model's ratio alpha/eps.
+  (:class:`rfbench.attacks.threat.Threat`, resolved by
+  :func:`rfbench.attacks.threat.resolve_threat` from the dataset's protocol
+  values with ``--eps``/``--norm`` applied to every attack); a key in a spec
+  overrides it for that attack only.  When a spec changes ``eps`` but not
+  ``alpha``, alpha keeps the threat model's ratio alpha/eps (the step-size
+  rule of :mod:`rfbench.attacks.threat`).
 * ``label=NAME`` replaces the derived label.
 
 Configs may list specs as strings or as mappings (``{name: pgd, steps: 20}``).
@@ -28,7 +30,6 @@ Configs may list specs as strings or as mappings (``{name: pgd, steps: 20}``).
 from __future__ import annotations
 
 import dataclasses
-import math
 import typing
 from dataclasses import dataclass
 from typing import Any
@@ -38,8 +39,9 @@ import yaml
 
 import rfbench.attacks.autoattack  # noqa: F401  (registers autoattack)
 import rfbench.attacks.named  # noqa: F401  (registers fgsm, pgd, cw, temperature-pgd)
-from rfbench.attacks.named import Attack, format_eps
+from rfbench.attacks.named import Attack
 from rfbench.attacks.registry import ATTACKS
+from rfbench.attacks.threat import Threat, resolve_threat  # noqa: F401  (the one threat model type)
 from rfbench.benchmark.config import from_dict
 from rfbench.benchmark.errors import ConfigError, UnknownNameError
 
@@ -93,39 +95,6 @@ def as_spec(item: str | dict | AttackSpec) -> AttackSpec:
         text = item["name"] + (":" + ",".join(f"{k}={v}" for k, v in params.items()) if params else "")
         return AttackSpec(str(item["name"]), tuple(params.items()), text)
     raise ConfigError(f"attack entry {item!r}: expected a spec string or a mapping")
-
-
-@dataclass
-class Threat:
-    """The evaluation threat model every attack starts from (protocol defaults, ``--eps``/``--norm`` applied)."""
-
-    norm: str = "linf"
-    eps: float = 8 / 255
-    steps: int = 20
-    alpha: float = 2 / 255
-
-    @classmethod
-    def from_defaults(cls, defaults: Any, eps: float | None = None, norm: str | None = None) -> "Threat":
-        """From a dataset's ``ThreatDefaults`` (``norm, eps, eval_steps, eval_alpha``) and the user's overrides.
-
-        A changed eps keeps the protocol's alpha/eps ratio; a norm other than the
-        dataset's needs an explicit eps.
-        """
-        norm = (norm or defaults.norm).lower()
-        if norm not in ("linf", "l2"):
-            raise ConfigError(f"--norm must be linf or l2, got {norm!r}")
-        if norm != defaults.norm and eps is None:
-            raise ConfigError(f"--norm {norm} needs --eps (the dataset's protocol threat is {defaults.norm} eps={format_eps(defaults.eps)})")
-        eps = defaults.eps if eps is None else float(eps)
-        if not (eps > 0 and math.isfinite(eps)):
-            raise ConfigError(f"--eps must be a positive number, got {eps}")
-        if norm == "linf" and eps > 1:
-            raise ConfigError(f"--eps must be in (0, 1] for the linf norm (images are in [0,1]), got {eps:g}")
-        ratio = defaults.eval_alpha / defaults.eps if norm == defaults.norm else 0.25
-        return cls(norm=norm, eps=eps, steps=int(defaults.eval_steps), alpha=eps * ratio)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"norm": self.norm, "eps": self.eps, "eps_str": format_eps(self.eps), "steps": self.steps, "alpha": self.alpha}
 
 
 def _field_types(cls: type[Attack]) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from rfbench.defenses import mart as _mart  # noqa: F401
 from rfbench.defenses import reat as _reat  # noqa: F401
 from rfbench.defenses import robal as _robal  # noqa: F401
 from rfbench.defenses import trades as _trades  # noqa: F401
-from rfbench.defenses.base import Defense, EpochStats, LossOutput, ThreatModel, TrainContext
+from rfbench.defenses.base import Defense, EpochStats, LossOutput, Threat, TrainContext, WeightAverages
 from rfbench.defenses.registry import DEFENSES, build_defense, get_defense_class, list_defenses, register_defense
 
 __all__ = [
@@ -24,8 +24,9 @@ __all__ = [
     "Defense",
     "EpochStats",
     "LossOutput",
-    "ThreatModel",
+    "Threat",
     "TrainContext",
+    "WeightAverages",
     "build_defense",
     "get_defense_class",
     "list_defenses",

@@ -52,32 +52,38 @@ import torch
 from torch import nn
 
 from rfbench.attacks.core import eval_mode, pgd
+from rfbench.attacks.threat import Threat
 from rfbench.benchmark.models.base import unwrap
-
-
-@dataclass
-class ThreatModel:
-    """The training attack: norm, radius, step and number of steps."""
-
-    norm: str = "linf"
-    eps: float = 8 / 255
-    alpha: float = 2 / 255
-    steps: int = 10
+from rfbench.benchmark.train.averaging import WeightAverages
 
 
 @dataclass
 class TrainContext:
-    """What a defense may know about the run when it is built."""
+    """What a defense may know about the run when it is built.
+
+    * ``threat``: the training threat model of the *current* epoch, an immutable
+      :class:`~rfbench.attacks.threat.Threat`.  Under an eps warm-up the trainer
+      puts a new one here before each epoch; read ``self.ctx.threat`` when you
+      need it rather than keeping a copy.
+    * ``generator``: the attack randomness; pass it to ``pgd(generator=...)``
+      unchanged (in data-parallel training it is a
+      :class:`~rfbench.benchmark.train.distributed.ShardedGenerator`).
+    * ``averages``: the trainer's weight-averaging facility
+      (:class:`~rfbench.benchmark.train.averaging.WeightAverages`); request a
+      named average in ``__init__``, update it in ``on_epoch_end`` or
+      ``on_batch_end``.  The trainer checkpoints and evaluates it.
+    """
 
     num_classes: int
     train_counts: list[int]
-    threat: ThreatModel
+    threat: Threat
     epochs: int
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     autocast_dtype: torch.dtype | None = None
     generator: torch.Generator | None = None
     val_loader: Any = None  # callable(batch_size) -> iterator of (x, y, pos) over the validation split
     lr_milestones: list[int] = field(default_factory=list)
+    averages: WeightAverages = field(default_factory=WeightAverages)
 
 
 @dataclass
@@ -101,7 +107,10 @@ class EpochStats:
     * ``train_adv_probs[i][j]``: mean softmax probability of class j over class i's
       training adversarial examples (DAFA's p_i(j));
     * ``val_clean_acc`` / ``val_robust_acc``: per-class validation accuracy, clean and
-      under the trainer's validation PGD.
+      under the trainer's validation PGD;
+    * ``model``: the bare training module (never a ``torch.compile`` or
+      DistributedDataParallel wrapper), in the mode the trainer left it; a
+      defense that measures it must not change its weights.
     """
 
     epoch: int
@@ -181,16 +190,21 @@ class Defense:
         """The order of training positions for this epoch, or None for a uniform shuffle."""
         return None
 
+    def on_train_start(self, model: nn.Module) -> None:
+        """Called once per training session, before its first batch (also after a resume), with the bare module.
+
+        For a measurement of the starting weights (FRL's initial update).  It
+        runs outside any training step, so every rank of a data-parallel run
+        measures the same thing; keep state so that a resumed run does not
+        repeat it.  Default: nothing.
+        """
+
     def on_epoch_start(self, epoch: int) -> None:
         """Called before each epoch.  Default: records the epoch."""
         self.epoch = epoch
 
     def on_epoch_end(self, stats: EpochStats) -> dict[str, Any]:
         """Update state from per-class statistics; return anything worth logging.  Default: nothing."""
-        return {}
-
-    def extra_models(self) -> dict[str, nn.Module]:
-        """Extra model copies to checkpoint and evaluate beside the raw weights (e.g. CFA's FAWA)."""
         return {}
 
     # -- state -----------------------------------------------------------------

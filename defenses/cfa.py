@@ -14,8 +14,10 @@ Three parts, on top of PGD-AT or TRADES (``base``):
   an epoch only if their worst-class validation robust accuracy
   (``EpochStats.val_robust_acc``: the trainer's validation PGD, PGD-10 by default) is
   ≥ 0.2, from epoch ``fawa_start`` (50) on.  The first accepted checkpoint
-  initialises the average.  It is exposed as the extra model ``fawa``: the trainer
-  checkpoints it beside the raw weights and it is evaluated as its own checkpoint.
+  initialises the average.  The average is kept by the trainer's weight-averaging
+  facility (:mod:`rfbench.benchmark.train.averaging`, requested as ``fawa``): the
+  trainer checkpoints it beside the raw weights and it is evaluated as its own
+  checkpoint (``--which fawa`` / ``fawa-best``).
 
 Until class statistics exist (the first epoch) and before ``class_adaptive_start``,
 CCM uses the plain eps and CCR uses ``β_k = β`` (still in the ``/(1+β_y)`` form,
@@ -36,7 +38,6 @@ numbers (selection stays on the validation split).
 
 from __future__ import annotations
 
-import copy
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -75,26 +76,6 @@ def fawa_accepts(val_robust_acc: list[float] | torch.Tensor, epoch: int, thresho
     return epoch >= start and acc.numel() > 0 and float(acc.min()) >= threshold
 
 
-@torch.no_grad()
-def ema_update(average: nn.Module, current: nn.Module, decay: float) -> None:
-    """``average ← decay·average + (1−decay)·current`` on floating parameters and buffers; others are copied."""
-    cur = current.state_dict()
-    for k, v in average.state_dict().items():
-        src = cur[k].to(v.device)
-        if v.is_floating_point():
-            v.mul_(decay).add_(src.to(v.dtype), alpha=1.0 - decay)
-        else:
-            v.copy_(src)
-
-
-@torch.no_grad()
-def copy_weights(target: nn.Module, source: nn.Module) -> None:
-    """Copy every parameter and buffer of ``source`` into ``target``."""
-    cur = source.state_dict()
-    for k, v in target.state_dict().items():
-        v.copy_(cur[k].to(v.device))
-
-
 @register_defense("cfa")
 class CFA(Defense):
     """CFA (Wei et al., CVPR 2023): class-wise eps (CCM), class-wise β (CCR, TRADES) and the FAWA weight average."""
@@ -128,18 +109,8 @@ class CFA(Defense):
         self.use_ccr = cfg.base == "trades" and cfg.ccr is not False
         self.t: torch.Tensor | None = None  # per-class training robust accuracy of the last epoch
         self.fawa_updates = 0
-        self._fawa: nn.Module | None = None
-
-    # -- model ---------------------------------------------------------------------
-    def setup_model(self, model: nn.Module) -> nn.Module:
-        if self.cfg.fawa:
-            self._fawa = copy.deepcopy(model)
-            for p in self._fawa.parameters():
-                p.requires_grad_(False)
-        return model
-
-    def extra_models(self) -> dict[str, nn.Module]:
-        return {"fawa": self._fawa} if self._fawa is not None else {}
+        # FAWA is a weight average the trainer keeps for us (checkpointed and evaluated as ``fawa``)
+        self.fawa = ctx.averages.request("fawa") if cfg.fawa else None
 
     # -- per batch -------------------------------------------------------------------
     def _adaptive(self) -> bool:
@@ -185,20 +156,17 @@ class CFA(Defense):
             out["cfa_class_eps"] = cfa_class_eps(self.t, self.ctx.threat.eps, self.ccm_lambda).tolist()
         if self.use_ccr:
             out["cfa_class_beta"] = cfa_class_beta(self.t, self.cfg.beta, self.cfg.ccr_lambda).tolist()
-        if self._fawa is not None and stats.model is not None:
+        if self.fawa is not None and self.ctx.averages.attached:
             out.update(self._fawa_step(stats))
         return out
 
     def _fawa_step(self, stats: EpochStats) -> dict[str, Any]:
-        model = stats.model
-        ref = next(model.parameters(), None)
-        if ref is not None and next(self._fawa.parameters()).device != ref.device:
-            self._fawa.to(ref.device)
+        avg = self.ctx.averages
         accepted = fawa_accepts(stats.val_robust_acc, stats.epoch, self.fawa_threshold, self.cfg.fawa_start)
         if accepted and self.fawa_updates > 0:
-            ema_update(self._fawa, model, self.fawa_decay)
+            avg.ema(self.fawa, self.fawa_decay)
         elif accepted or self.fawa_updates == 0:
-            copy_weights(self._fawa, model)  # first accepted checkpoint, or mirroring before any
+            avg.copy(self.fawa)  # first accepted checkpoint, or mirroring before any
         self.fawa_updates += int(accepted)
         return {"fawa_accepted": accepted, "fawa_updates": self.fawa_updates}
 

@@ -139,10 +139,10 @@ class FRLReweight(Defense):
         return trades_attack_kwargs(model, x, self.ctx.autocast_dtype)
 
     # -- loss --------------------------------------------------------------------
-    def training_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, pos=None) -> LossOutput:
+    def on_train_start(self, model: nn.Module) -> None:
+        """The initial multiplier update from the starting (e.g. pre-trained) weights, once per run."""
         if self.cfg.initial_update and self.updates == 0 and self.epoch == 0:
             self._initial_update(model)
-        return super().training_step(model, x, y, pos)
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor) -> LossOutput:
         clean_logits, adv_logits = trades_forward(model, x, x_adv)

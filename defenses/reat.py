@@ -148,7 +148,7 @@ class REAT(Defense):
                             device=self.ctx.device)
 
     def attack_kwargs(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
-        return {"loss": RBL_LOSSES[self.cfg.rbl], "start": "uniform", "aux": {"class_weights": self.class_weights().to(x.device)}}
+        return {"loss": RBL_LOSSES[self.cfg.rbl], "start": "uniform", "shared_aux": {"class_weights": self.class_weights().to(x.device)}}
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor) -> LossOutput:
         logits, f = model(x_adv, return_features=True)

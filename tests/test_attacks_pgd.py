@@ -7,8 +7,9 @@ import torch
 import torch.nn.functional as F
 import torchattacks
 
-from rfbench.attacks import ATTACKS, FGSM, PGD, TemperaturePGD, Threat, build_attack, parse_spec
+from rfbench.attacks import ATTACKS, FGSM, PGD, TemperaturePGD, build_attack, parse_spec
 from rfbench.attacks.core import pgd
+from rfbench.attacks.threat import resolve_threat
 from rfbench.benchmark.data import iterate_batches
 from rfbench.benchmark.data.registry import ThreatDefaults
 from rfbench.benchmark.data.subsets import per_class_subset
@@ -144,7 +145,7 @@ def test_restarts_keep_a_break_found_by_any_restart(fmnist_cnn, batch):
 
 
 # -- specs and labels ----------------------------------------------------------
-THREAT = Threat.from_defaults(ThreatDefaults(norm="linf", eps=0.1, eval_steps=20, eval_alpha=0.025))
+THREAT = resolve_threat(ThreatDefaults(norm="linf", eps=0.1, eval_steps=20, eval_alpha=0.025), "eval")
 
 
 @pytest.mark.parametrize("spec,label", [

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rfbench.benchmark.errors import CheckpointError, ConfigError
-from rfbench.defenses import EpochStats, ThreatModel, TrainContext, build_defense
+from rfbench.defenses import EpochStats, Threat, TrainContext, build_defense
 from rfbench.defenses.cfa import cfa_class_beta, cfa_class_eps, fawa_accepts
 from rfbench.defenses.cfol import cfol_distribution, cfol_exp3_update, sample_by_class
 from rfbench.defenses.dafa import dafa_weights
@@ -32,7 +32,7 @@ ALPHA = 2 / 255
 
 def ctx_for(c: int = 3, val=None, counts=None, steps: int = 2) -> TrainContext:
     return TrainContext(num_classes=c, train_counts=counts or [10] * c,
-                        threat=ThreatModel(norm="linf", eps=EPS, alpha=ALPHA, steps=steps), epochs=3,
+                        threat=Threat(norm="linf", eps=EPS, alpha=ALPHA, steps=steps), epochs=3,
                         generator=torch.Generator().manual_seed(0), val_loader=val)
 
 
@@ -200,7 +200,8 @@ def test_fawa_gate():
 def test_fawa_accepts_rejects_and_averages():
     d = build_defense("cfa", {"fawa_start": 2}, ctx_for(3))
     model = d.setup_model(linear())
-    fawa = d.extra_models()["fawa"]
+    d.ctx.averages.attach(model)  # what the trainer does with its bare module
+    fawa = d.ctx.averages["fawa"]
 
     def set_weights(v: float):
         with torch.no_grad():

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from rfbench.benchmark.data import iterate_batches, load_dataset
 from rfbench.benchmark.errors import ConfigError
 from rfbench.benchmark.models import create_model
-from rfbench.defenses import ThreatModel, TrainContext, build_defense
+from rfbench.defenses import Threat, TrainContext, build_defense
 from rfbench.defenses.at_bsl import balanced_softmax_loss, log_counts
 from rfbench.defenses.cb_at import class_balanced_weights
 from rfbench.defenses.reat import pairwise_feature_kl, rbl_weights, tail_classes, tail_omega, tail_penalty
@@ -27,7 +27,7 @@ CIFAR10_LT50 = [5000, 3237, 2096, 1357, 878, 568, 368, 238, 154, 100]  # protoco
 
 def ctx_for(counts, steps=2, eps=0.1, alpha=0.025, milestones=(2,), seed=0) -> TrainContext:
     return TrainContext(num_classes=len(counts), train_counts=list(counts),
-                        threat=ThreatModel("linf", eps, alpha, steps), epochs=3,
+                        threat=Threat("linf", eps=eps, alpha=alpha, steps=steps), epochs=3,
                         generator=torch.Generator().manual_seed(seed), lr_milestones=list(milestones))
 
 

@@ -27,7 +27,7 @@ import torch
 
 from rfbench.benchmark.data import iterate_batches, load_dataset
 from rfbench.benchmark.models import create_model
-from rfbench.defenses import EpochStats, ThreatModel, TrainContext, build_defense, get_defense_class, list_defenses
+from rfbench.defenses import EpochStats, Threat, TrainContext, build_defense, get_defense_class, list_defenses
 
 REPO = Path(__file__).resolve().parents[1]
 PER_CLASS = 4  # 4 images of every class: 40, of which the first 32 make the batch (tail classes included)
@@ -54,7 +54,7 @@ def make_ctx(bundle, generator_seed: int = 0) -> TrainContext:
     return TrainContext(
         num_classes=bundle.num_classes,
         train_counts=bundle.train_counts,
-        threat=ThreatModel(norm="linf", eps=bundle.threat.eps, alpha=bundle.threat.train_alpha, steps=2),
+        threat=Threat(norm="linf", eps=bundle.threat.eps, alpha=bundle.threat.train_alpha, steps=2),
         epochs=3,
         device=torch.device("cpu"),
         generator=torch.Generator().manual_seed(generator_seed),

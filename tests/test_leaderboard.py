@@ -44,14 +44,14 @@ def board(tmp_path_factory):
             "entry": json.loads(entry_path.read_text())}
 
 
-def _check(board, data, name="pgd-at-s0.json"):
+def _check(board, data, name="pgd-at-s0.json", check_code=True):
     path = board["root"] / "leaderboards" / TRACK_ID / name
-    return check_entry(data, where=name, root=board["root"], entry_path=path)
+    return check_entry(data, where=name, root=board["root"], entry_path=path, check_code=check_code)
 
 
-def _rejects(board, data, fragment, name="pgd-at-s0.json"):
+def _rejects(board, data, fragment, name="pgd-at-s0.json", check_code=True):
     with pytest.raises(EntryError) as info:
-        _check(board, data, name)
+        _check(board, data, name, check_code=check_code)
     assert any(fragment in p for p in info.value.problems), info.value.problems
     return info.value.problems
 
@@ -196,6 +196,53 @@ def test_missing_defense_code_is_rejected(board):
     data = copy.deepcopy(board["entry"])
     data["defense"]["code"] = "defenses/not_there.py"
     _rejects(board, data, "defense.code 'defenses/not_there.py' does not exist in the repository")
+    _check(board, data, check_code=False)  # a leaderboard-only fork: the code check is a separate flag
+    data["defense"]["code"] = "../outside.py"
+    _rejects(board, data, "escapes the repository", check_code=False)  # paths stay checked
+
+
+def test_check_works_in_a_leaderboard_only_fork(tmp_path, capsys):
+    """A directory holding only leaderboards/: every committed entry passes; --check-code asks for the code."""
+    fork = tmp_path / "fork"
+    shutil.copytree(REPO / "leaderboards", fork / "leaderboards")
+    assert main(["leaderboard", "check", "--root", str(fork)]) == 0
+    out = capsys.readouterr().out
+    assert "REJECT" not in out
+    assert main(["leaderboard", "check", "--root", str(fork), "--check-code"]) == 1
+    assert "does not exist in the repository" in capsys.readouterr().out
+
+
+def test_submit_and_build_need_a_root_outside_a_checkout(board, tmp_path, monkeypatch, capsys):
+    """Without leaderboards/ in the current directory, submit and build refuse rather than write into the package."""
+    monkeypatch.chdir(tmp_path)
+    before = sorted(p.name for p in (REPO / "leaderboards" / TRACK_ID).iterdir())
+    assert main(["leaderboard", "submit", str(board["run_dir"]), "--track", TRACK_ID, "--id", "x-s0"]) == 2
+    assert "has no leaderboards/; run this from your rfbench checkout or leaderboard fork, or pass --root" in \
+        capsys.readouterr().err
+    assert main(["leaderboard", "build"]) == 2
+    assert sorted(p.name for p in (REPO / "leaderboards" / TRACK_ID).iterdir()) == before
+    assert main(["leaderboard", "build", "--root", str(tmp_path)]) == 2  # a --root without leaderboards/
+
+
+def test_submit_refuses_an_entry_identical_to_a_committed_one(board, capsys):
+    """The same run under another id: refused; with --allow-identical written, and check and the page say so."""
+    with pytest.raises(RfbenchError, match="per-sample predictions equal those of the committed entry pgd-at-s0"):
+        submit(board["run_dir"], board["track"], board["root"], entry_id="twin-s0", code="https://example.org/t.py")
+    target = board["root"] / "leaderboards" / TRACK_ID / "twin-s0.json"
+    assert not target.exists()
+    try:
+        submit(board["run_dir"], board["track"], board["root"], entry_id="twin-s0", code="https://example.org/t.py",
+               allow_identical=True)
+        assert main(["leaderboard", "check", "--root", str(board["root"])]) == 0
+        assert f"{TRACK_ID}/twin-s0 is identical to pgd-at-s0" in capsys.readouterr().out
+        build(board["root"])
+        page = (board["root"] / "leaderboards" / TRACK_ID / "README.md").read_text()
+        assert "[twin-s0](twin-s0.json) (pgd-at): identical to pgd-at-s0" in page
+        assert "[twin-s0](twin-s0.json) |" not in page  # not in the ranked table
+    finally:
+        target.unlink(missing_ok=True)
+        for f in (board["root"] / "leaderboards" / TRACK_ID / "flags").glob("twin-s0-*.npz"):
+            f.unlink()
 
 
 def test_explicit_flags_file_is_used(board, tmp_path):
@@ -230,6 +277,9 @@ def test_build_renders_ranked_pages_and_heatmap(board):
     assert "[pgd-at-s0](pgd-at-s0.json)" in page
     assert f"{100 * wc['worst']:.1f}" in page and f"{100 * wc['mean']:.1f}" in page
     assert "0 (CPU" in page  # CPU runs cost no GPU-hours
+    from rfbench.benchmark.leaderboard.ranking import RULE
+
+    assert RULE in page and RULE in index and "rank: worst 20%" in page and "95% interval" in page
 
 
 def test_defense_code_path_points_into_this_repository():
@@ -262,7 +312,7 @@ def test_shipped_entries_pass_check():
     """Every entry committed to the repository passes `rfbench leaderboard check` (what CI runs)."""
     entries = sorted((REPO / "leaderboards").glob("*/*.json"))
     for path in entries:
-        check_entry_file(path, REPO)
+        check_entry_file(path, REPO, check_code=True)
 
 
 # --- rfbench leaderboard compare: does a rerun reproduce the committed entries? ---------------------------------

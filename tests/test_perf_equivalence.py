@@ -19,7 +19,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rfbench.attacks import Threat, build_attack
+from rfbench.attacks import build_attack
+from rfbench.attacks.threat import Threat, resolve_threat
 from rfbench.attacks.core import eval_mode, pgd
 from rfbench.attacks.losses import make_loss
 from rfbench.benchmark.data import iterate_batches
@@ -29,7 +30,7 @@ from rfbench.benchmark.train.config import TrainConfig
 from rfbench.benchmark.train.runtime import use_channels_last
 from rfbench.benchmark.train.trainer import Trainer
 from rfbench.benchmark.train.validate import per_class_accuracy
-from rfbench.defenses import ThreatModel, TrainContext, build_defense
+from rfbench.defenses import TrainContext, build_defense
 from rfbench.defenses.trades_terms import trades_perturb
 
 EPS, ALPHA, STEPS = 0.05, 0.0125, 10  # half the protocol radius: the fixture model is then partly robust
@@ -110,7 +111,7 @@ def test_trainer_validation_early_stop_matches_the_plain_per_class_answer(fmnist
 
 
 def test_evaluation_attacks_use_early_stop_by_default():
-    threat = Threat.from_defaults(ThreatDefaults(norm="linf", eps=0.1, eval_steps=20, eval_alpha=0.025))
+    threat = resolve_threat(ThreatDefaults(norm="linf", eps=0.1, eval_steps=20, eval_alpha=0.025), "eval")
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
     for spec in ("pgd", "cw", "temperature-pgd:T=0.5", "pgd:steps=50,restarts=5"):
         assert build_attack(spec, model, threat).cfg.early_stop, spec  # what the harness builds from its specs
@@ -199,7 +200,7 @@ def test_trades_clean_prediction_once_is_identical_to_recomputing_it(fmnist_cnn,
     try:
         if entry == "defense":
             ctx = TrainContext(num_classes=10, train_counts=[1] * 10, epochs=1,
-                               threat=ThreatModel(eps=EPS, alpha=ALPHA, steps=STEPS),
+                               threat=Threat(eps=EPS, alpha=ALPHA, steps=STEPS),
                                generator=torch.Generator().manual_seed(8))
             fast = build_defense("trades", {}, ctx).perturb(fmnist_cnn, x, y)
         else:

@@ -13,13 +13,18 @@ examples:
   rfbench leaderboard check leaderboards/fashion-mnist-linf/trades-s0.json
   rfbench leaderboard check                    (every entry of every track, as CI does)
   rfbench leaderboard build                    (leaderboards/README.md, <track>/README.md, <track>/heatmap.png)
+  rfbench leaderboard build --html site        (also the static web leaderboard: site/index.html, offline)
+  rfbench leaderboard check --check-code       (CI in the rfbench repository: defense.code must exist too)
   rfbench leaderboard compare runs/fashion-mnist-linf/pgd-at-s1 --track fashion-mnist-linf
                                                (does a rerun reproduce the committed entries within seed noise?)
 
 Entries are JSON data (schema rfbench.entry/1), never code: check validates the schema,
 the track's protocol (eps, attacks, test-set size, fixed training keys), recomputes every
 summary from the per-class vectors and the per-class vectors from the per-sample flag
-file, and rejects paths that leave the repository.  See leaderboards/SUBMITTING.md.
+file, and rejects paths that leave the repository.  Entries whose per-sample predictions
+equal another entry's are listed unranked ("identical to X"); submit refuses them unless
+--allow-identical.  submit and build write only into a directory holding leaderboards/
+(the current one, or --root).  See leaderboards/SUBMITTING.md.
 """
 
 
@@ -43,7 +48,7 @@ def run_check(args: argparse.Namespace) -> int:
     if args.flags and len(paths) != 1:
         print("rfbench: error: --flags needs exactly one ENTRY.json", file=sys.stderr)
         return 2
-    failed = 0
+    failed, passed = 0, []
     for path in paths:
         try:
             flags = None
@@ -52,33 +57,55 @@ def run_check(args: argparse.Namespace) -> int:
                 track_id = data.get("track") if isinstance(data, dict) else None
                 ck = find_track(track_id, root).info.protocol.checkpoint if isinstance(track_id, str) else "best"
                 flags = _flags(args.flags, ck)
-            entry = check_entry_file(path, root, flags=flags)
+            entry = check_entry_file(path, root, flags=flags, check_code=args.check_code)
+            passed.append(entry)
             print(f"ok      {path} ({entry.track}, {entry.name})")
         except EntryError as exc:
             failed += 1
             print(f"REJECT  {exc.where}")
             for problem in exc.problems:
                 print(f"        - {problem}")
+    for note in identical_notes(passed, root):
+        print(f"note    {note}")
     print(f"{len(paths) - failed}/{len(paths)} entries pass", file=sys.stderr)
     return 1 if failed else 0
 
 
+def identical_notes(entries: list, root: Path) -> list[str]:
+    """One line per checked entry whose per-sample predictions equal another's on its track (shown unranked)."""
+    from rfbench.benchmark.leaderboard.ranking import duplicates, entry_data
+    from rfbench.benchmark.leaderboard.schema import find_track
+
+    by_track: dict[str, list] = {}
+    for e in entries:
+        by_track.setdefault(e.track, []).append(e)
+    notes = []
+    for track_id, members in sorted(by_track.items()):
+        track = find_track(track_id, root)
+        data = [entry_data(e, track.info.protocol.checkpoint, root) for e in members]
+        for eid, ref in sorted(duplicates(data, track.info.baselines).items()):
+            notes.append(f"{track_id}/{eid} is identical to {ref} (the same per-sample predictions): "
+                         "the page lists it unranked")
+    return notes
+
+
 def run_submit(args: argparse.Namespace) -> int:
-    from rfbench.benchmark.leaderboard import find_track, leaderboards_root
+    from rfbench.benchmark.leaderboard import find_track
+    from rfbench.benchmark.leaderboard.schema import writable_root
     from rfbench.benchmark.leaderboard.submit import submit
 
-    root = leaderboards_root(args.root)
+    root = writable_root(args.root)
     path = submit(args.run_dir, find_track(args.track, root), root, entry_id=args.id, name=args.name, code=args.code,
-                  paper=args.paper or "", force=args.force)
+                  paper=args.paper or "", force=args.force, allow_identical=args.allow_identical)
     print(f"wrote {path}; now run `rfbench leaderboard build` and open a pull request", file=sys.stderr)
     return 0
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from rfbench.benchmark.leaderboard import leaderboards_root
     from rfbench.benchmark.leaderboard.build import build
+    from rfbench.benchmark.leaderboard.schema import writable_root
 
-    for path in build(leaderboards_root(args.root)):
+    for path in build(writable_root(args.root), html=Path(args.html) if args.html else None):
         print(path)
     return 0
 
@@ -113,13 +140,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     def common(q: argparse.ArgumentParser) -> None:
         q.add_argument("--root", metavar="DIR", help="repository root holding leaderboards/ (default: the current "
-                       "directory if it has one, else this checkout)")
+                       "directory if it has one; else this checkout for check and compare, and an error for submit "
+                       "and build, which never write into the installed package)")
 
     c = lsub.add_parser("check", help="validate entries (all of them without arguments)", epilog=EPILOG,
                         formatter_class=HelpFormatter)
     c.add_argument("entries", nargs="*", metavar="ENTRY.json", help="entry files (default: every leaderboards/*/*.json)")
     c.add_argument("--flags", action="append", default=[], metavar="[CHECKPOINT=]FILE.npz",
                    help="per-sample flag file to recompute the per-class vectors from (default checkpoint: the track's ranked one)")
+    c.add_argument("--check-code", action="store_true", help="also require each entry's repository-relative "
+                   "defense.code to exist under the root (CI in the rfbench repository; leave it off in a "
+                   "leaderboard-only fork)")
     common(c)
     c.set_defaults(func=run_check)
 
@@ -133,11 +164,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "(default: the source file of a defense inside this repository)")
     s.add_argument("--paper", help="citation of the method")
     s.add_argument("--force", action="store_true", help="replace an existing entry with the same id")
+    s.add_argument("--allow-identical", action="store_true", help="submit even if the run's per-sample predictions "
+                   "equal a committed entry's (the page then lists it unranked, as identical to that entry)")
     common(s)
     s.set_defaults(func=run_submit)
 
     b = lsub.add_parser("build", help="render leaderboards/README.md, the track pages and heat maps", epilog=EPILOG,
                         formatter_class=HelpFormatter)
+    b.add_argument("--html", metavar="DIR", help="also write the static web leaderboard into DIR (index.html, one "
+                   "page per track and per entry; works offline, no external assets)")
     common(b)
     b.set_defaults(func=run_build)
 

@@ -28,6 +28,7 @@ import numpy as np
 
 from rfbench.benchmark.errors import RfbenchError
 from rfbench.benchmark.io.atomic import atomic_write_bytes
+from rfbench.benchmark.perclass import robust
 
 
 @dataclass
@@ -68,12 +69,13 @@ class SampleFlags:
         return self.clean_pred == self.y
 
     def robust(self, label: str) -> np.ndarray:
-        """(N,): the attack ran and the adversarial prediction is still correct."""
+        """(N,): robust to the attack: clean-correct AND the attack ran AND its adversarial prediction is
+        correct (:func:`rfbench.benchmark.perclass.robust`), so robust ⊆ clean-correct."""
         a = self.labels.index(label)
-        return self.ran[:, a] & (self.adv_pred[:, a] == self.y)
+        return robust(self.clean_correct, self.ran[:, a] & (self.adv_pred[:, a] == self.y))
 
     def worst_case(self, labels: list[str]) -> np.ndarray:
-        """(N,): robust only if clean-correct and no attack among ``labels`` succeeded."""
+        """(N,): robust to every attack among ``labels`` (clean-correct alone when there is none)."""
         ok = self.clean_correct.copy()
         for lab in labels:
             ok &= self.robust(lab)

@@ -38,7 +38,8 @@ import torch
 from tqdm import tqdm
 
 from rfbench.attacks.named import Attack
-from rfbench.attacks.spec import DEFAULT_SUITE, Threat, build_attacks, sweep_base, t_sweep_specs
+from rfbench.attacks.spec import DEFAULT_SUITE, build_attacks, sweep_base, t_sweep_specs
+from rfbench.attacks.threat import resolve_threat
 from rfbench.benchmark.config import choice, rng
 from rfbench.benchmark.data.base import ArrayDataset, DataBundle, iterate_batches
 from rfbench.benchmark.data.subsets import per_class_subset
@@ -307,7 +308,7 @@ def evaluate(
     model = model.to(device).eval()
     if use_channels_last(cfg.channels_last, device):
         model = model.to(memory_format=torch.channels_last)
-    threat = Threat.from_defaults(bundle.threat, cfg.eps, cfg.norm)
+    threat = resolve_threat(bundle.threat, "eval", eps=cfg.eps, norm=cfg.norm)
     test = select_subset(bundle.test, cfg.n_per_class, cfg.subset_seed)
     specs = list(cfg.attacks) or list(DEFAULT_SUITE)
     attacks = build_attacks(specs, model, threat)

@@ -1,8 +1,11 @@
-"""Per-class metrics of an evaluation (protocol.md, "What a result must contain").
+"""Per-class metrics of an evaluation (``docs/evaluation.md``, "Definitions").
 
-All functions are pure NumPy on per-sample arrays: ``y`` (true labels), a
-boolean ``correct`` per sample, or predictions.  Accuracies are fractions in
-[0,1]; a class with no evaluated sample has accuracy NaN.
+Pure NumPy on per-sample arrays: ``y`` (true labels), a boolean ``correct``
+per sample, or predictions.  Per-class accuracy, the robust rule and the
+binomial intervals are defined once, in :mod:`rfbench.benchmark.perclass`
+(re-exported here); this module builds the summaries on top.  Accuracies are
+fractions in [0,1]; a class with no evaluated sample has accuracy NaN and is
+left out of every summary.
 
 Example::
 
@@ -18,17 +21,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from rfbench.benchmark.perclass import class_counts, per_class_accuracy, per_class_intervals, worst_class_interval
+
+__all__ = ["per_class_accuracy", "per_class_intervals", "worst_class_interval", "summarize", "tail_mean"]
+
 TAIL_FRACTION = 0.2
 CIFAR10_LT_GROUPS = {"head": [0, 1, 2], "middle": [3, 4, 5, 6], "tail": [7, 8, 9]}
 SHOT_THRESHOLDS = (100, 20)  # many-shot > 100 training images, few-shot < 20 (CIFAR-100-LT convention)
-
-
-def per_class_accuracy(correct: np.ndarray, y: np.ndarray, num_classes: int) -> np.ndarray:
-    """Fraction of correct samples in each class, ``(C,)``; NaN for a class with no sample."""
-    n = np.bincount(y, minlength=num_classes).astype(float)
-    k = np.bincount(y, weights=np.asarray(correct, dtype=float), minlength=num_classes)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(n > 0, k / np.maximum(n, 1), np.nan)
 
 
 def tail_mean(acc: np.ndarray, fraction: float = TAIL_FRACTION) -> float:
@@ -41,7 +40,8 @@ def tail_mean(acc: np.ndarray, fraction: float = TAIL_FRACTION) -> float:
 def summarize(acc: np.ndarray) -> dict[str, Any]:
     """Summary of per-class accuracies: balanced mean, worst and best class, gap, SD (population), NSD = SD/mean, tail20.
 
-    The mean is the per-class (balanced) mean, as the protocol asks for long-tailed sets.
+    The mean is the per-class (balanced) mean, as ``docs/evaluation.md`` asks for long-tailed sets.
+    Classes with NaN accuracy (no sample) are left out.
     """
     acc = np.asarray(acc, dtype=float)
     valid = ~np.isnan(acc)
@@ -62,28 +62,6 @@ def summarize(acc: np.ndarray) -> dict[str, Any]:
     }
 
 
-def bootstrap_ci(
-    correct: np.ndarray, y: np.ndarray, num_classes: int, n_boot: int = 1000, seed: int = 0, level: float = 0.95
-) -> tuple[np.ndarray, np.ndarray]:
-    """Stratified percentile bootstrap: ``(per-class CI (C,2), worst-class-accuracy CI (2,))``.
-
-    Resampling a class's n_c samples with replacement makes its correct count
-    Binomial(n_c, p̂_c); the draws are made that way (the same distribution,
-    without materialising indices).  The worst-class statistic of a draw is
-    the minimum over classes of the resampled accuracies.
-    """
-    rng = np.random.default_rng(seed)
-    n = np.bincount(y, minlength=num_classes)
-    p = per_class_accuracy(correct, y, num_classes)
-    live = n > 0
-    draws = np.full((n_boot, num_classes), np.nan)
-    draws[:, live] = rng.binomial(n[live], p[live], size=(n_boot, int(live.sum()))) / n[live]
-    lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
-    per_class = np.stack([np.percentile(draws, lo, axis=0), np.percentile(draws, hi, axis=0)], axis=1)
-    worst = np.nanmin(draws, axis=1)
-    return per_class, np.array([np.percentile(worst, lo), np.percentile(worst, hi)])
-
-
 def confusion_matrix(y: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:
     """``count[true class, predicted class]`` (on adversarial predictions: the confusion flow)."""
     m = np.zeros((num_classes, num_classes), dtype=np.int64)
@@ -92,10 +70,10 @@ def confusion_matrix(y: np.ndarray, pred: np.ndarray, num_classes: int) -> np.nd
 
 
 def class_false_positive_score(y: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:
-    """CFPS_j = #(pred = j and y ≠ j) / #misclassified: which class absorbs the errors (protocol.md)."""
+    """CFPS_j = #(pred = j and y ≠ j) / #misclassified: which class absorbs the errors (``docs/evaluation.md``)."""
     wrong = pred != y
     total = int(wrong.sum())
-    counts = np.bincount(pred[wrong], minlength=num_classes).astype(float)
+    counts = class_counts(pred[wrong], num_classes).astype(float)
     return counts / total if total else np.zeros(num_classes)
 
 

@@ -1,10 +1,14 @@
 """``rfbench leaderboard build``: ``leaderboards/README.md``, one page and one heat map per track.
 
-Entries are ranked by the worst-class accuracy under the worst case over the
-track's attacks (a sample counts as robust only if every attack failed), on
-the track's ranked checkpoint; ties go to the higher mean.  Every entry is
-checked first; an entry that fails its check is listed as rejected, never
-ranked.
+Entries are ranked into rank groups by the worst-class accuracy and by the
+mean of the worst 20% of classes, under the worst case over the track's
+attacks (a sample counts as robust only if every attack failed), on the
+track's ranked checkpoint; entries that are not significantly different share
+a rank group (:mod:`rfbench.benchmark.leaderboard.ranking`, whose ``RULE`` is
+printed on every page).  Every entry is checked first; an entry that fails its
+check is listed as rejected, never ranked; an entry identical to another is
+listed as such, never ranked.  ``--html DIR`` also writes the static web
+leaderboard (:mod:`rfbench.benchmark.leaderboard.html`).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import pandas as pd
 
 from rfbench.benchmark.io import atomic_write_text
 from rfbench.benchmark.leaderboard.check import check_entry_file
+from rfbench.benchmark.leaderboard.ranking import RULE, Ranking, rank
 from rfbench.benchmark.leaderboard.schema import Entry, EntryError, Track, list_tracks
 
 log = logging.getLogger(__name__)
@@ -27,8 +32,9 @@ HEATMAP = "heatmap.png"
 @dataclass
 class TrackBoard:
     track: Track
-    entries: list[Entry]  # ranked
+    entries: list[Entry]  # ranked, in table order (identical entries excluded)
     rejected: dict[str, str]  # file name -> reason
+    ranking: Ranking | None = None  # rank groups, intervals, identical entries (None: no entry)
 
 
 def collect(track: Track, root: Path) -> TrackBoard:
@@ -39,13 +45,10 @@ def collect(track: Track, root: Path) -> TrackBoard:
         except EntryError as exc:
             rejected[path.name] = "; ".join(exc.problems)
             log.warning("rejected %s: %s", path, rejected[path.name])
-    ck = track.info.protocol.checkpoint
-
-    def rank_key(e: Entry) -> tuple[float, float]:
-        s = e.evaluation(ck).summary["worst_case"]
-        return (-s["worst"], -s["mean"])
-
-    return TrackBoard(track=track, entries=sorted(entries, key=rank_key), rejected=rejected)
+    if not entries:
+        return TrackBoard(track=track, entries=[], rejected=rejected)
+    ranking = rank(entries, track.info.protocol.checkpoint, root, baselines=track.info.baselines)
+    return TrackBoard(track=track, entries=[r.entry for r in ranking.ranked], rejected=rejected, ranking=ranking)
 
 
 def cost_text(e: Entry) -> str:
@@ -56,19 +59,24 @@ def cost_text(e: Entry) -> str:
 
 
 def ranking_frame(board: TrackBoard) -> pd.DataFrame:
-    """The ranked table (percentages): worst-class robust, its class, mean robust, clean, gap, last checkpoint, cost."""
+    """The ranked table (percentages): rank groups, worst-class robust with its Wilson interval and class,
+    worst-20% robust, mean robust, clean, gap, last checkpoint, cost."""
     ck = board.track.info.protocol.checkpoint
     rows = []
-    for rank, e in enumerate(board.entries, 1):
+    for r in board.ranking.ranked if board.ranking else []:
+        e = r.entry
         ev = e.evaluation(ck)
         wc, clean = ev.summary["worst_case"], ev.summary["clean"]
         last = e.evaluations.get("last") if ck != "last" else None
         row = {
-            "rank": rank,
+            "rank: worst": r.ranks["worst"],
+            "rank: worst 20%": r.ranks["tail20"],
             "entry": f"[{e.id}]({e.id}.json)",
             "defense": e.name,
-            "worst-class robust": 100 * wc["worst"],
-            "weakest class": e.classes[wc["worst_class"]],
+            "worst-class robust": 100 * r.worst,
+            "95% interval": f"{100 * r.worst_ci[0]:.1f}-{100 * r.worst_ci[1]:.1f}",
+            "weakest class": e.classes[r.worst_class],
+            "worst-20% robust": 100 * r.tail20,
             "mean robust": 100 * wc["mean"],
             "clean": 100 * clean["mean"],
             "gap": 100 * wc["gap"],
@@ -103,7 +111,8 @@ def plot_heatmap(board: TrackBoard, path: Path) -> Path:
                 dark = m[i, j] < 15 or m[i, j] > 85  # the ends of the colour map are dark
                 ax.text(j, i, f"{m[i, j]:.0f}", ha="center", va="center", fontsize=7, color="white" if dark else "black")
     ax.set_xticks(range(len(classes)), classes, rotation=40, ha="right", fontsize=8)
-    ax.set_yticks(range(len(board.entries)), [f"{k + 1}. {e.name} ({e.id})" for k, e in enumerate(board.entries)], fontsize=8)
+    ranks = [r.ranks["worst"] for r in board.ranking.ranked] if board.ranking else range(1, len(board.entries) + 1)
+    ax.set_yticks(range(len(board.entries)), [f"{k}. {e.name} ({e.id})" for k, e in zip(ranks, board.entries)], fontsize=8)
     ax.set_title(f"{board.track.info.title}\nper-class robust accuracy (%, worst case over the track's attacks, "
                  f"{ck} checkpoint)", fontsize=9)
     fig.colorbar(im, ax=ax, label="robust accuracy (%)")
@@ -127,17 +136,52 @@ def track_page(board: TrackBoard) -> str:
     ]
     if t.reference:
         lines.append(f"- **Published numbers for this setting:** {t.reference}")
-    lines += ["", "Ranked by worst-class robust accuracy (worst case over all attacks). Accuracies in percent; "
-              "gap = best minus worst class; GPU-h = training + evaluation time on a GPU (0 for CPU runs, their CPU "
-              "hours in brackets).", ""]
+    lines += ["", "Ranked by rank group of the worst-class robust accuracy, then of the worst-20% robust accuracy "
+              "(worst case over all attacks). Accuracies in percent; 95% interval = Wilson interval of the worst "
+              "class; gap = best minus worst class; GPU-h = training + evaluation time on a GPU (0 for CPU runs, "
+              "their CPU hours in brackets).", "", RULE, ""]
     if board.entries:
-        lines += [ranking_frame(board).to_markdown(index=False, floatfmt=".1f"), "", f"![per-class heat map]({HEATMAP})", ""]
+        lines += [noise_text(board), "", ranking_frame(board).to_markdown(index=False, floatfmt=".1f"), "",
+                  f"![per-class heat map]({HEATMAP})", ""]
     else:
         lines += ["No entries yet.", ""]
+    if board.ranking and board.ranking.identical:
+        lines += ["Not ranked, identical to another entry (the same per-sample predictions on the ranked checkpoint):", ""]
+        lines += [f"- [{r.entry.id}]({r.entry.id}.json) ({r.entry.name}): identical to {r.identical_to}"
+                  for r in board.ranking.identical] + [""]
     if board.rejected:
         lines += ["Rejected entries (failed `rfbench leaderboard check`):", ""]
         lines += [f"- `{name}`: {why}" for name, why in board.rejected.items()] + [""]
     return "\n".join(lines)
+
+
+def noise_text(board: TrackBoard) -> str:
+    """The track's seed spread, as used by the rank groups."""
+    r = board.ranking
+    if r is None:
+        return ""
+    if not r.seed_settings:
+        return ("Seed spread: no defense has two or more seeds on this track yet, so the rank groups reflect "
+                "test-set noise only.")
+    sd = ", ".join(f"{label} {100 * r.seed_sd[key]:.1f}" for key, label in
+                   (("worst", "worst class"), ("tail20", "worst 20%")))
+    return (f"Seed spread (pooled standard deviation over the seeds of {', '.join(r.seed_settings)}, in points): "
+            f"{sd}.")
+
+
+def leaders(board: TrackBoard, key: str = "worst") -> list[Entry]:
+    """The entries in rank group 1 of ``key``."""
+    return [r.entry for r in board.ranking.ranked if r.ranks[key] == 1] if board.ranking else []
+
+
+def leaders_text(board: TrackBoard, key: str, most: int = 4) -> str:
+    """Rank group 1 of ``key`` by name (id); only its size when it holds more than ``most`` entries."""
+    first = leaders(board, key)
+    if not first:
+        return "-"
+    if len(first) > most:
+        return f"{len(first)} of {len(board.entries)} entries tie"
+    return ", ".join(f"{e.name} ({e.id})" for e in first)
 
 
 def index_page(boards: list[TrackBoard]) -> str:
@@ -151,25 +195,33 @@ def index_page(boards: list[TrackBoard]) -> str:
             "setting": t.title,
             "hardware": t.hardware.upper(),
             "entries": len(b.entries),
-            "leader": leader.name if leader else "-",
-            "worst-class robust": f"{100 * leader.evaluation(ck).summary['worst_case']['worst']:.1f}" if leader else "-",
-            "mean robust": f"{100 * leader.evaluation(ck).summary['worst_case']['mean']:.1f}" if leader else "-",
+            "rank 1 (worst class)": leaders_text(b, "worst"),
+            "rank 1 (worst 20%)": leaders_text(b, "tail20"),
+            "top worst-class robust": f"{100 * leader.evaluation(ck).summary['worst_case']['worst']:.1f}" if leader else "-",
+            "its mean robust": f"{100 * leader.evaluation(ck).summary['worst_case']['mean']:.1f}" if leader else "-",
         })
     return "\n".join([
         "# rfbench leaderboards", "",
         "Adversarially trained models compared on their **weakest class**: each track ranks entries by the "
-        "worst-class robust accuracy under the worst case over its attack suite. Each entry is a JSON file "
+        "worst-class robust accuracy under the worst case over its attack suite, and by the mean of its worst 20% "
+        "of classes, in rank groups: entries that are not significantly different share a rank. Each entry is a JSON file "
         "checked by `rfbench leaderboard check` (schema, the track's protocol, summaries recomputed from the "
         "per-class vectors and the per-sample flags). Pages are generated by `rfbench leaderboard build`; "
-        "do not edit them by hand. To add a defense, see [SUBMITTING.md](SUBMITTING.md).", "",
+        "do not edit them by hand. To add a defense, see [SUBMITTING.md](SUBMITTING.md). "
+        "`rfbench leaderboard build --html DIR` writes the same boards as a static web site.", "",
         pd.DataFrame(rows).to_markdown(index=False) if rows else "No tracks.", "",
+        "## How entries are ranked", "", RULE, "",
     ])
 
 
-def build(root: Path) -> list[Path]:
-    """Render every track page, heat map and the index; returns the written paths."""
+def build(root: Path, html: Path | None = None) -> list[Path]:
+    """Render every track page, heat map and the index (and the web site into ``html``); returns the written paths."""
     written = []
     boards = [collect(t, root) for t in list_tracks(root)]
+    if html is not None:
+        from rfbench.benchmark.leaderboard.html import write_site
+
+        written += write_site(boards, Path(html))
     for b in boards:
         d = b.track.path.parent
         if b.entries:

@@ -15,7 +15,10 @@ listing all of them.  What is checked:
    (:func:`rfbench.benchmark.eval.metrics.summarize`);
 5. when a per-sample flag file is given (the entry's ``flags_file`` or ``--flags``),
    the per-class vectors equal those recomputed from the flags;
-6. paths (``defense.code``, ``flags_file``) are repository-relative and stay inside it.
+6. paths (``defense.code``, ``flags_file``) are repository-relative and stay inside it;
+7. with ``check_code`` (``rfbench leaderboard check --check-code``, what CI runs in the
+   rfbench repository) a repository-relative ``defense.code`` must exist.  Without it the
+   check works in a leaderboard-only fork (a directory holding only ``leaderboards/``).
 
 Entries are data: nothing in them is imported or executed, and the flag file is
 read with ``allow_pickle=False``.
@@ -216,6 +219,7 @@ def check_entry(
     entry_path: Path | None = None,
     track: Track | None = None,
     flags: dict[str, Path] | None = None,
+    check_code: bool = False,
 ) -> Entry:
     """Validate entry ``data``; returns the typed :class:`Entry` or raises :class:`EntryError` listing every problem.
 
@@ -240,7 +244,7 @@ def check_entry(
         problems.append("cost.gpu_hours is required for a run on a GPU")
     if not is_url(entry.defense.code):
         path = _resolve(entry.defense.code, root, "defense.code", problems)
-        if path is not None and not path.is_file():
+        if check_code and path is not None and not path.is_file():
             problems.append(f"defense.code '{entry.defense.code}' does not exist in the repository; "
                             "give the defense's source file or an https:// URL")
     for which, ev in entry.evaluations.items():
@@ -261,7 +265,9 @@ def check_entry(
     return entry
 
 
-def check_entry_file(path: str | Path, root: Path, flags: dict[str, Path] | None = None) -> Entry:
+def check_entry_file(path: str | Path, root: Path, flags: dict[str, Path] | None = None,
+                     check_code: bool = False) -> Entry:
     """Read and check ``leaderboards/<track>/<id>.json``."""
     path = Path(path)
-    return check_entry(read_entry_file(path), where=str(path), root=root, entry_path=path, flags=flags)
+    return check_entry(read_entry_file(path), where=str(path), root=root, entry_path=path, flags=flags,
+                       check_code=check_code)

@@ -74,6 +74,8 @@ class TrackInfo:
     hardware: str = field(default="gpu", metadata=choice("cpu", "gpu"))
     fixed_train: list[str] = field(default_factory=list)
     reference: str = ""  # where published numbers for this setting are (reference-numbers.md section)
+    # the reference among entries with identical predictions is the one of the first baseline (ranking.py)
+    baselines: list[str] = field(default_factory=lambda: ["standard", "pgd-at", "trades"])
 
 
 @dataclass
@@ -112,6 +114,22 @@ def leaderboards_root(root: str | Path | None = None) -> Path:
         return Path(root)
     cwd = Path.cwd()
     return cwd if (cwd / "leaderboards").is_dir() else Path(__file__).resolve().parents[2]
+
+
+def writable_root(root: str | Path | None) -> Path:
+    """The root that ``submit`` and ``build`` write into: ``root``, else the cwd if it has ``leaderboards/``.
+
+    Never the installed source tree: without ``--root`` and outside a checkout this is an error.
+    """
+    if root is not None:
+        path = Path(root)
+        if not (path / "leaderboards").is_dir():
+            raise ConfigError(f"--root {path}: no leaderboards/ directory there")
+        return path
+    if (Path.cwd() / "leaderboards").is_dir():
+        return Path.cwd()
+    raise ConfigError(f"the current directory {Path.cwd()} has no leaderboards/; run this from your rfbench checkout "
+                      "or leaderboard fork, or pass --root DIR")
 
 
 def list_tracks(root: Path) -> list[Track]:

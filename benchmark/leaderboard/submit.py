@@ -21,7 +21,7 @@ from rfbench.benchmark.errors import ConfigError, RfbenchError
 from rfbench.benchmark.io import atomic_write_bytes, atomic_write_json, read_json
 from rfbench.benchmark.leaderboard.check import check_entry, check_entry_file
 from rfbench.benchmark.leaderboard.paths import is_url
-from rfbench.benchmark.leaderboard.schema import ENTRY_SCHEMA, SUMMARY_FIELDS, Track
+from rfbench.benchmark.leaderboard.schema import ENTRY_SCHEMA, SUMMARY_FIELDS, Entry, EntryError, Track
 from rfbench.benchmark.runner.config import slug
 from rfbench.benchmark.runner.report import RUN_SCHEMA
 
@@ -98,15 +98,42 @@ def entry_from_run(run_dir: Path, track: Track, root: Path, *, entry_id: str | N
     return entry, {w: run_dir / b["flags_file"] for w, b in blocks.items()}
 
 
+def identical_committed(entry: Entry, flags: dict[str, Path], track: Track, root: Path) -> str | None:
+    """The id of a committed entry of ``track`` whose per-sample predictions equal the new entry's, if any."""
+    from rfbench.benchmark.leaderboard.ranking import entry_data, identical_to
+
+    ck = track.info.protocol.checkpoint
+    committed = []
+    for path in sorted(track.path.parent.glob("*.json")):
+        if path.stem == entry.id:
+            continue
+        try:
+            committed.append(entry_data(check_entry_file(path, root), ck, root))
+        except (EntryError, KeyError):
+            continue  # a rejected entry is no reference; `rfbench leaderboard check` reports it
+    same = identical_to(entry_data(entry, ck, root, flags_path=flags.get(ck)), committed)
+    return same.id if same else None
+
+
 def submit(run_dir: str | Path, track: Track, root: Path, *, entry_id: str | None = None, name: str | None = None,
-           code: str | None = None, paper: str = "", force: bool = False) -> Path:
-    """Check the run's entry against ``track``, then write its flag files and the entry; returns the entry path."""
+           code: str | None = None, paper: str = "", force: bool = False, allow_identical: bool = False) -> Path:
+    """Check the run's entry against ``track``, then write its flag files and the entry; returns the entry path.
+
+    An entry whose per-sample predictions equal a committed entry's is refused (it would be one result counted
+    twice, shown unranked) unless ``allow_identical``.
+    """
     run_dir = Path(run_dir)
     entry, run_flags = entry_from_run(run_dir, track, root, entry_id=entry_id, name=name, code=code, paper=paper)
     target = root / "leaderboards" / track.id / f"{entry['id']}.json"
     if target.exists() and not force:
         raise RfbenchError(f"{target} exists; choose another --id or pass --force to replace it")
-    check_entry(entry, where=f"entry from {run_dir}", root=root, entry_path=target, track=track, flags=run_flags)
+    checked = check_entry(entry, where=f"entry from {run_dir}", root=root, entry_path=target, track=track,
+                          flags=run_flags)
+    same = identical_committed(checked, run_flags, track, root)
+    if same and not allow_identical:
+        raise RfbenchError(f"the run's per-sample predictions equal those of the committed entry {same}: one result "
+                           "counted twice, which the page would show unranked; pass --allow-identical to submit it "
+                           "anyway")
     for which, src in run_flags.items():
         atomic_write_bytes(root / entry["evaluations"][which]["flags_file"], src.read_bytes())
     atomic_write_json(target, entry)

@@ -9,8 +9,10 @@ update equals a single process's on the global batch, up to float rounding.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
+from typing import Callable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -87,3 +89,41 @@ def any_rank(flag: bool, info: DistInfo, device: torch.device) -> bool:
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()
+
+
+class ShardedGenerator:
+    """The attack generator of a data-parallel run: draws made for the *global* training batch, sliced per rank.
+
+    Rank r attacks rows ``offset:offset+n_local`` of a global batch of
+    ``n_global``.  Inside :meth:`batch` a random start drawn for a tensor of
+    this rank's ``n_local`` rows is drawn for all ``n_global`` rows from the
+    shared seeded generator and this rank's rows are kept: exactly the start a
+    single process would have drawn, and every rank's generator advances
+    alike.  Outside :meth:`batch` (validation, a defense's own measurement on
+    another batch, which every rank runs whole) it is the plain generator.
+    The PGD core only calls :meth:`draw`; it knows nothing of ranks.
+    """
+
+    def __init__(self, generator: torch.Generator):
+        self.generator = generator
+        self._shard: tuple[int, int, int] | None = None  # (n_global, offset, n_local) inside batch()
+
+    @contextlib.contextmanager
+    def batch(self, n_global: int, offset: int, n_local: int) -> Iterator[None]:
+        """Shard draws for this training batch only."""
+        self._shard = (n_global, offset, n_local)
+        try:
+            yield
+        finally:
+            self._shard = None
+
+    def draw(self, like: torch.Tensor, fill: Callable[[torch.Tensor, torch.Generator], torch.Tensor]) -> torch.Tensor:
+        """``fill(t, generator)`` for a tensor shaped like ``like`` (see the class docstring)."""
+        if self._shard is not None and like.shape[0] == self._shard[2]:
+            n_global, offset, n_local = self._shard
+            full = fill(like.new_empty((n_global, *like.shape[1:])), self.generator)
+            return full[offset: offset + n_local]
+        if self._shard is not None:
+            raise RuntimeError(f"a random draw for {like.shape[0]} rows inside a data-parallel training batch of "
+                               f"{self._shard[2]} local rows; attack the whole local batch, or draw outside the step")
+        return fill(torch.empty_like(like), self.generator)

@@ -13,7 +13,8 @@ from rfbench.benchmark.errors import RfbenchError
 from rfbench.benchmark.io import load_checkpoint, load_state_dict_into
 from rfbench.benchmark.models import create_model
 from rfbench.benchmark.train.config import TrainConfig
-from rfbench.defenses import ThreatModel, TrainContext, build_defense
+from rfbench.attacks.threat import Threat
+from rfbench.defenses import TrainContext, build_defense
 
 CHECKPOINTS = {"best": "checkpoint-best.pt", "last": "checkpoint-last.pt"}
 
@@ -48,7 +49,7 @@ def load_run_model(run_dir: str | Path, which: str = "best", device: str | torch
         raise RfbenchError(f"{path} has no model description (meta/config); it was not written by rfbench train")
     cfg = from_dict(TrainConfig, config, where=f"{path} config")
     ctx = TrainContext(num_classes=meta["num_classes"], train_counts=meta["train_counts"],
-                       threat=ThreatModel(**meta["threat"]), epochs=cfg.epochs, device=torch.device(device))
+                       threat=Threat(**meta["threat"]), epochs=cfg.epochs, device=torch.device(device))
     defense = build_defense(cfg.defense, cfg.defense_args, ctx)
     model = create_model(cfg.model, num_classes=meta["num_classes"], in_channels=meta["in_channels"],
                          mean=meta["mean"], std=meta["std"], **cfg.model_kwargs)

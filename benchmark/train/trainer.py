@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -32,18 +32,20 @@ from tqdm.auto import tqdm
 from rfbench.benchmark.config import dump_yaml, to_dict
 from rfbench.benchmark.data import DataBundle, iterate_batches, load_dataset
 from rfbench.benchmark.data.subsets import stratified_subset
-from rfbench.attacks.core import ShardedGenerator
+from rfbench.attacks.threat import Threat, resolve_threat, warmup_eps
 from rfbench.benchmark.errors import ConfigError, Interrupted, RfbenchError
 from rfbench.benchmark.io import (atomic_write_json, atomic_write_text, load_checkpoint, load_state_dict_into, remove_stale_temps,
                           save_checkpoint)
 from rfbench.benchmark.models import create_model
 from rfbench.benchmark.train.config import TrainConfig
-from rfbench.benchmark.train.distributed import DistInfo, all_reduce_sum, any_rank, barrier, gather_rows, init_distributed, shard
+from rfbench.benchmark.train.averaging import WeightAverages
+from rfbench.benchmark.train.distributed import (DistInfo, ShardedGenerator, all_reduce_sum, any_rank, barrier, gather_rows,
+                                                 init_distributed, shard)
 from rfbench.benchmark.train.runtime import autocast_dtype, maybe_compile, resolve_device, seed_everything, use_channels_last
 from rfbench.benchmark.train.schedule import lr_at
 from rfbench.benchmark.train.validate import per_class_accuracy
-from rfbench.defenses import EpochStats, ThreatModel, TrainContext, build_defense
-from rfbench.defenses.base import Defense
+from rfbench.defenses import EpochStats, TrainContext, build_defense
+from rfbench.defenses.base import Defense, LossOutput
 
 log = logging.getLogger(__name__)
 
@@ -56,15 +58,12 @@ class NonFiniteLossError(RfbenchError):
     """Training produced NaN or Inf."""
 
 
-def threat_from(cfg: TrainConfig, bundle: DataBundle) -> ThreatModel:
-    """The training threat model: the config's values, else the dataset's protocol defaults."""
-    d = bundle.threat
-    return ThreatModel(
-        norm=cfg.norm or d.norm,
-        eps=cfg.eps if cfg.eps is not None else d.eps,
-        alpha=cfg.alpha if cfg.alpha is not None else d.train_alpha,
-        steps=cfg.steps if cfg.steps is not None else d.train_steps,
-    )
+def threat_from(cfg: TrainConfig, bundle: DataBundle) -> Threat:
+    """The training threat: the dataset's protocol values, then the config's (track/file, then CLI) values.
+
+    The one resolution rule, :func:`rfbench.attacks.threat.resolve_threat`.
+    """
+    return resolve_threat(bundle.threat, "train", norm=cfg.norm, eps=cfg.eps, alpha=cfg.alpha, steps=cfg.steps)
 
 
 def load_bundle(cfg: TrainConfig) -> DataBundle:
@@ -155,8 +154,60 @@ class EpochAccumulator:
         }
 
 
+class TrainHook:
+    """An extension point of the training step; every method is a no-op by default.
+
+    The trainer calls, for each batch that is not skipped::
+
+        out = defense.training_step(model, x, y, pos)
+        out.loss.backward()
+        hook.before_optimizer_step(trainer, batch)      # gradients are in place
+        optimizer.step()
+        hook.after_optimizer_step(trainer, batch)       # weights are updated
+
+    Hooks run in the order of ``Trainer.hooks``, the same on every rank, and
+    see the bare module as ``trainer.module``.  A hook that keeps state must
+    save it through the defense or the checkpoint (resume is exact only for
+    what is saved).
+    """
+
+    def before_optimizer_step(self, trainer: "Trainer", batch: "Batch") -> None:
+        """After ``backward``, before ``optimizer.step()``."""
+
+    def after_optimizer_step(self, trainer: "Trainer", batch: "Batch") -> None:
+        """After ``optimizer.step()``, before the defense's ``on_batch_end``."""
+
+
+@dataclasses.dataclass
+class Batch:
+    """One training step's data: this rank's shard ``x, y, pos`` and, once stepped, the global-batch results."""
+
+    epoch: int
+    index: int  # 0-based batch index in the epoch
+    x: torch.Tensor
+    y: torch.Tensor
+    pos: torch.Tensor
+    n_global: int
+    out: LossOutput | None = None
+    # filled by the step: every rank's labels and adversarial logits, the global mean loss and terms
+    y_all: torch.Tensor | None = None
+    adv_all: torch.Tensor | None = None
+    loss: float = float("nan")
+    terms: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
 class Trainer:
-    """Trains one run described by a :class:`TrainConfig` into ``cfg.out``."""
+    """Trains one run described by a :class:`TrainConfig` into ``cfg.out``.
+
+    The epoch loop (:meth:`_fit`) reads as: train the epoch (:meth:`_train_epoch`,
+    one :meth:`_step` per batch), validate (:meth:`_validate`), record the
+    epoch (:meth:`_record_epoch`: the defense's epoch hook, the log line, the
+    history), checkpoint (:meth:`_checkpoint_epoch`).  ``self.module`` is the
+    bare model; ``self.model`` is what the forward goes through (the
+    ``torch.compile`` and/or DistributedDataParallel wrapper of ``self.module``).
+    Only the defense's ``training_step`` sees ``self.model``; everything else
+    the defense receives is the bare module.
+    """
 
     def __init__(self, cfg: TrainConfig, quiet: bool = False, force: bool = False):
         self.cfg = cfg
@@ -170,8 +221,7 @@ class Trainer:
         self.channels_last = use_channels_last(cfg.channels_last, self.device, self.amp)
         self.seeds = seed_everything(cfg.seed)
         self.bundle = load_bundle(cfg)
-        self.threat = threat_from(cfg, self.bundle)
-        self.base_eps = self.threat.eps
+        self.threat = threat_from(cfg, self.bundle)  # the resolved training threat (immutable)
         self.eps_warmup = (cfg.eps_warmup_epochs if cfg.eps_warmup_epochs is not None
                            else self.bundle.threat.eps_warmup_epochs)
         # independent streams: epoch order, augmentation, attack starts (each saved for exact resume)
@@ -179,27 +229,30 @@ class Trainer:
         self.aug_gen = torch.Generator().manual_seed(cfg.seed + 2)
         self.attack_gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 1)
         self.sharded_gen = ShardedGenerator(self.attack_gen) if self.dist.enabled else None
-        ctx = TrainContext(
+        self.averages = WeightAverages()
+        self.ctx = TrainContext(
             num_classes=self.bundle.num_classes, train_counts=self.bundle.train_counts, threat=self.threat,
             epochs=cfg.epochs, device=self.device, autocast_dtype=self.amp,
             generator=self.sharded_gen or self.attack_gen,
             val_loader=lambda bs=512: iterate_batches(self.bundle.val, bs, device=self.device),
-            lr_milestones=list(cfg.milestones),
+            lr_milestones=list(cfg.milestones), averages=self.averages,
         )
-        self.defense: Defense = build_defense(cfg.defense, cfg.defense_args, ctx)
+        self.defense: Defense = build_defense(cfg.defense, cfg.defense_args, self.ctx)
         model = self.defense.setup_model(build_model(cfg, self.bundle)).to(self.device)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         if cfg.init:
             load_state_dict_into(model, load_checkpoint(cfg.init), source=f"init checkpoint {cfg.init}")
             log.info("initialised weights from %s", cfg.init)
-        self.module = model  # the eager module: state_dicts, validation and checkpoints use it
+        self.module = model  # the bare module: state_dicts, validation, checkpoints, averages and defense hooks use it
+        self.averages.attach(model)
         self.optimizer = build_optimizer(cfg, model)
         model = maybe_compile(model, cfg.compile)  # training forward and the defense's attack
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
             model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
         self.model = model
+        self.hooks: list[TrainHook] = []  # before/after optimizer-step extension points (TrainHook)
         self.history: list[dict[str, Any]] = []
         self.best_score = float("-inf")
         self.start_epoch = 0
@@ -216,7 +269,7 @@ class Trainer:
         return {"dataset": b.name, "num_classes": b.num_classes, "in_channels": b.in_channels,
                 "image_size": list(b.image_size), "mean": list(b.mean), "std": list(b.std),
                 "classes": list(b.classes), "train_counts": b.train_counts,
-                "threat": {**dataclasses.asdict(self.threat), "eps": self.base_eps},
+                "threat": dataclasses.asdict(self.threat),
                 "imbalance_ratio": b.imbalance_ratio, "notes": list(b.notes)}
 
     def _state(self, partial: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -226,7 +279,7 @@ class Trainer:
             "epoch": len(self.history),
             "partial": partial,
             "defense_state": self.defense.state_dict(),
-            "extra_models": {k: m.state_dict() for k, m in self.defense.extra_models().items()},
+            "extra_models": self.averages.state_dict(),
             "perm_gen": self.perm_gen.get_state(),
             "aug_gen": self.aug_gen.get_state(),
             "attack_gen": self.attack_gen.get_state(),
@@ -255,9 +308,7 @@ class Trainer:
         load_state_dict_into(self.module, state["model"], source=str(path))
         self.optimizer.load_state_dict(state["optimizer"])
         self.defense.load_state_dict(state.get("defense_state", {}))
-        for name, m in self.defense.extra_models().items():
-            if name in state.get("extra_models", {}):
-                m.load_state_dict(state["extra_models"][name])
+        self.averages.load_state_dict(state.get("extra_models", {}))
         self.perm_gen.set_state(state["perm_gen"].cpu())
         self.aug_gen.set_state(state["aug_gen"].cpu())
         self.attack_gen.set_state(state["attack_gen"].to(self.attack_gen.get_state().device))
@@ -275,29 +326,99 @@ class Trainer:
             save_checkpoint(self.out / LAST, self._state(partial))
         barrier(self.dist)
 
+    def _checkpoint_epoch(self, epoch: int, record: dict[str, Any]) -> None:
+        """End of epoch: ``checkpoint-best.pt`` if the selection score improved, then ``checkpoint-last.pt``."""
+        score = record["select_score"]
+        if score > self.best_score and self.dist.main:
+            save_checkpoint(self.out / BEST, {
+                "model": self.module.state_dict(), "epoch": epoch + 1, "score": score, "select": self.cfg.select,
+                "extra_models": self.averages.state_dict(),
+                "defense_state": self.defense.state_dict(), "config": self._resolved(), "meta": self._meta(),
+            })
+        self.best_score = max(self.best_score, score)
+        self._save_last()
+
     # -- one epoch ----------------------------------------------------------------
-    def _train_epoch(self, epoch: int) -> dict[str, Any]:
-        cfg, bundle, info = self.cfg, self.bundle, self.dist
+    def _begin_epoch(self, epoch: int) -> float:
+        """Set the epoch's learning rate and threat (a new one under eps warm-up), tell the defense; returns lr."""
+        cfg = self.cfg
         lr = lr_at(epoch, cfg.lr, cfg.schedule, cfg.epochs, cfg.milestones, cfg.gamma)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
-        if self.eps_warmup:  # the defense's ctx.threat is this object: it sees the ramped eps
-            self.threat.eps = self.base_eps * min(1.0, (epoch + 1) / self.eps_warmup)
+        self.ctx.threat = self.threat.with_eps(warmup_eps(self.threat.eps, epoch, self.eps_warmup))
         self.defense.on_epoch_start(epoch)
-        acc = EpochAccumulator(bundle.num_classes, self.device)
+        return lr
+
+    def _step(self, batch: Batch) -> bool:
+        """One training step on ``batch``: attack + loss, backward, hooks, optimizer step, global statistics.
+
+        Returns False when the batch was skipped for a non-finite loss
+        (``--nan-policy skip-batch``); raises :class:`NonFiniteLossError` under ``stop``.
+        """
+        info, x, y = self.dist, batch.x, batch.y
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if info.enabled:  # the random starts are drawn for the global batch; this rank keeps its rows
+            offset, n_local = shard(batch.n_global, info)
+            sharding = self.sharded_gen.batch(batch.n_global, offset, n_local)
+        else:
+            sharding = contextlib.nullcontext()
+        with sharding, torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+            out = batch.out = self.defense.training_step(self.model, x, y, batch.pos)
+        bad = _non_finite(out.loss, out.adv_logits)
+        self.optimizer.zero_grad(set_to_none=True)
+        if any_rank(bool(bad), info, self.device):
+            where = f"{bad or 'non-finite loss or logits on another rank'} at epoch {batch.epoch + 1}, batch {batch.index + 1}"
+            if self.cfg.nan_policy == "stop":
+                saved = (f"; {self.out / LAST} holds the last good state" if (self.out / LAST).exists() else "")
+                raise NonFiniteLossError(f"{where}{saved}; rerun with --nan-policy skip-batch to skip such "
+                                         "batches, or lower the learning rate")
+            log.warning("%s: batch skipped (--nan-policy skip-batch)", where)
+            return False
+        scale = len(y) * info.world / batch.n_global  # makes DDP's gradient average the global-batch mean
+        (out.loss * scale if info.enabled else out.loss).backward()
+        for hook in self.hooks:
+            hook.before_optimizer_step(self, batch)
+        self.optimizer.step()
+        for hook in self.hooks:
+            hook.after_optimizer_step(self, batch)
+        adv_logits = out.adv_logits.detach() if out.adv_logits is not None else None
+        if info.enabled:
+            batch.y_all = gather_rows(y, info)
+            batch.adv_all = gather_rows(adv_logits.float(), info) if adv_logits is not None else None
+            loss_t = all_reduce_sum(out.loss.detach().float() * len(y), info) / batch.n_global
+            batch.terms = {k: float(all_reduce_sum(v.detach().float() * len(y), info) / batch.n_global)
+                           for k, v in out.terms.items()}
+        else:
+            batch.y_all, batch.adv_all, loss_t = y, adv_logits, out.loss.detach()
+            batch.terms = {k: float(v.detach()) for k, v in out.terms.items()}
+        batch.loss = float(loss_t)
+        self.defense.on_batch_end(batch.y_all, batch.adv_all)
+        return True
+
+    def _epoch_batches(self, epoch: int, done: int) -> tuple[Iterator, int]:
+        """This epoch's global batches from batch ``done`` on (the defense's order or a uniform shuffle)."""
+        cfg, bundle = self.cfg, self.bundle
+        order = self.defense.sample_order(epoch, bundle.train.y, self.perm_gen)
+        if order is None:
+            order = torch.randperm(len(bundle.train), generator=self.perm_gen)
+        batches = iterate_batches(bundle.train, cfg.batch_size, device=self.device, generator=self.aug_gen,
+                                  augment=bundle.augment, order=order[done * cfg.batch_size:])
+        return batches, -(-len(order) // cfg.batch_size)
+
+    def _train_epoch(self, epoch: int) -> dict[str, Any]:
+        """Train one epoch (resuming mid-epoch if ``self.partial`` says so); returns its training statistics."""
+        cfg, info = self.cfg, self.dist
+        lr = self._begin_epoch(epoch)
+        acc = EpochAccumulator(self.bundle.num_classes, self.device)
         partial, self.partial = self.partial, None
         if partial is not None:  # resume inside this epoch: same order, skip the batches already done
             self.perm_gen.set_state(partial["perm_state"].cpu())
             acc.load_state_dict(partial["acc"])
         perm_state = self.perm_gen.get_state()
-        order = self.defense.sample_order(epoch, bundle.train.y, self.perm_gen)
-        if order is None:
-            order = torch.randperm(len(bundle.train), generator=self.perm_gen)
         done = partial["batches_done"] if partial else 0
         skipped = partial["skipped"] if partial else 0
-        batches = iterate_batches(bundle.train, cfg.batch_size, device=self.device, generator=self.aug_gen,
-                                  augment=bundle.augment, order=order[done * cfg.batch_size:])
-        n_batches = -(-len(order) // cfg.batch_size)
+        batches, n_batches = self._epoch_batches(epoch, done)
         bar = tqdm(batches, total=n_batches, initial=done, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
                    disable=self.quiet or not sys.stderr.isatty(), unit="batch")
         for i, (x, y, pos) in enumerate(bar, start=done):
@@ -305,39 +426,12 @@ class Trainer:
             if info.enabled:
                 offset, n_local = shard(n_global, info)
                 x, y, pos = x[offset:offset + n_local], y[offset:offset + n_local], pos[offset:offset + n_local]
-                self.sharded_gen.global_n, self.sharded_gen.offset = n_global, offset
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
-                out = self.defense.training_step(self.model, x, y, pos)
-            bad = _non_finite(out.loss, out.adv_logits)
-            self.optimizer.zero_grad(set_to_none=True)
-            if any_rank(bool(bad), info, self.device):
-                where = f"{bad or 'non-finite loss or logits on another rank'} at epoch {epoch + 1}, batch {i + 1}"
-                if cfg.nan_policy == "stop":
-                    saved = (f"; {self.out / LAST} holds the last good state" if (self.out / LAST).exists() else "")
-                    raise NonFiniteLossError(f"{where}{saved}; rerun with --nan-policy skip-batch to skip such "
-                                             "batches, or lower the learning rate")
-                log.warning("%s: batch skipped (--nan-policy skip-batch)", where)
-                skipped += 1
+            batch = Batch(epoch, i, x, y, pos, n_global)
+            if self._step(batch):
+                acc.add(batch.y_all, batch.adv_all, batch.loss, batch.terms)
+                bar.set_postfix(loss=f"{batch.loss:.3f}", refresh=False)
             else:
-                scale = len(y) * info.world / n_global  # makes DDP's gradient average the global-batch mean
-                (out.loss * scale if info.enabled else out.loss).backward()
-                self.optimizer.step()
-                adv_logits = out.adv_logits.detach() if out.adv_logits is not None else None
-                if info.enabled:
-                    y_all = gather_rows(y, info)
-                    adv_all = gather_rows(adv_logits.float(), info) if adv_logits is not None else None
-                    loss_t = all_reduce_sum(out.loss.detach().float() * len(y), info) / n_global
-                    terms = {k: float(all_reduce_sum(v.detach().float() * len(y), info) / n_global)
-                             for k, v in out.terms.items()}
-                else:
-                    y_all, adv_all, loss_t = y, adv_logits, out.loss.detach()
-                    terms = {k: float(v.detach()) for k, v in out.terms.items()}
-                self.defense.on_batch_end(y_all, adv_all)
-                loss = float(loss_t)
-                acc.add(y_all, adv_all, loss, terms)
-                bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+                skipped += 1
             batches_done = i + 1
             stop = any_rank(self._signal is not None, info, self.device)
             if stop or (cfg.checkpoint_every and batches_done % cfg.checkpoint_every == 0 and batches_done < n_batches):
@@ -353,13 +447,42 @@ class Trainer:
         return stats
 
     def _validate(self, epoch: int) -> tuple[list[float], list[float]]:
+        """Per-class clean and PGD accuracy on the validation split, at the run's full (un-warmed) threat."""
         model = self.defense.inference_model(self.module)
         model.eval()
         gen = torch.Generator(device=self.device).manual_seed(self.cfg.seed + 10_000 + epoch)
         t = self.threat
-        return per_class_accuracy(model, self.bundle.val, eps=self.base_eps, alpha=t.alpha, steps=self.cfg.val_steps,
+        return per_class_accuracy(model, self.bundle.val, eps=t.eps, alpha=t.alpha, steps=self.cfg.val_steps,
                                   norm=t.norm, device=self.device, generator=gen, autocast_dtype=self.amp,
                                   channels_last=self.channels_last)
+
+    def _record_epoch(self, epoch: int, train_stats: dict[str, Any], val_clean: list[float], val_rob: list[float],
+                      seconds: float) -> dict[str, Any]:
+        """The one place an epoch is recorded: the defense's epoch hook, the history, ``log.jsonl`` and the log line.
+
+        Returns the record appended to the history (and written as one line of
+        ``log.jsonl`` by rank 0).  Anything that reports per-epoch results
+        (an experiment logger) belongs here, after the record is complete.
+        """
+        stats = EpochStats(epoch=epoch, train_pred_counts=train_stats["pred_counts"],
+                           train_robust_acc=train_stats["robust_acc"], train_adv_probs=train_stats["adv_probs"],
+                           val_clean_acc=val_clean, val_robust_acc=val_rob, model=self.module)
+        extra = self.defense.on_epoch_end(stats) or {}
+        record = {
+            "epoch": epoch + 1, "lr": train_stats["lr"], "loss": train_stats["loss"], "terms": train_stats["terms"],
+            "train_robust_acc": train_stats["robust_acc"], "val_clean_acc": val_clean, "val_robust_acc": val_rob,
+            "val_clean_mean": sum(val_clean) / len(val_clean), "val_robust_mean": sum(val_rob) / len(val_rob),
+            "val_robust_worst": min(val_rob), "select_score": selection_score(val_rob, self.cfg.select),
+            "skipped_batches": train_stats["skipped_batches"], "defense": extra, "seconds": seconds,
+        }
+        self.history.append(record)
+        if self.dist.main:
+            atomic_write_text(self.out / LOG, "".join(_json_line(r) for r in self.history))
+        log.info("epoch %d/%d  loss %.4f  val clean %.3f  val robust %.3f (worst class %.3f)  %.1fs%s",
+                 epoch + 1, self.cfg.epochs, record["loss"], record["val_clean_mean"], record["val_robust_mean"],
+                 record["val_robust_worst"], record["seconds"],
+                 "".join(f"  {k} {v:.4f}" for k, v in record["terms"].items()))
+        return record
 
     # -- the run ------------------------------------------------------------------
     @contextlib.contextmanager
@@ -384,16 +507,23 @@ class Trainer:
         with self._signals():
             return self._fit()
 
+    def _already_done(self) -> bool:
+        """True if ``out`` holds this run, finished (and not ``--force``)."""
+        if not (self.out / SUMMARY).exists() or self.force:
+            return False
+        saved = load_checkpoint(self.out / LAST) if (self.out / LAST).exists() else {}
+        if saved.get("epoch") != self.cfg.epochs:
+            return False
+        self._check_same_run(saved.get("config", {}))
+        log.info("%s is already trained (%d epochs); nothing to do (use --force to retrain)", self.out, self.cfg.epochs)
+        return True
+
     def _fit(self) -> Path:
         self.out.mkdir(parents=True, exist_ok=True)
         if self.dist.main and (stale := remove_stale_temps(self.out)):
             log.info("removed %d temporary file(s) left in %s by an interrupted write", len(stale), self.out)
-        if (self.out / SUMMARY).exists() and not self.force:
-            saved = load_checkpoint(self.out / LAST) if (self.out / LAST).exists() else {}
-            if saved.get("epoch") == self.cfg.epochs:
-                self._check_same_run(saved.get("config", {}))
-                log.info("%s is already trained (%d epochs); nothing to do (use --force to retrain)", self.out, self.cfg.epochs)
-                return self.out
+        if self._already_done():
+            return self.out
         self.maybe_resume()
         if self.dist.main:
             atomic_write_text(self.out / CONFIG, dump_yaml(self.cfg))
@@ -401,47 +531,26 @@ class Trainer:
                  self.cfg.model, self.cfg.defense, self.bundle.name, len(self.bundle.train), len(self.bundle.val),
                  self.bundle.num_classes, self.device, self.out)
         t_start = time.time()
+        self.defense.on_train_start(self.module)
         for epoch in range(self.start_epoch, self.cfg.epochs):
             t0 = time.time()
             train_stats = self._train_epoch(epoch)
             val_clean, val_rob = self._validate(epoch)
-            stats = EpochStats(epoch=epoch, train_pred_counts=train_stats["pred_counts"],
-                               train_robust_acc=train_stats["robust_acc"], train_adv_probs=train_stats["adv_probs"],
-                               val_clean_acc=val_clean, val_robust_acc=val_rob, model=self.model)
-            extra = self.defense.on_epoch_end(stats) or {}
-            score = selection_score(val_rob, self.cfg.select)
-            record = {
-                "epoch": epoch + 1, "lr": train_stats["lr"], "loss": train_stats["loss"], "terms": train_stats["terms"],
-                "train_robust_acc": train_stats["robust_acc"], "val_clean_acc": val_clean, "val_robust_acc": val_rob,
-                "val_clean_mean": sum(val_clean) / len(val_clean), "val_robust_mean": sum(val_rob) / len(val_rob),
-                "val_robust_worst": min(val_rob), "select_score": score, "skipped_batches": train_stats["skipped_batches"],
-                "defense": extra, "seconds": time.time() - t0,
-            }
-            self.history.append(record)
-            if score > self.best_score and self.dist.main:
-                save_checkpoint(self.out / BEST, {
-                    "model": self.module.state_dict(), "epoch": epoch + 1, "score": score, "select": self.cfg.select,
-                    "extra_models": {k: m.state_dict() for k, m in self.defense.extra_models().items()},
-                    "defense_state": self.defense.state_dict(), "config": self._resolved(), "meta": self._meta(),
-                })
-            self.best_score = max(self.best_score, score)
-            if self.dist.main:
-                atomic_write_text(self.out / LOG, "".join(_json_line(r) for r in self.history))
-            self._save_last()
-            log.info("epoch %d/%d  loss %.4f  val clean %.3f  val robust %.3f (worst class %.3f)  %.1fs%s",
-                     epoch + 1, self.cfg.epochs, record["loss"], record["val_clean_mean"], record["val_robust_mean"],
-                     record["val_robust_worst"], record["seconds"],
-                     "".join(f"  {k} {v:.4f}" for k, v in record["terms"].items()))
+            record = self._record_epoch(epoch, train_stats, val_clean, val_rob, seconds=time.time() - t0)
+            self._checkpoint_epoch(epoch, record)
             if epoch + 1 < self.cfg.epochs and any_rank(self._signal is not None, self.dist, self.device):
                 sig = self._signal or signal.SIGTERM  # arrived during validation: the epoch-end state is saved
                 raise Interrupted(f"stopped by {signal.Signals(sig).name} at the end of epoch {epoch + 1}; state saved "
                                   f"in {self.out / LAST}. Resume by running the same command again.", int(sig))
+        if self.dist.main:
+            self._write_summary(time.time() - t_start)
+        return self.out
+
+    def _write_summary(self, wall_seconds: float) -> None:
         best = max(self.history, key=lambda r: r["select_score"])
-        if not self.dist.main:
-            return self.out
         atomic_write_json(self.out / SUMMARY, {
             "epochs": self.cfg.epochs, "best_epoch": best["epoch"], "select": self.cfg.select,
-            "best_score": best["select_score"], "wall_seconds_this_session": time.time() - t_start,
+            "best_score": best["select_score"], "wall_seconds_this_session": wall_seconds,
             "train_seconds_total": sum(r["seconds"] for r in self.history), "device": str(self.device),
             "host": platform.node(), "torch": torch.__version__, "seeds": self.seeds,
             "dataset": self.bundle.name, "train_counts": self.bundle.train_counts, "notes": self.bundle.notes,
@@ -450,7 +559,6 @@ class Trainer:
                           "channels_last": self.channels_last, "compile": self.cfg.compile},
             "last": {k: self.history[-1][k] for k in ("val_clean_mean", "val_robust_mean", "val_robust_worst")},
         })
-        return self.out
 
 
 def _non_finite(loss: torch.Tensor, logits: torch.Tensor | None) -> str:
@@ -472,4 +580,4 @@ def train(cfg: TrainConfig, quiet: bool = False, force: bool = False) -> Path:
     return Trainer(cfg, quiet=quiet, force=force).fit()
 
 
-__all__ = ["Trainer", "TrainConfig", "train", "NonFiniteLossError"]
+__all__ = ["Trainer", "TrainConfig", "TrainHook", "Batch", "train", "NonFiniteLossError"]
