@@ -16,7 +16,8 @@ What the adapter guarantees:
 * the caller's RNG is untouched: pyautoattack reseeds the global RNG, so the
   run happens inside :func:`torch.random.fork_rng`;
 * its ``auto-attack`` logger (and anything it prints or ``warnings.warn``\\ s)
-  is routed into :data:`log`; the warnings of its checks (randomised,
+  is routed into :data:`log`, never straight to the terminal: its progress and
+  setup lines at DEBUG, its check warnings at WARNING (once each); the warnings of its checks (randomised,
   softmax output, dynamic, zero gradients, Square stronger than the gradient
   attacks, too many target classes) become entries of :attr:`Attack.flags`;
 * its ``state_path`` resume is never used (it is broken in 0.2.0): the
@@ -24,7 +25,10 @@ What the adapter guarantees:
 * parameter gradients are off during the run.
 
 Versions: ``standard`` (APGD-CE, APGD-T, FAB-T, Square), ``plus``, and
-``custom`` with an ``attacks`` list.  ``steps`` (APGD and FAB iterations),
+``custom`` with an ``attacks`` list.  A ``custom`` run without ``restarts``
+uses standard AutoAttack's :data:`STANDARD_RESTARTS` (1) for APGD-CE/DLR and
+FAB, not pyautoattack's custom-version default of 5 restarts, and records the
+value it used in ``effective`` (``restarts_rule``).  ``steps`` (APGD and FAB iterations),
 ``queries`` (Square), ``restarts`` (APGD-CE/DLR and FAB) and ``targets``
 (target classes of APGD-T and FAB-T) override the package's settings; the
 effective values are recorded by :meth:`AutoAttack.settings`.
@@ -43,6 +47,7 @@ import torch
 
 from rfbench.attacks.core import frozen_params
 from rfbench.attacks.named import Attack, format_value
+from rfbench.attacks.threat import NORM_NAMES
 from rfbench.attacks.registry import register_attack
 from rfbench.benchmark.config import choice, rng
 from rfbench.benchmark.errors import ConfigError
@@ -50,8 +55,8 @@ from rfbench.benchmark.errors import ConfigError
 log = logging.getLogger(__name__)
 
 AA_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
-NORM_NAMES = {"linf": "Linf", "l2": "L2"}
 PACKAGE_LOGGER = "auto-attack"
+STANDARD_RESTARTS = 1  # APGD-CE and FAB restarts of the standard version (pyautoattack's _set_version('standard'))
 
 # pyautoattack check messages -> short flag ids (matched on a fragment of the message)
 CHECK_FLAGS = (
@@ -82,6 +87,8 @@ class _Route(logging.Handler):
             entry = self.flags.setdefault(flag_id(message), {"message": message, "count": 0})
             entry["count"] += 1
             level = logging.WARNING if entry["count"] == 1 else logging.DEBUG  # say it once, count it always
+        else:
+            level = logging.DEBUG  # setup and progress lines ("setting parameters...", "clean accuracy: ...")
         log.log(level, "pyautoattack: %s", message)
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -156,8 +163,10 @@ class AutoAttack(Attack):
         from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted
 
         c = self.cfg
-        aa = PackageAA(self.model, norm=NORM_NAMES[c.norm], eps=float(c.eps), version=c.version,
-                       attacks=list(c.attacks) if c.version == "custom" else None, device=device, seed=int(seed))
+        with _routed(self.flags if self.flags is not None else {}):
+            aa = PackageAA(self.model, norm=NORM_NAMES[c.norm], eps=float(c.eps), version=c.version,
+                           attacks=list(c.attacks) if c.version == "custom" else None, device=device, seed=int(seed))
+        restarts = c.restarts if c.restarts is not None else (STANDARD_RESTARTS if c.version == "custom" else None)
         if c.steps is not None:
             aa.apgd = _apgd_copy(APGDAttack, aa.apgd, c.steps)
             aa.apgd_targeted = _apgd_copy(APGDAttack_targeted, aa.apgd_targeted, c.steps,
@@ -165,9 +174,9 @@ class AutoAttack(Attack):
             aa.fab.n_iter = c.steps
         if c.queries is not None:
             aa.square.n_queries = c.queries
-        if c.restarts is not None:
-            aa.apgd.n_restarts = c.restarts
-            aa.fab.n_restarts = c.restarts
+        if restarts is not None:
+            aa.apgd.n_restarts = restarts
+            aa.fab.n_restarts = restarts
         if c.targets is not None:
             aa.apgd_targeted.n_target_classes = c.targets
             aa.fab.n_target_classes = c.targets
@@ -186,6 +195,9 @@ class AutoAttack(Attack):
                        "n_target_classes": aa.apgd_targeted.n_target_classes},
             "fab": {"n_iter": aa.fab.n_iter, "n_restarts": aa.fab.n_restarts, "n_target_classes": aa.fab.n_target_classes},
             "square": {"n_queries": aa.square.n_queries},
+            "restarts_rule": ("given (restarts=)" if self.cfg.restarts is not None else
+                              f"standard AutoAttack's {STANDARD_RESTARTS} (pyautoattack's custom default of 5 not used)"
+                              if self.cfg.version == "custom" else f"pyautoattack's {self.cfg.version} version"),
             "package": "pyautoattack " + _package_version(),
         }
 

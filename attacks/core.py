@@ -35,8 +35,7 @@ from typing import Iterator
 import torch
 
 from rfbench.attacks.losses import AttackLoss, make_loss
-
-NORMS = ("linf", "l2")
+from rfbench.attacks.threat import NORMS
 STARTS = ("uniform", "normal", "none")
 
 

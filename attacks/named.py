@@ -32,9 +32,8 @@ import torch.nn.functional as F
 from rfbench.attacks.core import eval_mode, pgd
 from rfbench.attacks.registry import register_attack
 from rfbench.benchmark.config import choice, from_dict, rng
+from rfbench.attacks.threat import NORMS
 from rfbench.benchmark.errors import ConfigError
-
-NORMS = ("linf", "l2")
 
 
 def format_eps(eps: float) -> str:
@@ -253,11 +252,13 @@ class TemperaturePGD(_Iterative):
     ``tmode='confidence'`` uses a per-sample temperature ``T_i = T ** p_y(x_i)``
     (``p_y`` the clean softmax probability of the true class): the full T on
     confidently classified samples, fading to plain CE (T_i = 1) on uncertain
-    ones.  This per-sample rule is rfbench's choice; the paper's body was not
-    available to check its exact form.
+    ones.  This per-sample rule is rfbench's own invention (labelled so in
+    ``rfbench list`` and in result files); the paper uses one scalar T.
     """
 
     label_keys = ("steps", "T", "tmode")
+    inventions = {"tmode=confidence": "the per-sample confidence temperature T_i = T ** p_y(x_i); "
+                                      "the paper uses one scalar T"}
 
     @dataclass
     class Config(_Iterative.Config):

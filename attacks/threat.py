@@ -35,7 +35,8 @@ from typing import Any
 
 from rfbench.benchmark.errors import ConfigError
 
-NORMS = ("linf", "l2")
+NORMS = ("linf", "l2")  # the one list of norms (the PGD core, the attacks and the threat use it)
+NORM_NAMES = {"linf": "Linf", "l2": "L2"}  # the spelling of AutoAttack and RobustBench
 PURPOSES = ("train", "eval")
 OTHER_NORM_RATIO = 0.25  # alpha/eps when the norm is not the dataset's (see the module docstring)
 

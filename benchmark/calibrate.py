@@ -1,8 +1,10 @@
 """Post-hoc per-class calibration for the worst class, fitted on the validation split, then frozen.
 
 Tian et al. (KDD 2021) report inference-phase changes that help the most
-vulnerable class without giving their form; rfbench offers two general ones
-(spec ``defenses.md``, "Tian et al.", tool ii).  Both act on the logits z:
+vulnerable class without giving their form; rfbench offers two general ones,
+which are **rfbench's own invention** (:data:`CALIBRATION_NOTE`; labelled so in
+``rfbench calibrate --help``, in ``calibration.json`` and in the result of an
+evaluation of a calibrated model; ``docs/fairness-defenses.md``).  Both act on the logits z:
 
 * ``bias``: ``z'_k = z_k + b_k`` (a per-class logit bias);
 * ``norm``: ``z'_k = s_k·z_k`` (classifier-norm scaling: row k of the linear
@@ -51,11 +53,17 @@ import torch
 from torch import nn
 
 from rfbench.attacks.core import eval_mode, pgd
+from rfbench.attacks.threat import Threat
 from rfbench.benchmark.config import choice, rng
 from rfbench.benchmark.errors import CheckpointError, RfbenchError
 from rfbench.benchmark.io import atomic_write_json, load_checkpoint, save_checkpoint
+from rfbench.benchmark.registry import INVENTION_LABEL
+from rfbench.benchmark.perclass import nan_mean, nan_min, per_class_accuracy, robust
 
 log = logging.getLogger(__name__)
+
+CALIBRATION_NOTE = ("post-hoc per-class logit bias / classifier-norm scaling fitted for the worst validation class; "
+                    "Tian et al. (KDD 2021) suggest inference-side help for the weakest class without giving a form")
 
 STATE_FILE, REPORT_FILE = "calibration.pt", "calibration.json"
 FORMAT = "rfbench-calibration/1"
@@ -66,10 +74,12 @@ class CalibrationConfig:
     """How the calibration is fitted (attack of the validation split and search)."""
 
     method: str = field(default="bias", metadata=choice("bias", "norm"))
-    eps: float = field(default=8 / 255, metadata=rng(0, 1))
-    alpha: float = field(default=2 / 255, metadata=rng(0, 1))
-    steps: int = field(default=20, metadata=rng(1, None))
-    norm: str = field(default="linf", metadata=choice("linf", "l2"))
+    # the attack's threat, resolved by rfbench.attacks.threat.resolve_threat (no defaults of its own here):
+    # `rfbench calibrate` fills it from the dataset's evaluation protocol, the run's training threat and its flags
+    eps: float | None = field(default=None, metadata=rng(0, 1))
+    alpha: float | None = field(default=None, metadata=rng(0, 1))
+    steps: int | None = field(default=None, metadata=rng(1, None))
+    norm: str | None = field(default=None, metadata=choice("linf", "l2"))
     targets: int = field(default=9, metadata=rng(0, None))  # targeted points per sample (most likely other classes)
     rounds: int | None = field(default=None, metadata=rng(1, None))  # refits; None = 1 (bias) / 3 (norm)
     grid: int = field(default=41, metadata=rng(3, None))  # candidate values per coordinate
@@ -113,12 +123,22 @@ def _targeted_margin(logits: torch.Tensor, y: torch.Tensor, aux: dict[str, torch
     return logits.gather(1, aux["target"][:, None]).squeeze(1) - logits.gather(1, y[:, None]).squeeze(1)
 
 
+def calibration_threat(cfg: CalibrationConfig) -> Threat:
+    """The attack threat of ``cfg`` (all four fields must have been resolved; see :class:`CalibrationConfig`)."""
+    missing = [k for k in ("norm", "eps", "alpha", "steps") if getattr(cfg, k) is None]
+    if missing:
+        raise ValueError(f"CalibrationConfig: {', '.join(missing)} not resolved; build them with "
+                         "rfbench.attacks.threat.resolve_threat")
+    return Threat(norm=cfg.norm, eps=cfg.eps, steps=cfg.steps, alpha=cfg.alpha)
+
+
 def attack_points(model: nn.Module, batches: Iterable, cfg: CalibrationConfig, num_classes: int,
                   generator: torch.Generator | None = None) -> AttackCache:
     """Clean logits and logits at the untargeted and targeted attack points of every sample (eval mode)."""
     clean_all, adv_all, y_all = [], [], []
     k = min(cfg.targets, num_classes - 1)
-    attack = {"eps": cfg.eps, "alpha": cfg.alpha, "steps": cfg.steps, "norm": cfg.norm, "generator": generator}
+    t = calibration_threat(cfg)
+    attack = {"eps": t.eps, "alpha": t.alpha, "steps": t.steps, "norm": t.norm, "generator": generator}
     with eval_mode(model):
         for x, y in batches:
             with torch.no_grad():
@@ -137,21 +157,21 @@ def attack_points(model: nn.Module, batches: Iterable, cfg: CalibrationConfig, n
 
 
 # -- objective -----------------------------------------------------------------------
-def per_class_accuracy(cache: AttackCache, scale: torch.Tensor, bias: torch.Tensor, num_classes: int
+def calibrated_accuracy(cache: AttackCache, scale: torch.Tensor, bias: torch.Tensor, num_classes: int
                        ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-class clean and robust accuracy of the calibrated logits on the cached points, float64 ``(C,)``."""
+    """Per-class clean and robust accuracy of the calibrated logits on the cached points, float64 ``(C,)``.
+
+    Robust = clean-correct and correct on every cached attack point; NaN for a class
+    without samples (:mod:`rfbench.benchmark.perclass`)."""
     y = cache.y
     clean_ok = (cache.clean * scale + bias).argmax(1) == y
     adv_ok = ((cache.adv * scale + bias).argmax(2) == y[:, None]).all(1)
-    counts = torch.bincount(y, minlength=num_classes).double().clamp(min=1)
-    clean_acc = torch.bincount(y[clean_ok], minlength=num_classes).double() / counts
-    robust_acc = torch.bincount(y[clean_ok & adv_ok], minlength=num_classes).double() / counts
-    return clean_acc, robust_acc
+    return per_class_accuracy(clean_ok, y, num_classes), per_class_accuracy(robust(clean_ok, adv_ok), y, num_classes)
 
 
 def objective(clean_acc: torch.Tensor, robust_acc: torch.Tensor) -> tuple[float, float, float]:
     """Lexicographic score: (worst-class robust, mean robust, mean clean)."""
-    return float(robust_acc.min()), float(robust_acc.mean()), float(clean_acc.mean())
+    return nan_min(robust_acc), nan_mean(robust_acc), nan_mean(clean_acc)  # classes without samples left out
 
 
 def _better(a: tuple[float, ...], b: tuple[float, ...], tol: float = 1e-12) -> bool:
@@ -167,7 +187,7 @@ def coordinate_search(cache: AttackCache, method: str, scale: torch.Tensor, bias
                       cfg: CalibrationConfig, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Coordinate ascent of :func:`objective` over the per-class bias (or log-scale), from ``(scale, bias)``."""
     scale, bias = scale.clone().float(), bias.clone().float()
-    best = objective(*per_class_accuracy(cache, scale, bias, num_classes))
+    best = objective(*calibrated_accuracy(cache, scale, bias, num_classes))
     if method == "bias":
         top2 = cache.clean.topk(2, dim=1).values
         radius = 2.0 * float((top2[:, 0] - top2[:, 1]).median().clamp(min=1e-3))
@@ -183,7 +203,7 @@ def coordinate_search(cache: AttackCache, method: str, scale: torch.Tensor, bias
                     b[k] = b[k] + d
                 else:
                     s[k] = s[k] * math.exp(d)
-                score = objective(*per_class_accuracy(cache, s, b, num_classes))
+                score = objective(*calibrated_accuracy(cache, s, b, num_classes))
                 if _better(score, best):
                     best, scale, bias, improved = score, s, b, True
         if not improved:
@@ -221,7 +241,7 @@ def fit_calibration(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: Cal
         wrapped = CalibratedModel(model, scale.to(device), bias.to(device))
         cache = attack_points(wrapped, batches(), cfg, num_classes, gen)
         ident = torch.ones(num_classes), torch.zeros(num_classes)  # the cached logits are already calibrated
-        return cache, *per_class_accuracy(cache, *ident, num_classes)
+        return cache, *calibrated_accuracy(cache, *ident, num_classes)
 
     def raw_cache(cache: AttackCache, scale: torch.Tensor, bias: torch.Tensor) -> AttackCache:
         """Cached logits back in the uncalibrated model's units (so the search works on raw z)."""
@@ -259,7 +279,7 @@ def save_calibration(out_dir: str | Path, result: CalibrationResult, run_dir: st
                                        "bias": result.bias.float(), "run_dir": run, "which": which})
     atomic_write_json(out / REPORT_FILE, {
         "format": FORMAT, "run_dir": run, "which": which, "method": result.method,
-        "scale": result.scale.tolist(), "bias": result.bias.tolist(), "config": vars(cfg).copy(),
+        "invention": f"{INVENTION_LABEL}: {CALIBRATION_NOTE}", "scale": result.scale.tolist(), "bias": result.bias.tolist(), "config": vars(cfg).copy(),
         "validation_before": result.before, "validation_after": result.after, "rounds": result.rounds,
     })
     return out

@@ -103,13 +103,6 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return out
 
 
-def _type_name(tp: Any) -> str:
-    if isinstance(tp, type):
-        return {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false",
-                "dict": "a mapping", "list": "a list"}.get(tp.__name__, tp.__name__)
-    return str(tp).replace("typing.", "")
-
-
 def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)

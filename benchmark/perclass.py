@@ -173,4 +173,4 @@ def pct(x: Any, digits: int = 1, *, sign: bool = False, missing: str = "-") -> s
 def to_percent(x: Any) -> Any:
     """Fractions → percentage numbers, for plots and tables that format numbers themselves
     (same scaling as :func:`pct`; NaN stays NaN)."""
-    return np.asarray(x, dtype=float) * 100
+    return np.asanyarray(x, dtype=float) * 100  # a masked array stays masked

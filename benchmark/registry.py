@@ -25,6 +25,14 @@ from rfbench.benchmark.errors import UnknownNameError
 
 T = TypeVar("T")
 
+INVENTION_LABEL = "rfbench's own invention, not from a paper"
+
+
+def inventions_of(obj: object) -> dict[str, str]:
+    """A plugin's ``inventions`` attribute: ``{"": note}`` when the whole method is rfbench's own,
+    ``{"option=value": note}`` for an option that is (e.g. ``{"tmode=confidence": ...}``)."""
+    return dict(getattr(obj, "inventions", None) or {})
+
 
 class Registry(Generic[T]):
     """A mapping from public names to plugin objects (classes or factories)."""
@@ -59,9 +67,24 @@ class Registry(Generic[T]):
         return sorted(n for n in self._items if fnmatch.fnmatch(n, pattern))
 
     def describe(self, name: str) -> str:
-        """One-line description (the first docstring line) of ``name``."""
+        """One-line description (the first docstring line) of ``name``, with the label of any part
+        that is rfbench's own invention (:meth:`invention_notes`)."""
         self.get(name)
-        return self._help.get(name, "")
+        text = self._help.get(name, "")
+        labels = [(f"{k}: " if k else "") + INVENTION_LABEL for k in inventions_of(self._items[name])]
+        return f"{text} [{'; '.join(labels)}]" if labels else text
+
+    def invention_notes(self, name: str, settings: dict | None = None) -> list[str]:
+        """The notes of ``name``'s parts that are rfbench's own (not from a paper), each starting with
+        :data:`INVENTION_LABEL`; with ``settings`` (its config as a mapping), only the parts in use."""
+        out = []
+        for key, note in inventions_of(self.get(name)).items():
+            if key and settings is not None:
+                k, v = key.split("=", 1)
+                if str(settings.get(k)) != v:
+                    continue
+            out.append(f"{INVENTION_LABEL}{f' ({key})' if key else ''}: {note}")
+        return out
 
     def __contains__(self, name: object) -> bool:
         return name in self._items

@@ -43,7 +43,7 @@ import time
 import _common as C
 import torch
 
-from rfbench.attacks.autoattack import NORM_NAMES
+from rfbench.attacks.threat import NORM_NAMES
 from rfbench.benchmark.data import iterate_batches, load_dataset
 from rfbench.benchmark.eval.harness import EvalConfig, batch_seed, evaluate, select_subset
 from rfbench.benchmark.train.runtime import resolve_device

@@ -3,18 +3,25 @@
 A defense is a training objective plus the state it keeps between epochs.
 The trainer (:mod:`rfbench.benchmark.train.trainer`) calls, for every batch::
 
-    out = defense.training_step(model, x, y, pos)      # -> StepOutput
+    out = defense.training_step(model, x, y, pos)      # -> LossOutput
     out.loss.backward(); optimizer.step()
     defense.on_batch_end(y, out.adv_logits)
 
 and after every epoch ``defense.on_epoch_end(stats)`` with the per-class
-statistics of :class:`EpochStats`.  Override only what your method changes:
+statistics of :class:`EpochStats`.  Only ``training_step`` (and so ``perturb``
+and ``loss``) receives the model the forward runs through, which may be a
+``torch.compile`` or DistributedDataParallel wrapper; every other model a
+defense sees (``EpochStats.model``, :meth:`Defense.on_train_start`) is the bare
+module.  A weight average (an EMA, CFA's FAWA) is requested from the trainer
+through ``ctx.averages`` (:mod:`rfbench.benchmark.train.averaging`), never kept
+by the defense.  Override only what your method changes:
 
 * :meth:`Defense.perturb` -- the inner maximisation (default: the PGD core with
   the training threat model and per-sample ``eps``/``alpha`` from
   :meth:`Defense.sample_eps`), run with BN in eval mode and frozen parameters;
 * :meth:`Defense.loss` -- the training loss from model, batch and state;
 * :meth:`Defense.on_epoch_end` -- the per-epoch state update;
+* :meth:`Defense.on_train_start` -- a measurement of the starting weights;
 * :meth:`Defense.setup_model` -- a head change (e.g. a cosine classifier);
 * :meth:`Defense.inference_model` -- an inference-time logit adjustment;
 * :meth:`Defense.sample_order` / :meth:`Defense.on_batch_end` -- a class sampler;
@@ -94,8 +101,6 @@ class LossOutput:
     adv_logits: torch.Tensor | None = None
     terms: dict[str, torch.Tensor] = field(default_factory=dict)
 
-
-StepOutput = LossOutput
 
 
 @dataclass

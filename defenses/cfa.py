@@ -50,7 +50,7 @@ from rfbench.benchmark.errors import ConfigError
 from rfbench.defenses.base import Defense, EpochStats, LossOutput
 from rfbench.defenses.class_stats import fill_missing
 from rfbench.defenses.registry import register_defense
-from rfbench.defenses.trades_terms import trades_attack_kwargs, trades_forward, trades_terms
+from rfbench.defenses.trades_terms import trades_attack_kwargs, trades_terms
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ class CFA(Defense):
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor) -> LossOutput:
         if self.cfg.base == "pgd-at":
             return super().loss(model, x, y, x_adv)
-        clean_logits, adv_logits = trades_forward(model, x, x_adv)
+        clean_logits, adv_logits = model(x), model(x_adv)  # two passes: BN sees each batch apart, as in TRADES
         ce, kl = trades_terms(clean_logits, adv_logits, y)
         if self.use_ccr:
             b = self.class_beta().to(device=y.device, dtype=ce.dtype)[y]

@@ -19,18 +19,8 @@ import torch
 from torch import nn
 
 from rfbench.attacks.core import eval_mode, pgd
+from rfbench.benchmark.perclass import per_class_accuracy, per_class_mean, robust
 from rfbench.defenses.trades_terms import trades_perturb, trades_terms
-
-
-def per_class_mean(values: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Mean of ``values`` over the samples of each class, float64 ``(C,)``; NaN for a class with no sample."""
-    y = y.long().cpu()
-    values = values.detach().double().cpu()
-    sums = torch.zeros(num_classes, dtype=torch.float64).index_add_(0, y, values)
-    counts = torch.bincount(y, minlength=num_classes).double()
-    out = sums / counts
-    out[counts == 0] = float("nan")
-    return out
 
 
 def fill_missing(values: torch.Tensor, fallback: torch.Tensor | float) -> torch.Tensor:
@@ -51,20 +41,23 @@ def val_pgd_accuracy(
     generator: torch.Generator | None = None,
     autocast_dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-class clean and robust accuracy (CE PGD, uniform start, BN in eval mode), each float64 ``(C,)``."""
-    clean, robust, labels = [], [], []
+    """Per-class clean and robust accuracy (CE PGD, uniform start, BN in eval mode), each float64 ``(C,)``.
+
+    Robust = clean-correct and correct on the PGD point; NaN for a class without samples
+    (:mod:`rfbench.benchmark.perclass`)."""
+    clean, rob, labels = [], [], []
     with eval_mode(model):
         for x, y, _ in loader:
             with torch.no_grad(), torch.autocast(x.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                clean.append((model(x).argmax(1) == y).cpu())
+                ok = model(x).argmax(1) == y
             x_adv = pgd(model, x, y, eps=eps, alpha=alpha, steps=steps, norm=norm, loss="ce", start="uniform",
                         generator=generator, autocast_dtype=autocast_dtype)
             with torch.no_grad(), torch.autocast(x.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                robust.append((model(x_adv).argmax(1) == y).cpu())
+                rob.append(robust(ok, model(x_adv).argmax(1) == y).cpu())
+            clean.append(ok.cpu())
             labels.append(y.cpu())
     y_all = torch.cat(labels)
-    return (per_class_mean(torch.cat(clean).double(), y_all, num_classes),
-            per_class_mean(torch.cat(robust).double(), y_all, num_classes))
+    return per_class_accuracy(torch.cat(clean), y_all, num_classes), per_class_accuracy(torch.cat(rob), y_all, num_classes)
 
 
 def val_trades_loss(
@@ -90,4 +83,4 @@ def val_trades_loss(
                 ce, kl = trades_terms(model(x), model(x_adv), y)
             losses.append((ce + beta * kl).cpu())
             labels.append(y.cpu())
-    return per_class_mean(torch.cat(losses), torch.cat(labels), num_classes)
+    return per_class_mean(torch.cat(losses), torch.cat(labels), num_classes).cpu()

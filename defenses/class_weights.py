@@ -9,6 +9,7 @@ documented tool: ``loss = mean_i w_{y_i}·CE(z(x'_i), y_i)`` with x' from PGD
     defense_args: {weights: [1, 1, 1, 2, 1, 1, 1, 1, 1, 1]}
 
 An empty list (the default) means every weight is 1 (plain PGD-AT).
+This defense is rfbench's own invention (labelled so in ``rfbench list`` and in result files).
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ from rfbench.defenses.registry import register_defense
 @register_defense("class-weights")
 class ClassWeights(Defense):
     """PGD-AT with fixed per-class weights on the adversarial CE (weights from the config, one per class)."""
+
+    inventions = {"": "fixed per-class CE weights on PGD-AT; Tian et al. (KDD 2021) suggest training-side help "
+                      "for the weakest class without giving a form"}
 
     @dataclass
     class Config:

@@ -29,7 +29,7 @@ from torch import nn
 from rfbench.benchmark.config import rng
 from rfbench.defenses.base import Defense, EpochStats, LossOutput
 from rfbench.defenses.registry import register_defense
-from rfbench.defenses.trades_terms import trades_attack_kwargs, trades_forward, trades_terms
+from rfbench.defenses.trades_terms import trades_attack_kwargs, trades_terms
 
 DEFAULT_FLOOR = 0.01
 
@@ -77,7 +77,7 @@ class DAFA(Defense):
         return trades_attack_kwargs(model, x, self.ctx.autocast_dtype)
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor) -> LossOutput:
-        clean_logits, adv_logits = trades_forward(model, x, x_adv)
+        clean_logits, adv_logits = model(x), model(x_adv)  # two passes: BN sees each batch apart, as in TRADES
         ce, kl = trades_terms(clean_logits, adv_logits, y)
         if self.weights is not None:
             ce = ce * self.weights.to(device=y.device, dtype=ce.dtype)[y]

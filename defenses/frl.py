@@ -23,8 +23,9 @@ The original code ships no pre-training; rfbench chains it::
 
 Timing: Algorithm 1 measures the validation errors *before* each epoch's
 training, so the first epoch is already re-weighted from the pre-trained
-model.  ``initial_update`` (default on) does that measurement at the first
-training step; afterwards the update runs in ``on_epoch_end`` (= before the
+model.  ``initial_update`` (default on) does that measurement in
+``on_train_start`` (with the bare starting model, before the first
+step); afterwards the update runs in ``on_epoch_end`` (= before the
 next epoch).  ``val_source='own'`` (default) measures PGD-20 itself on the
 validation split (eps and step of the training threat model, uniform start);
 ``'trainer'`` reuses :class:`EpochStats`' validation numbers, which use the
@@ -44,7 +45,7 @@ from rfbench.benchmark.config import choice, rng
 from rfbench.defenses.base import Defense, EpochStats, LossOutput
 from rfbench.defenses.class_stats import fill_missing, val_pgd_accuracy
 from rfbench.defenses.registry import register_defense
-from rfbench.defenses.trades_terms import trades_attack_kwargs, trades_forward, trades_terms
+from rfbench.defenses.trades_terms import trades_attack_kwargs, trades_terms
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +146,7 @@ class FRLReweight(Defense):
             self._initial_update(model)
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor) -> LossOutput:
-        clean_logits, adv_logits = trades_forward(model, x, x_adv)
+        clean_logits, adv_logits = model(x), model(x_adv)  # two passes: BN sees each batch apart, as in TRADES
         ce, kl = trades_terms(clean_logits, adv_logits, y)
         w0 = frl_class_weights(self.lam0).to(device=y.device, dtype=ce.dtype)[y]
         w1 = frl_class_weights(self.lam1).to(device=y.device, dtype=ce.dtype)[y]

@@ -127,6 +127,9 @@ def _tail_penalty(features: torch.Tensor, y: torch.Tensor, omega: torch.Tensor, 
 class REAT(Defense):
     """REAT (Li et al. 2023): RBL-weighted PGD, balanced softmax on x', plus the TAIL feature penalty."""
 
+    inventions = {"rbl=logit-adjusted": "the logit-adjusted RBL attack loss CE(z - log w, y); the paper and its "
+                                        "code weight the CE (rbl=released)"}
+
     @dataclass
     class Config:
         variant: str = field(default="released", metadata=choice("released", "per-pair"))  # TAIL reading

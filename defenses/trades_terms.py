@@ -95,7 +95,3 @@ def trades_terms(clean_logits: torch.Tensor, adv_logits: torch.Tensor, y: torch.
     ce = F.cross_entropy(clean_logits.float(), y, reduction="none")
     return ce, kl_per_sample(clean_logits, adv_logits)
 
-
-def trades_forward(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Clean and adversarial logits in two forward passes (as TRADES does, so BN sees each batch separately)."""
-    return model(x), model(x_adv)

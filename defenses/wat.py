@@ -14,7 +14,7 @@ C+1 "experts"):
 Ambiguity, exposed as ``normaliser``: with ``C·softmax`` the C+1 weights sum
 to C, so the uniform starting point of Hedge would be C/(C+1), not the stated
 1; with ``C+1`` the uniform point is exactly 1.  ``"C"`` (default) follows the
-spec's formula; ``"C+1"`` is the reading under which "start at 1" is the Hedge
+paper's formula; ``"C+1"`` is the reading under which "start at 1" is the Hedge
 prior.  Either way the weights of the first epoch are 1, as specified.
 """
 
@@ -31,7 +31,7 @@ from rfbench.benchmark.config import choice, rng
 from rfbench.defenses.base import Defense, EpochStats, LossOutput
 from rfbench.defenses.class_stats import fill_missing, val_trades_loss
 from rfbench.defenses.registry import register_defense
-from rfbench.defenses.trades_terms import trades_attack_kwargs, trades_forward, trades_terms
+from rfbench.defenses.trades_terms import trades_attack_kwargs, trades_terms
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class WAT(Defense):
         return trades_attack_kwargs(model, x, self.ctx.autocast_dtype)
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor) -> LossOutput:
-        clean_logits, adv_logits = trades_forward(model, x, x_adv)
+        clean_logits, adv_logits = model(x), model(x_adv)  # two passes: BN sees each batch apart, as in TRADES
         ce, kl = trades_terms(clean_logits, adv_logits, y)
         per_sample = ce + self.cfg.beta * kl
         w = self.weights.to(device=y.device, dtype=per_sample.dtype)

@@ -185,3 +185,60 @@ def test_spec_errors_are_one_line(spec, fragment):
 def test_parse_spec_keeps_raw_text():
     s = parse_spec(" cw:steps=20,kappa=10 ")
     assert s.name == "cw" and s.kwargs == {"steps": "20", "kappa": "10"}
+
+
+# -- per-sample and shared loss inputs ----------------------------------------------
+def test_shared_aux_is_never_sliced_even_when_the_batch_equals_the_number_of_classes():
+    """A per-class tensor under any name reaches the loss whole, with or without early stop.
+
+    The batch has as many samples as there are classes (the case shape guessing got wrong),
+    and early stop drops samples from the working batch.
+    """
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    x, y = torch.rand(3, 1, 2, 2), torch.tensor([0, 1, 2])
+    table = torch.tensor([1.0, 2.0, 3.0])
+    seen = []
+
+    def loss(logits, yy, aux):
+        seen.append((aux["table"].clone(), aux["row"].clone(), yy.clone()))
+        return torch.nn.functional.cross_entropy(logits, yy, reduction="none") * aux["table"][yy]
+
+    for early in (False, True):
+        seen.clear()
+        pgd(model, x, y, eps=0.5, alpha=0.1, steps=3, loss=loss, early_stop=early, aux={"row": y.float()},
+            shared_aux={"table": table}, generator=torch.Generator().manual_seed(0))
+        assert seen
+        for t, row, yy in seen:
+            assert torch.equal(t, table)  # shared: whole
+            assert torch.equal(row, yy.float())  # per-sample: the rows still attacked
+
+
+def test_aux_must_be_per_sample_and_names_must_not_clash():
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    x, y = torch.rand(2, 1, 2, 2), torch.tensor([0, 1])
+    with pytest.raises(ValueError, match="shared_aux"):
+        pgd(model, x, y, eps=0.1, alpha=0.1, steps=1, aux={"class_weights": torch.ones(3)})
+    with pytest.raises(ValueError, match="both"):
+        pgd(model, x, y, eps=0.1, alpha=0.1, steps=1, aux={"w": torch.ones(2)}, shared_aux={"w": torch.ones(3)})
+
+
+def test_sharded_generator_gives_each_rank_its_rows_of_the_single_process_start():
+    """Inside a training batch each rank's start is its slice of the global start; outside it, a plain draw."""
+    from rfbench.attacks.core import random_start
+    from rfbench.benchmark.train.distributed import ShardedGenerator
+
+    x = torch.rand(5, 1, 3, 3)
+    whole = random_start(x, 0.1, "linf", "uniform", 0.0, torch.Generator().manual_seed(7))
+    parts, states = [], []
+    for offset, n in ((0, 3), (3, 2)):  # two ranks' tensor_split shards of 5
+        g = ShardedGenerator(torch.Generator().manual_seed(7))
+        with g.batch(5, offset, n):
+            parts.append(random_start(x[offset:offset + n], 0.1, "linf", "uniform", 0.0, g))
+        states.append(g.generator.get_state())
+    assert torch.equal(torch.cat(parts), whole)
+    assert torch.equal(states[0], states[1])  # every rank's generator advanced alike
+    g = ShardedGenerator(torch.Generator().manual_seed(7))
+    assert torch.equal(random_start(x, 0.1, "linf", "uniform", 0.0, g), whole)  # outside a batch: unsharded
+    with g.batch(5, 0, 3), pytest.raises(RuntimeError, match="4 rows"):
+        random_start(x[:4], 0.1, "linf", "uniform", 0.0, g)  # another batch inside the step: refused, not mis-sliced

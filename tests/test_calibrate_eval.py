@@ -29,5 +29,5 @@ def test_calibrate_then_eval_end_to_end(tmp_path):
     assert main(["eval", "--run", str(calib), "--n-per-class", "3", "--attack", "pgd:steps=2", "--device", "cpu",
                  "--out", str(out), "--quiet"]) == 0
     result = json.loads((out / "result.json").read_text())
-    assert result["schema"] == "rfbench.result/1"
+    assert result["schema"] == "rfbench.result/2"
     assert "calibration" in json.dumps(result["provenance"])

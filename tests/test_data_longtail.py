@@ -1,6 +1,6 @@
-"""The long-tailed split generator and the balanced validation split (protocol.md).
+"""The long-tailed split generator and the balanced validation split (docs/protocol.md).
 
-The per-class counts are the ones listed in ``protocol.md``; the selected
+The per-class counts are the ones listed in ``docs/protocol.md``; the selected
 indices are checked against an independent re-implementation that uses the
 *global* NumPy RNG exactly as the spec states (``np.random.seed(0)`` then
 ``np.random.shuffle`` per class), on label arrays laid out like a real
@@ -17,7 +17,7 @@ from rfbench.benchmark.data import balanced_validation, load_dataset, longtail_c
 from rfbench.benchmark.data.registry import load_raw, validation_size
 from rfbench.benchmark.errors import ConfigError, DataNotFoundError
 
-# protocol.md, "Long-tailed split generator": exact counts
+# docs/protocol.md, "Long-tailed split generator": exact counts
 CIFAR10_LT = {
     10: [5000, 3871, 2997, 2320, 1796, 1391, 1077, 834, 645, 500],
     50: [5000, 3237, 2096, 1357, 878, 568, 368, 238, 154, 100],
@@ -45,7 +45,7 @@ def global_numpy_rng():
 
 
 def spec_generator(labels: np.ndarray, rho: float) -> np.ndarray:
-    """protocol.md's generator, written out literally with the global RNG."""
+    """docs/protocol.md's generator, written out literally with the global RNG."""
     num_classes = int(labels.max()) + 1
     img_max = len(labels) / num_classes
     counts = [int(img_max * (1.0 / rho) ** (i / (num_classes - 1.0))) for i in range(num_classes)]

@@ -143,10 +143,11 @@ def test_frl_initial_update_runs_before_the_first_step():
     x, y = toy_batch(30)
     d = build_defense("frl-rw", {"val_steps": 2}, ctx_for(3, val=lambda bs: iter([(x, y, torch.arange(30))])))
     model = linear()
+    d.on_train_start(model)  # the trainer calls it with the bare module before the first step
+    assert d.updates == 1
     d.on_epoch_start(0)
     d.training_step(model, x, y)
-    assert d.updates == 1
-    d.training_step(model, x, y)
+    d.on_train_start(model)  # a resumed session: not repeated
     assert d.updates == 1  # only once
 
 
@@ -397,7 +398,7 @@ def test_calibration_lifts_the_handicapped_class(method):
 
     x, y = toy_validation()
     model = NearestCenter([-0.25, 0.0, 0.0])  # class 0 handicapped: its region is too small
-    cfg = CalibrationConfig(method=method, eps=0.05, alpha=0.0125, steps=5, targets=2, grid=21, passes=4, rounds=1)
+    cfg = CalibrationConfig(method=method, norm="linf", eps=0.05, alpha=0.0125, steps=5, targets=2, grid=21, passes=4, rounds=1)
     result = fit_calibration(model, x, y, cfg, num_classes=3)
     before, after = min(result.before["robust_acc"]), min(result.after["robust_acc"])
     assert result.before["robust_acc"].index(before) == 0  # the handicap makes class 0 the worst
@@ -438,3 +439,28 @@ def test_calibration_files_round_trip(tmp_path):
     save_checkpoint(tmp_path / "bad" / "calibration.pt", {"format": "other", "scale": scale, "bias": bias})
     with pytest.raises(CheckpointError):
         load_calibration(tmp_path / "bad")
+
+
+def test_an_absent_class_reaches_cfa_and_dafa_as_nan_and_takes_their_absent_class_branch():
+    """The trainer's epoch statistics give NaN (not 0) for a class with no training example this epoch;
+    CFA keeps that class's previous t_k, DAFA counts its probabilities as uniform."""
+    from rfbench.benchmark.train.trainer import EpochAccumulator
+
+    acc = EpochAccumulator(3, torch.device("cpu"))
+    y = torch.tensor([0, 0, 1, 1])  # class 2 absent
+    logits = torch.tensor([[3.0, 0, 0], [0, 3.0, 0], [0, 3.0, 0], [0, 0, 3.0]])
+    acc.add(y, logits, 1.0, {})
+    s = acc.summary()
+    assert s["robust_acc"][:2] == [0.5, 0.5] and math.isnan(s["robust_acc"][2])
+    assert all(math.isnan(p) for p in s["adv_probs"][2]) and sum(s["adv_probs"][0]) == pytest.approx(1.0)
+
+    cfa = build_defense("cfa", {"base": "trades"}, ctx_for(3))
+    cfa.on_epoch_end(stats(0, train_robust=[0.2, 0.4, 0.6]))
+    out = cfa.on_epoch_end(stats(1, train_robust=s["robust_acc"]))
+    assert out["cfa_t"] == pytest.approx([0.5, 0.5, 0.6])  # class 2 keeps its previous value
+    first = build_defense("cfa", {"base": "trades"}, ctx_for(3)).on_epoch_end(stats(0, train_robust=s["robust_acc"]))
+    assert first["cfa_t"] == pytest.approx([0.5, 0.5, 0.5])  # no previous value: the mean of the others
+
+    dafa = build_defense("dafa", {"warmup_epochs": 1}, ctx_for(3))
+    dafa.on_epoch_end(stats(0, probs=s["adv_probs"]))
+    assert close(dafa.probs[2], [1 / 3] * 3) and torch.isfinite(dafa.weights).all()

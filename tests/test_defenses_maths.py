@@ -22,7 +22,7 @@ from rfbench.defenses.cb_at import class_balanced_weights
 from rfbench.defenses.reat import pairwise_feature_kl, rbl_weights, tail_classes, tail_omega, tail_penalty
 from rfbench.defenses.robal import CosineHead, class_margins, log_prior, margin_logits
 
-CIFAR10_LT50 = [5000, 3237, 2096, 1357, 878, 568, 368, 238, 154, 100]  # protocol.md, ρ = 50
+CIFAR10_LT50 = [5000, 3237, 2096, 1357, 878, 568, 368, 238, 154, 100]  # docs/protocol.md, ρ = 50
 
 
 def ctx_for(counts, steps=2, eps=0.1, alpha=0.025, milestones=(2,), seed=0) -> TrainContext:

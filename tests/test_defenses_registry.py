@@ -180,7 +180,7 @@ def test_example_defense_loads_from_file_spec(fmnist_lt, batch, monkeypatch):
 
 # --------------------------------------------------------------------------- reproduction configs
 CONFIG_FILES = sorted((REPO / "configs" / "cifar10-lt50").glob("*.yaml")) + sorted((REPO / "configs" / "fmnist-lt50").glob("*.yaml"))
-SPEC_RECIPES = {  # ../shared/spec/defenses.md (PGD-AT takes AT-BSL's recipe, whose baseline it is)
+SPEC_RECIPES = {  # docs/fairness-defenses.md recipes (PGD-AT takes AT-BSL's recipe, whose baseline it is)
     "pgd-at": dict(model="resnet18", epochs=100, batch_size=128, lr=0.1, weight_decay=5e-4, milestones=[75, 90], steps=10),
     "at-bsl": dict(model="resnet18", epochs=100, batch_size=128, lr=0.1, weight_decay=5e-4, milestones=[75, 90], steps=10),
     "reat": dict(model="resnet18", epochs=80, batch_size=128, lr=0.1, weight_decay=5e-4, milestones=[60, 75], steps=10),

@@ -13,6 +13,7 @@ import rfbench.benchmark.data as benchmark_data
 from rfbench.attacks.named import PGD
 from rfbench.benchmark.cli import main
 from rfbench.benchmark.errors import RfbenchError
+from rfbench.benchmark import perclass as P
 from rfbench.benchmark.eval import AttackBallError, EvalConfig, SampleFlags, evaluate, validate_result, verify_in_ball
 
 ATTACKS = ["fgsm", "pgd:steps=3", "autoattack:version=custom,attacks=apgd-ce,steps=2,restarts=1"]
@@ -33,8 +34,8 @@ def test_result_json_validates_and_is_consistent(full_run):
     out, result = full_run
     on_disk = json.loads((out / "result.json").read_text())
     validate_result(on_disk)
-    assert on_disk["schema"] == "rfbench.result/1"
-    assert on_disk["n_per_class"] == [3] * 10 and on_disk["threat"]["eps"] == 0.05 and on_disk["eps"] == "0.05"
+    assert on_disk["schema"] == "rfbench.result/2"
+    assert on_disk["n_per_class"] == [3] * 10 and on_disk["threat"]["eps"] == 0.05 
     labels = [a["label"] for a in on_disk["attacks"]]
     assert labels == ["fgsm", "pgd-3", "autoattack-apgd-ce-restarts=1-steps=2"]
     aa = on_disk["attacks"][2]
@@ -42,8 +43,19 @@ def test_result_json_validates_and_is_consistent(full_run):
     pc = {k: np.array(v) for k, v in on_disk["per_class"].items()}
     for lab in labels:  # a sample counts as robust only if every attack failed
         assert (pc["worst_case"] <= pc[lab] + 1e-12).all()
-    assert on_disk["autoattack_acc"] == pytest.approx(100 * np.mean(pc["worst_case"]), abs=0.01)  # cascade = worst case
-    assert on_disk["clean_acc"] == pytest.approx(100 * np.mean(pc["clean"]), abs=0.01)
+    rb = on_disk["robustbench"]  # fractions; a custom AutoAttack does not fill RobustBench's autoattack_acc
+    assert rb["clean_acc"] == pytest.approx(np.mean(pc["clean"]), abs=1e-12) and rb["autoattack_acc"] is None
+    assert rb["eps"] == "0.05" and rb["threat_model"] == "Linf" and "convention" in rb
+    # contract with the flag file: every per-class vector is the one definition applied to the per-sample flags
+    flags = SampleFlags.load(out / "flags.npz")
+    ok = {"clean": flags.clean_correct, **{lab: flags.robust(lab) for lab in labels},
+          "worst_case": flags.worst_case(on_disk["worst_case_over"])}
+    for name, v in ok.items():
+        np.testing.assert_allclose(pc[name], P.per_class_accuracy(v, flags.y, 10), err_msg=name)
+        assert not (v & ~flags.clean_correct).any(), name  # per sample: robust ⊆ clean
+        assert not (ok["worst_case"] & ~v).any(), name  # worst case ⊆ each attack
+        lo, hi = np.array(on_disk["per_class_ci95"][name]).T
+        assert (lo <= pc[name] + 1e-12).all() and (pc[name] <= hi + 1e-12).all()
     conf = np.array(on_disk["confusion"]["worst_case"])
     assert conf.sum() == 30 and np.allclose(np.diag(conf) / 3, pc["worst_case"])
     assert on_disk["weight_norm"] is not None and len(on_disk["weight_norm"]["per_class"]) == 10
@@ -89,7 +101,7 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(fmnist, fmnist_cnn, ful
     a, b = SampleFlags.load(full_out / "flags.npz"), SampleFlags.load(tmp_path / "flags.npz")
     for key in ("index", "clean_pred", "adv_pred", "ran", "pert"):
         np.testing.assert_array_equal(getattr(a, key), getattr(b, key))
-    for key in ("per_class", "summary", "confusion", "cfps", "checks", "clean_acc", "autoattack_acc"):
+    for key in ("per_class", "summary", "confusion", "cfps", "checks", "robustbench"):
         assert resumed[key] == full[key], key
 
 
@@ -143,7 +155,7 @@ def test_cli_eval_and_report(fmnist, fmnist_cnn, tmp_path, monkeypatch, capsys):
     printed = capsys.readouterr().out
     assert "| class" in printed and "worst_case" in printed and "eps 8/255" in printed
     r = json.loads((out / "result.json").read_text())
-    assert r["eps"] == "8/255" and r["provenance"]["model"]["checkpoint"] == str(weights)
+    assert r["robustbench"]["eps"] == "8/255" and r["provenance"]["model"]["checkpoint"] == str(weights)
     assert main(["report", str(out / "result.json"), "--diff", "fgsm,pgd-2", "--format", "csv"]) == 0
     assert "pgd-2 - fgsm" in capsys.readouterr().out
 

@@ -299,7 +299,7 @@ def test_shipped_tracks_are_consistent():
         p, ev = t.info.protocol, t.run.eval
         assert math.isclose(from_dict(EvalConfig, ev).eps, p.eps), t.id
         assert ev.get("n_per_class") in (None, p.n_per_class), t.id
-        threat = Threat(norm=p.norm, eps=p.eps, steps=20, alpha=p.eps / 4)  # protocol.md eval PGD: 20 steps, step eps/4
+        threat = Threat(norm=p.norm, eps=p.eps, steps=20, alpha=p.eps / 4)  # docs/protocol.md eval PGD: 20 steps, step eps/4
         labels = [a.label for a in build_attacks(ev["attacks"], torch.nn.Identity(), threat)]
         assert labels == p.attacks, t.id
         classes = 100 if "cifar100" in p.dataset else 10

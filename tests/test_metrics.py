@@ -14,6 +14,7 @@ from rfbench.benchmark.eval import metrics as M
 from rfbench.benchmark.eval.flags import SampleFlags
 from rfbench.benchmark.eval.result import build_result, markdown_table, validate_result
 from rfbench.benchmark.models import create_model
+from rfbench.benchmark import perclass as P
 
 # 3 classes: class 0 has 4 samples, class 1 has 2, class 2 has 4
 Y = np.array([0, 0, 0, 0, 1, 1, 2, 2, 2, 2])
@@ -52,20 +53,110 @@ def test_boundary_error_and_dafa_rho_by_hand():
     assert M.dafa_rho(avg_model=0.48, worst_model=0.3, avg_base=0.5, worst_base=0.2) == pytest.approx(0.46)
 
 
-def test_bootstrap_ci():
-    y = np.repeat([0, 1, 2], 200)
-    ok = np.concatenate([np.ones(200), np.zeros(200), np.arange(200) % 2 == 0]).astype(bool)
-    per_class, worst = M.bootstrap_ci(ok, y, 3, n_boot=2000, seed=0)
-    np.testing.assert_allclose(per_class[0], [1, 1])  # a class always right has no spread
-    np.testing.assert_allclose(worst, [0, 0])  # class 1 is always wrong: worst class is exactly 0
-    se = math.sqrt(0.25 / 200)  # binomial standard error of class 2
-    assert per_class[2, 0] == pytest.approx(0.5 - 1.96 * se, abs=0.015)
-    assert per_class[2, 1] == pytest.approx(0.5 + 1.96 * se, abs=0.015)
-    # a bootstrap of the worst class among two close classes sits below the smaller point estimate
-    y2 = np.repeat([0, 1], 100)
+def test_wilson_intervals_against_scipy_and_at_the_ends():
+    from scipy.stats import binomtest
+
+    for k, n in [(0, 100), (1, 100), (37, 100), (99, 100), (100, 100), (3, 7), (0, 1), (1, 1)]:
+        ref = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+        assert P.wilson_interval(k, n) == pytest.approx((ref.low, ref.high), abs=1e-12)
+    lo, hi = P.wilson_interval(0, 100)  # 0 of 100 robust: not [0, 0]
+    assert lo == 0.0 and hi == pytest.approx(0.0370, abs=1e-4)
+    assert P.wilson_interval(100, 100) == (pytest.approx(0.9630, abs=1e-4), 1.0)
+    assert all(math.isnan(v) for v in P.wilson_interval(0, 0))
+
+
+def test_per_class_and_worst_class_intervals():
+    y = np.repeat([0, 1, 2], 100)
+    ok = np.concatenate([np.ones(100), np.zeros(100), np.arange(100) % 2 == 0]).astype(bool)
+    ci = M.per_class_intervals(ok, y, 4)
+    assert ci[0, 1] == 1.0 and ci[0, 0] < 1.0 and ci[1, 0] == 0.0 and ci[1, 1] > 0.0
+    assert np.isnan(ci[3]).all()  # an empty class has no interval
+    lo, hi = M.worst_class_interval(ok, y, 4)  # Bonferroni over the 3 classes with samples: level 1 - 0.05/3
+    assert lo == 0.0 and hi == pytest.approx(P.wilson_interval(0, 100, 1 - 0.05 / 3)[1]) and hi > 0.0370
+    # the worst class's interval covers the smaller of two close classes
     ok2 = np.concatenate([np.arange(100) < 30, np.arange(100) < 32])
-    _, w2 = M.bootstrap_ci(ok2, y2, 2, n_boot=2000, seed=1)
-    assert w2[0] < 0.30 < w2[1] and w2[1] < 0.32 + 1.96 * math.sqrt(0.32 * 0.68 / 100)
+    lo2, hi2 = M.worst_class_interval(ok2, np.repeat([0, 1], 100), 2)
+    assert lo2 < 0.30 < hi2 and hi2 < P.wilson_interval(32, 100, 0.975)[1] + 1e-12
+
+
+def test_one_per_class_function_for_numpy_and_torch():
+    acc_t = P.per_class_accuracy(torch.from_numpy(OK), torch.from_numpy(Y), 4)
+    assert torch.is_tensor(acc_t) and torch.isnan(acc_t[3])
+    np.testing.assert_allclose(acc_t[:3].numpy(), M.per_class_accuracy(OK, Y, 3))
+    vals = np.arange(10, dtype=float)
+    np.testing.assert_allclose(P.per_class_mean(vals, Y, 3), [1.5, 4.5, 7.5])
+    assert P.nan_min([np.nan, 0.2, 0.5]) == 0.2 and P.nan_mean([np.nan, 0.2, 0.4]) == pytest.approx(0.3)
+    assert P.pct(0.1234) == "12.3" and P.pct(-0.05, sign=True) == "-5.0" and P.pct(None) == "-" and P.pct(np.nan) == "-"
+
+
+def test_robust_is_within_clean_for_a_model_wrong_on_clean_and_right_on_perturbed():
+    """Every clean prediction is wrong, every adversarial one right: nothing is robust (robust <= clean per class).
+    Before robust required clean-correctness, this read 0% clean and 100% robust."""
+    y = np.repeat([0, 1, 2], 4)
+    f = SampleFlags.empty(np.arange(12), y, ["fgsm", "pgd-5"], {"static": {}})
+    f.clean_pred[:] = (y + 1) % 3
+    f.adv_pred[:] = y[:, None]
+    f.ran[:] = True
+    f.pert[:] = 0.1
+    f.done[:] = True
+    settings = {lab: {"name": n, "label": lab, "eps": 0.1, "norm": "linf", "scope": "all"}
+                for lab, n in (("fgsm", "fgsm"), ("pgd-5", "pgd"))}
+    r = build_result(f, classes=["a", "b", "c"], settings=settings, threat=Threat("linf", 0.1, 5, 0.025), dataset="toy")
+    for name in ("fgsm", "pgd-5", "worst_case"):
+        assert r["per_class"][name] == [0.0, 0.0, 0.0]
+        assert all(a <= c for a, c in zip(r["per_class"][name], r["per_class"]["clean"]))
+    wc = f.worst_case(["fgsm", "pgd-5"])
+    for lab in ("fgsm", "pgd-5"):  # per sample: worst case <= each attack <= clean
+        assert not (wc & ~f.robust(lab)).any() and not (f.robust(lab) & ~f.clean_correct).any()
+
+
+def test_an_empty_class_is_nan_in_the_result_and_left_out_of_summaries():
+    f = _toy_flags()
+    settings = {lab: {"name": n, "label": lab, "eps": 0.1, "norm": "linf", "scope": "all"}
+                for lab, n in (("fgsm", "fgsm"), ("pgd-5", "pgd"))}
+    r = build_result(f, classes=["a", "b", "c"], settings=settings, threat=Threat("linf", 0.1, 5, 0.025), dataset="toy")
+    validate_result(r)
+    assert r["n_per_class"] == [3, 3, 0] and r["per_class"]["clean"][2] is None
+    assert r["summary"]["clean"]["mean"] == pytest.approx((2 / 3 + 1) / 2)
+    assert r["per_class_ci95"]["clean"][2] == [None, None] and "-" in markdown_table(r)
+
+
+def test_robustbench_block_only_for_standard_autoattack():
+    f = _toy_flags()
+    base = {"name": "autoattack", "label": "pgd-5", "eps": 0.1, "norm": "linf", "scope": "all", "steps": None,
+            "queries": None, "restarts": None, "targets": None, "effective": {"package": "pyautoattack 0.2.0"}}
+    settings = {"fgsm": {"name": "fgsm", "label": "fgsm", "eps": 0.1, "norm": "linf", "scope": "all"}}
+    thr = Threat("linf", 0.1, 5, 0.025)
+    custom = build_result(f, classes=["a", "b"], settings={**settings, "pgd-5": {**base, "version": "custom"}},
+                          threat=thr, dataset="toy")["robustbench"]
+    assert custom["autoattack_acc"] is None and custom["clean_acc"] == pytest.approx(5 / 6)
+    std = build_result(f, classes=["a", "b"], settings={**settings, "pgd-5": {**base, "version": "standard"}},
+                       threat=thr, dataset="toy")["robustbench"]
+    assert std["autoattack_acc"] == pytest.approx(3 / 6)  # clean-correct and robust: samples 0, 3, 5
+    assert (std["autoattack_version"], std["autoattack_scope"], std["autoattack_package"]) == ("standard", "all",
+                                                                                               "pyautoattack 0.2.0")
+    steps = build_result(f, classes=["a", "b"], settings={**settings, "pgd-5": {**base, "version": "standard", "steps": 5}},
+                         threat=thr, dataset="toy")["robustbench"]
+    assert steps["autoattack_acc"] is None  # counts overridden: not standard AutoAttack
+
+
+def test_inventions_are_labelled_in_results_and_listings():
+    from rfbench.attacks.registry import ATTACKS
+    from rfbench.benchmark.registry import INVENTION_LABEL
+    from rfbench.defenses import DEFENSES
+
+    assert INVENTION_LABEL in DEFENSES.describe("class-weights") and INVENTION_LABEL in ATTACKS.describe("temperature-pgd")
+    assert DEFENSES.invention_notes("reat", {"rbl": "released"}) == []
+    assert len(DEFENSES.invention_notes("reat", {"rbl": "logit-adjusted"})) == 1
+    assert INVENTION_LABEL not in DEFENSES.describe("pgd-at")
+    f = _toy_flags()
+    settings = {"fgsm": {"name": "fgsm", "label": "fgsm", "eps": 0.1, "norm": "linf", "scope": "all"},
+                "pgd-5": {"name": "temperature-pgd", "label": "pgd-5", "eps": 0.1, "norm": "linf", "scope": "all",
+                          "T": 2.0, "tmode": "confidence"}}
+    r = build_result(f, classes=["a", "b"], settings=settings, threat=Threat("linf", 0.1, 5, 0.025), dataset="toy",
+                     source={"defense": "class-weights", "train_config": {"defense_args": {}}})
+    assert [i["label"] for i in r["inventions"]] == ["pgd-5", "defense class-weights"]
+    assert all(i["invention"].startswith(INVENTION_LABEL) for i in r["inventions"])
 
 
 def test_class_groups():
@@ -127,10 +218,9 @@ def test_build_result_by_hand():
     f = _toy_flags()
     settings = {"fgsm": {"name": "fgsm", "label": "fgsm", "eps": 0.1, "norm": "linf", "scope": "all"},
                 "pgd-5": {"name": "pgd", "label": "pgd-5", "eps": 0.1, "norm": "linf", "steps": 5, "scope": "all"}}
-    r = build_result(f, classes=["a", "b"], settings=settings, threat=Threat("linf", 0.1, 5, 0.025), dataset="toy",
-                     n_boot=50)
+    r = build_result(f, classes=["a", "b"], settings=settings, threat=Threat("linf", 0.1, 5, 0.025), dataset="toy")
     validate_result(r)
-    assert r["schema"] == "rfbench.result/1" and r["n_per_class"] == [3, 3]
+    assert r["schema"] == "rfbench.result/2" and r["n_per_class"] == [3, 3]
     assert r["per_class"]["clean"] == pytest.approx([2 / 3, 1.0])
     assert r["per_class"]["fgsm"] == pytest.approx([1 / 3, 2 / 3])
     assert r["per_class"]["pgd-5"] == pytest.approx([1 / 3, 2 / 3])
@@ -138,7 +228,8 @@ def test_build_result_by_hand():
     assert r["boundary_error"] == pytest.approx([1 / 3, 2 / 3])
     assert r["summary"]["worst_case"]["worst_class"] == 0 and r["summary"]["clean"]["gap"] == pytest.approx(1 / 3)
     assert r["confusion"]["worst_case"] == [[1, 2], [2, 1]]
-    assert r["clean_acc"] == pytest.approx(83.33) and r["eps"] == "0.1" and r["autoattack_acc"] is None
+    rb = r["robustbench"]  # fractions, like every accuracy of the file
+    assert rb["clean_acc"] == pytest.approx(5 / 6) and rb["eps"] == "0.1" and rb["autoattack_acc"] is None
     assert r["checks"]["attack_order"]["pairs"] == ["pgd-5 <= fgsm"]
     assert r["checks"]["robust_le_clean"]["verdict"] == "pass"
     assert r["cfps"]["worst_case"] == pytest.approx([0.5, 0.5])  # errors: 0->1 twice, 1->0 twice
@@ -149,7 +240,7 @@ def test_validate_result_names_the_problem():
     f = _toy_flags()
     settings = {lab: {"name": n, "label": lab, "eps": 0.1, "norm": "linf", "scope": "all"}
                 for lab, n in (("fgsm", "fgsm"), ("pgd-5", "pgd"))}
-    r = build_result(f, classes=["a", "b"], settings=settings, threat=Threat("linf", 0.1, 5, 0.025), dataset="toy", n_boot=20)
+    r = build_result(f, classes=["a", "b"], settings=settings, threat=Threat("linf", 0.1, 5, 0.025), dataset="toy")
     r["per_class"]["pgd-5"] = [0.5]
     with pytest.raises(ValueError, match="per_class"):
         validate_result(r)

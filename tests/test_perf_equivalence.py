@@ -29,7 +29,7 @@ from rfbench.benchmark.data.subsets import per_class_subset
 from rfbench.benchmark.train.config import TrainConfig
 from rfbench.benchmark.train.runtime import use_channels_last
 from rfbench.benchmark.train.trainer import Trainer
-from rfbench.benchmark.train.validate import per_class_accuracy
+from rfbench.benchmark.train.validate import validation_accuracy
 from rfbench.defenses import TrainContext, build_defense
 from rfbench.defenses.trades_terms import trades_perturb
 
@@ -99,14 +99,15 @@ def test_early_stop_gives_the_answer_of_every_iterate_with_less_work(fmnist_cnn,
 
 def test_trainer_validation_early_stop_matches_the_plain_per_class_answer(fmnist, fmnist_cnn):
     val = per_class_subset(fmnist.test, 20, seed=5)
-    _, robust = per_class_accuracy(fmnist_cnn, val, eps=EPS, alpha=ALPHA, steps=4,
+    _, robust = validation_accuracy(fmnist_cnn, val, eps=EPS, alpha=ALPHA, steps=4,
                                    generator=torch.Generator().manual_seed(1))
     x, y, _ = next(iterate_batches(val, len(val)))
-    alive = torch.ones(len(y), dtype=torch.bool)
+    with torch.no_grad():
+        alive = fmnist_cnn(x).argmax(1) == y  # robust = clean-correct and correct at every PGD iterate
     for k in range(5):
         alive &= _robust(fmnist_cnn, pgd(fmnist_cnn, x, y, eps=EPS, alpha=ALPHA, steps=k,
                                          generator=torch.Generator().manual_seed(1)), y)
-    per_class = (torch.bincount(y[alive], minlength=10) / torch.bincount(y, minlength=10)).tolist()
+    per_class = (torch.bincount(y[alive], minlength=10).double() / torch.bincount(y, minlength=10)).tolist()
     assert robust == pytest.approx(per_class, abs=1e-12)
 
 

@@ -1,4 +1,4 @@
-"""`rfbench reproduce`: table definitions (numbers from reference-numbers.md), dry run and cost, verdicts, smoke scale."""
+"""`rfbench reproduce`: table definitions (published numbers with their paper and table), dry run and cost, verdicts, smoke scale."""
 
 from __future__ import annotations
 

@@ -136,3 +136,26 @@ def test_sigterm_mid_epoch_saves_state_and_resume_is_bit_identical(tmp_path, mon
     assert load_checkpoint(tmp_path / "killed" / "checkpoint-last.pt")["partial"]["batches_done"] == at_batch
     monkeypatch.undo()
     _assert_same_run(straight, train(_cfg(tmp_path, "killed", epochs=2), quiet=True))
+
+
+def test_selection_score_leaves_out_a_class_without_validation_images():
+    nan = float("nan")
+    assert selection_score([nan, 0.2, 0.4], "worst") == pytest.approx(0.2)
+    assert selection_score([nan, 0.2, 0.4], "mean") == pytest.approx(0.3)
+    assert selection_score([nan, 0.2, 0.4], "mean+worst") == pytest.approx(0.5)
+
+
+def test_validation_robust_requires_clean_correct():
+    """A model wrong on clean inputs and right on every perturbed one is robust nowhere."""
+    from rfbench.benchmark.data.base import ArrayDataset
+    from rfbench.benchmark.train.validate import validation_accuracy
+
+    class Flip(torch.nn.Module):  # class 1 on the clean (all-black) images, class 0 once any pixel moved
+        def forward(self, x):
+            moved = (x.flatten(1) > 0).float().sum(1, keepdim=True)  # no gradient: PGD keeps its random start
+            return torch.cat([moved, 0.5 - moved, -moved - 1], 1) + 0 * x.flatten(1).sum(1, keepdim=True)
+
+    ds = ArrayDataset(torch.zeros(6, 1, 4, 4, dtype=torch.uint8), torch.zeros(6, dtype=torch.long), ["a", "b", "c"])
+    clean, robust = validation_accuracy(Flip(), ds, eps=0.1, alpha=0.05, steps=2)
+    assert clean[0] == 0.0 and robust[0] == 0.0  # previously robust 1.0 (the attack "fixes" the prediction)
+    assert all(v != v for v in clean[1:] + robust[1:])  # classes 1, 2 have no image: NaN, not 0

@@ -2,6 +2,7 @@
 
 The fit maximises worst-class robust accuracy on the validation split (never
 the test set) and freezes the result in ``--out`` (see :mod:`rfbench.benchmark.calibrate`).
+Calibration is rfbench's own invention, not from a paper.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ accuracy before and after).  Evaluate it like a run directory, AutoAttack includ
 
 
 def run(args: argparse.Namespace) -> int:
+    from rfbench.attacks.threat import resolve_threat
     from rfbench.benchmark.calibrate import CalibrationConfig, fit_calibration, save_calibration
     from rfbench.benchmark.config import from_dict
     from rfbench.benchmark.data import to_float
@@ -35,13 +37,17 @@ def run(args: argparse.Namespace) -> int:
     model, info = load_run_model(args.run, args.which, device=device)
     train_cfg = from_dict(TrainConfig, info["config"], where=f"{args.run} config")
     bundle = load_bundle(train_cfg)  # the run's own validation split (same dataset, seed and split rule)
-    threat = info["meta"]["threat"]
+    # the one resolution rule: dataset evaluation protocol, then the run's training threat (norm, eps), then flags
+    run_threat = info["meta"]["threat"]
+    threat = resolve_threat(bundle.threat, "eval", norm=run_threat["norm"],
+                            eps=args.eps if args.eps is not None else run_threat["eps"],
+                            alpha=args.alpha, steps=args.steps)
     values = {
         "method": args.method,
-        "eps": args.eps if args.eps is not None else threat["eps"],
-        "alpha": args.alpha if args.alpha is not None else bundle.threat.eval_alpha,
-        "steps": args.steps if args.steps is not None else bundle.threat.eval_steps,
-        "norm": threat["norm"],
+        "eps": threat.eps,
+        "alpha": threat.alpha,
+        "steps": threat.steps,
+        "norm": threat.norm,
         "targets": args.targets,
         "rounds": args.rounds,
         "grid": args.grid,
@@ -69,7 +75,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     from rfbench.benchmark.cli import HelpFormatter
     from rfbench.benchmark.cli.config_args import _number
 
-    p = sub.add_parser("calibrate", help="fit a post-hoc per-class logit calibration for the worst class",
+    p = sub.add_parser("calibrate", help="fit a post-hoc per-class logit calibration for the worst class (rfbench's own invention)",
                        description=__doc__, epilog=EPILOG, formatter_class=HelpFormatter)
     p.add_argument("--run", required=True, metavar="DIR", help="run directory written by `rfbench train`")
     p.add_argument("--which", default="best", help="checkpoint: best, last, or an extra model such as fawa-best")
@@ -78,7 +84,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="where calibration.pt and calibration.json go")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--eps", type=_number, default=None, help="attack radius, e.g. 8/255; None = the run's training eps")
-    p.add_argument("--alpha", type=_number, default=None, help="attack step; None = the dataset's evaluation step")
+    p.add_argument("--alpha", type=_number, default=None, help="attack step; None = the evaluation step rule (the protocol's alpha/eps ratio times eps)")
     p.add_argument("--steps", type=int, default=None, help="attack steps; None = the dataset's evaluation PGD steps")
     p.add_argument("--targets", type=int, default=9, help="targeted attack points per sample (most likely other classes)")
     p.add_argument("--rounds", type=int, default=None, help="re-attack/refit rounds; None = 1 for bias, 3 for norm")

@@ -20,7 +20,7 @@ attack specs (--attack, repeatable): name[:key=value[,key=value...]]; lists insi
   pgd:steps=100,restarts=5  keys: eps, alpha, steps, restarts, loss (ce|cw|dlr|kl), start, norm, label
   cw:steps=20,kappa=50      PGD on the CW margin
   fgsm
-  temperature-pgd:T=0.5     Temperature-PGD (tmode=confidence: per-sample T)
+  temperature-pgd:T=0.5     Temperature-PGD (tmode=confidence: per-sample T, rfbench's own invention)
   autoattack:version=standard
   autoattack:version=custom,attacks=apgd-ce+apgd-t,steps=20     (also queries=, restarts=, targets=)
   Without --attack: fgsm, pgd, cw.  AutoAttack runs on the points the other attacks left robust
@@ -35,6 +35,9 @@ examples:
   rfbench eval --model robustbench:Carmon2019Unlabeled --dataset cifar10 --attack autoattack
 
 A killed evaluation resumes batch by batch when the same command is run again (same --out).
+Progress: a bar naming the running attack, with images/s and ETA, on a terminal; otherwise a log line
+every --progress-every seconds.  The output directory and flags.npz exist from the start.
+Only the test split is read.
 """
 
 
@@ -68,12 +71,12 @@ def _load_model(args: argparse.Namespace, device):
         if args.data_root:
             data["root"] = args.data_root
         data["download"] = data["download"] or args.download
-        return model, source, load_dataset(name, **data)
+        return model, source, load_dataset(name, **data, test_only=True)  # an evaluation never reads the training split
     if not args.model:
         raise ConfigError("say what to evaluate: --run DIR, or --model NAME|file.py:factory|robustbench:NAME")
     if not args.dataset:
         raise ConfigError("--model needs --dataset (e.g. --dataset fashion-mnist)")
-    bundle = load_dataset(args.dataset, root=args.data_root, download=args.download)
+    bundle = load_dataset(args.dataset, root=args.data_root, download=args.download, test_only=True)
     shape = {"num_classes": bundle.num_classes, "in_channels": bundle.in_channels, "mean": bundle.mean, "std": bundle.std}
     if args.model.startswith("robustbench:"):
         base = bundle.name.removesuffix("-lt")
@@ -138,9 +141,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     run_g.add_argument("--amp", choices=["off", "bf16"], default=S, help="bf16 autocast for attack steps (predictions stay fp32) [default: off]")
     run_g.add_argument("--channels-last", dest="channels_last", choices=["auto", "on", "off"], default=S, help="[default: auto = on for CUDA]")
     run_g.add_argument("--seed", type=int, default=S, help="seed of the attacks' randomness [default: 0]")
-    run_g.add_argument("--bootstrap", type=int, default=S, help="bootstrap draws for the confidence intervals [default: 1000]")
+    run_g.add_argument("--bootstrap", type=int, default=S, help="no effect (kept so that old command lines run): the intervals are binomial Wilson intervals")
     run_g.add_argument("--out", metavar="DIR", help="output directory [default: RUN/eval-WHICH, or runs/eval]")
     run_g.add_argument("--plot", action="store_true", default=S, help="write per_class.png and confusion_flow.png")
     run_g.add_argument("--overwrite", action="store_true", default=S, help="discard the flag file of a different evaluation in --out")
     run_g.add_argument("--quiet", action="store_true", default=S, help="no progress bar or info messages")
+    run_g.add_argument("--progress-every", dest="progress_every", type=float, default=S, metavar="S",
+                       help="when stderr is not a terminal, log progress (attack, images/s, ETA) every S seconds; "
+                            "0 = only at the end [default: 30]")
     p.set_defaults(func=run)

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 EPILOG = """\
-tables (leaderboards/papers/<table>.yaml; published numbers from the spec's reference-numbers.md):
+tables (leaderboards/papers/<table>.yaml; each published number names its paper and table):
   cfa-table1         CFA Table 1: PGD-AT, TRADES (+CFA), FRL; CIFAR-10, PreAct-ResNet-18, AutoAttack
   dafa-cifar10       DAFA's CIFAR-10 table: TRADES, FRL, CFA, WAT, DAFA; ResNet-18
   atbsl-cifar10lt50  AT-BSL on CIFAR-10-LT rho=50: clean, PGD-20, CW, AutoAttack

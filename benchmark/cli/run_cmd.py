@@ -38,7 +38,7 @@ finished run is never overwritten unless --force is given.
 
 def run(args: argparse.Namespace) -> int:
     from rfbench.benchmark.runner import execute_run, load_run_config, resolve_run
-    from rfbench.benchmark.runner.report import summary_frame
+    from rfbench.benchmark.runner.report import percent_markdown, summary_frame
     from rfbench.benchmark.io import read_json
 
     if args.quiet:
@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
                            overrides=args.overrides, device=args.device, quiet=args.quiet)
     out = execute_run(resolved, force=args.force, quiet=args.quiet)
     result = read_json(out / "result.json")
-    print(summary_frame(result).to_markdown(index=False, floatfmt=".1f"))
+    print(percent_markdown(summary_frame(result)))
     print(f"run directory: {out} (result.json, report.md, per_class.png)", file=sys.stderr)
     return 0
 

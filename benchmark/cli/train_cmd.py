@@ -25,10 +25,11 @@ HELP = {
     "model": "model name (`rfbench list models`)",
     "init": "checkpoint to initialise the weights from (e.g. runs/trades/checkpoint-best.pt for FRL)",
     "defense": "defense name (`rfbench list defenses`), an installed plugin, or module:Class / file.py:Class "
-               "(a file is executed: only name code you trust)",
+               "(a file is executed: only name code you trust); rfbench's own inventions, not from a paper: class-weights, "
+               "and reat with rbl=logit-adjusted",
     "norm": "training attack norm (default: the dataset's protocol)",
     "eps": "training attack radius, e.g. 8/255 (default: the dataset's protocol)",
-    "alpha": "training attack step size (default: the dataset's protocol)",
+    "alpha": "training attack step size (default: eps times the protocol's alpha/eps ratio, i.e. the protocol's step at its eps)",
     "steps": "training attack steps (default: the dataset's protocol)",
     "epochs": "number of epochs",
     "batch_size": "training batch size",

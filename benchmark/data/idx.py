@@ -25,7 +25,14 @@ import torch
 
 from rfbench.benchmark.data.augment import AugmentConfig
 from rfbench.benchmark.data.base import ArrayDataset
-from rfbench.benchmark.data.registry import DEFAULT_DOWNLOAD_ROOT, DataOptions, RawSplits, ThreatDefaults, register_dataset
+from rfbench.benchmark.data.registry import (
+    DEFAULT_DOWNLOAD_ROOT,
+    DataOptions,
+    RawSplits,
+    ThreatDefaults,
+    not_loaded,
+    register_dataset,
+)
 from rfbench.benchmark.errors import DataNotFoundError
 
 log = logging.getLogger(__name__)
@@ -71,10 +78,11 @@ def _idx_path(d: Path, stem: str) -> Path | None:
     return None
 
 
-def _load_dir(d: Path, classes: list[str]) -> tuple[ArrayDataset, ArrayDataset]:
-    arrays = {k: read_idx(_idx_path(d, stem)) for k, stem in IDX_FILES.items()}
+def _load_dir(d: Path, classes: list[str], test_only: bool = False) -> tuple[ArrayDataset, ArrayDataset]:
+    arrays = {k: read_idx(_idx_path(d, stem)) for k, stem in IDX_FILES.items() if not (test_only and k.startswith("train"))}
     mk = lambda x, y: ArrayDataset(torch.from_numpy(x.copy()).unsqueeze(1), torch.from_numpy(y.astype(np.int64)), classes)
-    return mk(arrays["train_x"], arrays["train_y"]), mk(arrays["test_x"], arrays["test_y"])
+    test = mk(arrays["test_x"], arrays["test_y"])
+    return (not_loaded(test) if test_only else mk(arrays["train_x"], arrays["train_y"])), test
 
 
 def _try_apt_install() -> bool:
@@ -143,7 +151,7 @@ def _load_idx_dataset(kind: str, opts: DataOptions, classes: list[str]) -> tuple
     if found is None:
         raise DataNotFoundError(_how_to_get(kind, candidates))
     log.debug("loading %s from %s", kind, found)
-    return _load_dir(found, classes)
+    return _load_dir(found, classes, opts.test_only)
 
 
 @register_dataset("fashion-mnist")

@@ -48,7 +48,7 @@ from PIL import Image, UnidentifiedImageError
 
 from rfbench.benchmark.data.augment import AugmentConfig
 from rfbench.benchmark.data.base import ArrayDataset, channel_stats
-from rfbench.benchmark.data.registry import DataOptions, RawSplits, ThreatDefaults, register_path_scheme
+from rfbench.benchmark.data.registry import DataOptions, RawSplits, ThreatDefaults, not_loaded, register_path_scheme
 from rfbench.benchmark.errors import DataNotFoundError
 
 log = logging.getLogger(__name__)
@@ -154,7 +154,7 @@ def imagefolder(path: str, opts: DataOptions) -> RawSplits:
     classes = list_classes(root / "train")
     if not classes:
         raise _missing_layout(root, f"class folders in {root}/train")
-    train_samples = list_samples(root / "train", classes)
+    train_samples = list_samples(root / "train", classes)  # lists files only (decoding is the cost)
     mode, size = _mode_and_size(train_samples[0][0])
     resized: list[Path] = []  # list.append is atomic, and prepare runs in several threads
 
@@ -164,12 +164,18 @@ def imagefolder(path: str, opts: DataOptions) -> RawSplits:
             return im.convert(mode).resize(size, Image.BILINEAR)
         return im.convert(mode)
 
-    train = _folder_split(root / "train", classes, prepare, train_samples)
     test = _folder_split(root / "test", classes, prepare)
+    train = None if opts.test_only else _folder_split(root / "train", classes, prepare, train_samples)
     if resized:
         log.warning("%s: resized %d images (e.g. %s) to the first image's size %dx%d", root, len(resized), resized[0], *size)
+    augment = AugmentConfig(crop_padding=4, flip=True)
+    if train is None:  # test_only: the training images are never decoded
+        mean, std = channel_stats(test.x)
+        note = (f"mean/std {mean}/{std} measured on the test images (training split not loaded); a checkpoint's "
+                "own normalisation buffers take precedence")
+        return RawSplits(not_loaded(test), test, augment, ThreatDefaults(), mean=mean, std=std, notes=[note])
     mean, std = channel_stats(train.x)
-    return RawSplits(train, test, AugmentConfig(crop_padding=4, flip=True), ThreatDefaults(), mean=mean, std=std)
+    return RawSplits(train, test, augment, ThreatDefaults(), mean=mean, std=std)
 
 
 def imagenet_preprocess(im: Image.Image) -> Image.Image:
@@ -190,7 +196,9 @@ def imagenet(path: str, opts: DataOptions) -> RawSplits:
     train_dir = root / "train"
     classes = list_classes(train_dir if train_dir.is_dir() else test_dir)
     test = _folder_split(test_dir, classes, imagenet_preprocess)
-    if train_dir.is_dir():
+    if opts.test_only:
+        train = not_loaded(test)
+    elif train_dir.is_dir():
         train = _folder_split(train_dir, classes, imagenet_preprocess)
     else:
         train = ArrayDataset.missing(

@@ -1,6 +1,6 @@
 """The long-tailed split generator used by REAT, RoBal and AT-BSL, and the balanced validation split.
 
-Reproduces the reference generator exactly (``../shared/spec/protocol.md``;
+Reproduces the reference generator exactly (``docs/protocol.md``, "Long-tailed split generator";
 it is the ``IMBALANCECIFAR10`` generator of Cao et al., "Learning Imbalanced
 Datasets with Label-Distribution-Aware Margin Loss", NeurIPS 2019, which
 REAT, RoBal and AT-BSL reuse):

@@ -39,9 +39,14 @@ from rfbench.benchmark.errors import ConfigError, DataNotFoundError
 from rfbench.benchmark.registry import Registry
 
 
-@dataclass
+@dataclass(frozen=True)
 class ThreatDefaults:
-    """The protocol's per-dataset threat model (``protocol.md``, first table).
+    """The protocol's per-dataset threat values (``docs/protocol.md``, "Threat defaults per dataset"): the first layer of resolution.
+
+    Not a threat model itself: :func:`rfbench.attacks.threat.resolve_threat`
+    turns these values, a config's and the command line's into the one
+    :class:`~rfbench.attacks.threat.Threat` for training (``train_*``) or
+    evaluation (``eval_*``).
 
     ``eps_warmup_epochs`` > 0 asks the trainer to ramp the training eps
     linearly from 0 over that many epochs (the protocol's SVHN note: without
@@ -67,14 +72,29 @@ class RawSplits:
     threat: ThreatDefaults = field(default_factory=ThreatDefaults)
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
 class DataOptions:
-    """How to fetch a dataset: local root and whether torchvision may download."""
+    """How to fetch a dataset: local root, whether torchvision may download, and whether to read only the test split.
+
+    With ``test_only`` a source leaves its training split unread (marked unavailable
+    with :data:`TEST_ONLY_REASON`); a source whose normalisation is measured on the
+    training images then measures it on the test images and says so in ``notes``.
+    """
 
     root: str | None = None
     download: bool = False
+    test_only: bool = False
+
+
+TEST_ONLY_REASON = "the training split was not loaded (test_only: an evaluation reads only the test split)"
+
+
+def not_loaded(test: ArrayDataset) -> ArrayDataset:
+    """The empty, unavailable training split of a ``test_only`` load (same classes and image shape as ``test``)."""
+    return ArrayDataset.missing(test.classes, tuple(test.x.shape[1:]), TEST_ONLY_REASON)
 
 
 DATASETS: Registry[Callable[[DataOptions], RawSplits]] = Registry("dataset")
@@ -156,6 +176,7 @@ def load_dataset(
     val_per_class: int | None = None,
     seed: int = 0,
     val_borrow: str = "remove",
+    test_only: bool = False,
 ) -> DataBundle:
     """Load ``name`` as a :class:`DataBundle` with train, balanced validation and test splits.
 
@@ -169,6 +190,8 @@ def load_dataset(
     (``"share"``); see :func:`~rfbench.benchmark.data.longtail.balanced_validation`.
     A balanced dataset always holds its validation images out of training.
     Everything a result file must say about the splits is in ``bundle.notes``.
+    ``test_only`` reads only the test split (``rfbench eval`` uses it): the training
+    and validation splits are marked unavailable and ``bundle.eval_only`` is true.
     """
     base, is_lt = parse_dataset_name(name)
     if imbalance_ratio is not None and imbalance_ratio < 1:
@@ -179,15 +202,15 @@ def load_dataset(
         raise ConfigError(f"val_per_class: expected a number >= 0, got {val_per_class}")
     if is_lt and imbalance_ratio is None:
         imbalance_ratio = DEFAULT_IMBALANCE_RATIO
-    raw = load_raw(base, DataOptions(root=root, download=download))
+    raw = load_raw(base, DataOptions(root=root, download=download, test_only=test_only))
     full_name = name if imbalance_ratio is None or is_lt else f"{name}-lt"
     common = dict(name=full_name, test=raw.test, augment=raw.augment, imbalance_ratio=imbalance_ratio,
                   threat=raw.threat, mean=raw.mean, std=raw.std)
     if raw.train.unavailable is not None:
-        if imbalance_ratio is not None:
+        if imbalance_ratio is not None and not test_only:
             raise DataNotFoundError(f"a long-tailed split needs training images: {raw.train.unavailable}")
         val = ArrayDataset.missing(raw.test.classes, tuple(raw.test.x.shape[1:]), raw.train.unavailable)
-        return DataBundle(train=raw.train, val=val, notes=[f"evaluation only: {raw.train.unavailable}"], **common)
+        return DataBundle(train=raw.train, val=val, notes=[f"evaluation only: {raw.train.unavailable}", *raw.notes], **common)
     labels = raw.train.y.numpy()
     c = raw.train.num_classes
     notes = []

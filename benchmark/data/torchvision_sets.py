@@ -22,7 +22,7 @@ check the format (keys, shapes, label range) and raise
 malformed.  CIFAR batches are Python pickles; they are read with an
 unpickler that only admits NumPy arrays, so a tampered file cannot run code.
 
-Threat models follow ``protocol.md`` (Linf 8/255; PGD-10, step 2/255 for
+Threat models follow ``docs/protocol.md`` (Linf 8/255; PGD-10, step 2/255 for
 training; PGD-20 for evaluation).  SVHN follows the protocol's note: training
 step 1/255 and a 5-epoch eps warm-up.  Augmentation: random crop (pad 4) and
 horizontal flip for CIFAR and STL-10, crop only for SVHN (digits must not be
@@ -42,7 +42,14 @@ import torch
 
 from rfbench.benchmark.data.augment import AugmentConfig
 from rfbench.benchmark.data.base import ArrayDataset, channel_stats
-from rfbench.benchmark.data.registry import DEFAULT_DOWNLOAD_ROOT, DataOptions, RawSplits, ThreatDefaults, register_dataset
+from rfbench.benchmark.data.registry import (
+    DEFAULT_DOWNLOAD_ROOT,
+    DataOptions,
+    RawSplits,
+    ThreatDefaults,
+    not_loaded,
+    register_dataset,
+)
 from rfbench.benchmark.errors import DataNotFoundError
 
 log = logging.getLogger(__name__)
@@ -119,7 +126,13 @@ def _dataset(x: np.ndarray, y: np.ndarray, classes: list[str]) -> ArrayDataset:
     return ArrayDataset(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y.astype(np.int64)), classes)
 
 
-def _splits(train: ArrayDataset, test: ArrayDataset, augment: AugmentConfig, threat: ThreatDefaults) -> RawSplits:
+def _splits(train: ArrayDataset | None, test: ArrayDataset, augment: AugmentConfig, threat: ThreatDefaults) -> RawSplits:
+    """Raw splits with mean/std measured on the training images (on the test images when ``train`` is None: test_only)."""
+    if train is None:
+        mean, std = channel_stats(test.x)
+        note = (f"mean/std {mean}/{std} measured on the test images (training split not loaded); a checkpoint's "
+                "own normalisation buffers take precedence")
+        return RawSplits(not_loaded(test), test, augment, threat, mean=mean, std=std, notes=[note])
     mean, std = channel_stats(train.x)
     return RawSplits(train, test, augment, threat, mean=mean, std=std)
 
@@ -162,7 +175,7 @@ def _cifar(opts: DataOptions, *, title: str, tv_name: str, folder: str, train: l
     if not classes:
         raise DataNotFoundError(f"corrupt file {d / meta}: no '{names_key}' entry")
     return _splits(
-        _read_cifar(title, d, train, label_key, classes),
+        None if opts.test_only else _read_cifar(title, d, train, label_key, classes),
         _read_cifar(title, d, test, label_key, classes),
         CIFAR_AUGMENT,
         ThreatDefaults(),
@@ -218,7 +231,7 @@ def svhn(opts: DataOptions) -> RawSplits:
     d = _root(opts)
     _ensure_files("SVHN", d, ["train_32x32.mat", "test_32x32.mat"], opts, _download_svhn)
     threat = ThreatDefaults(train_alpha=1 / 255, eps_warmup_epochs=5)
-    return _splits(_read_svhn(d / "train_32x32.mat"), _read_svhn(d / "test_32x32.mat"),
+    return _splits(None if opts.test_only else _read_svhn(d / "train_32x32.mat"), _read_svhn(d / "test_32x32.mat"),
                    AugmentConfig(crop_padding=4, flip=False), threat)
 
 
@@ -242,4 +255,5 @@ def stl10(opts: DataOptions) -> RawSplits:
     _ensure_files("STL-10", d, ["train_X.bin", "train_y.bin", "test_X.bin", "test_y.bin"], opts, _download_archive("STL10"))
     names = d / "class_names.txt"
     classes = [n.strip() for n in names.read_text().splitlines() if n.strip()] if names.is_file() else STL10_CLASSES
-    return _splits(_read_stl10(d, "train", classes), _read_stl10(d, "test", classes), CIFAR_AUGMENT, ThreatDefaults())
+    return _splits(None if opts.test_only else _read_stl10(d, "train", classes), _read_stl10(d, "test", classes),
+                   CIFAR_AUGMENT, ThreatDefaults())

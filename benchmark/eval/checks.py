@@ -1,4 +1,4 @@
-"""Sanity checks run on every evaluation (attacks.md, "Sanity checks the harness runs").
+"""Sanity checks run on every evaluation (``docs/evaluation.md``, `checks` of `result.json`).
 
 Each check returns ``{"verdict": "pass" | "fail" | "warn" | "skipped", "detail": str, ...}``.
 
@@ -6,6 +6,12 @@ Each check returns ``{"verdict": "pass" | "fail" | "warn" | "skipped", "detail":
 as accurate as B), let ``b`` = samples A leaves correct but B breaks, ``c``
 = the reverse.  A violation is a class with ``b > c`` and McNemar's
 ``z = (b − c)/√(b + c) > 2``.  Smaller inversions are listed as ``minor``.
+
+:func:`check_predictions` (run by the harness on the clean predictions) fails a
+model that predicts a single class, or whose clean accuracy is within noise of
+chance, and warns when one class takes most predictions: such a model has
+"robust accuracy" that measures nothing (a constant classifier is never fooled
+on its one class).  This check is ours.
 
 The in-ball check is not here: the harness raises as soon as an attack
 returns a point outside the eps-ball or [0,1].
@@ -17,6 +23,8 @@ import math
 from typing import Any, Callable
 
 import numpy as np
+
+from rfbench.benchmark.perclass import class_counts, pct
 
 Z_NOISE = 2.0
 
@@ -45,7 +53,10 @@ def _verdict(violations: list, minor: list, detail: str) -> dict[str, Any]:
 
 
 def check_robust_le_clean(robust: dict[str, np.ndarray], clean: np.ndarray, y: np.ndarray, num_classes: int) -> dict:
-    """Robust accuracy ≤ clean accuracy in every class, for every attack (beyond noise)."""
+    """Robust accuracy ≤ clean accuracy in every class, for every attack.
+
+    Robust implies clean-correct by definition (:func:`rfbench.benchmark.perclass.robust`), so any
+    inversion here means the flags were built without that definition."""
     viol, minor = [], []
     for lab, r in robust.items():
         b, m = paired_inversions(r, clean, y, num_classes)
@@ -126,6 +137,37 @@ def run_checks(robust, clean, y, num_classes, settings, max_pert) -> dict[str, A
     out = {name: fn(ctx) for name, fn in CHECKS.items()}
     out["overall"] = overall_verdict(out)
     return out
+
+
+DOMINANT_SHARE = 0.5  # one class taking more than max(this, 3/C) of the predictions: a warning
+
+
+def check_predictions(pred: np.ndarray, y: np.ndarray, num_classes: int) -> dict[str, Any]:
+    """Clean predictions: ``fail`` for a single predicted class or near-chance accuracy, ``warn`` for one dominant class.
+
+    Near chance: clean accuracy a does not exceed chance 1/C by more than Z_NOISE binomial
+    standard errors, ``(a − 1/C)/√((1/C)(1 − 1/C)/n) ≤ 2`` (a one-sided z-test, ours).
+    """
+    pred, y = np.asarray(pred), np.asarray(y)
+    n, C = len(y), int(num_classes)
+    counts = class_counts(pred[pred >= 0], C)
+    top = int(counts.argmax())
+    share = float(counts[top] / max(1, counts.sum()))
+    acc = float((pred == y).mean()) if n else float("nan")
+    chance = 1.0 / C
+    z = (acc - chance) / math.sqrt(chance * (1 - chance) / n) if n and C > 1 else float("inf")
+    out = {"detail": "clean predictions are spread over classes and above chance", "predicted_classes": int((counts > 0).sum()),
+           "top_class": top, "top_share": round(share, 4), "clean_accuracy": acc, "chance": chance, "z_vs_chance": round(z, 2)}
+    problems = []
+    if C > 1 and n > 1 and int((counts > 0).sum()) == 1:
+        problems.append(f"the model predicts class {top} for every sample")
+    if z <= Z_NOISE:
+        problems.append(f"clean accuracy {acc:.3f} is within noise of chance {chance:.3f} (z = {z:.2f} <= {Z_NOISE:g})")
+    if problems:
+        return {**out, "verdict": "fail", "problems": problems}
+    if C >= 3 and share > max(DOMINANT_SHARE, 3.0 / C):
+        return {**out, "verdict": "warn", "problems": [f"class {top} takes {pct(share, 0)}% of the predictions"]}
+    return {**out, "verdict": "pass", "problems": []}
 
 
 def overall_verdict(checks: dict[str, Any]) -> str:

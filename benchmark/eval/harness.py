@@ -6,6 +6,13 @@ Example::
     result = evaluate(model, bundle, EvalConfig(attacks=["pgd:steps=20", "cw"], n_per_class=100), "runs/demo/eval")
     result["summary"]["worst_case"]["worst"]
 
+The core is :func:`evaluate_data`: it works on tensors (an :class:`EvalData`: uint8
+or float [0,1] images, labels, class names) and a :class:`~rfbench.attacks.threat.Threat`,
+and writes files only when given an output directory.  :func:`evaluate` (what
+``rfbench eval`` calls) is a thin layer that takes a dataset's test split and
+protocol threat; ``rfbench.evaluate`` (:mod:`rfbench.benchmark.eval.api`) is the
+tensor-level entry point.  Both run the same code below.
+
 Before any attack, :func:`rfbench.benchmark.eval.model_checks.check_model` checks that
 the model maps a batch to finite ``(batch, C)`` logits (an error otherwise) and
 warns, in ``checks.model`` of the result, about probability outputs and
@@ -17,7 +24,9 @@ predictions on it are taken in float32; the flag file is rewritten
 atomically.  Attack randomness is seeded per (seed, attack label, batch), so a
 resumed evaluation equals an uninterrupted one.  Out of device memory, a batch
 is redone in halves (again, once per halving) and the halving is logged and
-recorded in the provenance.
+recorded in the provenance.  Progress (running attack, images/s, ETA) is shown by
+:class:`~rfbench.benchmark.eval.progress.EvalProgress`; with an output directory,
+the flag file exists from the start and is rewritten after every batch.
 """
 
 from __future__ import annotations
@@ -35,20 +44,21 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from rfbench.attacks.named import Attack
 from rfbench.attacks.spec import DEFAULT_SUITE, build_attacks, sweep_base, t_sweep_specs
 from rfbench.attacks.threat import resolve_threat
 from rfbench.benchmark.config import choice, rng
-from rfbench.benchmark.data.base import ArrayDataset, DataBundle, iterate_batches
+from rfbench.attacks.threat import Threat
+from rfbench.benchmark.data.base import ArrayDataset, DataBundle, iterate_batches, to_float
 from rfbench.benchmark.data.subsets import per_class_subset
 from rfbench.benchmark.errors import RfbenchError
-from rfbench.benchmark.eval.checks import overall_verdict
+from rfbench.benchmark.eval.checks import check_predictions, overall_verdict
 from rfbench.benchmark.eval.flags import SampleFlags
 from rfbench.benchmark.eval.metrics import class_weight_norms
 from rfbench.benchmark.eval.model_checks import check_model
-from rfbench.benchmark.eval.provenance import provenance
+from rfbench.benchmark.eval.progress import DEFAULT_EVERY_S, EvalProgress
+from rfbench.benchmark.eval.provenance import dataset_description, portable_source, provenance, samples_digest
 from rfbench.benchmark.eval.result import build_result, write_outputs
 from rfbench.benchmark.io.atomic import remove_stale_temps
 from rfbench.benchmark.train.runtime import autocast_dtype, resolve_device, use_channels_last
@@ -80,10 +90,67 @@ class EvalConfig:
     autoattack_scope: str = field(default="survivors", metadata=choice("survivors", "all"))
     amp: str = field(default="off", metadata=choice("off", "bf16"))  # autocast of attack steps; predictions stay fp32
     channels_last: str = field(default="auto", metadata=choice("auto", "on", "off"))
-    bootstrap: int = field(default=1000, metadata=rng(10, None))
+    bootstrap: int = field(default=1000, metadata=rng(10, None))  # no effect: the intervals are binomial (Wilson); kept so old configs load
     plot: bool = False
     quiet: bool = False
+    progress_every: float = field(default=DEFAULT_EVERY_S, metadata=rng(0, None))  # s between log lines off a TTY (0 = off)
     overwrite: bool = False  # discard an existing flag file of a different evaluation
+
+
+@dataclass
+class EvalData:
+    """The evaluated samples: images, labels, their positions in the original set, and the class names.
+
+    ``x`` is ``N×C×H×W``, either uint8 (scaled to [0,1] per batch, as the datasets
+    store images) or floating point already in [0,1] (kept as given, in float32).
+    It has the interface of :class:`~rfbench.benchmark.data.base.ArrayDataset` that
+    the subset functions use (``y``, ``num_classes``, ``subset``, ``index``).
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    classes: list[str]
+    index: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.x.ndim != 4:
+            raise RfbenchError(f"images must be N×C×H×W, got shape {tuple(self.x.shape)}")
+        if self.x.dtype != torch.uint8:
+            if not self.x.is_floating_point():
+                raise RfbenchError(f"images must be uint8 or floating point in [0,1], got {self.x.dtype}")
+            self.x = self.x.float()
+            if len(self.x) and (float(self.x.min()) < 0 or float(self.x.max()) > 1):
+                raise RfbenchError(f"float images must lie in [0,1] (min {float(self.x.min()):.4g}, max "
+                                   f"{float(self.x.max()):.4g}); models normalise inside, pass uint8 or x/255")
+        self.y = torch.as_tensor(self.y).long().reshape(-1).cpu()
+        if len(self.y) != len(self.x):
+            raise RfbenchError(f"{len(self.x)} images but {len(self.y)} labels")
+        if len(self.y) and (int(self.y.min()) < 0 or int(self.y.max()) >= len(self.classes)):
+            raise RfbenchError(f"labels must lie in 0..{len(self.classes) - 1} (one per class name), got "
+                               f"{int(self.y.min())}..{int(self.y.max())}")
+        self.index = torch.arange(len(self.y)) if self.index is None else torch.as_tensor(self.index).long().cpu()
+
+    @classmethod
+    def from_dataset(cls, ds: ArrayDataset) -> "EvalData":
+        return cls(ds.x, ds.y, list(ds.classes), ds.index)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def subset(self, positions: torch.Tensor | list[int]) -> "EvalData":
+        pos = torch.as_tensor(positions, dtype=torch.long)
+        return EvalData(self.x[pos], self.y[pos], self.classes, self.index[pos])
+
+    def batches(self, batch_size: int, device: torch.device | str):
+        """Yield ``(x, y, pos)``: float [0,1] images on ``device``, labels, positions in this set (in order)."""
+        for start in range(0, len(self), batch_size):
+            pos = torch.arange(start, min(start + batch_size, len(self)))
+            x = self.x[pos].to(device, non_blocking=True)
+            yield (to_float(x) if x.dtype == torch.uint8 else x), self.y[pos].to(device, non_blocking=True), pos
 
 
 def perturbation_norm(x_adv: torch.Tensor, x: torch.Tensor, norm: str) -> torch.Tensor:
@@ -128,7 +195,7 @@ def model_digest(model: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def select_subset(test: ArrayDataset, n_per_class: int | None, seed: int) -> ArrayDataset:
+def select_subset(test, n_per_class: int | None, seed: int):
     """The evaluated samples: the whole test set, or ``n_per_class`` per class (deterministic in ``seed``)."""
     return per_class_subset(test, n_per_class, seed=seed) if n_per_class else test
 
@@ -160,8 +227,8 @@ def attack_settings(attacks: list[Attack], scope: str) -> dict[str, dict[str, An
     return out
 
 
-def _open_flags(path: Path, test: ArrayDataset, labels: list[str], meta: dict, overwrite: bool) -> SampleFlags:
-    if path.exists() and not overwrite:
+def _open_flags(path: Path | None, test, labels: list[str], meta: dict, overwrite: bool) -> SampleFlags:
+    if path is not None and path.exists() and not overwrite:
         old = SampleFlags.load(path)
         if old.meta.get("static") == meta["static"]:
             log.info("resuming from %s: %d of %d samples done", path, int(old.done.sum()), len(old.done))
@@ -184,7 +251,8 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 
 def _attack_piece(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, rows: np.ndarray, attacks: list[Attack],
-                  flags: SampleFlags, *, seed: Callable[[str], int], survivors_scope: bool) -> torch.Tensor:
+                  flags: SampleFlags, *, seed: Callable[[str], int], survivors_scope: bool,
+                  on_attack: Callable[[str], None] | None = None) -> torch.Tensor:
     """Clean pass and every attack on one piece of a batch, written into ``flags``; returns the first threat's survivors."""
     clean = _predict(model, x)
     flags.clean_pred[rows] = clean.cpu().numpy()
@@ -195,6 +263,9 @@ def _attack_piece(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, rows
         sel = alive[key].nonzero().squeeze(1) if cascade else torch.arange(len(y), device=x.device)
         if sel.numel() == 0:
             continue
+        if on_attack is not None:
+            on_attack(atk.label)
+        t_atk = time.time()
         xs, ys = x[sel], y[sel]
         x_adv = atk(xs, ys, seed=seed(atk.label))
         norms = verify_in_ball(x_adv, xs, atk.cfg.eps, atk.cfg.norm, atk.label)
@@ -204,6 +275,9 @@ def _attack_piece(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, rows
         flags.ran[r, a_idx] = True
         flags.pert[r, a_idx] = norms.float().cpu().numpy()
         alive[key][sel] &= pred == ys
+        timing = flags.meta.setdefault("attack_time_s", {}).setdefault(atk.label, [0.0, 0])
+        timing[0] += time.time() - t_atk
+        timing[1] += int(sel.numel())
     return alive[threat_key(attacks[0])] if attacks else clean == y
 
 
@@ -217,99 +291,116 @@ def _reset_rows(flags: SampleFlags, rows: np.ndarray) -> None:
 
 def run_attacks(
     model: torch.nn.Module,
-    test: ArrayDataset,
+    test: EvalData,
     attacks: list[Attack],
     flags: SampleFlags,
-    flags_path: Path,
+    flags_path: Path | None,
     *,
     cfg: EvalConfig,
     device: torch.device,
     callback: Callable[[int], None] | None = None,
 ) -> None:
-    """The batch loop: fill ``flags`` batch by batch, saving after each, skipping finished batches.
+    """The batch loop: fill ``flags`` batch by batch, saving after each (when ``flags_path``), skipping finished batches.
 
-    Out of device memory on a batch, the batch is redone in pieces of half the
-    size, halving again (one retry per halving) until it fits; the smaller size
-    is kept for the following batches, and every halving is logged and recorded
-    in the flag file's ``meta["oom_halvings"]``.  A batch split into pieces
-    seeds each piece's attacks with ``batch_seed(seed, label, batch, part)``.
+    With a ``flags_path`` the file is written before the first batch too, so the
+    output directory exists as soon as the evaluation starts.  Out of device memory
+    on a batch, the batch is redone in pieces of half the size, halving again (one
+    retry per halving) until it fits; the smaller size is kept for the following
+    batches, and every halving is logged and recorded in the flag file's
+    ``meta["oom_halvings"]``.  A batch split into pieces seeds each piece's attacks
+    with ``batch_seed(seed, label, batch, part)``.  Per attack, the seconds spent
+    and the images attacked are kept in ``meta["attack_time_s"]`` (images/s).
     """
     bs = cfg.batch_size
     n_batches = (len(test) + bs - 1) // bs
     done_batches = [bool(flags.done[b * bs : (b + 1) * bs].all()) for b in range(n_batches)]
     survivors_scope = cfg.autoattack_scope == "survivors"
-    bar = tqdm(total=n_batches, initial=sum(done_batches), desc="eval", unit="batch",
-               disable=cfg.quiet or not sys.stderr.isatty())
+    if flags_path is not None and not flags_path.exists():
+        flags.save(flags_path)
+    progress = EvalProgress(len(test), int(flags.done.sum()), [a.label for a in attacks], quiet=cfg.quiet,
+                            every_s=cfg.progress_every)
     cl = use_channels_last(cfg.channels_last, device)
     piece = bs  # the largest piece that fitted in memory so far
-    for b, (x, y, pos) in enumerate(iterate_batches(test, bs, device=device)):
-        if done_batches[b]:
-            continue
-        if cl:
-            x = x.contiguous(memory_format=torch.channels_last)
-        rows = pos.numpy()
-        t_batch = time.time()
-        while True:
-            try:
-                alive = []
-                for part, start in enumerate(range(0, len(y), piece)):
-                    whole = piece >= len(y)
-                    seed = (lambda lab, part=part: batch_seed(cfg.seed, lab, b, None if whole else part))
-                    sl = slice(start, start + piece)
-                    alive.append(_attack_piece(model, x[sl], y[sl], rows[sl], attacks, flags, seed=seed,
-                                               survivors_scope=survivors_scope))
-                break
-            except RuntimeError as exc:  # torch.OutOfMemoryError is one
-                if not is_out_of_memory(exc):
-                    raise
-            # out of memory; outside the except block, so the failed attempt's tensors can be freed
-            _reset_rows(flags, rows)
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-            size = min(piece, len(y))
-            if size == 1:
-                raise RfbenchError(f"out of memory on batch {b + 1} even one image at a time; free the device "
-                                   "or use a smaller model")
-            piece = size // 2
-            log.warning("out of memory on batch %d at batch size %d: retrying with batch size %d", b + 1, size, piece)
-            flags.meta.setdefault("oom_halvings", []).append({"batch": b, "from": size, "to": piece})
-        flags.done[rows] = True
-        flags.meta["attack_flags"] = {a.label: a.flags for a in attacks if a.flags}
-        flags.meta["elapsed_s"] = flags.meta.get("elapsed_s", 0.0) + time.time() - t_batch
-        flags.save(flags_path)
-        bar.update(1)
-        bar.set_postfix(robust=f"{float(torch.cat(alive).float().mean()):.3f}")
-        log.debug("batch %d/%d done", b + 1, n_batches)
-        if callback is not None:
-            callback(b)
-    bar.close()
+    try:
+        for b, (x, y, pos) in enumerate(test.batches(bs, device)):
+            if done_batches[b]:
+                continue
+            if cl:
+                x = x.contiguous(memory_format=torch.channels_last)
+            rows = pos.numpy()
+            t_batch = time.time()
+            while True:
+                try:
+                    alive = []
+                    for part, start in enumerate(range(0, len(y), piece)):
+                        whole = piece >= len(y)
+                        seed = (lambda lab, part=part: batch_seed(cfg.seed, lab, b, None if whole else part))
+                        sl = slice(start, start + piece)
+                        alive.append(_attack_piece(model, x[sl], y[sl], rows[sl], attacks, flags, seed=seed,
+                                                   survivors_scope=survivors_scope, on_attack=progress.attack))
+                    break
+                except RuntimeError as exc:  # torch.OutOfMemoryError is one
+                    if not is_out_of_memory(exc):
+                        raise
+                # out of memory; outside the except block, so the failed attempt's tensors can be freed
+                _reset_rows(flags, rows)
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                size = min(piece, len(y))
+                if size == 1:
+                    raise RfbenchError(f"out of memory on batch {b + 1} even one image at a time; free the device "
+                                       "or use a smaller model")
+                piece = size // 2
+                log.warning("out of memory on batch %d at batch size %d: retrying with batch size %d", b + 1, size, piece)
+                flags.meta.setdefault("oom_halvings", []).append({"batch": b, "from": size, "to": piece})
+            flags.done[rows] = True
+            flags.meta["attack_flags"] = {a.label: a.flags for a in attacks if a.flags}
+            flags.meta["elapsed_s"] = flags.meta.get("elapsed_s", 0.0) + time.time() - t_batch
+            if flags_path is not None:
+                flags.save(flags_path)
+            progress.images_done(len(rows), float(torch.cat(alive).float().mean()))
+            log.debug("batch %d/%d done", b + 1, n_batches)
+            if callback is not None:
+                callback(b)
+    finally:
+        progress.close()
 
 
-def evaluate(
+def evaluate_data(
     model: torch.nn.Module,
-    bundle: DataBundle,
+    data: EvalData,
+    threat: Threat,
     cfg: EvalConfig,
-    out_dir: str | Path,
+    out_dir: str | Path | None = None,
     *,
+    dataset: str | dict[str, Any] = "tensors",
+    train_counts: list[int] | None = None,
+    imbalance_ratio: float | None = None,
     source: dict[str, Any] | None = None,
     callback: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate ``model`` on ``bundle``'s test split; write result.json, the CSV, the flag file (and plots).
+    """The harness core: evaluate ``model`` on ``data`` under ``threat``; the ``rfbench.result/2`` dictionary.
 
-    ``source`` describes where the model came from (run directory, checkpoint,
-    selection) for the provenance.  ``callback(batch_index)`` runs after each
-    finished batch (tests use it to simulate a kill).
+    Writes the flag file (resumable), ``result.json``, the CSV and markdown tables
+    (and the plots) only when ``out_dir`` is given; without it everything stays in
+    memory.  ``dataset`` is the dataset's name, or a mapping ``{"name", ...}``
+    describing it (see :func:`~rfbench.benchmark.eval.provenance.dataset_description`);
+    ``train_counts`` and ``imbalance_ratio`` give the long-tailed class groups.
+    ``source`` describes where the model came from (for the provenance);
+    ``callback(batch_index)`` runs after each finished batch (tests use it to
+    simulate a kill).
     """
     t0 = time.time()
-    out_dir = Path(out_dir)
-    if stale := remove_stale_temps(out_dir):  # left by a killed write; the output directory is this evaluation's
+    out_dir = Path(out_dir) if out_dir is not None else None
+    if out_dir is not None and (stale := remove_stale_temps(out_dir)):  # left by a killed write
         log.info("removed %d temporary file(s) left in %s by an interrupted write", len(stale), out_dir)
     device = resolve_device(cfg.device)
     model = model.to(device).eval()
     if use_channels_last(cfg.channels_last, device):
         model = model.to(memory_format=torch.channels_last)
-    threat = resolve_threat(bundle.threat, "eval", eps=cfg.eps, norm=cfg.norm)
-    test = select_subset(bundle.test, cfg.n_per_class, cfg.subset_seed)
+    if len(data) == 0:
+        raise RfbenchError("nothing to evaluate: no samples")
+    test = select_subset(data, cfg.n_per_class, cfg.subset_seed)
     specs = list(cfg.attacks) or list(DEFAULT_SUITE)
     attacks = build_attacks(specs, model, threat)
     if cfg.t_sweep:
@@ -319,33 +410,67 @@ def evaluate(
     for a in attacks:
         a.autocast_dtype = dtype
     settings = attack_settings(attacks, cfg.autoattack_scope)
+    samples = samples_digest(test)
     static = {"attacks": settings, "seed": cfg.seed, "batch_size": cfg.batch_size, "model": model_digest(model),
-              "index": hashlib.sha256(test.index.numpy().tobytes()).hexdigest()[:16],
+              "index": hashlib.sha256(test.index.numpy().tobytes()).hexdigest()[:16], "images": samples["images_sha256"],
               "scope": cfg.autoattack_scope, "amp": cfg.amp}
     static = json.loads(json.dumps(static))  # as it reads back from the file (tuples -> lists)
-    flags_path = out_dir / FLAGS_FILE
-    if cfg.overwrite and flags_path.exists():
+    flags_path = out_dir / FLAGS_FILE if out_dir is not None else None
+    if cfg.overwrite and flags_path is not None and flags_path.exists():
         flags_path.unlink()
     flags = _open_flags(flags_path, test, [a.label for a in attacks], {"static": static}, cfg.overwrite)
     for a in attacks:  # flags raised before a kill are kept
         a.flags.update(flags.meta.get("attack_flags", {}).get(a.label, {}))
-    x0, y0, _ = next(iterate_batches(test, min(len(test), cfg.batch_size, MODEL_CHECK_SAMPLES), device=device))
-    model_check = check_model(model, x0, y0, bundle.num_classes)  # raises for a wrong shape or NaN outputs
-    log.info("evaluating %d samples (%d classes) with %s; threat %s eps=%g on %s",
-             len(test), bundle.num_classes, ", ".join(a.label for a in attacks), threat.norm, threat.eps, device)
+    num_classes = len(data.classes)
+    x0, y0, _ = next(test.batches(min(len(test), cfg.batch_size, MODEL_CHECK_SAMPLES), device))
+    model_check = check_model(model, x0, y0, num_classes)  # raises for a wrong shape or NaN outputs
+    log.info("evaluating %d samples (%d classes) with %s; threat %s eps=%g on %s%s",
+             len(test), num_classes, ", ".join(a.label for a in attacks), threat.norm, threat.eps, device,
+             f"; writing {out_dir}" if out_dir is not None else "")
     run_attacks(model, test, attacks, flags, flags_path, cfg=cfg, device=device, callback=callback)
     for lab, s in settings.items():
         f = flags.meta.get("attack_flags", {}).get(lab)
         if f:
             s["flags"] = f
-    prov = provenance(cfg=dataclasses.asdict(cfg), source=source or {}, device=device, wall_time=time.time() - t0)
+    described = dataset_description(dataset)
+    src = portable_source(source or {}, model)
+    prov = provenance(cfg=dataclasses.asdict(cfg), source=src, device=device, wall_time=time.time() - t0)
     prov["attack_time_s"] = round(flags.meta.get("elapsed_s", 0.0), 2)  # summed over resumed runs
+    prov["attack_rates"] = {lab: {"seconds": round(sec, 3), "images": n, "images_per_s": round(n / sec, 3) if sec > 0 else None}
+                            for lab, (sec, n) in flags.meta.get("attack_time_s", {}).items()}
     prov["oom_halvings"] = flags.meta.get("oom_halvings", [])
-    result = build_result(flags, classes=bundle.classes, settings=settings, threat=threat, dataset=bundle.name,
-                          train_counts=bundle.train_counts, imbalance_ratio=bundle.imbalance_ratio,
-                          weight_norms=class_weight_norms(model), provenance=prov, n_boot=cfg.bootstrap, seed=cfg.seed,
-                          n_per_class_requested=cfg.n_per_class, flags_file=FLAGS_FILE, source=source or {})
+    prov["dataset"] = described
+    result = build_result(flags, classes=list(data.classes), settings=settings, threat=threat, dataset=described["name"],
+                          train_counts=train_counts, imbalance_ratio=imbalance_ratio,
+                          weight_norms=class_weight_norms(model), provenance=prov,
+                          n_per_class_requested=cfg.n_per_class, flags_file=FLAGS_FILE, source=src)
+    result["samples"] = samples
     result["checks"]["model"] = model_check
+    result["checks"]["predictions"] = check_predictions(flags.clean_pred, flags.y, num_classes)
     result["checks"]["overall"] = overall_verdict(result["checks"])
-    write_outputs(result, out_dir, plot=cfg.plot)
+    if out_dir is not None:
+        write_outputs(result, out_dir, plot=cfg.plot)
     return result
+
+
+def evaluate(
+    model: torch.nn.Module,
+    bundle: DataBundle,
+    cfg: EvalConfig,
+    out_dir: str | Path | None,
+    *,
+    source: dict[str, Any] | None = None,
+    callback: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Evaluate ``model`` on ``bundle``'s test split at the dataset's protocol threat (``cfg.eps``/``cfg.norm`` applied).
+
+    A thin layer over :func:`evaluate_data`; writes result.json, the CSV and the
+    flag file (and plots) into ``out_dir`` (nothing when it is None).  The class
+    groups of a long-tailed set use the run's training counts when ``source``
+    has them (an evaluation loads only the test split), else the bundle's.
+    """
+    threat = resolve_threat(bundle.threat, "eval", eps=cfg.eps, norm=cfg.norm)
+    counts = (source or {}).get("train_counts") or (None if bundle.eval_only else bundle.train_counts)
+    return evaluate_data(model, EvalData.from_dataset(bundle.test), threat, cfg, out_dir,
+                         dataset={"name": bundle.name, "notes": list(bundle.notes)}, train_counts=counts,
+                         imbalance_ratio=bundle.imbalance_ratio, source=source, callback=callback)

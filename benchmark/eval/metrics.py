@@ -21,9 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from rfbench.benchmark.perclass import class_counts, per_class_accuracy, per_class_intervals, worst_class_interval
-
-__all__ = ["per_class_accuracy", "per_class_intervals", "worst_class_interval", "summarize", "tail_mean"]
+from rfbench.benchmark.perclass import (  # noqa: F401  (per_class_accuracy and the intervals re-exported)
+    class_counts, per_class_accuracy, per_class_intervals, worst_class_interval)
 
 TAIL_FRACTION = 0.2
 CIFAR10_LT_GROUPS = {"head": [0, 1, 2], "middle": [3, 4, 5, 6], "tail": [7, 8, 9]}
@@ -107,13 +106,15 @@ def group_means(acc: np.ndarray, groups: dict[str, list[int]]) -> dict[str, floa
 
 
 def find_linear_head(model: torch.nn.Module) -> torch.Tensor | None:
-    """The classifier weight ``(C, d)`` of ``model.head`` (or of a wrapped ``.model``/``.module``), if it has one."""
+    """The classifier weight ``(C, d)``: of ``model.head`` (or of a wrapped ``.model``/``.module``), else of the
+    last ``nn.Linear`` among ``model.modules()`` (registration order: a user's ``fc``, ``linear``, ``classifier``)."""
     for m in (model, getattr(model, "model", None), getattr(model, "module", None)):
         head = getattr(m, "head", None) if m is not None else None
         w = getattr(head, "weight", None)
         if torch.is_tensor(w) and w.ndim == 2:
             return w.detach()
-    return None
+    linear = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    return linear[-1].weight.detach() if linear else None
 
 
 def class_weight_norms(model: torch.nn.Module) -> np.ndarray | None:

@@ -112,7 +112,9 @@ def from_robustbench(name: str, dataset: str, norm: str, model_dir: str | None =
     except Exception as exc:  # ImportError, or a broken install failing inside its own imports
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise RfbenchError(f"--model robustbench:{name} needs the robustbench package ({reason}); {ROBUSTBENCH_HINT}") from None
-    threat = {"linf": "Linf", "l2": "L2"}[norm]
+    from rfbench.attacks.threat import NORM_NAMES
+
+    threat = NORM_NAMES[norm]
     model = load_model(model_name=name, dataset=dataset, threat_model=threat, model_dir=model_dir or "models")
     return model, {"kind": "robustbench", "name": f"robustbench:{name}", "architecture": name, "which": None,
                    "selected_by": "RobustBench zoo", "additional_data": None}

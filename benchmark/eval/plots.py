@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from rfbench.benchmark.io.atomic import atomic_write_bytes  # noqa: E402
+from rfbench.benchmark.perclass import pct, to_percent  # noqa: E402
 
 
 def save_figure(fig, path: str | Path, dpi: int = 130) -> Path:
@@ -25,10 +26,20 @@ def save_figure(fig, path: str | Path, dpi: int = 130) -> Path:
 
 
 def plot_per_class(result: dict, path: str | Path) -> Path:
-    """Clean vs worst-case robust accuracy per class, sorted from the weakest class, with 95% bootstrap intervals.
+    """Write :func:`per_class_figure` as a PNG."""
+    return save_figure(per_class_figure(result), path)
+
+
+def plot_confusion_flow(result: dict, path: str | Path, name: str = "worst_case") -> Path:
+    """Write :func:`confusion_flow_figure` as a PNG."""
+    return save_figure(confusion_flow_figure(result, name), path)
+
+
+def per_class_figure(result: dict):
+    """Clean vs worst-case robust accuracy per class, sorted from the weakest class, with 95% intervals.
 
     The per-attack accuracies are drawn as markers on the robust bar, so one
-    sees which classes the stronger attacks gain on.
+    sees which classes the stronger attacks gain on.  Returns the matplotlib figure.
     """
     classes = result["classes"]
     clean = np.array(result["per_class"]["clean"], dtype=float)
@@ -42,24 +53,24 @@ def plot_per_class(result: dict, path: str | Path) -> Path:
     for off, acc, ci, lab, color in ((-w / 2, clean, ci_c, "clean", "#9ecae1"), (w / 2, robust, ci_r, "robust (worst case)", "#de2d26")):
         a, c = acc[order], ci[order]
         err = np.vstack([a - c[:, 0], c[:, 1] - a]).clip(min=0)
-        ax.bar(x + off, 100 * a, w, yerr=100 * err, capsize=2, label=lab, color=color, edgecolor="black", linewidth=0.4)
+        ax.bar(x + off, to_percent(a), w, yerr=to_percent(err), capsize=2, label=lab, color=color, edgecolor="black", linewidth=0.4)
     markers = "o^sDv<>"
     attack_names = [n for n in result["names"] if n not in ("clean", "worst_case")]
     for i, name in enumerate(attack_names):
         acc = np.array(result["per_class"][name], dtype=float)[order]
-        ax.scatter(x + w / 2, 100 * acc, marker=markers[i % len(markers)], s=14, zorder=3, label=name, color=f"C{i}")
+        ax.scatter(x + w / 2, to_percent(acc), marker=markers[i % len(markers)], s=14, zorder=3, label=name, color=f"C{i}")
     ax.set_xticks(x, [classes[k] for k in order], rotation=35, ha="right")
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 104)
     s = result["summary"]["worst_case"]
-    ax.set_title(f"{result.get('dataset', '')}: per-class accuracy, eps {result['eps']} ({result['threat']['norm']}); "
-                 f"robust mean {100 * s['mean']:.1f}%, worst {100 * s['worst']:.1f}%", fontsize=9)
+    ax.set_title(f"{result.get('dataset', '')}: per-class accuracy, eps {result['threat'].get('eps_str', result['threat']['eps'])} ({result['threat']['norm']}); "
+                 f"robust mean {pct(s['mean'])}%, worst {pct(s['worst'])}%", fontsize=9)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax.grid(axis="y", alpha=0.3)
-    return save_figure(fig, path)
+    return fig
 
 
-def plot_confusion_flow(result: dict, path: str | Path, name: str = "worst_case") -> Path:
+def confusion_flow_figure(result: dict, name: str = "worst_case"):
     """Heat map of the confusion flow: share of each true class's samples predicted as each class under attack.
 
     The diagonal (robust samples) is masked so the flow between classes is visible.
@@ -71,12 +82,12 @@ def plot_confusion_flow(result: dict, path: str | Path, name: str = "worst_case"
     flow = np.ma.masked_array(share, mask=np.eye(len(classes), dtype=bool))
     fig, ax = plt.subplots(figsize=(max(5.0, 0.55 * len(classes) + 2.5), max(4.2, 0.5 * len(classes) + 1.5)))
     cmap = matplotlib.colormaps["Reds"].with_extremes(bad="#d9d9d9")  # grey: the hidden diagonal
-    im = ax.imshow(100 * flow, cmap=cmap, vmin=0)
+    im = ax.imshow(to_percent(flow), cmap=cmap, vmin=0)
     if len(classes) <= 20:
         for i in range(len(classes)):
             for j in range(len(classes)):
                 if i != j and share[i, j] >= 0.005:
-                    ax.text(j, i, f"{100 * share[i, j]:.0f}", ha="center", va="center", fontsize=7,
+                    ax.text(j, i, pct(share[i, j], 0), ha="center", va="center", fontsize=7,
                             color="white" if share[i, j] > 0.6 * flow.max() else "black")
     ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(len(classes)), classes, fontsize=8)
@@ -84,4 +95,4 @@ def plot_confusion_flow(result: dict, path: str | Path, name: str = "worst_case"
     ax.set_ylabel("true class")
     ax.set_title(f"confusion flow ({name}): % of each true class predicted as another (diagonal in grey)", fontsize=9)
     fig.colorbar(im, ax=ax, label="% of true class")
-    return save_figure(fig, path)
+    return fig

@@ -1,15 +1,31 @@
-"""Provenance of a result: code version, package versions, device, time, command, model source."""
+"""Provenance of a result: code version, package versions, device, time, command, model source.
+
+Names written into a result are portable (they mean the same on another machine):
+
+* :func:`dataset_description`: the dataset's name, with a ``scheme:PATH`` source
+  reduced to the scheme and the folder's last component (``imagefolder:cifar10-jpeg``),
+  never the local absolute path;
+* :func:`portable_source`: the architecture's name (a registered name, or
+  ``file.py:factory`` without its directory) plus ``architecture_code_sha256``, a
+  hash of the source code of the model's own classes (torch's are left out);
+  ``additional_data`` is a boolean;
+* :func:`samples_digest`: hashes of the evaluated sample positions, labels and
+  images, so two results can be checked to be on the same sample set.
+"""
 
 from __future__ import annotations
 
 import datetime
+import hashlib
 import importlib.metadata
+import inspect
 import platform
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 PACKAGES = ("torch", "torchvision", "numpy", "pyautoattack", "torchattacks", "pandas", "robustbench")
@@ -49,7 +65,7 @@ def device_name(device: torch.device) -> str:
 
 
 def provenance(*, cfg: dict, source: dict, device: torch.device, wall_time: float) -> dict[str, Any]:
-    """Everything needed to say how a result was produced (protocol.md, "provenance")."""
+    """Everything needed to say how a result was produced (``docs/protocol.md``, "What a result reports")."""
     return {
         "config": cfg,
         "seed": cfg.get("seed"),
@@ -60,4 +76,89 @@ def provenance(*, cfg: dict, source: dict, device: torch.device, wall_time: floa
         "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(sys.argv),
         "model": source,
+    }
+
+
+def portable_dataset_name(name: str) -> str:
+    """``imagefolder:/data/x/cifar10-jpeg`` -> ``imagefolder:cifar10-jpeg`` (a ``-lt`` suffix is kept); other names unchanged."""
+    if ":" not in name:
+        return name
+    scheme, path = name.split(":", 1)
+    suffix = ""
+    if path.endswith("-lt") and not Path(path).expanduser().exists():
+        path, suffix = path[:-3], "-lt"
+    return f"{scheme}:{Path(path.rstrip('/')).name or path}{suffix}"
+
+
+def dataset_description(dataset: str | dict[str, Any]) -> dict[str, Any]:
+    """``{"name": portable name, "root": what kind of source it is, ...}`` of a dataset name or mapping."""
+    d = {"name": dataset} if isinstance(dataset, str) else dict(dataset)
+    full = str(d.get("name") or "tensors")
+    d["name"] = portable_dataset_name(full)
+    if "root" not in d:
+        if ":" in full:
+            scheme = full.split(":", 1)[0]
+            d["root"] = f"{scheme} folder '{d['name'].split(':', 1)[1].removesuffix('-lt')}' (local path not recorded)"
+        elif full == "tensors":
+            d["root"] = "tensors given in Python"
+        else:
+            d["root"] = f"the {full.removesuffix('-lt')} files (standard release)"
+    return d
+
+
+def architecture_code_hash(model: torch.nn.Module) -> str | None:
+    """SHA-256 (16 hex digits) of the source of every class among ``model.modules()`` outside torch itself."""
+    h = hashlib.sha256()
+    seen = False
+    for cls in sorted({type(m) for m in model.modules()}, key=lambda c: f"{c.__module__}.{c.__qualname__}"):
+        if cls.__module__.split(".")[0] == "torch":
+            continue
+        try:
+            code = inspect.getsource(cls)
+        except (OSError, TypeError):
+            code = ""
+        h.update(f"{cls.__module__}.{cls.__qualname__}\n{code}\n".encode())
+        seen = True
+    return h.hexdigest()[:16] if seen else None
+
+
+def portable_architecture(name: Any) -> str | None:
+    """A registered name as it is; ``/abs/dir/my_nets.py:build`` -> ``my_nets.py:build``."""
+    if name is None:
+        return None
+    name = str(name)
+    file, sep, factory = name.rpartition(":")
+    if sep and file.endswith(".py"):
+        return f"{Path(file).name}:{factory}"
+    return name
+
+
+def portable_source(source: dict[str, Any], model: torch.nn.Module) -> dict[str, Any]:
+    """``source`` with a portable ``architecture``, its ``architecture_code_sha256`` and a boolean ``additional_data``."""
+    out = dict(source)
+    arch = out.get("architecture")
+    if isinstance(arch, dict):  # a training config's model section
+        arch = arch.get("name")
+    out["architecture"] = portable_architecture(arch) or type(model).__name__
+    out["architecture_code_sha256"] = architecture_code_hash(model)
+    if not isinstance(out.get("additional_data"), bool):
+        if out.get("kind") == "robustbench":
+            out["additional_data_note"] = "not known to rfbench; see the model's RobustBench entry"
+        out["additional_data"] = False
+    return out
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def samples_digest(data: Any) -> dict[str, Any]:
+    """``{"n", "index_sha256", "labels_sha256", "images_sha256"}`` of the evaluated samples (``x``, ``y``, ``index``)."""
+    x = data.x.detach().cpu().contiguous()
+    return {
+        "n": int(len(data.y)),
+        "index_sha256": _sha(np.ascontiguousarray(data.index.numpy().astype(np.int64)).tobytes()),
+        "labels_sha256": _sha(np.ascontiguousarray(data.y.numpy().astype(np.int64)).tobytes()),
+        "images_sha256": _sha(x.view(-1).view(torch.uint8).numpy().tobytes()),
+        "images_dtype": str(x.dtype).removeprefix("torch."),
     }

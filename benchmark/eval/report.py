@@ -6,7 +6,12 @@ markdown (percent, via tabulate), CSV or JSON.
 * :func:`summary_frame`: one row per (result, name) with mean / worst / gap / std / nsd / tail20;
 * :func:`per_class_frame`: classes × (result / name);
 * :func:`diff_attacks`: per class, attack B − attack A within one result, sorted from A's weakest class;
-* :func:`diff_models`: per class, model − baseline for every name both have, with DAFA's ρ.
+* :func:`diff_models`: per class, model − baseline for every name both have, with DAFA's ρ;
+  :func:`sample_set_difference` says whether two results were evaluated on different samples.
+
+Results are labelled by :func:`default_label` (short: the model's name without a
+directory, else the result's folder) unless labels are given.  Cascade attack
+columns are titled ``LABEL (AA on survivors)``.
 
 The seed paper's finding (stronger attacks gain mainly on the vulnerable
 classes) shows as a negative correlation between the baseline accuracy and
@@ -23,12 +28,30 @@ import pandas as pd
 
 from rfbench.benchmark.errors import RfbenchError
 from rfbench.benchmark.eval import metrics as M
-from rfbench.benchmark.eval.result import validate_result
+from rfbench.benchmark.eval.result import column_title, validate_result
 from rfbench.benchmark.io.atomic import read_json
+from rfbench.benchmark.perclass import pct
 
 
-def load_results(paths: list[str | Path]) -> list[tuple[str, dict]]:
-    """``(display name, result)`` for each file; names are unique (the model name, else the directory)."""
+LABEL_MAX = 32  # characters of a default label
+
+
+def default_label(path: str | Path, res: dict) -> str:
+    """A short label: the model's name with any directory dropped (``/a/b/nets.py:build`` -> ``nets.py:build``),
+    or, when that is missing or longer than :data:`LABEL_MAX`, the result's folder name."""
+    name = str((res.get("provenance", {}).get("model") or {}).get("name") or "")
+    file, sep, rest = name.rpartition(":")
+    if "/" in name or "\\" in name:
+        name = f"{Path(file).name}{sep}{rest}" if sep and ("/" in file or "\\" in file) else Path(name).name
+    folder = Path(path).resolve().parent.name
+    return name if name and len(name) <= LABEL_MAX else (folder[:LABEL_MAX] or name[:LABEL_MAX])
+
+
+def load_results(paths: list[str | Path], labels: list[str] | None = None) -> list[tuple[str, dict]]:
+    """``(label, result)`` for each file: ``labels`` when given (one per file), else :func:`default_label`
+    (made unique with ``#1``, ``#2``...)."""
+    if labels and len(labels) != len(paths):
+        raise RfbenchError(f"--label given {len(labels)} times for {len(paths)} results; give one per result, in order")
     out = []
     for p in paths:
         res = read_json(p)
@@ -36,10 +59,32 @@ def load_results(paths: list[str | Path]) -> list[tuple[str, dict]]:
             validate_result(res)
         except ValueError as exc:
             raise RfbenchError(f"{p} is not an rfbench result: {exc}") from None
-        name = (res.get("provenance", {}).get("model") or {}).get("name") or Path(p).resolve().parent.name
-        out.append((name, res))
+        out.append((default_label(p, res), res))
+    if labels:
+        if len(set(labels)) != len(labels):
+            raise RfbenchError(f"--label values must differ, got {', '.join(labels)}")
+        return [(lab, r) for lab, (_, r) in zip(labels, out)]
     names = [n for n, _ in out]
     return [(n if names.count(n) == 1 else f"{n}#{i + 1}", r) for i, (n, r) in enumerate(out)]
+
+
+def sample_set_difference(a: dict, b: dict) -> list[str] | None:
+    """What differs between the evaluated samples of two results ([] = the same set), or None if it cannot be told.
+
+    Compares the dataset, the per-class counts and, where both results carry them,
+    the hashes of the sample positions, labels and images (``result["samples"]``).
+    """
+    diffs = []
+    if a.get("dataset") != b.get("dataset"):
+        diffs.append(f"dataset {a.get('dataset')} vs {b.get('dataset')}")
+    if a.get("n_per_class") != b.get("n_per_class"):
+        diffs.append("samples per class differ")
+    sa, sb = a.get("samples") or {}, b.get("samples") or {}
+    keys = [k for k in ("index_sha256", "labels_sha256", "images_sha256") if k in sa and k in sb]
+    diffs += [f"{k.removesuffix('_sha256')} hash differs" for k in keys if sa[k] != sb[k]]
+    if diffs:
+        return diffs
+    return [] if keys else None
 
 
 def _names(res: dict, only: list[str] | None) -> list[str]:
@@ -66,7 +111,8 @@ def per_class_frame(results: list[tuple[str, dict]], only: list[str] | None = No
         if res["classes"] != classes:
             raise RfbenchError(f"{model} has other classes than {results[0][0]}; cannot put them side by side")
         for name in _names(res, only):
-            cols[name if len(results) == 1 else f"{model}/{name}"] = res["per_class"][name]
+            title = column_title(res, name)
+            cols[title if len(results) == 1 else f"{model}/{title}"] = res["per_class"][name]
     return pd.DataFrame(cols, index=pd.Index(classes, name="class"))
 
 
@@ -93,7 +139,7 @@ def diff_models(base: tuple[str, dict], other: tuple[str, dict], only: list[str]
     if "worst_case" in names:
         df = df.sort_values(f"{bn}/worst_case", kind="stable")
     rho = {n: M.dafa_rho(o["summary"][n]["mean"], o["summary"][n]["worst"], b["summary"][n]["mean"], b["summary"][n]["worst"])
-           for n in names if b["summary"][n]["worst"] > 0 and b["summary"][n]["mean"] > 0}
+           for n in names if b["summary"][n]["worst"] > 0 and b["summary"][n]["mean"] > 0}  # ρ divides by both
     return df, {"baseline": bn, "model": on, "dafa_rho": rho}
 
 
@@ -112,10 +158,11 @@ def render(tables: dict[str, pd.DataFrame], notes: dict[str, Any], fmt: str) -> 
         else:
             shown = df.copy()
             for c in shown.columns:
-                if c not in ("model", "name", "worst_class", "nsd") and pd.api.types.is_numeric_dtype(shown[c]):
-                    shown[c] = 100 * shown[c]
-            fmts = ([".1f"] if df.index.name else []) + [".3f" if c == "nsd" else ".1f" for c in shown.columns]
-            parts.append(f"### {title} (%)\n\n" + shown.to_markdown(floatfmt=fmts, index=bool(df.index.name)))
+                if c == "nsd":
+                    shown[c] = [("-" if v is None or v != v else f"{v:.3f}") for v in shown[c]]
+                elif c not in ("model", "name", "worst_class") and pd.api.types.is_numeric_dtype(shown[c]):
+                    shown[c] = [pct(v) for v in shown[c]]
+            parts.append(f"### {title} (%)\n\n" + shown.to_markdown(index=bool(df.index.name), stralign="right"))
     if notes:
         text = "; ".join(f"{k}: {v:.3f}" if isinstance(v, float) else f"{k}: {v}" for k, v in notes.items())
         parts.append(("# " if fmt == "csv" else "") + text)

@@ -1,4 +1,4 @@
-"""The result of an evaluation (schema ``rfbench.result/1``) and its CSV and markdown renderings.
+"""The result of an evaluation (schema ``rfbench.result/2``) and its CSV and markdown renderings.
 
 Built from the flag file only (:func:`build_result`), so every table can be
 recomputed without attacking again.  Keys:
@@ -12,16 +12,23 @@ recomputed without attacking again.  Keys:
 * ``boundary_error`` (clean − worst case, per class), ``confusion`` (name -> C×C counts
   [true, predicted]), ``cfps`` (name -> C), ``weight_norm``, ``groups`` (long-tailed sets),
   ``t_sweep`` (when Temperature-PGD ran at several T), ``checks``, ``provenance``, ``flags_file``;
-* RobustBench-compatible fields: ``clean_acc``, ``autoattack_acc`` (percentages, RobustBench's
-  scale; every other accuracy here is a fraction), ``eps`` ("8/255"), ``threat_model``,
-  ``architecture``, ``additional_data``.
+* ``robustbench``: the RobustBench-style block, kept apart from rfbench's own numbers
+  (:func:`robustbench_block`): ``convention``, ``clean_acc``, ``autoattack_acc`` (fractions, like
+  every accuracy in the file), ``autoattack_version``, ``autoattack_scope``, ``autoattack_package``,
+  ``eps`` ("8/255"), ``threat_model``, ``architecture``, ``additional_data``;
+* ``inventions``: rfbench's own methods (not from a paper) that this result used, with their labels.
 
-The worst case is taken over the attacks at the evaluation's threat (eps
-and norm); attacks at another eps are reported but not part of it.
+Definitions (one home: :mod:`rfbench.benchmark.perclass`): robust to an attack
+= clean-correct and correct on the adversarial input; the worst case is robust
+to every attack of ``worst_case_over`` (the attacks at the evaluation's threat:
+eps and norm; attacks at another eps are reported but not part of it); an
+empty class is NaN (``null`` in the JSON); ``per_class_ci95`` are Wilson score
+intervals, ``worst_ci95`` the Bonferroni-adjusted interval of the worst class.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any
@@ -31,14 +38,20 @@ import pandas as pd
 
 from rfbench.attacks.named import format_eps
 from rfbench.attacks.spec import Threat
+from rfbench.attacks.threat import NORM_NAMES
 from rfbench.benchmark.eval import checks as checks_mod
 from rfbench.benchmark.eval import metrics as M
 from rfbench.benchmark.eval.flags import SampleFlags
 from rfbench.benchmark.io.atomic import atomic_write_json, atomic_write_text
+from rfbench.benchmark.perclass import class_counts, pct
 
-SCHEMA = "rfbench.result/1"
+SCHEMA = "rfbench.result/2"
 REQUIRED_KEYS = ("schema", "classes", "n_per_class", "threat", "attacks", "per_class", "summary", "confusion",
-                 "checks", "provenance", "clean_acc", "eps", "flags_file")
+                 "checks", "provenance", "robustbench", "flags_file")
+RB_CONVENTION = ("RobustBench-style fields (Croce et al., NeurIPS 2021 Datasets and Benchmarks), as fractions: "
+                 "clean_acc = clean accuracy over all evaluated images (not class-balanced); autoattack_acc = fraction "
+                 "clean-correct and robust to standard AutoAttack (only a version=standard run fills it; with "
+                 "scope 'survivors' it ran on the points robust to the attacks before it, so it is also robust to those)")
 SUMMARY_KEYS = ("mean", "worst", "worst_class", "gap", "std", "tail20")
 
 
@@ -89,6 +102,64 @@ def t_sweep_summary(per_class: dict[str, np.ndarray], settings: dict[str, dict],
     return out
 
 
+def _json_list(a: np.ndarray) -> list:
+    """``a.tolist()`` with NaN (an empty class) as ``None``, JSON's null."""
+    return np.where(np.isnan(a), None, a).tolist() if np.isnan(a).any() else a.tolist()
+
+
+def is_standard_autoattack(s: dict) -> bool:
+    """AutoAttack as RobustBench runs it: ``version=standard`` with none of its counts overridden."""
+    return (s.get("name") == "autoattack" and s.get("version") == "standard"
+            and all(s.get(k) is None for k in ("steps", "queries", "restarts", "targets")))
+
+
+def robustbench_block(flags: SampleFlags, settings: dict[str, dict], threat: Threat, robust: dict[str, np.ndarray],
+                      worst_over: list[str], source: dict | None) -> dict[str, Any]:
+    """The RobustBench-style fields, apart from rfbench's per-class numbers (convention in :data:`RB_CONVENTION`)."""
+    aa = [lab for lab in worst_over if is_standard_autoattack(settings[lab])]
+    s = settings[aa[0]] if aa else {}
+    return {
+        "convention": RB_CONVENTION,
+        "clean_acc": float(flags.clean_correct.mean()),
+        "autoattack_acc": float(robust[aa[0]].mean()) if aa else None,
+        "autoattack_label": aa[0] if aa else None,
+        "autoattack_version": s.get("version"),
+        "autoattack_scope": s.get("scope"),
+        "autoattack_package": (s.get("effective") or {}).get("package"),
+        "eps": format_eps(threat.eps),
+        "threat_model": NORM_NAMES[threat.norm],
+        "architecture": (source or {}).get("architecture"),
+        "additional_data": (source or {}).get("additional_data"),
+    }
+
+
+def inventions_used(settings: dict[str, dict], source: dict | None) -> list[dict[str, str]]:
+    """rfbench's own methods (not from a paper) behind this result, each ``{label, invention}``: those of the
+    attacks, of the evaluated run's defense, and calibration (see ``rfbench list``)."""
+    from rfbench.attacks.registry import ATTACKS
+    from rfbench.benchmark.registry import INVENTION_LABEL
+
+    out = [{"label": lab, "invention": note} for lab, s in settings.items() if s["name"] in ATTACKS
+           for note in ATTACKS.invention_notes(s["name"], s)]
+    source = source or {}
+    defense = source.get("defense")
+    if defense:
+        from rfbench.defenses import DEFENSES
+
+        if defense in DEFENSES:
+            args = (source.get("train_config") or {}).get("defense_args") or {}
+            cls = DEFENSES.get(defense)
+            defaults = {f.name: f.default for f in dataclasses.fields(cls.Config)} if dataclasses.is_dataclass(
+                getattr(cls, "Config", None)) else {}
+            out += [{"label": f"defense {defense}", "invention": note}
+                    for note in DEFENSES.invention_notes(defense, {**defaults, **args})]
+    if source.get("calibration"):
+        from rfbench.benchmark.calibrate import CALIBRATION_NOTE
+
+        out.append({"label": "calibration", "invention": f"{INVENTION_LABEL}: {CALIBRATION_NOTE}"})
+    return out
+
+
 def build_result(
     flags: SampleFlags,
     *,
@@ -100,13 +171,11 @@ def build_result(
     imbalance_ratio: float | None = None,
     weight_norms: np.ndarray | None = None,
     provenance: dict | None = None,
-    n_boot: int = 1000,
-    seed: int = 0,
     n_per_class_requested: int | None = None,
     flags_file: str = "flags.npz",
     source: dict | None = None,
 ) -> dict[str, Any]:
-    """The ``rfbench.result/1`` dictionary from a (finished) flag file and the evaluation's context."""
+    """The ``rfbench.result/2`` dictionary from a (finished) flag file and the evaluation's context."""
     if not flags.done.all():
         raise ValueError("build_result needs a finished flag file")
     C, y = len(classes), flags.y
@@ -116,31 +185,29 @@ def build_result(
     correct = {"clean": flags.clean_correct, **robust, "worst_case": flags.worst_case(worst_over)}
     preds = {"clean": flags.clean_pred, **attack_predictions(flags, labels), "worst_case": flags.worst_case_pred(worst_over)}
     per_class, ci, summary = {}, {}, {}
-    for i, (name, ok) in enumerate(correct.items()):
+    for name, ok in correct.items():
         acc = M.per_class_accuracy(ok, y, C)
-        pc_ci, worst_ci = M.bootstrap_ci(ok, y, C, n_boot=n_boot, seed=seed + i)
-        per_class[name], ci[name] = acc, pc_ci
-        summary[name] = {**M.summarize(acc), "worst_ci95": worst_ci.tolist()}
+        per_class[name], ci[name] = acc, M.per_class_intervals(ok, y, C)
+        summary[name] = {**M.summarize(acc), "worst_ci95": list(M.worst_class_interval(ok, y, C))}
     groups = M.class_groups(train_counts, imbalance_ratio)
     max_pert = {lab: float(np.nanmax(flags.pert[:, flags.labels.index(lab)])) if flags.ran[:, flags.labels.index(lab)].any() else None
                 for lab in labels}
-    aa = [lab for lab in labels if settings[lab]["name"] == "autoattack" and lab in worst_over]
     n = len(y)
     result: dict[str, Any] = {
         "schema": SCHEMA,
         "dataset": dataset,
         "classes": list(classes),
-        "n_per_class": np.bincount(y, minlength=C).tolist(),
+        "n_per_class": class_counts(y, C).tolist(),
         "n_per_class_requested": n_per_class_requested,
         "n_samples": n,
         "threat": threat.to_dict(),
         "attacks": [settings[lab] for lab in labels],
         "worst_case_over": worst_over,
         "names": list(correct),
-        "per_class": {k: v.tolist() for k, v in per_class.items()},
-        "per_class_ci95": {k: v.tolist() for k, v in ci.items()},
+        "per_class": {k: _json_list(v) for k, v in per_class.items()},
+        "per_class_ci95": {k: _json_list(v) for k, v in ci.items()},
         "summary": summary,
-        "boundary_error": M.boundary_error(per_class["clean"], per_class["worst_case"]).tolist(),
+        "boundary_error": _json_list(M.boundary_error(per_class["clean"], per_class["worst_case"])),
         "confusion": {k: M.confusion_matrix(y, p, C).tolist() for k, p in preds.items()},
         "cfps": {k: M.class_false_positive_score(y, p, C).tolist() for k, p in preds.items()},
         "weight_norm": None,
@@ -149,14 +216,8 @@ def build_result(
         "checks": checks_mod.run_checks(robust, flags.clean_correct, y, C, settings, max_pert),
         "flags_file": flags_file,
         "provenance": provenance or {},
-        # RobustBench-compatible fields (percent, as RobustBench writes them)
-        "clean_acc": round(100 * float(flags.clean_correct.mean()), 2),
-        "autoattack_acc": round(100 * float(robust[aa[0]].mean()), 2) if aa else None,
-        "autoattack_scope": settings[aa[0]]["scope"] if aa else None,
-        "eps": format_eps(threat.eps),
-        "threat_model": {"linf": "Linf", "l2": "L2"}[threat.norm],
-        "architecture": (source or {}).get("architecture"),
-        "additional_data": (source or {}).get("additional_data"),
+        "robustbench": robustbench_block(flags, settings, threat, robust, worst_over, source),
+        "inventions": inventions_used(settings, source),
     }
     if weight_norms is not None and len(weight_norms) == C:
         result["weight_norm"] = {
@@ -170,7 +231,7 @@ def build_result(
 
 
 def validate_result(result: dict) -> None:
-    """Raise ``ValueError`` naming the first problem if ``result`` does not follow ``rfbench.result/1``."""
+    """Raise ``ValueError`` naming the first problem if ``result`` does not follow ``rfbench.result/2``."""
     missing = [k for k in REQUIRED_KEYS if k not in result]
     if missing:
         raise ValueError(f"result misses keys: {', '.join(missing)}")
@@ -210,29 +271,41 @@ def per_class_frame(result: dict) -> pd.DataFrame:
     return df
 
 
+CASCADE_NOTE = "AA on survivors"
+
+
+def column_title(result: dict, name: str) -> str:
+    """A table header: the name, plus ``(AA on survivors)`` for a cascade attack that ran on the survivors only."""
+    s = next((a for a in result.get("attacks", []) if a.get("label") == name), None)
+    return f"{name} ({CASCADE_NOTE})" if s and s.get("scope") == "survivors" else name
+
+
 def markdown_table(result: dict) -> str:
-    """The per-class table in percent, with mean / worst / gap / std / tail20 rows (for the terminal)."""
+    """The per-class table in percent (via :func:`~rfbench.benchmark.perclass.pct`), with mean / worst / gap /
+    std / tail20 rows (for the terminal); an empty class shows as ``-``."""
     names = result["names"]
-    df = pd.DataFrame({name: [100 * v for v in result["per_class"][name]] for name in names}, index=result["classes"])
-    df.index.name = "class"
+    rows = {c: [pct(v) for v in vals] for c, vals in zip(result["classes"], zip(*(result["per_class"][n] for n in names)))}
     for key in SUMMARY_KEYS:
-        if key == "worst_class":
-            continue
-        df.loc[key] = [100 * result["summary"][n][key] for n in names]
-    table = df.to_markdown(floatfmt=".1f")
+        if key != "worst_class":
+            rows[key] = [pct(result["summary"][n][key]) for n in names]
+    df = pd.DataFrame.from_dict(rows, orient="index", columns=[column_title(result, n) for n in names])
+    df.index.name = "class"
+    table = df.to_markdown(colalign=("left", *["right"] * len(names)))
     worst = result["summary"]["worst_case"]
     lo, hi = worst["worst_ci95"]
     foot = (f"\nworst case over {', '.join(result['worst_case_over']) or '(no attack)'}; worst class "
-            f"{result['classes'][worst['worst_class']]} at {100 * worst['worst']:.1f}% (95% CI {100 * lo:.1f}-{100 * hi:.1f}); "
-            f"eps {result['eps']} ({result['threat']['norm']}); checks: {result['checks']['overall']}")
+            f"{result['classes'][worst['worst_class']]} at {pct(worst['worst'])}% (95% Wilson interval {pct(lo)}-{pct(hi)}); "
+            f"eps {result['robustbench']['eps']} ({result['threat']['norm']}); checks: {result['checks']['overall']}")
+    for inv in result.get("inventions") or []:
+        foot += f"\n{inv['label']}: {inv['invention']}"
     ts = result.get("t_sweep")
     if ts:
         foot += f"\nT-PGD sweep: strongest T = {ts['strongest_T']:g} ({ts['strongest_label']})"
         vs = ts.get("vs_pgd")
         if vs:
-            drops = ", ".join(f"{d['name']} {100 * d['delta']:+.1f}" for d in vs["largest_drops"]) or "none"
-            foot += (f"; vs {vs['pgd']}: mean {100 * vs['mean_delta']:+.1f} points, worst class {100 * vs['worst_delta']:+.1f}; "
-                     f"largest drops: {drops}")
+            drops = ", ".join(f"{d['name']} {pct(d['delta'], sign=True)}" for d in vs["largest_drops"]) or "none"
+            foot += (f"; vs {vs['pgd']}: mean {pct(vs['mean_delta'], sign=True)} points, worst class "
+                     f"{pct(vs['worst_delta'], sign=True)}; largest drops: {drops}")
     return table + foot
 
 

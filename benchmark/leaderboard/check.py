@@ -34,7 +34,8 @@ from typing import Any
 import numpy as np
 
 from rfbench.benchmark.errors import RfbenchError
-from rfbench.benchmark.eval.metrics import per_class_accuracy, summarize
+from rfbench.benchmark.eval.metrics import summarize
+from rfbench.benchmark.perclass import class_counts, per_class_accuracy
 from rfbench.benchmark.leaderboard.paths import UnsafePathError, is_url, safe_repo_path
 from rfbench.benchmark.leaderboard.schema import SUMMARY_FIELDS, Entry, EntryError, Evaluation, Track, find_track, parse_entry
 
@@ -185,7 +186,7 @@ def check_flags(which: str, ev: Evaluation, flags_path: Path) -> list[str]:
         return problems + [f"{at}.flags_file holds attacks {', '.join(flags.labels)}, the entry lists {', '.join(ev.attacks)}"]
     if len(np.unique(flags.index)) != len(flags.index):
         problems.append(f"{at}.flags_file lists a test image twice")
-    counts = np.bincount(flags.y, minlength=C).tolist()
+    counts = class_counts(flags.y, C).tolist()
     if counts != list(ev.n_per_class):
         return problems + [f"{at}.n_per_class is {ev.n_per_class} but the flag file has {counts} images per class"]
     correct = {"clean": flags.clean_correct, **{a: flags.robust(a) for a in ev.attacks},

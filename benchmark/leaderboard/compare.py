@@ -155,11 +155,10 @@ def render(report: Report) -> str:
     """Markdown report: one row per number, in percent."""
     from tabulate import tabulate
 
-    def pct(x: float | None) -> str:
-        return "-" if x is None else f"{100 * x:.1f}"
+    from rfbench.benchmark.perclass import pct
 
-    rows = [[r.metric, pct(r.ours), pct(r.reference), ", ".join(pct(v) for v in r.committed), f"{100 * r.diff:+.1f}",
-             pct(r.sigma_seed), pct(r.sigma_test), f"±{100 * r.tolerance:.1f}", "within" if r.ok else "OUTSIDE"]
+    rows = [[r.metric, pct(r.ours), pct(r.reference), ", ".join(pct(v) for v in r.committed), pct(r.diff, sign=True),
+             pct(r.sigma_seed), pct(r.sigma_test), f"±{pct(r.tolerance)}", "within" if r.ok else "OUTSIDE"]
             for r in report.rows]
     seeds = ", ".join(f"{e.id} (seed {e.seed})" for e in report.committed)
     lines = [

@@ -73,7 +73,7 @@ class TrackInfo:
     description: str = ""
     hardware: str = field(default="gpu", metadata=choice("cpu", "gpu"))
     fixed_train: list[str] = field(default_factory=list)
-    reference: str = ""  # where published numbers for this setting are (reference-numbers.md section)
+    reference: str = ""  # where published numbers for this setting are (paper and table)
     # the reference among entries with identical predictions is the one of the first baseline (ranking.py)
     baselines: list[str] = field(default_factory=lambda: ["standard", "pgd-at", "trades"])
 

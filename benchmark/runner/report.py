@@ -2,7 +2,7 @@
 
 ``result.json`` gathers, for every evaluated checkpoint, the per-class vectors
 and summaries of its ``eval-<checkpoint>/result.json`` (schema
-``rfbench.result/1``, which stays the full record), the training summaries,
+``rfbench.result/2``, which stays the full record), the training summaries,
 the cost, the stage timings and the provenance::
 
     {"schema": "rfbench.run/1", "name": ..., "defense": ..., "seed": ..., "dataset": ..., "model": ...,
@@ -22,18 +22,20 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from rfbench.benchmark.eval.provenance import git_sha, package_versions
 from rfbench.benchmark.io import atomic_write_json, atomic_write_text, read_json
+from rfbench.benchmark.perclass import pct, to_percent
 
 RUN_SCHEMA = "rfbench.run/1"
-CHECKPOINT_KEYS = ("classes", "n_per_class", "worst_case_over", "per_class", "summary", "clean_acc", "autoattack_acc",
-                   "eps", "threat", "flags_file")
+CHECKPOINT_KEYS = ("classes", "n_per_class", "worst_case_over", "per_class", "summary", "robustbench", "inventions",
+                   "threat", "flags_file")
 
 
 def checkpoint_block(result: dict[str, Any], result_rel: str) -> dict[str, Any]:
-    """What the run result keeps of one checkpoint's ``rfbench.result/1``."""
+    """What the run result keeps of one checkpoint's ``rfbench.result/2``."""
     block = {"result": result_rel, **{k: result.get(k) for k in CHECKPOINT_KEYS}}
     block["attacks"] = [a["label"] for a in result["attacks"]]
     block["flags_file"] = str(Path(result_rel).parent / result["flags_file"])
@@ -84,27 +86,41 @@ def build_run_result(run_dir: Path, data: dict[str, Any], checkpoints: list[str]
 
 
 def summary_frame(run: dict[str, Any]) -> pd.DataFrame:
-    """One row per checkpoint: epoch, clean mean/worst, each attack's mean, worst-case mean/worst/gap (percent)."""
+    """One row per checkpoint: epoch, clean mean/worst, each attack's mean, worst-case mean/worst/gap (fractions;
+    :func:`percent_markdown` renders them)."""
     rows = []
     for which, b in run["checkpoints"].items():
         s = b["summary"]
-        row = {"checkpoint": which, "epoch": b.get("epoch"), "clean": 100 * s["clean"]["mean"],
-               "clean worst": 100 * s["clean"]["worst"]}
-        row.update({a: 100 * s[a]["mean"] for a in b["attacks"]})
+        row = {"checkpoint": which, "epoch": b.get("epoch"), "clean": s["clean"]["mean"], "clean worst": s["clean"]["worst"]}
+        row.update({a: s[a]["mean"] for a in b["attacks"]})
         wc = s["worst_case"]
-        row.update({"robust (worst case)": 100 * wc["mean"], "robust worst class": 100 * wc["worst"],
-                    "weakest class": b["classes"][wc["worst_class"]], "gap": 100 * wc["gap"], "checks": b["checks"]})
+        row.update({"robust (worst case)": wc["mean"], "robust worst class": wc["worst"],
+                    "weakest class": b["classes"][wc["worst_class"]], "gap": wc["gap"], "checks": b["checks"]})
         rows.append(row)
     return pd.DataFrame(rows)
 
 
+PERCENT_EXEMPT = ("checkpoint", "epoch", "class", "weakest class", "checks")
+
+
+def percent_markdown(df: pd.DataFrame) -> str:
+    """A frame of fractions as a markdown table in percent (through :func:`~rfbench.benchmark.perclass.pct`)."""
+    shown, align = df.copy(), []
+    for c in shown.columns:
+        numeric = pd.api.types.is_numeric_dtype(shown[c])
+        if c not in PERCENT_EXEMPT and numeric:
+            shown[c] = [pct(v) for v in shown[c]]
+        align.append("right" if numeric else "left")
+    return shown.to_markdown(index=False, colalign=align)
+
+
 def per_class_frame(run: dict[str, Any]) -> pd.DataFrame:
-    """Per-class clean and worst-case robust accuracy (percent) of every evaluated checkpoint."""
+    """Per-class clean and worst-case robust accuracy (fractions; NaN for an empty class) of every evaluated checkpoint."""
     first = next(iter(run["checkpoints"].values()))
     df = pd.DataFrame({"class": first["classes"]})
     for which, b in run["checkpoints"].items():
-        df[f"clean ({which})"] = [100 * v for v in b["per_class"]["clean"]]
-        df[f"robust ({which})"] = [100 * v for v in b["per_class"]["worst_case"]]
+        df[f"clean ({which})"] = np.array(b["per_class"]["clean"], dtype=float)
+        df[f"robust ({which})"] = np.array(b["per_class"]["worst_case"], dtype=float)
     return df
 
 
@@ -114,8 +130,8 @@ def markdown_report(run: dict[str, Any]) -> str:
     head = (f"# {run['name']}: {run['defense']} on {run['dataset']} ({run['model']}), seed {run['seed']}\n\n"
             f"Trained {cost['train_seconds'] / 60:.1f} min, evaluated {cost['eval_seconds'] / 60:.1f} min on {cost['device']}. "
             "Accuracies in percent; robust = worst case over the attacks (a sample counts only if every attack failed).\n")
-    parts = [head, "## Summary\n", summary_frame(run).to_markdown(index=False, floatfmt=".1f"),
-             "\n## Per class\n", per_class_frame(run).to_markdown(index=False, floatfmt=".1f"), ""]
+    parts = [head, "## Summary (%)\n", percent_markdown(summary_frame(run)),
+             "\n## Per class (%)\n", percent_markdown(per_class_frame(run)), ""]
     return "\n".join(parts)
 
 
@@ -126,7 +142,6 @@ def plot_run(run: dict[str, Any], run_dir: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import matplotlib.ticker
-    import numpy as np
 
     from rfbench.benchmark.eval.plots import save_figure
 
@@ -138,7 +153,7 @@ def plot_run(run: dict[str, Any], run_dir: Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(max(6.0, 0.8 * len(df) + 2), 4.0))
     for i, col in enumerate(names):
         hatch = "//" if col.startswith("robust") else None
-        ax.bar(x + (i - (len(names) - 1) / 2) * w, df[col], w, label=col, hatch=hatch, color=f"C{i // 2}",
+        ax.bar(x + (i - (len(names) - 1) / 2) * w, to_percent(df[col]), w, label=col, hatch=hatch, color=f"C{i // 2}",
                alpha=0.55 if col.startswith("clean") else 0.95, edgecolor="black", linewidth=0.3)
     ax.set_xticks(x, df["class"], rotation=35, ha="right")
     ax.set_ylabel("accuracy (%)")
@@ -155,7 +170,7 @@ def plot_run(run: dict[str, Any], run_dir: Path) -> list[Path]:
             fig, ax = plt.subplots(figsize=(6.0, 3.6))
             for key, lab in (("val_clean_mean", "val clean (mean)"), ("val_robust_mean", "val robust (mean)"),
                              ("val_robust_worst", "val robust (worst class)")):
-                ax.plot(ep, [100 * r[key] for r in records], marker="o", label=lab)
+                ax.plot(ep, to_percent([r[key] for r in records]), marker="o", label=lab)
             best = run["checkpoints"].get("best", {}).get("epoch")
             if best:
                 ax.axvline(best, color="grey", ls="--", lw=0.8, label=f"best epoch ({best})")

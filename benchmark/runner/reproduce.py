@@ -4,7 +4,7 @@ A table definition (``leaderboards/papers/<table>.yaml``, schema ``rfbench.paper
 
     id: cfa-table1
     title: ...
-    source: "Wei et al., CVPR 2023 (CFA), Table 1"       # every number comes from reference-numbers.md
+    source: "Wei et al., CVPR 2023 (CFA), Table 1"       # every number names its paper and table
     settings: "PreAct-ResNet-18, 200 epochs, AutoAttack standard, mean ± std over 5 runs"
     tolerance: {mean: 2.0, worst: 4.0}                    # points; worst-class numbers have large seed variance
     seeds: [0, 1, 2, 3, 4]

@@ -11,7 +11,7 @@ Run directory::
     run.yaml            the resolved run config
     stages.json         stage markers (see benchmark.runner.stages)
     pretrain/, train/   trainer run directories (checkpoint-best.pt, checkpoint-last.pt, log.jsonl, summary.json)
-    eval-best/, eval-last/   rfbench.result/1 + flags.npz + CSV + plots of each checkpoint
+    eval-best/, eval-last/   rfbench.result/2 + flags.npz + CSV + plots of each checkpoint
     result.json, report.md, per_class.png, training.png
 
 Idempotent: a finished stage is skipped on rerun, a killed stage resumes
@@ -36,6 +36,7 @@ from rfbench.benchmark.io import atomic_write_bytes, atomic_write_text
 from rfbench.benchmark.runner.config import ResolvedRun, config_differences, fingerprint
 from rfbench.benchmark.runner.report import build_run_result, write_run_outputs
 from rfbench.benchmark.runner.stages import StageLog
+from rfbench.benchmark.perclass import pct
 
 log = logging.getLogger(__name__)
 
@@ -137,8 +138,8 @@ def execute_run(run: ResolvedRun, *, force: bool = False, quiet: bool = False) -
         t0 = time.time()
         result = _eval_stage(run, which, bundles, evaluated)
         wc = result["summary"]["worst_case"]
-        log.info("%s: clean %.1f%%, robust %.1f%% (worst class %s %.1f%%)", stage, 100 * result["summary"]["clean"]["mean"],
-                 100 * wc["mean"], result["classes"][wc["worst_class"]], 100 * wc["worst"])
+        log.info("%s: clean %s%%, robust %s%% (worst class %s %s%%)", stage, pct(result["summary"]["clean"]["mean"]),
+                 pct(wc["mean"]), result["classes"][wc["worst_class"]], pct(wc["worst"]))
         stages.mark(stage, time.time() - t0, checks=result["checks"]["overall"])
     t0 = time.time()
     result = build_run_result(out, run.data, run.checkpoints, stages.stages)

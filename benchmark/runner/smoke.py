@@ -8,7 +8,7 @@ test images; a defense's own validation attack (a ``val_steps`` field of its
 ``Config``, as FRL has) is shrunk to the same 2 steps as the trainer's.  For each defense it asserts:
 
 * the run finishes (finite losses: the trainer stops on NaN/Inf);
-* each evaluated ``result.json`` validates against ``rfbench.result/1``;
+* each evaluated ``result.json`` validates against ``rfbench.result/2``;
 * the harness's sanity checks do not fail (robust <= clean, PGD <= FGSM per class);
 * the per-class vectors are counts, the worst case is below clean and every
   attack, and every summary equals the one recomputed from its per-class
@@ -146,8 +146,7 @@ def smoke_one(defense: str, out: Path, track: Path = TRACK) -> SmokeRow:
 def smoke_table(rows: list[SmokeRow]) -> str:
     import pandas as pd
 
-    def pct(v: float | None) -> str:
-        return "-" if v is None else f"{100 * v:.1f}"
+    from rfbench.benchmark.perclass import pct
 
     df = pd.DataFrame([{"defense": r.defense, "status": "ok" if r.ok else "FAIL", "time (s)": f"{r.seconds:.1f}",
                         "train (s)": f"{r.train_seconds:.1f}", "eval (s)": f"{r.eval_seconds:.1f}", "clean": pct(r.clean),

@@ -15,6 +15,7 @@ from typing import Any, Iterable
 import pandas as pd
 
 from rfbench.benchmark.io import read_json
+from rfbench.benchmark.perclass import pct
 
 #: summary metrics of one checkpoint: (column name, result name, summary field)
 BASE_METRICS = (("clean", "clean", "mean"), ("clean_worst", "clean", "worst"),
@@ -78,6 +79,6 @@ def summary_markdown(groups: list[dict[str, Any]], group_keys: list[str],
         row["seeds"] = len(g["seeds"])
         for m in metrics:
             v = g["metrics"].get(m)
-            row[m.replace("_", " ")] = f"{100 * v['mean']:.1f} ± {100 * v['std']:.1f}" if v else "-"
+            row[m.replace("_", " ")] = f"{pct(v['mean'])} ± {pct(v['std'])}" if v else "-"
         rows.append(row)
     return pd.DataFrame(rows).to_markdown(index=False) if rows else "(no finished runs)"

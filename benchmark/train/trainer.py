@@ -37,13 +37,14 @@ from rfbench.benchmark.errors import ConfigError, Interrupted, RfbenchError
 from rfbench.benchmark.io import (atomic_write_json, atomic_write_text, load_checkpoint, load_state_dict_into, remove_stale_temps,
                           save_checkpoint)
 from rfbench.benchmark.models import create_model
+from rfbench.benchmark.perclass import accuracy_from_counts, class_counts, nan_mean, nan_min
 from rfbench.benchmark.train.config import TrainConfig
 from rfbench.benchmark.train.averaging import WeightAverages
-from rfbench.benchmark.train.distributed import (DistInfo, ShardedGenerator, all_reduce_sum, any_rank, barrier, gather_rows,
+from rfbench.benchmark.train.distributed import (ShardedGenerator, all_reduce_sum, any_rank, barrier, gather_rows,
                                                  init_distributed, shard)
 from rfbench.benchmark.train.runtime import autocast_dtype, maybe_compile, resolve_device, seed_everything, use_channels_last
 from rfbench.benchmark.train.schedule import lr_at
-from rfbench.benchmark.train.validate import per_class_accuracy
+from rfbench.benchmark.train.validate import validation_accuracy
 from rfbench.defenses import EpochStats, TrainContext, build_defense
 from rfbench.defenses.base import Defense, LossOutput
 
@@ -78,6 +79,16 @@ def load_bundle(cfg: TrainConfig) -> DataBundle:
     return bundle
 
 
+def images_on_device(ds, device: torch.device):
+    """``ds`` with its uint8 images moved to ``device``; labels and positions stay on the CPU.
+
+    Batches are then gathered on the device (``iterate_batches`` indexes the
+    images there); labels stay where the defenses' samplers and the
+    per-class counts expect them.
+    """
+    return dataclasses.replace(ds, x=ds.x.to(device))
+
+
 def build_model(cfg: TrainConfig, bundle: DataBundle) -> nn.Module:
     """The registered model, sized for the dataset, with the dataset's normalisation inside."""
     return create_model(cfg.model, num_classes=bundle.num_classes, in_channels=bundle.in_channels,
@@ -95,12 +106,17 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer
 
 def selection_score(val_robust: list[float], rule: str) -> float:
     """Checkpoint-selection metric on per-class validation robust accuracy."""
-    mean, worst = sum(val_robust) / len(val_robust), min(val_robust)
+    mean, worst = nan_mean(val_robust), nan_min(val_robust)  # a class without validation images (NaN) is left out
     return {"mean": mean, "worst": worst, "mean+worst": mean + worst}[rule]
 
 
 class EpochAccumulator:
-    """Per-class statistics of the training adversarial examples over one epoch."""
+    """Per-class statistics of the training adversarial examples over one epoch.
+
+    The training step makes no clean pass, so ``robust_acc`` here is the accuracy on the
+    training adversarial examples (CFA's t_k, Wei et al., CVPR 2023), not the
+    clean-and-adversarial robust accuracy that validation and evaluation report.
+    """
 
     def __init__(self, num_classes: int, device: torch.device):
         c = num_classes
@@ -119,14 +135,14 @@ class EpochAccumulator:
         for k, v in terms.items():
             self.terms[k] = self.terms.get(k, 0.0) + float(v)
         c = self.seen.numel()
-        self.seen += torch.bincount(y, minlength=c)
+        self.seen += class_counts(y, c)
         if logits is None:
             return
         logits = logits.detach().float()
         pred = logits.argmax(1)
-        self.pred_counts += torch.bincount(pred, minlength=c)
-        self.correct += torch.bincount(y[pred == y], minlength=c)
-        self.prob_sum.index_add_(0, y, logits.softmax(1).double())
+        self.pred_counts += class_counts(pred, c)
+        self.correct += class_counts(y, c, pred == y)
+        self.prob_sum.index_add_(0, y, logits.softmax(1).double())  # per-class sums of the probability vectors
 
     def state_dict(self) -> dict[str, Any]:
         return {"pred_counts": self.pred_counts, "correct": self.correct, "seen": self.seen,
@@ -138,17 +154,13 @@ class EpochAccumulator:
             getattr(self, k).copy_(state[k])
         self.loss_sum, self.terms, self.batches = float(state["loss_sum"]), dict(state["terms"]), int(state["batches"])
 
-    def reduce(self, info: DistInfo) -> None:
-        """Sum the counts over ranks (losses are already global averages on every rank)."""
-        for t in (self.pred_counts, self.correct, self.seen, self.prob_sum):
-            all_reduce_sum(t, info)
-
     def summary(self) -> dict[str, Any]:
-        seen = self.seen.clamp(min=1)
+        """Per class: predictions, accuracy on the training adversarial examples and mean probabilities;
+        a class not seen this epoch is NaN (:mod:`rfbench.benchmark.perclass`)."""
         return {
             "pred_counts": self.pred_counts.tolist(),
-            "robust_acc": (self.correct / seen).tolist(),
-            "adv_probs": (self.prob_sum / seen[:, None]).tolist(),
+            "robust_acc": accuracy_from_counts(self.correct, self.seen).tolist(),
+            "adv_probs": accuracy_from_counts(self.prob_sum, self.seen[:, None]).tolist(),
             "loss": self.loss_sum / max(1, self.batches),
             "terms": {k: v / max(1, self.batches) for k, v in self.terms.items()},
         }
@@ -221,6 +233,9 @@ class Trainer:
         self.channels_last = use_channels_last(cfg.channels_last, self.device, self.amp)
         self.seeds = seed_everything(cfg.seed)
         self.bundle = load_bundle(cfg)
+        if self.device.type == "cuda":  # uint8 images held on the GPU: no host-to-device image copy per batch
+            self.bundle.train = images_on_device(self.bundle.train, self.device)
+            self.bundle.val = images_on_device(self.bundle.val, self.device)
         self.threat = threat_from(cfg, self.bundle)  # the resolved training threat (immutable)
         self.eps_warmup = (cfg.eps_warmup_epochs if cfg.eps_warmup_epochs is not None
                            else self.bundle.threat.eps_warmup_epochs)
@@ -452,7 +467,7 @@ class Trainer:
         model.eval()
         gen = torch.Generator(device=self.device).manual_seed(self.cfg.seed + 10_000 + epoch)
         t = self.threat
-        return per_class_accuracy(model, self.bundle.val, eps=t.eps, alpha=t.alpha, steps=self.cfg.val_steps,
+        return validation_accuracy(model, self.bundle.val, eps=t.eps, alpha=t.alpha, steps=self.cfg.val_steps,
                                   norm=t.norm, device=self.device, generator=gen, autocast_dtype=self.amp,
                                   channels_last=self.channels_last)
 
@@ -471,8 +486,8 @@ class Trainer:
         record = {
             "epoch": epoch + 1, "lr": train_stats["lr"], "loss": train_stats["loss"], "terms": train_stats["terms"],
             "train_robust_acc": train_stats["robust_acc"], "val_clean_acc": val_clean, "val_robust_acc": val_rob,
-            "val_clean_mean": sum(val_clean) / len(val_clean), "val_robust_mean": sum(val_rob) / len(val_rob),
-            "val_robust_worst": min(val_rob), "select_score": selection_score(val_rob, self.cfg.select),
+            "val_clean_mean": nan_mean(val_clean), "val_robust_mean": nan_mean(val_rob),
+            "val_robust_worst": nan_min(val_rob), "select_score": selection_score(val_rob, self.cfg.select),
             "skipped_batches": train_stats["skipped_batches"], "defense": extra, "seconds": seconds,
         }
         self.history.append(record)

@@ -1,4 +1,4 @@
-"""Per-class clean and PGD accuracy of a model on a dataset (the trainer's validation)."""
+"""Per-class clean and PGD-robust accuracy of a model on a dataset (the trainer's validation)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from torch import nn
 
 from rfbench.attacks.core import pgd
 from rfbench.benchmark.data.base import ArrayDataset, iterate_batches
+from rfbench.benchmark.perclass import per_class_accuracy, robust
 
 
 @torch.no_grad()
@@ -15,7 +16,7 @@ def _predict(model: nn.Module, x: torch.Tensor, dtype: torch.dtype | None) -> to
         return model(x).argmax(1)
 
 
-def per_class_accuracy(
+def validation_accuracy(
     model: nn.Module,
     ds: ArrayDataset,
     *,
@@ -31,13 +32,12 @@ def per_class_accuracy(
 ) -> tuple[list[float], list[float]]:
     """Per-class clean accuracy and PGD-``steps`` robust accuracy (uniform start, early stop).
 
-    The model must already be in eval mode.  Early stop does not change whether
+    Robust = clean-correct and correct on the PGD point; a class without
+    validation images is NaN (:mod:`rfbench.benchmark.perclass`).  The model must already be in eval mode.  Early stop does not change whether
     a sample is robust, only how fast we find out.  ``channels_last`` feeds the
     batches in that memory format (for a model converted to it).
     """
-    c = ds.num_classes
-    correct_clean = torch.zeros(c, dtype=torch.long)
-    correct_rob = torch.zeros(c, dtype=torch.long)
+    clean_ok, robust_ok, labels = [], [], []
     for x, y, _ in iterate_batches(ds, batch_size, device=device):
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -45,7 +45,10 @@ def per_class_accuracy(
         x_adv = pgd(model, x, y, eps=eps, alpha=alpha, steps=steps, norm=norm, early_stop=True,
                     generator=generator, autocast_dtype=autocast_dtype)
         pred_adv = _predict(model, x_adv, autocast_dtype)
-        correct_clean += torch.bincount(y[pred == y].cpu(), minlength=c)
-        correct_rob += torch.bincount(y[pred_adv == y].cpu(), minlength=c)
-    counts = torch.bincount(ds.y, minlength=c).clamp(min=1)
-    return (correct_clean / counts).tolist(), (correct_rob / counts).tolist()
+        clean_ok.append((pred == y).cpu())
+        robust_ok.append(robust(pred == y, pred_adv == y).cpu())
+        labels.append(y.cpu())
+    y_all = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long)
+    c = ds.num_classes
+    return (per_class_accuracy(torch.cat(clean_ok) if clean_ok else torch.zeros(0, dtype=torch.bool), y_all, c).tolist(),
+            per_class_accuracy(torch.cat(robust_ok) if robust_ok else torch.zeros(0, dtype=torch.bool), y_all, c).tolist())
