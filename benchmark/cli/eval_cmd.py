@@ -36,7 +36,7 @@ examples:
 
 A killed evaluation resumes batch by batch when the same command is run again (same --out).
 Progress: a bar naming the running attack, with images/s and ETA, on a terminal; otherwise a log line
-every --progress-every seconds.  The output directory and flags.npz exist from the start.
+every --progress-every seconds.  --out exists from the start, flags.npz from the first finished batch.
 Only the test split is read.
 """
 

@@ -25,8 +25,9 @@ atomically.  Attack randomness is seeded per (seed, attack label, batch), so a
 resumed evaluation equals an uninterrupted one.  Out of device memory, a batch
 is redone in halves (again, once per halving) and the halving is logged and
 recorded in the provenance.  Progress (running attack, images/s, ETA) is shown by
-:class:`~rfbench.benchmark.eval.progress.EvalProgress`; with an output directory,
-the flag file exists from the start and is rewritten after every batch.
+:class:`~rfbench.benchmark.eval.progress.EvalProgress`; an output directory is
+created when the evaluation starts, and the flag file is written after every batch
+(from the first finished one on).
 """
 
 from __future__ import annotations
@@ -252,7 +253,8 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 def _attack_piece(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, rows: np.ndarray, attacks: list[Attack],
                   flags: SampleFlags, *, seed: Callable[[str], int], survivors_scope: bool,
-                  on_attack: Callable[[str], None] | None = None) -> torch.Tensor:
+                  on_attack: Callable[[str], None] | None = None,
+                  timing: dict[str, list] | None = None) -> torch.Tensor:
     """Clean pass and every attack on one piece of a batch, written into ``flags``; returns the first threat's survivors."""
     clean = _predict(model, x)
     flags.clean_pred[rows] = clean.cpu().numpy()
@@ -275,9 +277,10 @@ def _attack_piece(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, rows
         flags.ran[r, a_idx] = True
         flags.pert[r, a_idx] = norms.float().cpu().numpy()
         alive[key][sel] &= pred == ys
-        timing = flags.meta.setdefault("attack_time_s", {}).setdefault(atk.label, [0.0, 0])
-        timing[0] += time.time() - t_atk
-        timing[1] += int(sel.numel())
+        if timing is not None:
+            t = timing.setdefault(atk.label, [0.0, 0])
+            t[0] += time.time() - t_atk
+            t[1] += int(sel.numel())
     return alive[threat_key(attacks[0])] if attacks else clean == y
 
 
@@ -299,28 +302,26 @@ def run_attacks(
     cfg: EvalConfig,
     device: torch.device,
     callback: Callable[[int], None] | None = None,
-) -> None:
+) -> dict[str, list]:
     """The batch loop: fill ``flags`` batch by batch, saving after each (when ``flags_path``), skipping finished batches.
 
-    With a ``flags_path`` the file is written before the first batch too, so the
-    output directory exists as soon as the evaluation starts.  Out of device memory
+    Out of device memory
     on a batch, the batch is redone in pieces of half the size, halving again (one
     retry per halving) until it fits; the smaller size is kept for the following
     batches, and every halving is logged and recorded in the flag file's
     ``meta["oom_halvings"]``.  A batch split into pieces seeds each piece's attacks
-    with ``batch_seed(seed, label, batch, part)``.  Per attack, the seconds spent
-    and the images attacked are kept in ``meta["attack_time_s"]`` (images/s).
+    with ``batch_seed(seed, label, batch, part)``.  Returns, per attack label, the
+    seconds spent and the images attacked in this process (images/s).
     """
     bs = cfg.batch_size
     n_batches = (len(test) + bs - 1) // bs
     done_batches = [bool(flags.done[b * bs : (b + 1) * bs].all()) for b in range(n_batches)]
     survivors_scope = cfg.autoattack_scope == "survivors"
-    if flags_path is not None and not flags_path.exists():
-        flags.save(flags_path)
     progress = EvalProgress(len(test), int(flags.done.sum()), [a.label for a in attacks], quiet=cfg.quiet,
                             every_s=cfg.progress_every)
     cl = use_channels_last(cfg.channels_last, device)
     piece = bs  # the largest piece that fitted in memory so far
+    timing: dict[str, list] = {}
     try:
         for b, (x, y, pos) in enumerate(test.batches(bs, device)):
             if done_batches[b]:
@@ -337,7 +338,8 @@ def run_attacks(
                         seed = (lambda lab, part=part: batch_seed(cfg.seed, lab, b, None if whole else part))
                         sl = slice(start, start + piece)
                         alive.append(_attack_piece(model, x[sl], y[sl], rows[sl], attacks, flags, seed=seed,
-                                                   survivors_scope=survivors_scope, on_attack=progress.attack))
+                                                   survivors_scope=survivors_scope, on_attack=progress.attack,
+                                                   timing=timing))
                     break
                 except RuntimeError as exc:  # torch.OutOfMemoryError is one
                     if not is_out_of_memory(exc):
@@ -364,6 +366,7 @@ def run_attacks(
                 callback(b)
     finally:
         progress.close()
+    return timing
 
 
 def evaluate_data(
@@ -392,8 +395,10 @@ def evaluate_data(
     """
     t0 = time.time()
     out_dir = Path(out_dir) if out_dir is not None else None
-    if out_dir is not None and (stale := remove_stale_temps(out_dir)):  # left by a killed write
-        log.info("removed %d temporary file(s) left in %s by an interrupted write", len(stale), out_dir)
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)  # exists from the start; flags.npz from the first finished batch
+        if stale := remove_stale_temps(out_dir):  # left by a killed write
+            log.info("removed %d temporary file(s) left in %s by an interrupted write", len(stale), out_dir)
     device = resolve_device(cfg.device)
     model = model.to(device).eval()
     if use_channels_last(cfg.channels_last, device):
@@ -427,7 +432,7 @@ def evaluate_data(
     log.info("evaluating %d samples (%d classes) with %s; threat %s eps=%g on %s%s",
              len(test), num_classes, ", ".join(a.label for a in attacks), threat.norm, threat.eps, device,
              f"; writing {out_dir}" if out_dir is not None else "")
-    run_attacks(model, test, attacks, flags, flags_path, cfg=cfg, device=device, callback=callback)
+    timing = run_attacks(model, test, attacks, flags, flags_path, cfg=cfg, device=device, callback=callback) or {}
     for lab, s in settings.items():
         f = flags.meta.get("attack_flags", {}).get(lab)
         if f:
@@ -437,7 +442,7 @@ def evaluate_data(
     prov = provenance(cfg=dataclasses.asdict(cfg), source=src, device=device, wall_time=time.time() - t0)
     prov["attack_time_s"] = round(flags.meta.get("elapsed_s", 0.0), 2)  # summed over resumed runs
     prov["attack_rates"] = {lab: {"seconds": round(sec, 3), "images": n, "images_per_s": round(n / sec, 3) if sec > 0 else None}
-                            for lab, (sec, n) in flags.meta.get("attack_time_s", {}).items()}
+                            for lab, (sec, n) in timing.items()}  # this process's batches
     prov["oom_halvings"] = flags.meta.get("oom_halvings", [])
     prov["dataset"] = described
     result = build_result(flags, classes=list(data.classes), settings=settings, threat=threat, dataset=described["name"],
