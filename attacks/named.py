@@ -15,7 +15,7 @@ error), a stable ``label`` derived from its settings, and ``settings()`` for
 the result file.  Attacks put the model in eval mode for their duration and
 never compute parameter gradients (the core freezes them).
 
-Registered names: ``fgsm``, ``pgd``, ``cw``, ``temperature-pgd`` (and
+Registered names: ``fgsm``, ``pgd``, ``cw``, ``temperature-pgd``, ``lsa`` (and
 ``autoattack`` in :mod:`rfbench.attacks.autoattack`).  Temperature-PGD is not
 torchattacks' ``TPGD`` (that one is the TRADES KL attack).
 """
@@ -281,3 +281,37 @@ class TemperaturePGD(_Iterative):
     def base_label(self) -> str:
         mode = "-conf" if self.cfg.tmode == "confidence" else ""
         return f"{self.name}-{self.cfg.steps}-T{format_value(self.cfg.T)}{mode}"
+
+
+@register_attack("lsa")
+class LSA(TemperaturePGD):
+    """Logit-scaling attack (LSA): PGD on CE(α·z, y), as run by AT-BSL's released evaluation (Yue et al., CVPR 2024).
+
+    The attack goes back to Carlini & Wagner's attack on defensive distillation
+    (S&P 2017): scaling the logits by α > 1 undoes a softmax saturated by large
+    logits.  CE(α·z, y) is CE(softmax(z/T), y) at T = 1/α, so LSA *is*
+    Temperature-PGD at T = 1/α: it runs the same core with the ``tce`` loss and
+    ``T = 1/scale`` (bit-identical to ``temperature-pgd:T=0.1`` at the default
+    α = 10).  Released defaults (AT-BSL ``eval.py``): α = 10, 20 steps, step
+    2/255, uniform start in the eps-ball; the threat model's eps and alpha
+    apply as for every attack.  ``early_stop`` (our default) freezes a sample
+    at its first fooling iterate and does not change which samples are robust.
+    """
+
+    threat_keys = ("eps", "norm", "alpha")  # steps: the released 20, not the protocol's
+    label_keys = ("steps", "scale")
+    inventions: dict[str, str] = {}
+
+    @dataclass
+    class Config(_Iterative.Config):
+        steps: int = field(default=20, metadata=rng(1, None))
+        scale: float = field(default=10.0, metadata=rng(1e-6, None))  # α: the logits' multiplier
+
+    def loss_kwargs(self) -> dict[str, Any]:
+        return {"T": 1.0 / self.cfg.scale}
+
+    def aux(self, x, y):
+        return {}
+
+    def base_label(self) -> str:
+        return f"{self.name}-{self.cfg.steps}-x{format_value(self.cfg.scale)}"

@@ -16,6 +16,9 @@ from rfbench.defenses import mart as _mart  # noqa: F401
 from rfbench.defenses import reat as _reat  # noqa: F401
 from rfbench.defenses import robal as _robal  # noqa: F401
 from rfbench.defenses import trades as _trades  # noqa: F401
+from rfbench.defenses import awp as _awp  # noqa: F401
+from rfbench.defenses import taet as _taet  # noqa: F401
+from rfbench.defenses import robustlt as _robustlt  # noqa: F401
 from rfbench.defenses.base import Defense, EpochStats, LossOutput, Threat, TrainContext, WeightAverages
 from rfbench.defenses.registry import DEFENSES, build_defense, get_defense_class, list_defenses, register_defense
 

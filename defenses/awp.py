@@ -31,7 +31,7 @@ training budget (9/200 = 0.045), so AWP starts at 0-based epoch
 
 Composability: ``with_awp(defense, gamma, warmup)`` turns a built defense of any class
 into its AWP version (the trainer does this for ``awp_gamma > 0`` in the run config:
-``rfbench train --defense cfa awp_gamma=0.005``).  Defenses that keep the base
+``rfbench train --defense cfa --awp-gamma 0.005``).  Defenses that keep the base
 ``training_step`` (perturb, then loss) get exactly the algorithm above; a defense that
 overrides ``training_step`` (``standard``) has its whole step replayed on the proxy for
 the direction.

@@ -26,9 +26,9 @@ absorbed a checkpoint, the ``fawa`` copy mirrors the raw weights (the log's
 ``fawa_updates`` says how many checkpoints it holds).
 
 Epochs are 0-based indices (the trainer's ``EpochStats.epoch``): FAWA considers
-the weights after epoch ``e`` when ``e ≥ fawa_start``.  For short runs scale
-``fawa_start`` in the config (e.g. 50/200 of the schedule); it is never rescaled
-silently.
+the weights after epoch ``e`` when ``e ≥ fawa_start``.  By default the start is a
+fraction of the budget, ``fawa_start_fraction`` = 50/200 (the paper's epoch 50 of 200),
+i.e. round(0.25·epochs); an absolute ``fawa_start`` in the config wins.
 
 The released code's defaults differ from the paper (FAWA threshold 0.24, decay
 0.88, CCM/CCR only from epoch 10, checkpoints selected on the test set).
@@ -92,7 +92,8 @@ class CFA(Defense):
         fawa: bool = True
         fawa_decay: float | None = field(default=None, metadata=rng(0, 1))  # None = 0.85 (paper) / 0.88
         fawa_threshold: float | None = field(default=None, metadata=rng(0, 1))  # None = 0.2 (paper) / 0.24
-        fawa_start: int = field(default=50, metadata=rng(0, None))  # first epoch (0-based) FAWA may absorb
+        fawa_start: int | None = field(default=None, metadata=rng(0, None))  # first epoch (0-based) FAWA may absorb; None = from the fraction
+        fawa_start_fraction: float = field(default=50 / 200, metadata=rng(0, 1))  # of the budget (paper: 50 of 200)
         released_defaults: bool = False  # take the released code's values for the None fields above
 
     state_keys = ("t", "fawa_updates")
@@ -162,7 +163,8 @@ class CFA(Defense):
 
     def _fawa_step(self, stats: EpochStats) -> dict[str, Any]:
         avg = self.ctx.averages
-        accepted = fawa_accepts(stats.val_robust_acc, stats.epoch, self.fawa_threshold, self.cfg.fawa_start)
+        start = self.cfg.fawa_start if self.cfg.fawa_start is not None else round(self.cfg.fawa_start_fraction * self.ctx.epochs)
+        accepted = fawa_accepts(stats.val_robust_acc, stats.epoch, self.fawa_threshold, start)
         if accepted and self.fawa_updates > 0:
             avg.ema(self.fawa, self.fawa_decay)
         elif accepted or self.fawa_updates == 0:

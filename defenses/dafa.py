@@ -1,6 +1,7 @@
 """DAFA: Distance-Aware Fair Adversarial training (Lee, Lee, Jang, Park, Bae & Yoon, ICLR 2024).
 
-1. Warm-up: plain TRADES (β = 6) for ``warmup_epochs`` (70 of 110 in the recipe),
+1. Warm-up: plain TRADES (β = 6) for ``warmup_fraction`` of the budget (70 of 110 in the recipe;
+   an absolute ``warmup_epochs`` wins when set),
    recording ``p_i(j)``, the mean softmax probability of class j over class i's
    training adversarial examples (``EpochStats.train_adv_probs`` of the last
    warm-up epoch).
@@ -54,7 +55,8 @@ class DAFA(Defense):
 
     @dataclass
     class Config:
-        warmup_epochs: int = field(default=70, metadata=rng(1, None))
+        warmup_epochs: int | None = field(default=None, metadata=rng(1, None))  # absolute; None = from the fraction
+        warmup_fraction: float = field(default=70 / 110, metadata=rng(0, 1))  # of the budget (paper: 70 of 110)
         lam: float = field(default=1.0, metadata=rng(0, None))  # 1.0 CIFAR-10; 1.5 CIFAR-100 / STL-10
         beta: float = field(default=6.0, metadata=rng(0, None))
         weight_floor: float = field(default=DEFAULT_FLOOR, metadata=rng(1e-6, None))
@@ -65,6 +67,12 @@ class DAFA(Defense):
         super().__init__(cfg, ctx)
         self.weights: torch.Tensor | None = None  # W, fixed once computed
         self.probs: torch.Tensor | None = None  # the recorded p_i(j)
+
+    def warmup_epochs(self) -> int:
+        """Warm-up length W: ``warmup_epochs`` if set, else max(1, round(warmup_fraction·epochs))."""
+        if self.cfg.warmup_epochs is not None:
+            return self.cfg.warmup_epochs
+        return max(1, round(self.cfg.warmup_fraction * self.ctx.epochs))
 
     def sample_eps(self, y: torch.Tensor):
         t = self.ctx.threat
@@ -86,7 +94,7 @@ class DAFA(Defense):
                           {"natural": natural.detach(), "boundary": kl.mean().detach()})
 
     def on_epoch_end(self, stats: EpochStats) -> dict[str, Any]:
-        if self.weights is None and stats.epoch >= self.cfg.warmup_epochs - 1:
+        if self.weights is None and stats.epoch >= self.warmup_epochs() - 1:
             probs = torch.tensor(stats.train_adv_probs, dtype=torch.float64)
             # a class with no training example in the epoch (tiny runs only) counts as uniform
             self.probs = torch.nan_to_num(probs, nan=1.0 / self.ctx.num_classes)

@@ -242,3 +242,33 @@ def test_sharded_generator_gives_each_rank_its_rows_of_the_single_process_start(
     assert torch.equal(random_start(x, 0.1, "linf", "uniform", 0.0, g), whole)  # outside a batch: unsharded
     with g.batch(5, 0, 3), pytest.raises(RuntimeError, match="4 rows"):
         random_start(x[:4], 0.1, "linf", "uniform", 0.0, g)  # another batch inside the step: refused, not mis-sliced
+
+
+def test_lsa_is_temperature_pgd_at_one_over_alpha_bit_for_bit(fmnist_cnn, batch):
+    """LSA = PGD on CE(10·z, y) (AT-BSL's eval.py) = Temperature-PGD at T = 0.1, same start, same steps."""
+    from rfbench.attacks.named import LSA
+    x, y = batch
+    lsa = LSA(fmnist_cnn, eps=EPS, alpha=ALPHA, steps=5)
+    tpgd = TemperaturePGD(fmnist_cnn, eps=EPS, alpha=ALPHA, steps=5, T=0.1)
+    a, b = lsa(x, y, seed=4), tpgd(x, y, seed=4)
+    assert torch.equal(a, b)
+    assert (a - x).abs().max() <= EPS + 1e-6 and not torch.equal(a, x)
+    # independent reference: the released loop (uniform start, sign steps on CE(10 z), project, clamp)
+    g = torch.Generator().manual_seed(4)
+    xa = (x + torch.empty_like(x).uniform_(-EPS, EPS, generator=g)).clamp(0, 1)
+    for _ in range(5):
+        xa.requires_grad_(True)
+        loss = F.cross_entropy(10.0 * fmnist_cnn(xa), y)
+        grad, = torch.autograd.grad(loss, xa)
+        xa = torch.min(torch.max(xa.detach() + ALPHA * grad.sign(), x - EPS), x + EPS).clamp(0, 1)
+    ref = LSA(fmnist_cnn, eps=EPS, alpha=ALPHA, steps=5, early_stop=False)(x, y, seed=4)
+    assert (ref - xa).abs().max() < 1e-5
+
+
+def test_lsa_spec_defaults():
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    a = build_attack("lsa", model, THREAT)
+    assert (a.cfg.steps, a.cfg.scale, a.cfg.start, a.cfg.eps, a.cfg.alpha) == (20, 10.0, "uniform", 0.1, 0.025)
+    assert a.label == "lsa-20-x10"
+    assert build_attack("lsa:scale=5", model, THREAT).label == "lsa-20-x5"
+    assert "lsa" in ATTACKS.names()

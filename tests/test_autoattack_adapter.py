@@ -10,6 +10,7 @@ from pyautoattack import AutoAttack as PackageAA
 from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted
 
 from rfbench.attacks import AutoAttack
+from rfbench.attacks.core import frozen_params
 from rfbench.benchmark.data import iterate_batches
 from rfbench.benchmark.data.subsets import per_class_subset
 from rfbench.benchmark.errors import ConfigError
@@ -33,7 +34,7 @@ def _direct(model, x, y, seed):
     aa.apgd = APGDAttack(model, n_iter=STEPS, n_restarts=1, eps=EPS, norm="Linf", seed=seed, device="cpu", logger=aa.logger)
     aa.apgd_targeted = APGDAttack_targeted(model, n_iter=STEPS, n_restarts=1, eps=EPS, norm="Linf", seed=seed,
                                            device="cpu", logger=aa.logger, n_target_classes=TARGETS)
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), frozen_params(model):  # the shared model's weights get no .grad
         return aa.run_standard_evaluation(x, y, batch_size=len(x))
 
 
@@ -88,7 +89,7 @@ class _SoftmaxNet(torch.nn.Module):
 
 def test_check_warnings_become_flags_and_go_through_our_logger(fmnist_cnn, batch, caplog):
     x, y = batch
-    atk = AutoAttack(_SoftmaxNet(fmnist_cnn), eps=EPS, version="custom", attacks=["apgd-ce"], steps=2, restarts=1)
+    atk = AutoAttack(_SoftmaxNet(fmnist_cnn).eval(), eps=EPS, version="custom", attacks=["apgd-ce"], steps=2, restarts=1)
     with caplog.at_level(logging.DEBUG, logger="rfbench.attacks.autoattack"):
         atk(x, y, seed=0)
         atk(x, y, seed=1)

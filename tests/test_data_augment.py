@@ -140,3 +140,66 @@ def test_iterate_batches_unavailable_split_raises():
     assert len(ds) == 0 and ds.counts() == [0]
     with pytest.raises(DataNotFoundError, match="evaluation-only"):
         next(iterate_batches(ds, 4))
+
+
+# -- RandAugment / AutoAugment (AT-BSL's augmentation) -------------------------------------------------------
+
+def _uint8_batch(n=16, c=3, seed=0):
+    return torch.randint(0, 256, (n, c, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("policy", ["randaugment", "autoaugment"])
+def test_policy_matches_torchvision_seeded_from_our_generator_and_leaves_the_global_rng(policy):
+    from torchvision.transforms import v2
+
+    from rfbench.benchmark.data.augment import apply_policy
+    x = _uint8_batch()
+    cfg = AugmentConfig(policy=policy, num_ops=2, magnitude=8)
+    state = torch.get_rng_state()
+    out = apply_policy(x, cfg, torch.Generator().manual_seed(3))
+    assert torch.equal(torch.get_rng_state(), state)  # the caller's global RNG is untouched
+    assert out.dtype == torch.uint8 and out.shape == x.shape
+    # independent reference: torchvision's own transform, global RNG seeded with the number our generator gives
+    seed = int(torch.randint(0, 2**62, (1,), generator=torch.Generator().manual_seed(3)))
+    t = v2.RandAugment(2, 8) if policy == "randaugment" else v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        ref = torch.stack([t(img) for img in x])
+    assert torch.equal(out, ref)
+    assert not torch.equal(out, x)
+    assert torch.equal(apply_policy(x, cfg, torch.Generator().manual_seed(3)), out)
+    assert not torch.equal(apply_policy(x, cfg, torch.Generator().manual_seed(4)), out)
+
+
+def test_policy_draws_per_sample():
+    from rfbench.benchmark.data.augment import apply_policy
+    x = _uint8_batch(1).expand(32, -1, -1, -1).contiguous()  # one image, 32 times
+    out = apply_policy(x, AugmentConfig(policy="randaugment", num_ops=2, magnitude=8), torch.Generator().manual_seed(0))
+    distinct = {tuple(o.flatten()[:64].tolist()) for o in out}
+    assert len(distinct) > 8  # a batch-level draw would give one result
+
+
+def test_policy_in_iterate_batches_resumes_bit_identically():
+    ds = ArrayDataset(_uint8_batch(40, seed=1), torch.arange(40) % 4, torch.arange(40))
+    cfg = AugmentConfig(crop_padding=4, flip=True, policy="randaugment", num_ops=2, magnitude=8)
+    g = torch.Generator().manual_seed(7)
+    order = torch.randperm(40, generator=torch.Generator().manual_seed(1))
+    full = [b[0] for b in iterate_batches(ds, 8, generator=g, augment=cfg, order=order)]
+    g2 = torch.Generator().manual_seed(7)
+    it = iterate_batches(ds, 8, generator=g2, augment=cfg, order=order)
+    first = [next(it)[0] for _ in range(2)]
+    saved = g2.get_state()  # what a mid-epoch checkpoint stores
+    g3 = torch.Generator()
+    g3.set_state(saved)
+    rest = [b[0] for b in iterate_batches(ds, 8, generator=g3, augment=cfg, order=order[16:])]
+    for a, b in zip(full, first + rest):
+        assert torch.equal(a, b)
+    plain = [b[0] for b in iterate_batches(ds, 8, generator=torch.Generator().manual_seed(7),
+                                           augment=AugmentConfig(crop_padding=4, flip=True), order=order)]
+    assert not torch.equal(full[0], plain[0])
+
+
+def test_policy_refuses_float_images():
+    from rfbench.benchmark.data.augment import apply_policy
+    with pytest.raises(TypeError, match="uint8"):
+        apply_policy(torch.rand(2, 3, 8, 8), AugmentConfig(policy="autoaugment"))

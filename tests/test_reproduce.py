@@ -16,7 +16,7 @@ from rfbench.benchmark.runner.reproduce import compare, load_table, reproduce, t
 from tiny_runs import REPO, TINY_TRAIN
 
 SPEC = REPO.parent / "shared" / "spec" / "reference-numbers.md"  # the project spec, beside the repository
-TABLES = ["cfa-table1", "dafa-cifar10", "atbsl-cifar10lt50", "reat-cifar10lt"]
+TABLES = ["cfa-table1", "dafa-cifar10", "atbsl-cifar10lt50", "reat-cifar10lt", "robustlt-cifar10lt50"]
 
 
 @pytest.mark.parametrize("name", TABLES)
@@ -47,6 +47,24 @@ def test_cfa_table_rows_and_recipe():
     assert cells["trades-cfa"].train.defense_args == {"base": "trades"}
     smoke = {c.key["row"]: c.run for c in table_cells(table, "smoke", Path("/tmp/x"))}
     assert smoke["frl"].pretrain.epochs == 1 and smoke["frl"].train.dataset == "fashion-mnist"
+
+
+def test_robustlt_table_grid_matches_its_configs():
+    """The RobustLT grid: its seven methods, each with the recipe of configs/cifar10-lt50-robustlt/<row>.yaml."""
+    from rfbench.benchmark.config import from_dict, load_yaml
+    from rfbench.benchmark.train.config import TrainConfig
+
+    table = load_table(table_path("robustlt-cifar10lt50", REPO))
+    assert [r.label for r in table.rows] == ["PGD-AT", "AWP", "RoBal", "AT-BSL", "REAT", "TAET", "RobustLT"]
+    cells = {c.key["row"]: c.run.train for c in table_cells(table, "full", Path("/tmp/x"), seeds=[0])}
+    keys = ("dataset", "imbalance_ratio", "model", "defense", "defense_args", "eps", "alpha", "steps", "epochs",
+            "batch_size", "lr", "momentum", "nesterov", "weight_decay", "milestones", "augment", "augment_policy")
+    for row, train in cells.items():
+        cfg = from_dict(TrainConfig, load_yaml(REPO / "configs" / "cifar10-lt50-robustlt" / f"{row}.yaml"))
+        for k in keys:
+            assert getattr(train, k) == getattr(cfg, k), (row, k)
+    assert cells["awp"].epochs == 200 and cells["robal"].batch_size == 64 and cells["at-bsl"].augment == "autoaugment"
+    assert {r.id for r in table.rows if r.published} == {"robal"}  # the only published numbers at hand
 
 
 def test_cost_model_matches_performance_md():

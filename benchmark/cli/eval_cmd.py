@@ -81,10 +81,14 @@ def _load_model(args: argparse.Namespace, device):
     if args.model.startswith("robustbench:"):
         base = bundle.name.removesuffix("-lt")
         model, source = M.from_robustbench(args.model.split(":", 1)[1], base, (getattr(args, "norm", None) or bundle.threat.norm).lower())
+    elif args.model.startswith("timm:"):
+        model, source = M.from_timm(args.model.split(":", 1)[1], args.weights, model_args=_model_args(args.model_arg),
+                                    normalization=args.weights_normalization, **shape)
     elif args.model.rpartition(":")[0].endswith(".py"):
         model, source = M.from_file(args.model, args.weights, allow_code=args.allow_code, model_args=_model_args(args.model_arg), **shape)
     else:
-        model, source = M.from_registry(args.model, args.weights, model_args=_model_args(args.model_arg), **shape)
+        model, source = M.from_registry(args.model, args.weights, model_args=_model_args(args.model_arg),
+                                        layout=args.weights_layout, normalization=args.weights_normalization, **shape)
     return model, source, bundle
 
 
@@ -115,9 +119,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     src = p.add_argument_group("model (one of --run or --model)")
     src.add_argument("--run", metavar="DIR", help="run directory written by `rfbench train`")
     src.add_argument("--which", default="best", help="checkpoint of the run: best (selected on validation), last, or an extra model")
-    src.add_argument("--model", metavar="NAME", help="registered architecture (with --weights), path/to/file.py:factory "
-                     "(EXECUTES that file; needs --allow-code), or robustbench:<ModelName>")
+    src.add_argument("--model", metavar="NAME", help="registered architecture (with --weights), timm:NAME (with local --weights; "
+                     "needs the timm extra), path/to/file.py:factory (EXECUTES that file; needs --allow-code), "
+                     "or robustbench:<ModelName>. Every model takes images in [0,1]")
     src.add_argument("--weights", metavar="FILE", help="checkpoint (.pt loaded with weights_only, or .safetensors)")
+    src.add_argument("--weights-layout", default="auto", choices=["auto", "rfbench", "kuangliu", "robustbench", "trades"],
+                     help="key layout of --weights for a registered model: rfbench's own, kuangliu/pytorch-cifar ResNet-18 "
+                          "(also RobustBench/AutoAttack), robustbench (ResNet-18, Rice et al. PreAct-ResNet-18, WideResNet), "
+                          "trades (yaodongyu/TRADES WideResNet-34-10/28-10); auto detects it from the keys")
+    src.add_argument("--weights-normalization", default="auto", choices=["auto", "identity", "dataset"],
+                     help="input normalisation of a foreign checkpoint. Every rfbench model takes images in [0,1] and "
+                          "normalises inside. auto: rfbench checkpoints carry their own; kuangliu/robustbench/trades "
+                          "layouts get identity (those models take unnormalised [0,1] images; kuangliu's training script "
+                          "normalises outside the model, so use 'dataset' for its checkpoints); timm:NAME gets timm's "
+                          "pretrained_cfg mean/std. identity: none; dataset: the dataset's mean/std")
     src.add_argument("--allow-code", action="store_true", help="allow --model file.py:factory to run the Python code in that file")
     src.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE", help="keyword argument of the model factory (repeatable)")
     data = p.add_argument_group("data")

@@ -22,6 +22,11 @@ HELP = {
     "eps_warmup_epochs": "ramp the training eps linearly over this many epochs (default: the dataset's protocol; "
                          "SVHN uses 5)",
     "max_train_samples": "train on a stratified subset of this many images (quick runs)",
+    "augment": "augmentation policy applied per image before the dataset's crop/flip: randaugment or autoaugment "
+               "(torchvision v2 on uint8, AT-BSL's RA/AuA); none = crop/flip only",
+    "augment_ops": "RandAugment: operations per image (AT-BSL: 2)",
+    "augment_magnitude": "RandAugment: magnitude, 0-30 (AT-BSL: 8; torchvision's default 9)",
+    "augment_policy": "AutoAugment: the learned policy (cifar10, imagenet, svhn)",
     "model": "model name (`rfbench list models`)",
     "init": "checkpoint to initialise the weights from (e.g. runs/trades/checkpoint-best.pt for FRL)",
     "defense": "defense name (`rfbench list defenses`), an installed plugin, or module:Class / file.py:Class "

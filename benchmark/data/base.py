@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Iterator
 
 import torch
 
-from rfbench.benchmark.data.augment import AugmentConfig, augment_batch
+from rfbench.benchmark.data.augment import AugmentConfig, apply_policy, augment_batch
 from rfbench.benchmark.errors import DataNotFoundError
 
 if TYPE_CHECKING:
@@ -174,6 +174,8 @@ def iterate_batches(
         pos = order[start : start + batch_size]
         x = ds.x[pos].to(device, non_blocking=True)
         y = ds.y[pos].to(device, non_blocking=True)
+        if augment is not None and augment.policy != "none":
+            x = apply_policy(x, augment, generator)  # RandAugment/AutoAugment on uint8, per sample
         xf = to_float(x)
         if augment is not None and augment.enabled:
             xf = augment_batch(xf, augment, generator)

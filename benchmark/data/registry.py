@@ -15,7 +15,9 @@ Names:
   ``mnist``, ``fashion-mnist`` (:mod:`~rfbench.benchmark.data.idx`);
 * ``NAME-lt`` for any of them (the imbalance ratio ρ defaults to 50);
 * ``imagefolder:PATH`` and ``imagenet:PATH`` (:mod:`~rfbench.benchmark.data.imagefolder`);
-  give these a long tail with ``imbalance_ratio=``.
+  give these a long tail with ``imbalance_ratio=``;
+* ``tiny-imagenet-lt:PATH``, ``tiny-imagenet-lt20:PATH`` (long-tailed by default, rho = 10) and
+  ``imagenet-lt:PATH`` (the ImageNet-LT split lists) (:mod:`~rfbench.benchmark.data.imagenet_lt`).
 
 Example::
 
@@ -73,6 +75,8 @@ class RawSplits:
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)
     notes: list[str] = field(default_factory=list)
+    val: ArrayDataset | None = None  # a source's own validation split (ImageNet-LT's list), used as given
+    default_imbalance_ratio: float | None = None  # a long-tailed source's rho when none is given (tiny-imagenet-lt)
 
 
 @dataclass
@@ -203,6 +207,9 @@ def load_dataset(
     if is_lt and imbalance_ratio is None:
         imbalance_ratio = DEFAULT_IMBALANCE_RATIO
     raw = load_raw(base, DataOptions(root=root, download=download, test_only=test_only))
+    if raw.default_imbalance_ratio is not None:  # a long-tailed source (tiny-imagenet-lt:PATH)
+        is_lt = True
+        imbalance_ratio = raw.default_imbalance_ratio if imbalance_ratio is None else imbalance_ratio
     full_name = name if imbalance_ratio is None or is_lt else f"{name}-lt"
     common = dict(name=full_name, test=raw.test, augment=raw.augment, imbalance_ratio=imbalance_ratio,
                   threat=raw.threat, mean=raw.mean, std=raw.std)
@@ -211,6 +218,8 @@ def load_dataset(
             raise DataNotFoundError(f"a long-tailed split needs training images: {raw.train.unavailable}")
         val = ArrayDataset.missing(raw.test.classes, tuple(raw.test.x.shape[1:]), raw.train.unavailable)
         return DataBundle(train=raw.train, val=val, notes=[f"evaluation only: {raw.train.unavailable}", *raw.notes], **common)
+    if raw.val is not None and imbalance_ratio is None:  # the source's own splits (imagenet-lt:PATH)
+        return DataBundle(train=raw.train, val=raw.val, notes=list(raw.notes), **common)
     labels = raw.train.y.numpy()
     c = raw.train.num_classes
     notes = []

@@ -36,7 +36,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import sys
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -51,7 +50,7 @@ from rfbench.attacks.spec import DEFAULT_SUITE, build_attacks, sweep_base, t_swe
 from rfbench.attacks.threat import resolve_threat
 from rfbench.benchmark.config import choice, rng
 from rfbench.attacks.threat import Threat
-from rfbench.benchmark.data.base import ArrayDataset, DataBundle, iterate_batches, to_float
+from rfbench.benchmark.data.base import ArrayDataset, DataBundle, to_float
 from rfbench.benchmark.data.subsets import per_class_subset
 from rfbench.benchmark.errors import RfbenchError
 from rfbench.benchmark.eval.checks import check_predictions, overall_verdict

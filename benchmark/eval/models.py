@@ -73,14 +73,78 @@ def _load_weights(model: torch.nn.Module, weights: str | None) -> None:
 
 
 def from_registry(name: str, weights: str | None, *, num_classes: int, in_channels: int, mean, std,
-                  model_args: dict[str, Any] | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """A registered architecture with ``weights`` (required: an untrained model is no evaluation)."""
+                  model_args: dict[str, Any] | None = None, layout: str = "auto",
+                  normalization: str = "auto") -> tuple[torch.nn.Module, dict[str, Any]]:
+    """A registered architecture with ``weights`` (required: an untrained model is no evaluation).
+
+    ``layout`` names the checkpoint's key layout (``auto`` detects it; see
+    :mod:`rfbench.benchmark.models.layouts`), ``normalization`` the input
+    normalisation of a checkpoint in a foreign layout (``identity``: the model
+    takes unnormalised [0,1] inputs, as TRADES/AutoAttack/RobustBench models do).
+    """
+    from rfbench.benchmark.models.layouts import convert_state_dict
+
     if not weights:
         raise ConfigError(f"--model {name} needs --weights FILE (a checkpoint of that architecture)")
     model = create_model(name, num_classes=num_classes, in_channels=in_channels, mean=mean, std=std, **(model_args or {}))
-    _load_weights(model, weights)
+    state, info = convert_state_dict(model, name, load_checkpoint(weights), layout=layout, normalization=normalization)
+    load_state_dict_into(model, state, source=str(weights))
     return model, {"kind": "registry", "name": name, "architecture": name, "checkpoint": str(weights),
-                   "which": None, "selected_by": "given by the user", "model_args": model_args or {}}
+                   "which": None, "selected_by": "given by the user", "model_args": model_args or {},
+                   "weights_layout": info["layout"], "input_normalization": info["normalization"]}
+
+
+class _TimmModel(torch.nn.Module):
+    """A timm model behind rfbench's input contract: inputs in [0,1], normalised inside by ``normalize``."""
+
+    def __init__(self, net: torch.nn.Module, mean, std):
+        super().__init__()
+        from rfbench.benchmark.models.base import Normalize
+
+        self.normalize = Normalize(mean, std)
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self.normalize(x))
+
+
+def from_timm(name: str, weights: str | None, *, num_classes: int, in_channels: int, mean, std,
+              model_args: dict[str, Any] | None = None, normalization: str = "auto") -> tuple[torch.nn.Module, dict[str, Any]]:
+    """``timm:NAME``: a timm architecture (``pip install rfbench[timm]``; imported only here) with local ``weights``.
+
+    Nothing is downloaded (``pretrained=False``); ``weights`` is the model's own
+    state_dict.  timm models expect normalised inputs, so the returned module
+    takes [0,1] images and normalises them inside: with ``normalization="auto"``
+    by the mean/std of the architecture's timm ``pretrained_cfg`` (ImageNet's
+    for most), with ``"dataset"`` by the dataset's, with ``"identity"`` not at all.
+    """
+    try:
+        import timm
+    except Exception as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise RfbenchError(f"--model timm:{name} needs the timm package ({reason}); pip install 'rfbench[timm]'") from None
+    if not weights:
+        raise ConfigError(f"--model timm:{name} needs --weights FILE (nothing is downloaded)")
+    try:
+        net = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_channels, **(model_args or {}))
+    except RuntimeError as exc:  # timm's "Unknown model"
+        raise ConfigError(f"--model timm:{name}: {str(exc).splitlines()[0]}") from None
+    load_state_dict_into(net, load_checkpoint(weights), source=str(weights))
+    if normalization == "auto":
+        cfg = getattr(net, "pretrained_cfg", None) or {}
+        m, s = cfg.get("mean"), cfg.get("std")
+        if m is None or len(m) != in_channels:
+            m, s, what = (0.0,) * in_channels, (1.0,) * in_channels, "identity (no timm mean/std for this input)"
+        else:
+            what = f"timm pretrained_cfg mean/std {tuple(m)}/{tuple(s)}"
+    elif normalization == "dataset":
+        m, s, what = mean, std, "the dataset's mean/std"
+    else:
+        m, s, what = (0.0,) * in_channels, (1.0,) * in_channels, "identity (unnormalised [0,1] inputs)"
+    model = _TimmModel(net, m, s)
+    return model, {"kind": "timm", "name": f"timm:{name}", "architecture": f"timm:{name}", "checkpoint": str(weights),
+                   "which": None, "selected_by": "given by the user", "model_args": model_args or {},
+                   "input_normalization": what}
 
 
 def from_file(target: str, weights: str | None, *, allow_code: bool, num_classes: int, in_channels: int, mean, std,

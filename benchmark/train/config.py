@@ -21,6 +21,11 @@ class TrainConfig:
     val_per_class: int | None = field(default=None, metadata=rng(1, None))  # default: 2% of the largest class, >= 20
     val_borrow: str = field(default="remove", metadata=choice("remove", "share"))  # LT head-class validation images
     max_train_samples: int | None = field(default=None, metadata=rng(1, None))  # stratified subset, for quick runs
+    # augmentation policy on top of the dataset's crop/flip (benchmark/data/augment.py; AT-BSL's RA / AuA)
+    augment: str = field(default="none", metadata=choice("none", "randaugment", "autoaugment"))
+    augment_ops: int = field(default=2, metadata=rng(1, None))  # RandAugment: operations per image
+    augment_magnitude: int = field(default=9, metadata=rng(0, 30))  # RandAugment: magnitude (of 31 bins)
+    augment_policy: str = field(default="cifar10", metadata=choice("cifar10", "imagenet", "svhn"))  # AutoAugment
     # model
     model: str = "smallcnn"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -28,6 +33,8 @@ class TrainConfig:
     # defense
     defense: str = "pgd-at"  # name, entry point, or module:Class
     defense_args: dict[str, Any] = field(default_factory=dict)
+    awp_gamma: float = field(default=0.0, metadata=rng(0, None))  # AWP (defenses/awp.py) on any defense; 0 = off
+    awp_warmup: float = field(default=0.0, metadata=rng(0, 1))  # fraction of the budget before AWP starts
     # threat model of the training attack
     norm: str | None = field(default=None, metadata=choice("linf", "l2"))
     eps: float | None = field(default=None, metadata=rng(0, 1))
@@ -44,6 +51,7 @@ class TrainConfig:
     weight_decay: float = field(default=5e-4, metadata=rng(0, None))
     schedule: str = field(default="multistep", metadata=choice("multistep", "cosine", "constant"))
     milestones: list[int] = field(default_factory=list)  # epochs at which lr *= gamma (multistep)
+    milestone_fractions: list[float] = field(default_factory=list)  # or as fractions of `epochs` (used when milestones is empty)
     gamma: float = field(default=0.1, metadata=rng(0, 1))
     # validation and selection
     val_steps: int = field(default=10, metadata=rng(1, None))  # PGD steps of the per-epoch validation attack
@@ -62,3 +70,7 @@ class TrainConfig:
         """Cross-field checks that a single field's metadata cannot express."""
         if any(m < 1 for m in self.milestones):
             raise ConfigError(f"config: 'milestones' must be epochs >= 1, got {self.milestones}")
+        if any(not 0 < f <= 1 for f in self.milestone_fractions):
+            raise ConfigError(f"config: 'milestone_fractions' must be in (0, 1], got {self.milestone_fractions}")
+        if self.milestones and self.milestone_fractions:
+            raise ConfigError("config: give 'milestones' (epochs) or 'milestone_fractions', not both")

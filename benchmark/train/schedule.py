@@ -18,3 +18,14 @@ def lr_at(epoch: int, base_lr: float, schedule: str, epochs: int, milestones: li
     if schedule == "cosine":
         return base_lr * 0.5 * (1.0 + math.cos(math.pi * epoch / max(1, epochs)))
     return base_lr
+
+
+def resolve_milestones(milestones: list[int], fractions: list[float], epochs: int) -> list[int]:
+    """The multistep milestones in epochs: ``milestones`` if given, else ``round(f·epochs)`` for each fraction.
+
+    Fractions let one definition serve any budget: a paper's milestones 75 and 90 of 100 epochs are
+    ``milestone_fractions: [0.75, 0.9]``.  A milestone is at least epoch 1.
+    """
+    if milestones:
+        return list(milestones)
+    return [max(1, round(f * epochs)) for f in fractions]

@@ -43,7 +43,7 @@ from rfbench.benchmark.train.averaging import WeightAverages
 from rfbench.benchmark.train.distributed import (ShardedGenerator, all_reduce_sum, any_rank, barrier, gather_rows,
                                                  init_distributed, shard)
 from rfbench.benchmark.train.runtime import autocast_dtype, maybe_compile, resolve_device, seed_everything, use_channels_last
-from rfbench.benchmark.train.schedule import lr_at
+from rfbench.benchmark.train.schedule import lr_at, resolve_milestones
 from rfbench.benchmark.train.validate import validation_accuracy
 from rfbench.defenses import EpochStats, TrainContext, build_defense
 from rfbench.defenses.base import Defense, LossOutput
@@ -73,6 +73,10 @@ def load_bundle(cfg: TrainConfig) -> DataBundle:
                           val_per_class=cfg.val_per_class, seed=cfg.seed, val_borrow=cfg.val_borrow)
     if bundle.eval_only:
         raise ConfigError(f"dataset '{cfg.dataset}' has no training split here; it can only be evaluated")
+    if cfg.augment != "none":
+        bundle.augment = dataclasses.replace(bundle.augment, policy=cfg.augment, num_ops=cfg.augment_ops,
+                                             magnitude=cfg.augment_magnitude, autoaugment_policy=cfg.augment_policy)
+        bundle.notes.append(f"augmentation: {cfg.augment} before the dataset's crop/flip")
     if cfg.max_train_samples:
         bundle.train = stratified_subset(bundle.train, cfg.max_train_samples, seed=cfg.seed)
         bundle.notes.append(f"training subset: {len(bundle.train)} images (max_train_samples={cfg.max_train_samples})")
@@ -250,9 +254,12 @@ class Trainer:
             epochs=cfg.epochs, device=self.device, autocast_dtype=self.amp,
             generator=self.sharded_gen or self.attack_gen,
             val_loader=lambda bs=512: iterate_batches(self.bundle.val, bs, device=self.device),
-            lr_milestones=list(cfg.milestones), averages=self.averages,
+            lr_milestones=resolve_milestones(cfg.milestones, cfg.milestone_fractions, cfg.epochs), averages=self.averages,
         )
         self.defense: Defense = build_defense(cfg.defense, cfg.defense_args, self.ctx)
+        if cfg.awp_gamma > 0:  # adversarial weight perturbation around any defense's loss
+            from rfbench.defenses.awp import with_awp
+            self.defense = with_awp(self.defense, cfg.awp_gamma, cfg.awp_warmup)
         model = self.defense.setup_model(build_model(cfg, self.bundle)).to(self.device)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -357,7 +364,7 @@ class Trainer:
     def _begin_epoch(self, epoch: int) -> float:
         """Set the epoch's learning rate and threat (a new one under eps warm-up), tell the defense; returns lr."""
         cfg = self.cfg
-        lr = lr_at(epoch, cfg.lr, cfg.schedule, cfg.epochs, cfg.milestones, cfg.gamma)
+        lr = lr_at(epoch, cfg.lr, cfg.schedule, cfg.epochs, self.ctx.lr_milestones, cfg.gamma)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         self.ctx.threat = self.threat.with_eps(warmup_eps(self.threat.eps, epoch, self.eps_warmup))
