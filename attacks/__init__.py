@@ -3,7 +3,7 @@
 Importing this package registers every built-in attack in :data:`ATTACKS`::
 
     from rfbench import attacks
-    attacks.ATTACKS.names()   # ['autoattack', 'cw', 'fgsm', 'pgd', 'temperature-pgd']
+    attacks.ATTACKS.names()   # ['autoattack', 'cw', 'fgsm', 'lsa', 'pgd', 'temperature-pgd']
     atk = attacks.PGD(model, eps=8/255, alpha=2/255, steps=20)
     x_adv = atk(x, y)
 

@@ -11,7 +11,7 @@ class's ``name``, which is the first word of its spec (``pgd:steps=20``)::
         ...
 
 ``import rfbench.attacks`` registers every built-in attack (``fgsm``, ``pgd``, ``cw``,
-``temperature-pgd``, ``autoattack``).
+``temperature-pgd``, ``lsa``, ``autoattack``).
 """
 
 from __future__ import annotations

@@ -147,11 +147,20 @@ def worst_class_interval(correct: Any, y: Any, num_classes: int, level: float = 
     """Interval for the worst class's accuracy ``min_k p_k``: ``[min_k lo_k, min_k hi_k]`` over the
     classes with samples, each ``(lo_k, hi_k)`` a Wilson interval at level ``1 − (1 − level)/C``
     (Bonferroni), so that all hold together with probability ≥ ``level`` and so does this one."""
-    live = np.asarray(class_counts(np.asarray(y), num_classes)) > 0
+    y = np.asarray(y)
+    return worst_class_interval_from_counts(class_counts(y, num_classes, np.asarray(correct, dtype=bool)),
+                                            class_counts(y, num_classes), level)
+
+
+def worst_class_interval_from_counts(k: Any, n: Any, level: float = LEVEL) -> tuple[float, float]:
+    """:func:`worst_class_interval` from per-class counts: ``k[c]`` correct out of ``n[c]`` samples
+    (classes with ``n[c] == 0`` are left out; none left gives ``(nan, nan)``)."""
+    k, n = np.asarray(k, dtype=np.int64).ravel(), np.asarray(n, dtype=np.int64).ravel()
+    live = n > 0
     if not live.any():
         return float("nan"), float("nan")
     adjusted = 1 - (1 - level) / int(live.sum())
-    ci = per_class_intervals(correct, y, num_classes, adjusted)[live]
+    ci = np.array([wilson_interval(kc, nc, adjusted) for kc, nc in zip(k[live], n[live])], dtype=float)
     return float(ci[:, 0].min()), float(ci[:, 1].min())
 
 

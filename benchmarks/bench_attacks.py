@@ -56,6 +56,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--resnet-batch", type=int, default=32, help="ResNet-18 batch size")
     p.add_argument("--smallcnn-batch", type=int, default=256, help="SmallCNN batch size")
     p.add_argument("--steps", type=int, default=20, help="PGD steps")
+    p.add_argument("--width", type=float, default=1.0, help="ResNet-18 channel width (1 = the standard model)")
     p.add_argument("--repeats", type=int, default=3, help="timed rounds per contender (medians reported)")
     p.add_argument("--only", default=None,
                    help="comma-separated contender names to time (the peer is always timed), e.g. 'rfbench fp32'")
@@ -76,7 +77,8 @@ def load_model_and_batch(name: str, args, device: torch.device):
         b = args.resnet_batch
         folder = args.cifar or C.cifar_subset(2, math.ceil(b / 10))
         bundle = load_dataset(f"imagefolder:{folder}", val_per_class=1)
-        model = create_model("resnet18", bundle.num_classes, bundle.in_channels, bundle.mean, bundle.std)
+        model = create_model("resnet18", bundle.num_classes, bundle.in_channels, bundle.mean, bundle.std,
+                             width=args.width)
         note = "random init (seeded): throughput does not depend on the weights"
     elif name == "smallcnn":
         b = args.smallcnn_batch

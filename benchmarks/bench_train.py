@@ -68,6 +68,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--defenses", default="pgd-at,trades", help="comma-separated: pgd-at, trades")
     p.add_argument("--model", default="resnet18")
+    p.add_argument("--width", type=float, default=1.0, help="model channel width (1 = the standard model)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--batches", type=int, default=1, help="training steps per timed call")
     p.add_argument("--repeats", type=int, default=3, help="timed rounds per contender (medians reported)")
@@ -150,7 +151,8 @@ class ReferenceLoop:
 def build(args, device, folder):
     """name -> (callable running one pass, (kind, defense, dtype)), plus the data description."""
     n = args.batch_size * args.batches
-    base = dict(dataset=f"imagefolder:{folder}", val_per_class=1, max_train_samples=n, model=args.model,
+    model_kw = {"width": args.width} if args.width != 1.0 else {}
+    base = dict(dataset=f"imagefolder:{folder}", val_per_class=1, max_train_samples=n, model=args.model, model_kwargs=model_kw,
                 batch_size=args.batch_size, epochs=1, device=str(device), seed=args.seed,
                 out=os.path.join(tempfile.gettempdir(), "rfbench-bench-train"))
     ref_bundle = load_dataset(f"imagefolder:{folder}", val_per_class=1)
@@ -171,13 +173,13 @@ def build(args, device, folder):
             meta[f"rfbench {defense} {label}"] = ("rfbench", defense, label, trainer)
         # the reference sees the same training images (the trainer's stratified subset) through a DataLoader
         train = trainer.bundle.train
-        images = train.x.permute(0, 2, 3, 1).contiguous().numpy()
+        images = train.x.cpu().permute(0, 2, 3, 1).contiguous().numpy()  # the trainer holds them on a GPU
         tf = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
                                  transforms.ToTensor()])
         loader = DataLoader(PILDataset(images, train.y.numpy(), tf), batch_size=args.batch_size, shuffle=True,
                             num_workers=args.ref_workers, generator=torch.Generator().manual_seed(args.seed))
         model = create_model(args.model, ref_bundle.num_classes, ref_bundle.in_channels, ref_bundle.mean,
-                             ref_bundle.std)
+                             ref_bundle.std, **model_kw)
         model.load_state_dict(init_state)
         t = trainer.threat
         ref = ReferenceLoop(defense, model, loader, t.eps, t.alpha, t.steps, device)

@@ -128,7 +128,7 @@ def test_bf16_autocast_stays_in_the_ball(fmnist_cnn, batch):
 
 def test_attacks_leave_parameters_alone(fmnist_cnn, batch):
     x, y = batch
-    for name in ("fgsm", "pgd", "cw", "temperature-pgd"):
+    for name in ("fgsm", "pgd", "cw", "temperature-pgd", "lsa"):
         atk = ATTACKS.get(name)(fmnist_cnn, eps=EPS)
         atk(x, y, seed=0)
     assert all(p.grad is None and p.requires_grad for p in fmnist_cnn.parameters())

@@ -180,7 +180,7 @@ def test_policy_draws_per_sample():
 
 
 def test_policy_in_iterate_batches_resumes_bit_identically():
-    ds = ArrayDataset(_uint8_batch(40, seed=1), torch.arange(40) % 4, torch.arange(40))
+    ds = ArrayDataset(_uint8_batch(40, seed=1), torch.arange(40) % 4, ["a", "b", "c", "d"])
     cfg = AugmentConfig(crop_padding=4, flip=True, policy="randaugment", num_ops=2, magnitude=8)
     g = torch.Generator().manual_seed(7)
     order = torch.randperm(40, generator=torch.Generator().manual_seed(1))
@@ -203,3 +203,19 @@ def test_policy_refuses_float_images():
     from rfbench.benchmark.data.augment import apply_policy
     with pytest.raises(TypeError, match="uint8"):
         apply_policy(torch.rand(2, 3, 8, 8), AugmentConfig(policy="autoaugment"))
+
+
+@pytest.mark.parametrize("policy", ["randaugment", "autoaugment"])
+def test_grouped_policy_equals_torchvision_per_image_on_grayscale_and_odd_sizes(policy):
+    from torchvision.transforms import v2
+
+    from rfbench.benchmark.data.augment import apply_policy
+    x = torch.randint(0, 256, (48, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    cfg = AugmentConfig(policy=policy, num_ops=3, magnitude=30, autoaugment_policy="svhn")
+    out = apply_policy(x, cfg, torch.Generator().manual_seed(11))
+    seed = int(torch.randint(0, 2**62, (1,), generator=torch.Generator().manual_seed(11)))
+    t = v2.RandAugment(3, 30) if policy == "randaugment" else v2.AutoAugment(v2.AutoAugmentPolicy.SVHN)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        ref = torch.stack([t(img) for img in x])
+    assert torch.equal(out, ref)

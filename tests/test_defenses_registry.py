@@ -162,6 +162,10 @@ def test_example_defense_loads_from_file_spec(fmnist_lt, batch, monkeypatch):
     """``--defense examples/my_defense.py:WorstClassAT`` (docs/defenses.md) loads, trains and updates its state."""
     monkeypatch.chdir(REPO)
     spec = "examples/my_defense.py:WorstClassAT"
+    from rfbench.benchmark.plugins import allow_code, reset_allowed_code
+
+    monkeypatch.setattr("rfbench.benchmark.plugins._ALLOWED", set())
+    allow_code([spec])  # what naming it with --defense on the command line does
     cls = get_defense_class(spec)
     assert cls.__name__ == "WorstClassAT"
     assert "worst-class-at" not in list_defenses()  # loading a file does not register it

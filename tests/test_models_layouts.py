@@ -259,9 +259,10 @@ def test_cli_eval_loads_a_kuangliu_checkpoint(tmp_path, capsys):
     ref = KResNet18(num_classes=2)
     torch.save(ref.state_dict(), tmp_path / "k.pt")
     rc = main(["eval", "--model", "resnet18", "--weights", str(tmp_path / "k.pt"), "--dataset", f"imagefolder:{tmp_path / 'data'}",
-               "--attack", "fgsm", "--out", str(tmp_path / "out"), "--device", "cpu", "--quiet"])
+               "--attack", "fgsm", "--attack", "lsa:steps=2", "--out", str(tmp_path / "out"), "--device", "cpu", "--quiet"])
     assert rc == 0
     import json
     res = json.loads((tmp_path / "out" / "result.json").read_text())
     text = json.dumps(res)
     assert '"weights_layout": "kuangliu"' in text and "identity" in text
+    assert "lsa-2-x10" in text  # the logit-scaling attack through the harness

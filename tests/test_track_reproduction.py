@@ -2,7 +2,7 @@
 
 ``rfbench run leaderboards/fashion-mnist-linf/track.yaml --defense pgd-at``
 with seed 0 must agree with the committed ``pgd-at`` entries within seed noise
-(``rfbench leaderboard compare``).  About 3 minutes on 2 CPU cores, so it is
+(``rfbench leaderboard compare``).  About 10 to 15 minutes per track on 2 CPU cores (protocol version 2), so it is
 not part of the default suite; docs/benchmark-notes.md records its last run.
 """
 

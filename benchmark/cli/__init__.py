@@ -71,8 +71,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: subcommands whose parser defines ``--allow-code`` itself; for the others the flag is read here
+_OWN_ALLOW_CODE = {"eval"}
+#: flags and overrides whose value, typed by the user, names code that may be imported
+_CODE_FLAGS = ("--defense", "--model")
+_CODE_OVERRIDES = ("defense=", "model=")
+
+
+def _code_permissions(argv: list[str]) -> list[str]:
+    """Record which code the command line names (see ``benchmark.plugins``); return argv for the parser.
+
+    A ``file.py:Class`` or ``module:Class`` typed after ``--defense``/``--model``
+    (or as a ``defense=...`` override) may be imported; ``--allow-code`` allows
+    any target, including one named inside a config, grid, track or run directory.
+    """
+    from rfbench.benchmark.plugins import allow_code, reset_allowed_code
+
+    reset_allowed_code()  # each command starts with no permission
+    head = argv[: argv.index("--")] if "--" in argv else argv
+    named = []
+    for i, tok in enumerate(head):
+        if tok in _CODE_FLAGS and i + 1 < len(head):
+            named.append(head[i + 1])
+        for flag in _CODE_FLAGS:
+            if tok.startswith(flag + "="):
+                named.append(tok[len(flag) + 1:])
+        for key in _CODE_OVERRIDES:
+            if tok.startswith(key):
+                named.append(tok[len(key):])
+    allow_code([t for t in named if ":" in t])
+    if "--allow-code" in head:
+        allow_code(everything=True)
+        command = next((t for t in head if t in SUBCOMMANDS), None)
+        if command not in _OWN_ALLOW_CODE:
+            argv = [t for i, t in enumerate(argv) if not (t == "--allow-code" and i < len(head))]
+    return argv
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = _code_permissions(list(sys.argv[1:] if argv is None else argv))
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

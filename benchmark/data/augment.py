@@ -14,7 +14,13 @@ AT-BSL (Yue et al., CVPR 2024), whose released training applies
 torchvision draws from the global CPU RNG; :func:`apply_policy` draws one seed
 per batch from our generator and runs the transforms inside a forked global
 RNG seeded with it, so a resumed run is bit-identical and the caller's global
-RNG is left untouched.
+RNG is left untouched.  For speed, the draws replay torchvision's per-image
+``forward`` (same calls, same order; this reads the transforms' class tables
+``_AUGMENTATION_SPACE`` / ``_policies`` and calls their
+``_apply_image_or_video_transform``), and the images sharing an operation are
+transformed together; ``tests/test_data_augment.py`` checks the result against
+torchvision's own per-image loop, so a torchvision change that broke this
+would fail there.
 """
 
 from __future__ import annotations
@@ -76,7 +82,91 @@ def apply_policy(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator
     seed = int(torch.randint(0, 2**62, (1,), generator=generator))
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(seed)
-        return torch.stack([t(img) for img in x])
+        plans = _draw_plans(t, cfg.policy, len(x), x.shape[-2], x.shape[-1])
+    return _apply_plans(t, x, plans)
+
+
+def _draw_plans(t, policy: str, n: int, height: int, width: int) -> list[list[tuple[str, float]]]:
+    """Each image's operations ``[(name, magnitude), ...]``, drawn from the global RNG exactly as torchvision does.
+
+    The draws replay ``v2.RandAugment.forward`` / ``v2.AutoAugment.forward``
+    image after image (the same calls in the same order), so the plans are
+    those that ``torch.stack([t(img) for img in x])`` would apply; a test
+    checks the images against that loop.
+    """
+    space = t._AUGMENTATION_SPACE
+    plans = []
+    for _ in range(n):
+        ops: list[tuple[str, float]] = []
+        if policy == "randaugment":
+            keys = tuple(space)
+            for _ in range(t.num_ops):
+                key = keys[int(torch.randint(len(keys), ()))]
+                ops.append(_magnitude(space, key, t.magnitude, t.num_magnitude_bins, height, width))
+        else:
+            sub = t._policies[int(torch.randint(len(t._policies), ()))]
+            for key, probability, magnitude_idx in sub:
+                if not torch.rand(()) <= probability:
+                    continue
+                ops.append(_magnitude(space, key, magnitude_idx, 10, height, width))
+        plans.append(ops)
+    return plans
+
+
+@lru_cache(maxsize=1024)
+def _magnitude_value(space_id: int, key: str, index: int, bins: int, height: int, width: int, space) -> float | None:
+    magnitudes = space[key][0](bins, height, width)  # deterministic: no random draw
+    return None if magnitudes is None else float(magnitudes[index])
+
+
+def _magnitude(space, key: str, index: int, bins: int, height: int, width: int) -> tuple[str, float]:
+    signed = space[key][1]
+    m = _magnitude_value(id(space), key, index, bins, height, width, _Hashable(space))
+    if m is None:
+        return key, 0.0
+    if signed and torch.rand(()) <= 0.5:
+        m = -m
+    return key, m
+
+
+class _Hashable:
+    """A class-level augmentation-space dict, hashed by identity for the magnitude cache."""
+
+    __slots__ = ("d",)
+
+    def __init__(self, d):
+        self.d = d
+
+    def __getitem__(self, key):
+        return self.d[key]
+
+    def __hash__(self):
+        return id(self.d)
+
+    def __eq__(self, other):
+        return isinstance(other, _Hashable) and other.d is self.d
+
+
+def _apply_plans(t, x: torch.Tensor, plans: list[list[tuple[str, float]]]) -> torch.Tensor:
+    """Apply every image's plan, one torchvision call per distinct (position, operation, magnitude) on a sub-batch.
+
+    The operations act on each image independently, so grouping the images
+    that share an operation gives the per-image result at a fraction of the
+    Python overhead.
+    """
+    out = x.clone()
+    depth = max((len(p) for p in plans), default=0)
+    for k in range(depth):
+        groups: dict[tuple[str, float], list[int]] = {}
+        for i, plan in enumerate(plans):
+            if k < len(plan):
+                groups.setdefault(plan[k], []).append(i)
+        for (key, m), members in groups.items():
+            if key == "Identity":
+                continue
+            idx = torch.tensor(members, device=x.device)
+            out[idx] = t._apply_image_or_video_transform(out[idx], key, m, interpolation=t.interpolation, fill=t._fill)
+    return out
 
 
 def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -39,7 +39,6 @@ evaluation-only.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import torch
@@ -52,8 +51,6 @@ from rfbench.benchmark.data.imagefolder import (
 )
 from rfbench.benchmark.data.registry import DataOptions, RawSplits, ThreatDefaults, not_loaded, register_path_scheme
 from rfbench.benchmark.errors import DataNotFoundError
-
-log = logging.getLogger(__name__)
 
 #: RobustLT's Tiny-ImageNet-LT ratio (released configs/tinylf/*.yaml: imbalance_rate 10).
 TINY_IMAGENET_LT_RATIO = 10.0

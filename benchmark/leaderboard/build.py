@@ -23,6 +23,7 @@ from rfbench.benchmark.io import atomic_write_text
 from rfbench.benchmark.leaderboard.check import check_entry_file
 from rfbench.benchmark.leaderboard.ranking import RULE, Ranking, rank
 from rfbench.benchmark.leaderboard.schema import Entry, EntryError, Track, list_tracks
+from rfbench.benchmark.perclass import pct, to_percent
 
 log = logging.getLogger(__name__)
 
@@ -73,17 +74,17 @@ def ranking_frame(board: TrackBoard) -> pd.DataFrame:
             "rank: worst 20%": r.ranks["tail20"],
             "entry": f"[{e.id}]({e.id}.json)",
             "defense": e.name,
-            "worst-class robust": 100 * r.worst,
-            "95% interval": f"{100 * r.worst_ci[0]:.1f}-{100 * r.worst_ci[1]:.1f}",
+            "worst-class robust": pct(r.worst),
+            "95% interval": f"{pct(r.worst_ci[0])}-{pct(r.worst_ci[1])}",
             "weakest class": e.classes[r.worst_class],
-            "worst-20% robust": 100 * r.tail20,
-            "mean robust": 100 * wc["mean"],
-            "clean": 100 * clean["mean"],
-            "gap": 100 * wc["gap"],
+            "worst-20% robust": pct(r.tail20),
+            "mean robust": pct(wc["mean"]),
+            "clean": pct(clean["mean"]),
+            "gap": pct(wc["gap"]),
         }
         if last is not None:
-            row["last: worst / mean"] = (f"{100 * last.summary['worst_case']['worst']:.1f} / "
-                                         f"{100 * last.summary['worst_case']['mean']:.1f}")
+            row["last: worst / mean"] = (f"{pct(last.summary['worst_case']['worst'])} / "
+                                         f"{pct(last.summary['worst_case']['mean'])}")
         row["GPU-h"] = cost_text(e)
         row["seed"] = e.seed
         rows.append(row)
@@ -102,14 +103,15 @@ def plot_heatmap(board: TrackBoard, path: Path) -> Path:
 
     ck = board.track.info.protocol.checkpoint
     classes = board.entries[0].classes
-    m = np.array([e.evaluation(ck).per_class["worst_case"] for e in board.entries], dtype=float) * 100
+    frac = np.array([e.evaluation(ck).per_class["worst_case"] for e in board.entries], dtype=float)
+    m = to_percent(frac)
     fig, ax = plt.subplots(figsize=(max(6.0, 0.75 * len(classes) + 3), 0.42 * len(board.entries) + 2.0))
     im = ax.imshow(m, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto")
     if len(classes) <= 20:
         for i in range(m.shape[0]):
             for j in range(m.shape[1]):
                 dark = m[i, j] < 15 or m[i, j] > 85  # the ends of the colour map are dark
-                ax.text(j, i, f"{m[i, j]:.0f}", ha="center", va="center", fontsize=7, color="white" if dark else "black")
+                ax.text(j, i, pct(frac[i, j], 0), ha="center", va="center", fontsize=7, color="white" if dark else "black")
     ax.set_xticks(range(len(classes)), classes, rotation=40, ha="right", fontsize=8)
     ranks = [r.ranks["worst"] for r in board.ranking.ranked] if board.ranking else range(1, len(board.entries) + 1)
     ax.set_yticks(range(len(board.entries)), [f"{k}. {e.name} ({e.id})" for k, e in zip(ranks, board.entries)], fontsize=8)
@@ -137,8 +139,8 @@ def track_page(board: TrackBoard) -> str:
     if t.reference:
         lines.append(f"- **Published numbers for this setting:** {t.reference}")
     lines += ["", "Ranked by rank group of the worst-class robust accuracy, then of the worst-20% robust accuracy "
-              "(worst case over all attacks). Accuracies in percent; 95% interval = Wilson interval of the worst "
-              "class; gap = best minus worst class; GPU-h = training + evaluation time on a GPU (0 for CPU runs, "
+              "(worst case over all attacks). Accuracies in percent; 95% interval = interval of the worst-class "
+              "accuracy (Bonferroni-adjusted Wilson intervals, see the rule below); gap = best minus worst class; GPU-h = training + evaluation time on a GPU (0 for CPU runs, "
               "their CPU hours in brackets).", "", RULE, ""]
     if board.entries:
         lines += [noise_text(board), "", ranking_frame(board).to_markdown(index=False, floatfmt=".1f"), "",
@@ -163,7 +165,7 @@ def noise_text(board: TrackBoard) -> str:
     if not r.seed_settings:
         return ("Seed spread: no defense has two or more seeds on this track yet, so the rank groups reflect "
                 "test-set noise only.")
-    sd = ", ".join(f"{label} {100 * r.seed_sd[key]:.1f}" for key, label in
+    sd = ", ".join(f"{label} {pct(r.seed_sd[key])}" for key, label in
                    (("worst", "worst class"), ("tail20", "worst 20%")))
     return (f"Seed spread (pooled standard deviation over the seeds of {', '.join(r.seed_settings)}, in points): "
             f"{sd}.")
@@ -197,8 +199,8 @@ def index_page(boards: list[TrackBoard]) -> str:
             "entries": len(b.entries),
             "rank 1 (worst class)": leaders_text(b, "worst"),
             "rank 1 (worst 20%)": leaders_text(b, "tail20"),
-            "top worst-class robust": f"{100 * leader.evaluation(ck).summary['worst_case']['worst']:.1f}" if leader else "-",
-            "its mean robust": f"{100 * leader.evaluation(ck).summary['worst_case']['mean']:.1f}" if leader else "-",
+            "top worst-class robust": pct(leader.evaluation(ck).summary["worst_case"]["worst"]) if leader else "-",
+            "its mean robust": pct(leader.evaluation(ck).summary["worst_case"]["mean"]) if leader else "-",
         })
     return "\n".join([
         "# rfbench leaderboards", "",

@@ -79,6 +79,9 @@ def check_protocol(entry: Entry, track: Track) -> list[str]:
     p, problems = track.info.protocol, []
     if entry.track != track.id:
         problems.append(f"track is '{entry.track}' but the entry is checked against track '{track.id}'")
+    if entry.track_version != track.info.version:
+        problems.append(f"track_version is {entry.track_version} but track {track.id} is at protocol version "
+                        f"{track.info.version}; re-run the entry under the current track.yaml")
     if entry.dataset != p.dataset:
         problems.append(f"dataset is '{entry.dataset}' but track {track.id} uses '{p.dataset}'")
     if entry.model != p.model:

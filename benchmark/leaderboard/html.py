@@ -1,7 +1,7 @@
 """``rfbench leaderboard build --html DIR``: the leaderboards as a static web site.
 
 ``DIR/index.html`` lists the tracks; ``DIR/<track>/index.html`` is a track's
-ranked table (rank groups, the worst class's Wilson interval, sortable
+ranked table (rank groups, the worst-class interval, sortable
 columns), its per-class heat map and its unranked (identical) and rejected
 entries; ``DIR/<track>/<entry>.html`` shows one entry (per-class accuracies of
 every attack on every checkpoint, with intervals), next to a copy of the
@@ -30,7 +30,9 @@ import numpy as np
 from rfbench.benchmark.errors import RfbenchError
 from rfbench.benchmark.io import atomic_write_bytes, atomic_write_text
 from rfbench.benchmark.leaderboard.paths import is_url
-from rfbench.benchmark.leaderboard.ranking import RULE, RankedEntry, wilson_interval
+from rfbench.benchmark.leaderboard.ranking import RULE, RankedEntry
+from rfbench.benchmark.perclass import pct as _pct
+from rfbench.benchmark.perclass import wilson_interval
 
 if TYPE_CHECKING:
     from rfbench.benchmark.leaderboard.build import TrackBoard
@@ -45,10 +47,6 @@ BINS = 20  # heat-map colour classes h0 .. h20 (5 points each)
 
 def _esc(text: object) -> str:
     return html.escape(str(text), quote=True)
-
-
-def _pct(x: float | None, digits: int = 1) -> str:
-    return "-" if x is None else f"{100 * x:.{digits}f}"
 
 
 # -- colours ------------------------------------------------------------------------------------------------------
@@ -308,6 +306,10 @@ def entry_html(board: "TrackBoard", row: RankedEntry) -> str:
         rows = []
         for k, c in enumerate(e.classes):
             n = ev.n_per_class[k]
+            if n == 0:  # a class without test images: NaN accuracy, no interval
+                rows.append(f'<tr><th scope="row" data-sort="{_esc(c)}">{_esc(c)}</th>'
+                            + _td("-", -1, num=True) + _td("0 / 0", 0, num=True) + _td("-", -1) + "</tr>")
+                continue
             count = int(round(wc[k] * n))
             lo, hi = wilson_interval(count, n)
             rows.append(f'<tr><th scope="row" data-sort="{_esc(c)}">{_esc(c)}</th>'

@@ -34,10 +34,13 @@ The rule (rfbench's own; stated on every leaderboard page by :data:`RULE`):
    than it.  Entries with the same number share a rank; rank 1 holds every
    entry that nothing beats significantly.
 
-The worst class's interval is the Wilson score interval (Wilson, "Probable
-inference, the law of succession, and statistical inference", JASA 1927) of
-its count out of its test images.  It describes that class's accuracy, not the
-minimum over classes (the minimum of noisy accuracies is biased low).
+The worst-class interval is the one rfbench defines for ``min_k p_k``
+(:func:`rfbench.benchmark.perclass.worst_class_interval`, ``docs/evaluation.md``,
+"Definitions"): every class with test images gets a Wilson score interval
+(Wilson, "Probable inference, the law of succession, and statistical
+inference", JASA 1927) at level ``1 - 0.05/C`` (Bonferroni), and the interval is
+``[min_k lo_k, min_k hi_k]``, so it covers the minimum over classes with
+probability >= 95%, not only the accuracy of the class that came out worst.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ import numpy as np
 from rfbench.benchmark.eval.metrics import TAIL_FRACTION
 from rfbench.benchmark.leaderboard.paths import UnsafePathError, safe_repo_path
 from rfbench.benchmark.leaderboard.schema import Entry
+from rfbench.benchmark.perclass import worst_class_interval_from_counts
 
 #: z of a two-sided 5% test (and of a 95% interval)
 Z95 = 1.959963984540054
@@ -71,23 +75,10 @@ RULE = (
     "seeds on the track. An entry's rank is 1 + the number of entries significantly better than it, so entries "
     "that are not significantly different share a rank. Pairwise 5% tests, no correction for multiple comparisons. "
     "Entries whose per-sample predictions equal another entry's are one result counted twice: they are marked "
-    "\"identical to X\" and not ranked. The interval is the Wilson 95% interval of the worst class's accuracy "
-    "(its count out of its test images)."
+    "\"identical to X\" and not ranked. The 95% interval is that of the worst-class accuracy min_k p_k: each "
+    "class gets a Wilson interval at level 1 - 0.05/C (Bonferroni, C classes with test images), and the interval "
+    "is [min_k lo_k, min_k hi_k]."
 )
-
-
-# -- the worst class's interval --------------------------------------------------------------------------------
-def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion ``k / n`` (Wilson 1927); fractions in [0, 1]."""
-    if n < 1 or not 0 <= k <= n:
-        raise ValueError(f"need 0 <= k <= n and n >= 1, got k={k}, n={n}")
-    p = k / n
-    denom = 1.0 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    lo = 0.0 if k == 0 else max(0.0, centre - half)  # exact at the ends (rounding would leave 1e-18)
-    hi = 1.0 if k == n else min(1.0, centre + half)
-    return lo, hi
 
 
 # -- per-sample data of one entry --------------------------------------------------------------------------------
@@ -250,7 +241,7 @@ class RankedEntry:
     worst_class: int
     worst_count: int
     worst_n: int
-    worst_ci: tuple[float, float]
+    worst_ci: tuple[float, float]  # 95% interval of min_k p_k (Bonferroni-adjusted Wilson, see above)
     tail20: float
     mean: float
     ranks: dict[str, int] = field(default_factory=dict)  # metric key -> rank group (absent when unranked)
@@ -274,9 +265,12 @@ def _row(d: EntryData, checkpoint: str) -> RankedEntry:
     s = d.entry.evaluation(checkpoint).summary["worst_case"]
     k = int(s["worst_class"])
     n = d.n_per_class[k]
-    count = int(round(d.per_class[k] * n))
+    n_all = np.asarray(d.n_per_class, dtype=np.int64)
+    k_all = np.rint(np.nan_to_num(np.asarray(d.per_class, dtype=float)) * n_all).astype(np.int64)
+    count = int(k_all[k])
     return RankedEntry(entry=d.entry, worst=float(s["worst"]), worst_class=k, worst_count=count, worst_n=n,
-                       worst_ci=wilson_interval(count, n), tail20=float(s["tail20"]), mean=float(s["mean"]),
+                       worst_ci=worst_class_interval_from_counts(k_all, n_all), tail20=float(s["tail20"]),
+                       mean=float(s["mean"]),
                        paired=d.index is not None)
 
 

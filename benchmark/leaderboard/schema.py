@@ -23,7 +23,8 @@ these dataclasses and never executed or imported.  Fields::
                          checks, flags_file (repo-relative .npz or null)}, last: {...}},
     cost: {accelerator, device, train_seconds, eval_seconds, gpu_hours (null on CPU)},
     train_config: {the run's resolved TrainConfig},
-    provenance: {code, packages, command, finished_at, run_config}, submitted
+    provenance: {code, packages, command, finished_at, run_config}, submitted,
+    track_version (the track's ``version`` it was produced under; absent = 1)
 """
 
 from __future__ import annotations
@@ -76,6 +77,8 @@ class TrackInfo:
     reference: str = ""  # where published numbers for this setting are (paper and table)
     # the reference among entries with identical predictions is the one of the first baseline (ranking.py)
     baselines: list[str] = field(default_factory=lambda: ["standard", "pgd-at", "trades"])
+    # the protocol version: a change of recipe or evaluation bumps it; entries of another version are refused
+    version: int = field(default=1, metadata=rng(1, None))
 
 
 @dataclass
@@ -198,6 +201,7 @@ class Entry:
     train_config: dict[str, Any]
     provenance: dict[str, Any] = field(default_factory=dict)
     submitted: str = ""
+    track_version: int = field(default=1, metadata=rng(1, None))  # the track protocol version it was produced under
 
     def evaluation(self, which: str) -> Evaluation:
         return self.evaluations[which]

@@ -81,6 +81,7 @@ def entry_from_run(run_dir: Path, track: Track, root: Path, *, entry_id: str | N
         "schema": ENTRY_SCHEMA,
         "id": entry_id,
         "track": track.id,
+        "track_version": track.info.version,
         "name": name or defense,
         "seed": train_cfg["seed"],
         "dataset": run["dataset"],

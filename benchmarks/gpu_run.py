@@ -1,0 +1,480 @@
+"""One command for a short GPU session: ceilings, attack and training timings, then cifar10-linf-fast entries.
+
+::
+
+    python benchmarks/gpu_run.py --data DIR --out OUTDIR --budget-s 540
+    python benchmarks/gpu_run.py --tiny --out /tmp/gpu-tiny          # the same path on a CPU, in a few minutes
+    python benchmarks/gpu_run.py --prepare CARRY_DIR                 # on a machine with network: wheels + data
+
+Stages, in order (each writes ``OUTDIR/gpu_run.json`` when it ends, so a
+stopped run leaves its partial results):
+
+1. ``ceilings``: device, torch version, measured bf16 GEMM TFLOP/s and device
+   copy bandwidth (GB/s, bytes read plus written);
+2. ``attacks``: ``benchmarks/bench_attacks.py`` on ResNet-18: PGD-20 of
+   rfbench against ``torchattacks.PGD`` (fp32 bit-identity check, fp32
+   channels-last, bf16, bf16 + channels-last) -> ``OUTDIR/bench_attacks.json``;
+3. ``train``: ``benchmarks/bench_train.py``: PGD-10 AT steps of ResNet-18,
+   rfbench (bf16 + channels-last, eager and compiled) against the
+   published-style reference loop -> ``OUTDIR/bench_train.json``;
+4. ``entries``: ``cifar10-linf-fast`` runs in priority order (``pgd-at``,
+   ``trades``, then the others), each a full ``rfbench run`` of the track
+   (ranked checkpoint ``best`` only) into ``OUTDIR/runs/`` and an entry,
+   checked, in ``OUTDIR/leaderboards/<track>/``.
+
+Before each stage the remaining work is estimated (for entries: from the
+throughputs measured in stages 2-3, the track's epochs and AutoAttack's
+forward count); a stage that would not finish inside ``--budget-s`` is
+skipped, never started.  A watchdog interrupts a stage that overruns anyway
+(training saves a resumable state; the evaluation's flag file keeps the
+finished batches) and the script still writes its JSON and prints the
+summary table last.  CUDA graphs are not implemented.
+
+Data and labelling: ``--data`` is real CIFAR-10 (a folder with
+``cifar-10-batches-py/``), or the JPEG copy (``cifar10-jpeg.tar.gz`` or the
+folder it extracts to, ``train/`` + ``test/``).  The JPEG copy is dataset
+``cifar10-jpeg`` (lossy re-encoding, not CIFAR-10's pixels): its entries go to
+a track of their own, ``cifar10-jpeg-linf-fast`` (the ``cifar10-linf-fast``
+track with ``dataset: cifar10-jpeg``, written into ``OUTDIR/leaderboards/``),
+and ``rfbench leaderboard check`` refuses them in a real-CIFAR track.
+
+On the GPU machine (no network; torch, torchvision, pandas, tabulate, tqdm,
+matplotlib, PyYAML, scipy, safetensors, requests already there), after
+``--prepare .gpu-carry`` here::
+
+    python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/site .gpu-carry/wheels/*.whl
+    export PYTHONPATH=/tmp/site:$PWD
+    python3 benchmarks/gpu_run.py --data .gpu-carry/cifar10-jpeg.tar.gz --out $OUT --budget-s 540
+
+(``docs/performance.md``, "GPU run", has the exact command line.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+import traceback
+from pathlib import Path
+
+import _common as C
+import torch
+
+from rfbench.benchmark.io import atomic_write_json
+
+TRACK = "cifar10-linf-fast"
+JPEG = "cifar10-jpeg"
+PRIORITY = ["pgd-at", "trades", "mart", "at-bsl", "cfa", "wat", "dafa", "frl-rwrm"]
+#: forward-equivalents per image (benchmarks/bench_train.py, benchmark/runner/cost.py)
+TRAIN_FWD = {"pgd-at": 23, "trades": 27}
+PGD20_FWD = 41
+WHEELS = ["pyautoattack==0.2.0", "torchattacks==3.5.1"]
+CARRY_LIMIT = 64 * 2**20
+
+
+# -- budget -------------------------------------------------------------------------
+class Budget:
+    """Seconds left of ``--budget-s``; a watchdog sends SIGINT when a stage overruns it."""
+
+    def __init__(self, seconds: float, margin: float):
+        self.seconds, self.margin, self.t0 = seconds, margin, time.monotonic()
+        self._timer: threading.Timer | None = None
+
+    def left(self) -> float:
+        return self.seconds - (time.monotonic() - self.t0)
+
+    def allows(self, estimate: float) -> bool:
+        return estimate * 1.25 + self.margin <= self.left()
+
+    @contextlib.contextmanager
+    def watchdog(self):
+        delay = max(1.0, self.left() - self.margin / 2)
+        self._timer = threading.Timer(delay, lambda: os.kill(os.getpid(), signal.SIGINT))
+        self._timer.daemon = True
+        self._timer.start()
+        try:
+            yield
+        finally:
+            self._timer.cancel()
+
+
+class Report:
+    """``OUTDIR/gpu_run.json``, rewritten after every stage."""
+
+    def __init__(self, path: Path, data: dict):
+        self.path, self.data = path, data
+        self.data.setdefault("stages", {})
+
+    def stage(self, name: str, **fields) -> None:
+        self.data["stages"][name] = fields
+        self.write()
+
+    def write(self) -> None:
+        atomic_write_json(self.path, self.data)
+
+
+# -- ceilings -------------------------------------------------------------------------
+def copy_bandwidth(device: torch.device, nbytes: int, repeats: int = 10) -> float:
+    """GB/s of a device-to-device copy, counting bytes read plus written (median of ``repeats``)."""
+    src = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    times = []
+    for _ in range(repeats):
+        C.sync(device)
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        C.sync(device)
+        times.append(time.perf_counter() - t0)
+    return 2 * nbytes / sorted(times)[len(times) // 2] / 1e9
+
+
+def ceilings(device: torch.device, tiny: bool) -> dict:
+    n, nbytes = (256, 2**24) if tiny else (8192, 2**31)
+    return {"device": str(device), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+            "torch": torch.__version__, "cuda": torch.version.cuda,
+            "bf16_gemm_tflops": C.matmul_peak(torch.bfloat16, device, n=n, repeats=5) / 1e3,
+            "gemm_n": n, "copy_gb_per_s": copy_bandwidth(device, nbytes), "copy_bytes": nbytes}
+
+
+# -- data -------------------------------------------------------------------------------
+def resolve_data(data: str | None, work: Path, tiny: bool) -> dict:
+    """``{"dataset", "root", "tar"}`` of ``--data`` (real CIFAR-10 or the JPEG copy; see the module docstring)."""
+    if tiny and data is None:
+        data = str(C.CIFAR_TAR)
+    if data is None:
+        raise SystemExit("--data DIR is required (CIFAR-10 folder, or cifar10-jpeg.tar.gz / its folder)")
+    path = Path(data).expanduser()
+    if path.is_file() and path.name.endswith((".tar.gz", ".tgz")):
+        if tiny:  # a few images per class, extracted once (benchmarks/_common.py)
+            return {"dataset": JPEG, "root": str(C.cifar_subset(20, 10, tar_path=path)), "tar": str(path)}
+        root = work / JPEG
+        if not (root / ".complete").exists():
+            with tarfile.open(path, "r:gz") as tar:
+                tar.extractall(root, filter="data")
+            (root / ".complete").touch()
+        return {"dataset": JPEG, "root": str(root), "tar": str(path)}
+    if (path / "cifar-10-batches-py").is_dir():
+        return {"dataset": "cifar10", "root": str(path), "tar": None}
+    if (path / "train").is_dir() and (path / "test").is_dir():
+        return {"dataset": JPEG, "root": str(path), "tar": None}
+    raise SystemExit(f"--data {path}: expected cifar-10-batches-py/ inside, a train/ + test/ image folder, "
+                     "or cifar10-jpeg.tar.gz")
+
+
+def bench_folder(data: dict, train_per_class: int, test_per_class: int) -> str:
+    """An imagefolder for the timing benchmarks: a subset of the JPEG archive, or the JPEG folder itself."""
+    if data["tar"]:
+        return str(C.cifar_subset(train_per_class, test_per_class, tar_path=Path(data["tar"])))
+    if data["dataset"] == JPEG:
+        return data["root"]
+    return ""  # real CIFAR-10 without the JPEG archive: the benchmarks extract their default subset
+
+
+# -- tracks -------------------------------------------------------------------------------
+def derived_track(data: dict, tiny: bool, out_root: Path) -> Path:
+    """Write the track the entries are checked against into ``out_root/leaderboards/<id>/track.yaml``.
+
+    Real CIFAR-10: the committed track, unchanged.  JPEG copy: ``dataset: cifar10-jpeg`` and an id and
+    title that say so.  ``--tiny``: a reduced protocol (tiny model, few images, reduced AutoAttack) of its own.
+    """
+    import yaml
+
+    from rfbench.attacks.spec import Threat, build_attacks
+
+    src = C.ROOT / "leaderboards" / TRACK / "track.yaml"
+    doc = yaml.safe_load(src.read_text())
+    tid = TRACK
+    if data["dataset"] == JPEG:
+        tid = "cifar10-jpeg-linf-fast"
+        doc["track"]["title"] += " [JPEG copy of CIFAR-10: cifar10-jpeg]"
+        doc["track"]["description"] = ("Dataset cifar10-jpeg: CIFAR-10 re-encoded as JPEG (lossy), not CIFAR-10. "
+                                       + doc["track"]["description"])
+        doc["track"]["protocol"]["dataset"] = JPEG
+        doc["train"]["dataset"] = JPEG
+    if tiny:
+        tid += "-tiny"
+        doc["track"]["title"] += " [tiny: CPU smoke protocol, not comparable]"
+        doc["train"].update(epochs=1, max_train_samples=100, val_per_class=2, batch_size=50, compile=False,
+                            model_kwargs={"width": 0.125}, steps=2, val_steps=2)
+        doc["eval"]["attacks"] = ["pgd:steps=3", "cw:steps=3",
+                                  "autoattack:version=custom,attacks=apgd-ce+apgd-t,steps=3,restarts=1"]
+        doc["eval"]["batch_size"] = 100
+        doc["eval"]["bootstrap"] = 10
+        labels = [a.label for a in build_attacks(doc["eval"]["attacks"], torch.nn.Identity(), Threat(eps=8 / 255))]
+        doc["track"]["protocol"].update(attacks=labels, n_per_class=10, test_size=100)
+        doc["defense_presets"] = {}
+    doc["name"] = doc["track"]["id"] = tid
+    path = out_root / "leaderboards" / tid / "track.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+# -- estimates -------------------------------------------------------------------------------
+def throughputs(out: Path) -> dict:
+    """Images/s measured by the benchmark stages (None where a stage did not run)."""
+    t = {"train_ips": None, "train_warmup_s": None, "pgd20_ips": None}
+    bt = out / "bench_train.json"
+    if bt.exists():
+        rows = {r["contender"]: r for r in json.loads(bt.read_text())["rows"]}
+        row = rows.get("rfbench pgd-at bf16+CL compiled") or rows.get("rfbench pgd-at bf16+CL")
+        if row:
+            t["train_ips"], t["train_warmup_s"] = row["images_per_s"], row.get("warmup_s")
+    ba = out / "bench_attacks.json"
+    if ba.exists():
+        for r in json.loads(ba.read_text())["results"]:
+            rows = {x["contender"]: x for x in r["rows"]}
+            if "rfbench fp32" in rows:
+                t["pgd20_ips"] = rows["rfbench fp32"]["images_per_s"] * r["steps"] / 20
+    return t
+
+
+def entry_estimate(run, n_test: int, tput: dict, ceil: dict) -> tuple[float, str]:
+    """Seconds one run should take, and how the figure was obtained ("measured" throughputs or "assumed")."""
+    from rfbench.benchmark.runner.cost import AA_STANDARD_FWD
+
+    t = run.train
+    n_train = (t.max_train_samples or 49_000)
+    fwd = TRAIN_FWD.get(t.defense, 27)
+    how = "measured"
+    train_ips, pgd_ips = tput["train_ips"], tput["pgd20_ips"]
+    if not train_ips or not pgd_ips:  # no benchmark stage: a fraction of the GEMM ceiling, stated as assumed
+        how = "assumed (30% of the bf16 GEMM ceiling for training, 10% for fp32 attacks)"
+        f = 1.11e9 * (t.model_kwargs.get("width", 1.0) ** 2)
+        train_ips = 0.3 * ceil["bf16_gemm_tflops"] * 1e12 / (23 * f)
+        pgd_ips = 0.1 * ceil["bf16_gemm_tflops"] * 1e12 / (PGD20_FWD * f)
+    train = t.epochs * n_train / (train_ips * 23 / fwd) + (tput["train_warmup_s"] or 0.0)
+    aa_fwd = AA_STANDARD_FWD if any("standard" in str(a) for a in run.eval.attacks) else 200
+    evaluation = len(run.checkpoints) * n_test * (2 + 0.5 * aa_fwd / PGD20_FWD) / pgd_ips
+    if run.pretrain is not None:
+        train *= 2
+    return train + evaluation, how
+
+
+# -- stages -------------------------------------------------------------------------------
+def run_bench(script: str, argv: list[str]) -> None:
+    """``benchmarks/<script>.py`` in-process (its ``main``), so the timings share this process's warm state."""
+    mod = __import__(script)
+    mod.main(argv)
+
+
+def run_entries(args, data: dict, budget: Budget, report: Report, device: torch.device, out: Path) -> list[dict]:
+    from rfbench.benchmark.errors import Interrupted
+    from rfbench.benchmark.leaderboard.schema import load_track
+    from rfbench.benchmark.leaderboard.submit import defense_code_path, submit
+    from rfbench.benchmark.runner import execute_run, load_run_config, resolve_run
+
+    track_path = derived_track(data, args.tiny, out)
+    track = load_track(track_path)
+    defenses = [d.strip() for d in args.defenses.split(",") if d.strip()]
+    tput = throughputs(out)
+    entries = []
+    for d in defenses:
+        run = resolve_run(load_run_config(track_path), defense=d, seed=args.seed,
+                          out=out / "runs" / track.id / f"{d}-s{args.seed}", device=str(device), quiet=True,
+                          overrides=[f"train.data_root={data['root']}", "checkpoints=[best]"])
+        est, how = entry_estimate(run, track.info.protocol.test_size or 10_000, tput, report.data["stages"]["ceilings"])
+        rec = {"defense": d, "estimate_s": round(est, 1), "estimate_from": how}
+        if not budget.allows(est):
+            rec["status"] = f"skipped: needs about {est:.0f} s (x1.25 + margin), {budget.left():.0f} s left"
+            entries.append(rec)
+            report.stage("entries", track=track.id, entries=entries)
+            continue
+        t0 = time.time()
+        try:
+            with budget.watchdog():
+                run_dir = execute_run(run, quiet=True)
+            res = json.loads((run_dir / "result.json").read_text())
+            entry = submit(run_dir, track, out, code=defense_code_path(d, C.ROOT), force=True)
+            wc, cl = res["checkpoints"]["best"]["summary"]["worst_case"], res["checkpoints"]["best"]["summary"]["clean"]
+            rec.update(status="done", seconds=round(time.time() - t0, 1), result=str(run_dir / "result.json"),
+                       entry=str(entry), dataset=res["dataset"], clean_mean=cl["mean"], robust_mean=wc["mean"],
+                       robust_worst=wc["worst"], train_seconds=res["cost"]["train_seconds"],
+                       eval_seconds=res["cost"]["eval_seconds"],
+                       epoch_seconds=[r["seconds"] for r in map(json.loads, (run_dir / "train" / "log.jsonl")
+                                                                 .read_text().splitlines())])
+        except (KeyboardInterrupt, Interrupted):
+            rec.update(status="stopped at the budget (resumable: rerun the same command)",
+                       seconds=round(time.time() - t0, 1))
+            entries.append(rec)
+            report.stage("entries", track=track.id, entries=entries)
+            break
+        except Exception as exc:  # one failed entry must not cost the others
+            rec.update(status=f"failed: {type(exc).__name__}: {exc}", traceback=traceback.format_exc(limit=5))
+        entries.append(rec)
+        report.stage("entries", track=track.id, entries=entries)
+    return entries
+
+
+def stage(name: str, report: Report, budget: Budget, estimate: float, fn, *, tiny: bool):
+    """Run one stage if it fits the budget; record status, seconds and its output (never raises in a real run)."""
+    if not budget.allows(estimate):
+        report.stage(name, status=f"skipped: needs about {estimate:.0f} s, {budget.left():.0f} s left")
+        return None
+    t0 = time.time()
+    try:
+        with budget.watchdog():
+            value = fn()
+        report.stage(name, status="done", seconds=round(time.time() - t0, 1), **(value or {}))
+        return value
+    except KeyboardInterrupt:
+        report.stage(name, status="stopped at the budget", seconds=round(time.time() - t0, 1))
+    except Exception as exc:
+        if tiny:
+            raise
+        report.stage(name, status=f"failed: {type(exc).__name__}: {exc}", traceback=traceback.format_exc(limit=5))
+    return None
+
+
+def summary_table(report: Report) -> str:
+    from tabulate import tabulate
+
+    rows = []
+    for name, s in report.data["stages"].items():
+        if name == "entries":
+            continue
+        rows.append([name, s.get("status", ""), s.get("seconds", "")])
+    ratios = report.data.get("ratios", {})
+    lines = [tabulate(rows, headers=["stage", "status", "s"])]
+    if ratios:
+        lines.append(tabulate([[k, f"{v:.2f}" if isinstance(v, float) else v] for k, v in ratios.items()],
+                              headers=["ratio", "value"]))
+    ent = report.data["stages"].get("entries", {}).get("entries", [])
+    if ent:
+        lines.append(tabulate([[e["defense"], e["status"][:60], e.get("dataset", ""),
+                                "" if "clean_mean" not in e else f"{100 * e['clean_mean']:.1f}",
+                                "" if "robust_mean" not in e else f"{100 * e['robust_mean']:.1f}",
+                                "" if "robust_worst" not in e else f"{100 * e['robust_worst']:.1f}",
+                                e.get("train_seconds", ""), e.get("eval_seconds", ""), e["estimate_s"]] for e in ent],
+                              headers=["entry", "status", "dataset", "clean %", "robust %", "worst class %",
+                                       "train s", "eval s", "estimate s"]))
+    return "\n\n".join(lines)
+
+
+def ratios(out: Path) -> dict:
+    r = {}
+    ba = out / "bench_attacks.json"
+    if ba.exists():
+        for res in json.loads(ba.read_text())["results"]:
+            for row in res["rows"]:
+                r[f"PGD-{res['steps']} {row['contender']} x torchattacks"] = row["ratio_to_peer"]
+                if row["contender"] == "rfbench fp32":
+                    r["PGD fp32 bit-identical to torchattacks"] = row["identical_to_peer"]
+    bt = out / "bench_train.json"
+    if bt.exists():
+        for row in json.loads(bt.read_text())["rows"]:
+            if row["ratio_to_reference"] is not None and row["kind"] == "rfbench":
+                r[f"AT step {row['contender']} x reference"] = row["ratio_to_reference"]
+    return r
+
+
+# -- carrying -------------------------------------------------------------------------------
+def prepare(carry: Path, cifar_tar: Path) -> None:
+    """Build the carry folder: the two wheels (``pip download --no-deps``) and the JPEG CIFAR-10 archive.
+
+    Both wheels are pure Python (``py3-none-any``).  Their requirements that the GPU image lacks: none
+    (torchattacks needs torch, torchvision, scipy, tqdm, requests and numpy; pyautoattack torch and numpy;
+    all are in the image).  The folder's total size must stay under 64 MiB.
+    """
+    wheels = carry / "wheels"
+    wheels.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "-d",
+                    str(wheels), *WHEELS], check=True)
+    for whl in wheels.glob("*.whl"):
+        if not whl.name.endswith("-py3-none-any.whl"):
+            raise SystemExit(f"{whl.name} is not a pure-Python wheel")
+    if cifar_tar.exists():
+        shutil.copy2(cifar_tar, carry / cifar_tar.name)
+    total = sum(p.stat().st_size for p in carry.rglob("*") if p.is_file())
+    print(f"{carry}: {total / 2**20:.1f} MiB ({', '.join(sorted(p.name for p in carry.rglob('*') if p.is_file()))})")
+    if total > CARRY_LIMIT:
+        raise SystemExit(f"{carry} holds {total / 2**20:.1f} MiB, over the 64 MiB that can be carried")
+
+
+# -- main -------------------------------------------------------------------------------
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data", default=None, help="CIFAR-10 folder, or cifar10-jpeg.tar.gz or its extracted folder")
+    p.add_argument("--out", default=None, help="output folder (everything is written under it)")
+    p.add_argument("--budget-s", type=float, default=540.0, help="wall-clock budget; nothing starts that cannot end in it")
+    p.add_argument("--margin-s", type=float, default=20.0, help="seconds kept free at the end")
+    p.add_argument("--defenses", default=",".join(PRIORITY), help="entries to run, in priority order")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--skip-bench", action="store_true", help="run only the entries (estimates are then assumed)")
+    p.add_argument("--tiny", action="store_true", help="the same path on a CPU: tiny model, few images, reduced AutoAttack")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--prepare", default=None, metavar="CARRY_DIR", help="build the carry folder (needs network) and exit")
+    p.add_argument("--cifar-tar", default=str(C.CIFAR_TAR), help="JPEG CIFAR-10 archive for --prepare")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.prepare:
+        prepare(Path(args.prepare), Path(args.cifar_tar))
+        return 0
+    if not args.out:
+        raise SystemExit("--out OUTDIR is required")
+    from rfbench.benchmark.train.runtime import resolve_device
+
+    device = torch.device("cpu") if args.tiny else resolve_device(args.device)
+    if args.tiny:
+        args.defenses = "pgd-at,trades" if args.defenses == ",".join(PRIORITY) else args.defenses
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    budget = Budget(args.budget_s, args.margin_s)
+    report = Report(out / "gpu_run.json", {"command": "python " + " ".join([sys.argv[0], *(argv or sys.argv[1:])]),
+                                           "tiny": args.tiny, "budget_s": args.budget_s})
+    data = resolve_data(args.data, Path(tempfile.gettempdir()) / "rfbench-gpu-data", args.tiny)
+    report.data["data"] = {**data, "note": "cifar10-jpeg is a lossy JPEG copy of CIFAR-10, labelled as such"
+                           if data["dataset"] == JPEG else "real CIFAR-10"}
+    print(f"device {device}, torch {torch.__version__}, data {data['dataset']} ({data['root']})", flush=True)
+    ceil = stage("ceilings", report, budget, 5, lambda: ceilings(device, args.tiny), tiny=args.tiny)
+    if ceil:
+        print(f"bf16 GEMM {ceil['bf16_gemm_tflops']:.1f} TFLOP/s, copy {ceil['copy_gb_per_s']:.1f} GB/s", flush=True)
+    dev = ["--device", str(device), "--threads", "0" if device.type == "cuda" else "1"]
+    if not args.skip_bench:
+        if args.tiny:
+            a_argv = ["--models", "resnet18", "--width", "0.125", "--resnet-batch", "8", "--steps", "2", "--repeats", "1",
+                      "--only", "rfbench fp32,rfbench bf16 + channels-last"]
+            t_argv = ["--defenses", "pgd-at", "--width", "0.125", "--batch-size", "8", "--batches", "1", "--repeats",
+                      "1", "--no-fp32"]
+            est_a, est_t = 30, 30
+        else:
+            a_argv = ["--models", "resnet18", "--resnet-batch", "512", "--repeats", "3"]
+            t_argv = ["--defenses", "pgd-at,trades", "--batch-size", "128", "--batches", "20", "--repeats", "2",
+                      "--compile", "--ref-workers", "4"]
+            est_a, est_t = 90, 150
+        folder = data["root"] if args.tiny else bench_folder(data, 60, 52)
+        cifar = ["--cifar", folder] if folder else []
+        stage("attacks", report, budget, est_a, lambda: run_bench(
+            "bench_attacks", a_argv + dev + cifar + ["--out", str(out / "bench_attacks.json")]), tiny=args.tiny)
+        stage("train", report, budget, est_t, lambda: run_bench(
+            "bench_train", t_argv + dev + cifar + ["--out", str(out / "bench_train.json")]), tiny=args.tiny)
+        report.data["ratios"] = ratios(out)
+        report.write()
+    if "ceilings" in report.data["stages"] and report.data["stages"]["ceilings"].get("status") == "done":
+        try:
+            run_entries(args, data, budget, report, device, out)
+        except KeyboardInterrupt:
+            pass
+    report.data["elapsed_s"] = round(budget.seconds - budget.left(), 1)
+    report.write()
+    print("\n" + summary_table(report))
+    print(f"\nwrote {report.path} ({report.data['elapsed_s']:.0f} s of {args.budget_s:.0f})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
