@@ -142,12 +142,13 @@ def build_attack(spec: str | dict | AttackSpec, model: torch.nn.Module, threat: 
 
 
 def _number(value: Any) -> float:
-    """A number, or a fraction such as ``8/255``."""
-    num, _, den = str(value).partition("/")
+    """A number, or a fraction such as ``8/255`` (``benchmark.config.parse_number``)."""
+    from rfbench.benchmark.config import parse_number
+
     try:
-        return float(num) / float(den) if den else float(num)
-    except (ValueError, ZeroDivisionError):
-        raise ConfigError(f"eps: '{value}' is not a number") from None
+        return parse_number(value)
+    except ConfigError as exc:
+        raise ConfigError(f"eps: {exc}") from None
 
 
 def check_specs(specs: list[str | dict | AttackSpec]) -> None:

@@ -171,15 +171,33 @@ def _to_float(value: int | float) -> float | None:
         return None
 
 
+def parse_number(value: Any) -> float:
+    """The one reader of numbers written as fractions: ``"8/255"`` -> 0.0313..., ``"0.1"``, ``2`` -> floats.
+
+    Every place that accepts ``8/255`` (config values, ``--eps``/``--alpha``/``--t-sweep``
+    flags, attack specs) uses this.  A zero denominator or a non-number is a
+    :class:`ConfigError`; ranges (finite, >= 0, ...) are checked by the callers' fields.
+    """
+    if isinstance(value, bool):
+        raise ConfigError(f"'{value}' is not a number")
+    if isinstance(value, (int, float)):
+        return float(value)
+    text = str(value).strip()
+    num, sep, den = text.partition("/")
+    try:
+        a, d = (float(num), float(den)) if sep else (float(text), 1.0)
+    except (ValueError, OverflowError):
+        raise ConfigError(f"{_brief(text)} is not a number (expected e.g. 0.03 or 8/255)") from None
+    if d == 0:
+        raise ConfigError(f"{_brief(text)}: division by zero")
+    return a / d
+
+
 def _parse_fraction(text: str) -> float | None:
     """``"8/255"`` -> 0.0313...; anything else -> None."""
-    parts = text.strip().split("/")
     try:
-        if len(parts) == 2:
-            den = float(parts[1])
-            return float(parts[0]) / den if den != 0 else None
-        return float(text)
-    except (ValueError, OverflowError):
+        return parse_number(text)
+    except ConfigError:
         return None
 
 

@@ -32,6 +32,9 @@ def run(args: argparse.Namespace) -> int:
     from rfbench.benchmark.train.rundir import load_run_model
     from rfbench.benchmark.train.runtime import resolve_device
     from rfbench.benchmark.train.trainer import load_bundle
+    from rfbench.benchmark.io.lock import prepare_out_dir
+
+    prepare_out_dir(args.out)  # one line for a bad --out, before any work
 
     device = resolve_device(args.device)
     model, info = load_run_model(args.run, args.which, device=device)
@@ -58,7 +61,10 @@ def run(args: argparse.Namespace) -> int:
     cfg = from_dict(CalibrationConfig, values, where="calibrate")
     x, y = to_float(bundle.val.x), bundle.val.y
     result = fit_calibration(model, x, y, cfg, num_classes=bundle.num_classes, device=device)
-    out = save_calibration(args.out, result, args.run, args.which, cfg)
+    from rfbench.benchmark.io.lock import exclusive_dir
+
+    with exclusive_dir(args.out, "calibration directory"):
+        out = save_calibration(args.out, result, args.run, args.which, cfg)
     b, a = result.before, result.after
     rows = [("before", b), ("after", a)]
     print(f"validation ({len(y)} images, PGD-{cfg.steps} + {min(cfg.targets, bundle.num_classes - 1)} targeted, "

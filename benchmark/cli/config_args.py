@@ -12,7 +12,8 @@ import dataclasses
 import typing
 from typing import Any
 
-from rfbench.benchmark.config import apply_overrides, from_dict, load_yaml
+from rfbench.benchmark.config import apply_overrides, from_dict, load_yaml, parse_number
+from rfbench.benchmark.errors import ConfigError
 
 
 def _base_type(tp: Any) -> Any:
@@ -58,11 +59,14 @@ def _comma_list(inner: type):
 
 
 def _number(text: str) -> float:
-    """Floats, also written as fractions: ``8/255``."""
-    if "/" in text:
-        a, b = text.split("/", 1)
-        return float(a) / float(b)
-    return float(text)
+    """Floats, also written as fractions: ``8/255`` (argparse's side of ``benchmark.config.parse_number``)."""
+    try:
+        return parse_number(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+_number.__name__ = "number"
 
 
 def resolve_config(cls: type, args: argparse.Namespace, config_path: str | None, overrides: list[str]) -> Any:

@@ -103,8 +103,11 @@ def run(args: argparse.Namespace) -> int:
     check_specs(cfg.attacks)
     device = resolve_device(cfg.device)
     model, source, bundle = _load_model(args, device)
-    out = Path(args.out) if args.out else (Path(args.run) / f"eval-{args.which}" if args.run else Path("runs") / "eval")
-    result = evaluate(model, bundle, cfg, out, source=source)
+    from rfbench.benchmark.io.lock import exclusive_dir
+
+    out = Path(args.out) if args.out is not None else (Path(args.run) / f"eval-{args.which}" if args.run else Path("runs") / "eval")
+    with exclusive_dir(out, "evaluation directory"):
+        result = evaluate(model, bundle, cfg, out, source=source)
     print(markdown_table(result))
     print(f"results in {out}/ (result.json, per_class.csv, flags.npz{', plots' if cfg.plot else ''})", file=sys.stderr)
     return 0

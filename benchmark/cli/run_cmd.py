@@ -45,7 +45,10 @@ def run(args: argparse.Namespace) -> int:
         logging.getLogger().setLevel(logging.WARNING)
     resolved = resolve_run(load_run_config(args.config), defense=args.defense, seed=args.seed, out=args.out,
                            overrides=args.overrides, device=args.device, quiet=args.quiet)
-    out = execute_run(resolved, force=args.force, quiet=args.quiet)
+    from rfbench.benchmark.io.lock import exclusive_dir
+
+    with exclusive_dir(resolved.out, "run directory"):
+        out = execute_run(resolved, force=args.force, quiet=args.quiet)
     result = read_json(out / "result.json")
     print(percent_markdown(summary_frame(result)))
     print(f"run directory: {out} (result.json, report.md, per_class.png)", file=sys.stderr)

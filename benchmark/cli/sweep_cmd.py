@@ -43,8 +43,11 @@ def run(args: argparse.Namespace) -> int:
         grid.out = args.out
     opts = ExecutorOptions(force=args.force, quiet=args.quiet, address=args.ray_address, num_cpus=args.ray_cpus,
                            gpus=args.gpus_per_run, cpus=args.cpus_per_run)
-    outcomes, md = run_sweep(grid, args.executor, opts, grid_path=Path(args.grid), device=args.device,
-                             extra_overrides=args.overrides)
+    from rfbench.benchmark.io.lock import exclusive_dir
+
+    with exclusive_dir(grid.out, "sweep directory"):
+        outcomes, md = run_sweep(grid, args.executor, opts, grid_path=Path(args.grid), device=args.device,
+                                 extra_overrides=args.overrides)
     print(md)
     failed = [o for o in outcomes if not o.ok]
     for o in failed:

@@ -72,8 +72,11 @@ such as defense_args.beta=6); `rfbench list defenses` names the defenses.
 def run(args: argparse.Namespace) -> int:
     from rfbench.benchmark.train.trainer import train
 
+    from rfbench.benchmark.io.lock import exclusive_dir
+
     cfg = resolve_config(TrainConfig, args, args.config, args.overrides)
-    out = train(cfg, quiet=args.quiet, force=args.force)
+    with exclusive_dir(cfg.out, "run directory"):
+        out = train(cfg, quiet=args.quiet, force=args.force)
     print(f"run directory: {out}", file=sys.stderr)
     return 0
 

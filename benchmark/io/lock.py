@@ -1,0 +1,75 @@
+"""One writer per output directory: an exclusive ``fcntl.flock`` on ``DIR/.rfbench.lock``.
+
+``rfbench train``, ``eval``, ``calibrate``, ``run`` and ``sweep`` hold this lock on
+their output directory for the whole command.  A second command on the same
+directory stops at once with one line naming the holder (pid, host and command
+line, which the holder writes into the lock file); see docs/reliability.md.
+The operating system releases a ``flock`` when its process dies, so a lock
+left by a ``SIGKILL`` never blocks the rerun that resumes the work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import socket
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from rfbench.benchmark.errors import RfbenchError
+
+LOCK_NAME = ".rfbench.lock"
+
+
+class DirectoryLockedError(RfbenchError):
+    """Another rfbench process is writing into the directory."""
+
+
+def prepare_out_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
+    """``path`` as a directory that exists and is writable, or one line saying why it cannot be."""
+    text = os.fspath(path)
+    if not text.strip():
+        raise RfbenchError(f"{flag} is empty; give a directory")
+    out = Path(text)
+    if out.exists() and not out.is_dir():
+        raise RfbenchError(f"{flag} {out} exists and is not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / LOCK_NAME
+        with open(probe, "a"):
+            pass
+    except OSError as exc:
+        raise RfbenchError(f"{flag} {out}: cannot write there ({exc.strerror or exc})") from None
+    return out
+
+
+@contextlib.contextmanager
+def exclusive_dir(path: str | os.PathLike, what: str = "directory", flag: str = "--out") -> Iterator[Path]:
+    """Hold the exclusive lock of directory ``path`` (created if needed) for the ``with`` block."""
+    out = prepare_out_dir(path, flag)
+    lock = out / LOCK_NAME
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DirectoryLockedError(f"{what} {out} is in use by {_holder(lock)}; wait for it to finish "
+                                       f"or use another {flag}") from None
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv)[:500]}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+        yield out
+    finally:
+        os.close(fd)  # releases the lock; the file stays (removing it would race with a waiting process)
+
+
+def _holder(lock: Path) -> str:
+    try:
+        with open(lock, "rb") as f:
+            info = json.loads(f.read(4096).decode("utf-8", "replace"))
+        return f"pid {info['pid']} on {info['host']} ({info['command'][:200]})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another rfbench process"

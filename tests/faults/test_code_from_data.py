@@ -1,0 +1,71 @@
+"""Code runs only when the user names it on the command line (docs/reliability.md, "Security model").
+
+A ``file.py:Class`` defense met inside a checkpoint, a run directory or a
+run config is refused with one line naming ``--allow-code``, and the planted
+file's marker never appears; ``--allow-code`` on the command line allows it.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from faultkit import assert_one_line_error
+from rfbench.benchmark.cli import main
+from rfbench.benchmark.plugins import code_allowed
+
+TINY = ["--dataset", "fashion-mnist", "--model", "smallcnn", "--max-train-samples", "64", "--val-per-class", "2",
+        "--steps", "1", "--val-steps", "1", "--batch-size", "32", "--epochs", "1", "--device", "cpu", "--quiet"]
+EVAL = ["--n-per-class", "2", "--attack", "fgsm", "--bootstrap", "10", "--device", "cpu", "--quiet"]
+
+
+def plant(tmp_path):
+    """A defense file that leaves a marker when imported (it re-exports PGD-AT, so it works when allowed)."""
+    marker = tmp_path / "MARKER-code-ran"
+    evil = tmp_path / "evil.py"
+    evil.write_text(f"open({str(marker)!r}, 'w').write('ran')\n"
+                    "from rfbench.defenses import get_defense_class\n"
+                    "Evil = get_defense_class('pgd-at')\n")
+    return marker, f"{evil}:Evil"
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "run"
+    assert main(["train", *TINY, "--out", str(out), "model_kwargs.width=0.25"]) == 0
+    return out
+
+
+def test_checkpoint_naming_a_file_defense_is_refused(tiny_run, tmp_path, capsys):
+    marker, target = plant(tmp_path)
+    run = tmp_path / "shared-run"
+    run.mkdir()
+    for name in ("checkpoint-best.pt", "checkpoint-last.pt", "config.yaml"):
+        state = torch.load(tiny_run / name, weights_only=True) if name.endswith(".pt") else None
+        if state is None:
+            (run / name).write_text((tiny_run / name).read_text().replace("defense: pgd-at", f"defense: {target}"))
+        else:
+            state["config"]["defense"] = target
+            torch.save(state, run / name)
+    args = ["eval", "--run", str(run), *EVAL, "--out", str(tmp_path / "e")]
+    assert main(args) == 2
+    assert_one_line_error(capsys.readouterr().err, target, "--allow-code")
+    assert not marker.exists()
+    assert main(["calibrate", "--run", str(run), "--device", "cpu", "--out", str(tmp_path / "c")]) == 2
+    assert "--allow-code" in capsys.readouterr().err and not marker.exists()
+    assert main(args + ["--allow-code"]) == 0  # named explicitly: allowed
+    assert marker.exists() and (tmp_path / "e" / "result.json").is_file()
+    main(["list", "defenses"])
+    assert not code_allowed(target)
+
+
+def test_run_config_naming_a_file_defense_is_refused(tmp_path, capsys):
+    marker, target = plant(tmp_path)
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(f"defense: {target}\nmodel_kwargs: {{width: 0.25}}\n")
+    assert main(["train", *TINY, "--config", str(cfg), "--out", str(tmp_path / "r")]) == 2
+    assert_one_line_error(capsys.readouterr().err, "--allow-code")
+    assert not marker.exists()
+    override = ["train", *TINY, "--out", str(tmp_path / "r2"), "model_kwargs.width=0.25", f"defense={target}"]
+    assert main(override) == 0  # typed on the command line: that names it
+    assert marker.exists()

@@ -1,0 +1,67 @@
+"""One writer per output directory (``benchmark/io/lock.py``), and bad ``--out`` values answered in one line."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from faultkit import assert_one_line_error
+from rfbench.benchmark.cli import main
+from rfbench.benchmark.io.lock import DirectoryLockedError, exclusive_dir
+
+HOLD = ("import sys, time\n"
+        "from rfbench.benchmark.io.lock import exclusive_dir\n"
+        "with exclusive_dir(sys.argv[1]):\n"
+        "    print('held', flush=True)\n"
+        "    time.sleep(120)\n")
+TRAIN = ["train", "--dataset", "fashion-mnist", "--max-train-samples", "64", "--epochs", "1", "--device", "cpu", "--quiet"]
+
+
+def hold(path):
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(path), "rfbench-train-holder"], stdout=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_second_writer_is_refused_naming_the_holder_and_a_sigkilled_lock_is_free(tmp_path, capsys):
+    out = tmp_path / "run"
+    proc = hold(out)
+    try:
+        for cmd in (TRAIN + ["--out", str(out)],
+                    ["eval", "--model", "smallcnn", "--dataset", "fashion-mnist", "--n-per-class", "1", "--attack",
+                     "fgsm", "--device", "cpu", "--quiet", "--out", str(out)]):
+            assert main(cmd) == 2
+            assert_one_line_error(capsys.readouterr().err, f"pid {proc.pid}", "in use", "rfbench-train-holder")
+        with pytest.raises(DirectoryLockedError):
+            with exclusive_dir(out):
+                pass
+        assert not (out / "config.yaml").exists()  # the refused train wrote nothing
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    with exclusive_dir(out) as d:  # the lock died with its holder
+        assert d == out
+
+
+@pytest.mark.parametrize("bad", ["file", "", "/proc/rfbench-out", "readonly"])
+def test_bad_out_is_one_line(tmp_path, capsys, bad):
+    if bad == "file":
+        target = tmp_path / "f"
+        target.write_text("x")
+        want = "not a directory"
+    elif bad == "readonly":
+        if os.geteuid() == 0:
+            pytest.skip("root ignores directory permissions")
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o555)
+        target, want = ro / "out", "cannot write"
+    else:
+        target, want = bad, ("empty" if not bad else "cannot write")
+    assert main(TRAIN + ["--out", str(target)]) == 2
+    assert_one_line_error(capsys.readouterr().err, want)
