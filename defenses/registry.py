@@ -62,6 +62,23 @@ def get_defense_class(name: str) -> type[Defense]:
     return cls
 
 
+def check_defense_name(name: str) -> None:
+    """Fail fast, without importing anything, on a defense that could not be built.
+
+    A registered or installed name passes; ``module:Class`` / ``file.py:Class``
+    passes only when the command line named it or said ``--allow-code``
+    (``benchmark.plugins``); anything else is the error ``build_defense`` would give.
+    """
+    from rfbench.benchmark.plugins import code_allowed
+
+    if name in DEFENSES or name in _entry_points():
+        return
+    if ":" not in name:
+        raise UnknownNameError("defense", name, list_defenses())
+    if not code_allowed(name):
+        import_target(name, "defense")  # raises the one-line refusal
+
+
 def build_defense(name: str, args: dict, ctx: TrainContext) -> Defense:
     """Instantiate a defense with hyper-parameters ``args`` validated against its ``Config``."""
     cls = get_defense_class(name)

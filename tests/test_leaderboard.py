@@ -27,6 +27,7 @@ from rfbench.benchmark.leaderboard.schema import list_tracks
 from rfbench.benchmark.leaderboard.submit import defense_code_path, submit
 from rfbench.benchmark.runner import execute_run, load_run_config, resolve_run
 from tiny_runs import REPO, write_tiny_track
+from archived_board import restore_v1
 
 TRACK_ID = "fashion-mnist-linf"
 
@@ -382,6 +383,7 @@ def test_shipped_entry_moved_to_the_other_cpu_track_is_rejected(tmp_path):
     root = tmp_path / "repo"
     for d in ("leaderboards", "defenses"):
         shutil.copytree(REPO / d, root / d)
+    restore_v1(root)  # the archived version-1 entries, back on their version-1 tracks
     src = root / "leaderboards" / TRACK_ID / "pgd-at-s0.json"
     data = json.loads(src.read_text())
     data["track"] = "fashion-mnist-lt50-linf"

@@ -22,6 +22,7 @@ from rfbench.benchmark.leaderboard.build import collect
 from rfbench.benchmark.leaderboard.html import BINS, _luminance, _rgb, contrast, write_site
 from rfbench.benchmark.leaderboard.schema import list_tracks
 from tiny_runs import REPO
+from archived_board import restore_v1
 
 TRACK = "fashion-mnist-linf"
 HOSTILE = '<script>alert("x")</script><img src="https://evil.example/x.png">'
@@ -35,6 +36,7 @@ def site(tmp_path_factory):
     """A copy of the committed leaderboards (one entry's display name made hostile) and its site."""
     root = tmp_path_factory.mktemp("fork")
     shutil.copytree(REPO / "leaderboards", root / "leaderboards")  # a leaderboard-only fork
+    restore_v1(root)  # the archived version-1 entries have the twins and ties this test needs
     path = root / "leaderboards" / TRACK / "mart-s0.json"
     data = json.loads(path.read_text())
     data["name"] = HOSTILE

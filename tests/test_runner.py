@@ -38,10 +38,12 @@ def test_precedence_defense_preset_seed_overrides():
     base = load_run_config(TRACK)
     run = resolve_run(base, defense="dafa", seed=3, overrides=["train.defense_args.warmup_epochs=2", "eval.n_per_class=7"])
     assert run.train.defense == "dafa" and run.train.seed == 3
-    assert run.train.defense_args == {"warmup_epochs": 2}  # the override beats the track's preset (1)
+    assert run.train.defense_args == {"warmup_epochs": 2}  # the override is applied
     assert run.eval.n_per_class == 7 and run.eval.eps == pytest.approx(0.1)
     assert run.out == Path("runs/fashion-mnist-linf/dafa-s3")
-    assert resolve_run(base, defense="dafa").train.defense_args == {"warmup_epochs": 1}  # the preset
+    assert resolve_run(base, defense="dafa").train.defense_args == {}  # DAFA's warm-up is a budget fraction: no preset
+    assert resolve_run(base, defense="frl-rw", overrides=["train.epochs=2"]).train.epochs == 2  # override beats preset (1)
+    assert resolve_run(base, defense="frl-rw").train.epochs == 1  # the preset
     assert resolve_run(base, defense="trades").train.defense_args == {}
 
 

@@ -127,3 +127,38 @@ def test_ray_sweep_on_two_local_cpus_matches_the_local_executor(tmp_path):
     runs = json.loads((tmp_path / "ray" / "sweep.json").read_text())
     assert {Path(r["out"]).name for r in runs} == {"seed0", "seed1"} and all(Path(r["out"]).is_absolute() for r in runs)
     assert all(math.isfinite(r["seconds"]) for r in runs)
+
+
+@pytest.mark.parametrize("grid, message", [
+    ({"defenses": ["pgd-at"], "seeds": [0, 0]}, "'seeds' lists 0 more than once"),
+    ({"defenses": ["pgd-at", "trades", "pgd-at"]}, "'defenses' lists pgd-at more than once"),
+    ({"defenses": ["pgd-at"], "no_base": True}, "'base' is missing"),
+])
+def test_grid_duplicates_and_missing_base_are_refused_before_any_run(tmp_path, capsys, grid, message):
+    track = write_tiny_track(tmp_path)
+    data = {k: v for k, v in grid.items() if k != "no_base"} | {"out": str(tmp_path / "s")}
+    if not grid.get("no_base"):
+        data["base"] = str(track)
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert main(["sweep", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not list((tmp_path / "s").glob("*/result.json"))
+
+
+def test_grid_with_no_defense_anywhere_and_a_file_defense_are_refused(tmp_path, capsys):
+    track = write_tiny_track(tmp_path)
+    text = track.read_text()
+    bare = tmp_path / "bare.yaml"
+    bare.write_text("\n".join(l for l in text.splitlines() if not l.strip().startswith("defense:")) + "\n")
+    marker = tmp_path / "MARKER"
+    (tmp_path / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    for base, defenses, message in ((bare, [], "'defenses' is empty"),
+                                    (track, [f"{tmp_path / 'evil.py'}:Evil"], "--allow-code")):
+        path = tmp_path / "grid.yaml"
+        path.write_text(yaml.safe_dump({"base": str(base), "defenses": defenses, "out": str(tmp_path / "s")}))
+        assert main(["sweep", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err
+    assert not marker.exists()

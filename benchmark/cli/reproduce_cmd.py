@@ -54,6 +54,19 @@ def run(args: argparse.Namespace) -> int:
     return 1 if any(r["verdict"] == "not run" for r in records) else 0
 
 
+def _positive_float(text: str) -> float:
+    """A finite number > 0 (``--throughput``): 0, negatives and NaN are argparse errors, never replaced by a default."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from rfbench.benchmark.cli import HelpFormatter
     from rfbench.benchmark.runner.executors import EXECUTORS
@@ -65,7 +78,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scale", choices=["full", "smoke"], default="full",
                    help="full: the paper's setting; smoke: the same table on Fashion-MNIST on a CPU")
     p.add_argument("--dry-run", action="store_true", help="print the grid and its estimated cost, run nothing")
-    p.add_argument("--throughput", type=float, metavar="TFLOPS", help="assumed throughput for --dry-run "
+    p.add_argument("--throughput", type=_positive_float, metavar="TFLOPS", help="assumed throughput for --dry-run "
                    "(default: 320 for GPU runs, 0.09 for CPU runs)")
     p.add_argument("--rows", metavar="A,B", help="only these rows")
     p.add_argument("--seeds", type=_ints, metavar="0,1,...", help="seeds (default: the table's)")

@@ -5,9 +5,13 @@
 * classes are the sorted sub-folder names of ``PATH/train`` (torchvision's
   ``ImageFolder`` convention); a test class must also be a training class;
 * images are the files with an image extension inside each class folder
-  (sub-folders included), in sorted path order: this is the "original
+  (sub-folders included, but linked folders are not followed, so a link loop
+  cannot repeat or multiply images), in sorted path order: this is the "original
   training order" the long-tailed generator sees, so ``imagefolder:PATH``
   with ``imbalance_ratio=`` works like ``cifar10-lt``;
+* every class needs at least one test image (else one line before any work);
+  an image of more than ``MAX_PIXELS`` (4096×4096) pixels is refused from its
+  header, before it is decoded;
 * every image is decoded once with PIL into a uint8 tensor.  The first
   training image fixes the format: grayscale images give 1 channel, anything
   else is converted to RGB; an image of a different size is resized
@@ -76,11 +80,14 @@ def list_samples(split_dir: Path, classes: list[str]) -> tuple[list[Path], list[
     for label, name in enumerate(classes):
         files = sorted(
             Path(dirpath) / f
-            for dirpath, _, filenames in os.walk(split_dir / name, followlinks=True)
+            for dirpath, _, filenames in os.walk(split_dir / name, followlinks=False)  # a linked folder could loop
             for f in filenames
             if f.lower().endswith(IMG_EXTENSIONS)
         )
         if not files:
+            if split_dir.name == "test":  # every class needs test images, or its per-class numbers do not exist
+                raise DataNotFoundError(f"class '{name}' has no test images in {split_dir / name}; add some or "
+                                        "remove the class from train/ too")
             log.warning("no images in %s", split_dir / name)
         paths += files
         labels += [label] * len(files)
@@ -89,12 +96,24 @@ def list_samples(split_dir: Path, classes: list[str]) -> tuple[list[Path], list[
     return paths, labels
 
 
+#: the most pixels one image may have (a decompression-bomb limit, checked from the header before decoding)
+MAX_PIXELS = 4096 * 4096
+
+
+def _check_pixels(path: Path, im: Image.Image) -> None:
+    w, h = im.size
+    if w * h > MAX_PIXELS:
+        raise DataNotFoundError(f"image {path} is {w}x{h} pixels, more than the {MAX_PIXELS} rfbench decodes "
+                                "(a decompression-bomb limit); resize it first")
+
+
 def _open(path: Path, prepare: Callable[[Image.Image], Image.Image]) -> np.ndarray:
     """``prepare(image)`` as an H×W×C uint8 array; an unreadable file is a :class:`DataNotFoundError`."""
     try:
         with Image.open(path) as im:
+            _check_pixels(path, im)
             arr = np.asarray(prepare(im))
-    except (UnidentifiedImageError, OSError) as exc:
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
         raise DataNotFoundError(f"cannot decode image {path}: {exc}") from None
     return arr[:, :, None] if arr.ndim == 2 else arr
 
@@ -103,8 +122,9 @@ def _mode_and_size(path: Path) -> tuple[str, tuple[int, int]]:
     """The PIL mode rfbench converts a folder to ("L" for grayscale images, else "RGB") and the image's (W, H)."""
     try:
         with Image.open(path) as im:
+            _check_pixels(path, im)
             return ("L" if im.mode in GRAY_MODES else "RGB"), im.size
-    except (UnidentifiedImageError, OSError) as exc:
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
         raise DataNotFoundError(f"cannot decode image {path}: {exc}") from None
 
 

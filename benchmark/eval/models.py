@@ -23,7 +23,7 @@ import torch
 from rfbench.benchmark.errors import ConfigError, RfbenchError
 from rfbench.benchmark.io.checkpoint import load_checkpoint, load_state_dict_into
 from rfbench.benchmark.models import create_model
-from rfbench.benchmark.plugins import allow_code, import_target
+from rfbench.benchmark.plugins import allow_code as _permit_code, import_target
 
 ROBUSTBENCH_HINT = ("install it from its repository: pip install git+https://github.com/RobustBench/robustbench.git "
                     "(the PyPI release 1.1.1 cannot be installed next to pyautoattack)")
@@ -156,7 +156,7 @@ def from_file(target: str, weights: str | None, *, allow_code: bool, num_classes
     """
     if not allow_code:
         raise ConfigError(f"--model {target} runs the Python code in that file; pass --allow-code to allow it")
-    allow_code([target])  # the caller allowed this file explicitly
+    _permit_code([target])  # the caller allowed this file explicitly
     factory = import_target(target, "model")
     offered = {"num_classes": num_classes, "in_channels": in_channels, "mean": mean, "std": std}
     params = inspect.signature(factory).parameters

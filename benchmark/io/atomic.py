@@ -100,13 +100,56 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2)
     atomic_write_text(path, json.dumps(_jsonable(obj), indent=indent, sort_keys=False) + "\n")
 
 
-def read_json(path: str | os.PathLike) -> Any:
-    """Read a JSON file, turning a missing or malformed file into a one-line :class:`RfbenchError`."""
+#: the largest text or JSON file rfbench reads (results, entries, summaries are far smaller)
+MAX_TEXT_BYTES = 64 * 1024 * 1024
+
+
+def read_text_bounded(path: str | os.PathLike, limit: int = MAX_TEXT_BYTES) -> str:
+    """The UTF-8 text of a *regular* file of at most ``limit`` bytes, else a one-line :class:`RfbenchError`.
+
+    A directory, a FIFO or a device (``/dev/zero``) is refused before it is opened
+    for reading, so nothing is read without bound and nothing blocks.
+    """
+    import stat
+
     path = Path(path)
     try:
-        with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
+        st = os.stat(path)
     except FileNotFoundError:
         raise RfbenchError(f"file not found: {path}") from None
+    except OSError as exc:
+        raise RfbenchError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+        raise RfbenchError(f"cannot read {path}: {kind}")
+    if st.st_size > limit:
+        raise RfbenchError(f"{path} is {st.st_size} bytes, more than the {limit} bytes rfbench reads from such a file")
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(limit + 1)
+    except OSError as exc:
+        raise RfbenchError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if len(data) > limit:
+        raise RfbenchError(f"{path} is more than the {limit} bytes rfbench reads from such a file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RfbenchError(f"corrupt file {path}: not UTF-8 text ({exc})") from None
+
+
+def loads_json_bounded(text: str, where: str, **kw: Any) -> Any:
+    """``json.loads``, with nesting too deep for the parser (a RecursionError) as a one-line error."""
+    try:
+        return json.loads(text, **kw)
+    except RecursionError:
+        raise RfbenchError(f"corrupt file {where}: JSON nested too deeply") from None
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Read a JSON file (regular, bounded size and depth); a missing or malformed file is a one-line :class:`RfbenchError`."""
+    path = Path(path)
+    text = read_text_bounded(path)
+    try:
+        return loads_json_bounded(text, str(path))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise RfbenchError(f"corrupt file {path}: not valid JSON ({exc})") from None

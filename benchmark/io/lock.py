@@ -1,4 +1,4 @@
-"""One writer per output directory: an exclusive ``fcntl.flock`` on ``DIR/.rfbench.lock``.
+"""One writer per output directory: an exclusive ``fcntl.flock`` on ``.DIR.rfbench.lock`` beside ``DIR``.
 
 ``rfbench train``, ``eval``, ``calibrate``, ``run`` and ``sweep`` hold this lock on
 their output directory for the whole command.  A second command on the same
@@ -21,47 +21,48 @@ from pathlib import Path
 
 from rfbench.benchmark.errors import RfbenchError
 
-LOCK_NAME = ".rfbench.lock"
-
-
 class DirectoryLockedError(RfbenchError):
     """Another rfbench process is writing into the directory."""
 
 
+def lock_path(out: Path) -> Path:
+    """The lock file of directory ``out``: ``.<name>.rfbench.lock`` beside it, so locking creates nothing inside."""
+    return out.parent / f".{out.name}.rfbench.lock"
+
+
 def prepare_out_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
-    """``path`` as a directory that exists and is writable, or one line saying why it cannot be."""
+    """Check that ``path`` can be a writable output directory (creating only its parent), or one line why not."""
     text = os.fspath(path)
     if not text.strip():
         raise RfbenchError(f"{flag} is empty; give a directory")
-    out = Path(text)
+    out = Path(text).absolute()
     if out.exists() and not out.is_dir():
-        raise RfbenchError(f"{flag} {out} exists and is not a directory")
+        raise RfbenchError(f"{flag} {text} exists and is not a directory")
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / LOCK_NAME
-        with open(probe, "a"):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock_path(out), "a"):
             pass
     except OSError as exc:
-        raise RfbenchError(f"{flag} {out}: cannot write there ({exc.strerror or exc})") from None
+        raise RfbenchError(f"{flag} {text}: cannot write there ({exc.strerror or exc})") from None
     return out
 
 
 @contextlib.contextmanager
 def exclusive_dir(path: str | os.PathLike, what: str = "directory", flag: str = "--out") -> Iterator[Path]:
-    """Hold the exclusive lock of directory ``path`` (created if needed) for the ``with`` block."""
+    """Hold the exclusive lock of directory ``path`` for the ``with`` block (the directory itself is not created)."""
     out = prepare_out_dir(path, flag)
-    lock = out / LOCK_NAME
+    lock = lock_path(out)
     fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise DirectoryLockedError(f"{what} {out} is in use by {_holder(lock)}; wait for it to finish "
+            raise DirectoryLockedError(f"{what} {path} is in use by {_holder(lock)}; wait for it to finish "
                                        f"or use another {flag}") from None
         info = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv)[:500]}
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
-        yield out
+        yield Path(path)
     finally:
         os.close(fd)  # releases the lock; the file stays (removing it would race with a waiting process)
 

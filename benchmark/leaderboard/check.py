@@ -40,19 +40,29 @@ from rfbench.benchmark.leaderboard.paths import UnsafePathError, is_url, safe_re
 from rfbench.benchmark.leaderboard.schema import SUMMARY_FIELDS, Entry, EntryError, Evaluation, Track, find_track, parse_entry
 
 TOL = 1e-9
+#: the largest per-sample flag file read (a full ImageNet-size evaluation is far smaller)
+MAX_FLAGS_BYTES = 512 * 1024 * 1024
 
 
 def read_entry_file(path: str | Path) -> Any:
     """The JSON data of an entry file; malformed JSON is an :class:`EntryError` with line and column."""
+    from rfbench.benchmark.errors import RfbenchError
+    from rfbench.benchmark.io.atomic import read_text_bounded
+
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise EntryError(str(path), ["file not found"]) from None
-    except UnicodeDecodeError:
-        raise EntryError(str(path), ["not valid JSON: the file is not UTF-8 text"]) from None
+        text = read_text_bounded(path)  # a regular file of bounded size: never a FIFO or /dev/zero
+    except RfbenchError as exc:
+        msg = str(exc)
+        if msg.startswith("file not found"):
+            msg = "file not found"
+        elif "not UTF-8" in msg:
+            msg = "not valid JSON: the file is not UTF-8 text"
+        raise EntryError(str(path), [msg]) from None
     try:
         return json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise EntryError(str(path), ["not valid JSON: nested too deeply"]) from None
     except json.JSONDecodeError as exc:
         raise EntryError(str(path), [f"not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"]) from None
     except ValueError as exc:
@@ -176,11 +186,24 @@ def check_flags(which: str, ev: Evaluation, flags_path: Path) -> list[str]:
     """The per-class vectors of ``ev`` recomputed from a per-sample flag file."""
     from rfbench.benchmark.eval.flags import SampleFlags
 
+    import stat
+    import zipfile
+
     at = f"evaluations.{which}"
+    try:
+        st = Path(flags_path).stat()
+    except OSError as exc:
+        return [f"{at}.flags_file: cannot read {flags_path}: {exc.strerror or exc}"]
+    if not stat.S_ISREG(st.st_mode):  # a FIFO or a device would block or never end
+        return [f"{at}.flags_file: {flags_path} is not a regular file"]
+    if st.st_size > MAX_FLAGS_BYTES:
+        return [f"{at}.flags_file: {flags_path} is {st.st_size} bytes, more than {MAX_FLAGS_BYTES}"]
     try:
         flags = SampleFlags.load(flags_path)
     except RfbenchError as exc:
         return [f"{at}.flags_file: {exc}"]
+    except (zipfile.BadZipFile, EOFError, RecursionError) as exc:  # a truncated or hostile .npz
+        return [f"{at}.flags_file: corrupt flag file {flags_path}: {type(exc).__name__}: {exc}"]
     C = len(ev.n_per_class)
     problems = []
     if not flags.done.all():

@@ -120,6 +120,9 @@ def resolve_run(
     if defense:
         data["train"]["defense"] = defense
     chosen = data["train"].get("defense", TrainConfig().defense)
+    from rfbench.defenses.registry import check_defense_name
+
+    check_defense_name(chosen)  # before any work, and a config or track never names code by itself
     preset = data["defense_presets"].get(chosen) or {}
     data["train"] = deep_merge(data["train"], preset.get("train"))
     if preset.get("pretrain") is not None:

@@ -16,14 +16,19 @@ forward-equivalents per image (a backward pass ≈ 2 forwards):
   AutoAttack from its iteration counts.  AutoAttack on the survivors of the
   cheaper attacks costs less: the estimate is an upper bound.
 
-GPU-hours = FLOP / assumed throughput.  The default throughputs are stated in
-every estimate: 320 TFLOP/s for CUDA (performance.md's realistic target of
-3-5 s per ResNet-18 PGD-10 epoch on one H100/H200 is 1.28 PFLOP / 4 s) and
-0.09 TFLOP/s for CPU, measured on the project's 2-core CPU for SmallCNN
-runs (the training stage of ``rfbench run leaderboards/fashion-mnist-linf/
-track.yaml --defense pgd-at``, 9.4 TFLOP by this model, took 101 s on two
-lightly loaded cores); small convolutions reach less than the 150-230 GFLOP/s
-performance.md gives for ResNet-18 in fp32 on the same CPU.
+Hours = FLOP / throughput, where the throughput is what rfbench measured on
+that kind of device where it has measured it (:func:`throughput`), and
+otherwise an assumed range that every estimate prints as such:
+
+* CPU: 0.09 TFLOP/s, measured on the project's 2-core CPU for SmallCNN runs
+  (the training stage of ``rfbench run leaderboards/fashion-mnist-linf/
+  track.yaml --defense pgd-at``, 9.4 TFLOP by this model, took 101 s on two
+  lightly loaded cores);
+* CUDA: the bf16 training throughput (``gflop_per_s``) of a
+  ``benchmarks/results/*.json`` measured with ``--device cuda``
+  (``benchmarks/gpu_run.py``), when one exists; otherwise **assumed**
+  100-400 TFLOP/s (13-50% of an H100/H200's dense bf16 peak), a range, since
+  rfbench has not yet measured a GPU.
 """
 
 from __future__ import annotations
@@ -31,7 +36,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
+import json
+import statistics
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from rfbench.benchmark.data.longtail import longtail_counts
@@ -50,7 +58,45 @@ DATASET_SHAPES = {
 #: defenses whose loss adds a clean forward + backward to the adversarial one (also any defense with base: trades)
 TWO_INPUT_DEFENSES = {"trades", "mart", "frl-rw", "frl-rwrm", "dafa", "wat"}
 AA_STANDARD_FWD = 4750.0
-THROUGHPUT_TFLOPS = {"cuda": 320.0, "cpu": 0.09}
+ASSUMED_TFLOPS = {"cuda": (100.0, 400.0)}
+MEASURED_CPU_TFLOPS = 0.09
+_EVAL_FWD_CACHE: dict[str, float] = {}
+
+
+@dataclass
+class Throughput:
+    """TFLOP/s as a (low, high) range and where it comes from (``measured: ...`` or ``assumed: ...``)."""
+
+    low: float
+    high: float
+    source: str
+
+    @property
+    def measured(self) -> bool:
+        return self.source.startswith("measured")
+
+
+def throughput(device: str, results_dir: Path | None = None) -> Throughput:
+    """The throughput of ``device`` (``cpu`` or ``cuda``) for cost estimates (see the module docstring)."""
+    if device == "cpu":
+        return Throughput(MEASURED_CPU_TFLOPS, MEASURED_CPU_TFLOPS,
+                          "measured: SmallCNN track run on the project's 2-core CPU")
+    results_dir = results_dir or Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+    values = []
+    for path in sorted(results_dir.glob("*.json")) if results_dir.is_dir() else []:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if not str(data.get("machine", {}).get("device", "")).startswith(device):
+            continue
+        values += [r["gflop_per_s"] / 1e3 for r in data.get("rows", [])
+                   if r.get("kind") == "rfbench" and "bf16" in str(r.get("setting")) and r.get("gflop_per_s")]
+    if values:
+        v = statistics.median(values)
+        return Throughput(v, v, f"measured: {len(values)} bf16 training timings in {results_dir.name}/ on {device}")
+    low, high = ASSUMED_TFLOPS[device]
+    return Throughput(low, high, f"assumed: {low:g}-{high:g} TFLOP/s, not yet measured on a GPU")
 
 
 @dataclass
@@ -129,10 +175,13 @@ def eval_fwd_per_image(attack_specs: list[Any], norm: str, eps: float, eval_step
 
     from rfbench.attacks.spec import DEFAULT_SUITE, Threat, build_attacks
 
-    threat = Threat(norm=norm, eps=eps, steps=eval_steps, alpha=eps / 4)
-    with contextlib.redirect_stdout(io.StringIO()):  # pyautoattack prints its settings when built
-        attacks = build_attacks(list(attack_specs) or list(DEFAULT_SUITE), torch.nn.Identity(), threat)
-    return 1.0 + sum(attack_fwd(a.settings()) for a in attacks)
+    key = json.dumps([list(attack_specs), norm, eps, eval_steps], sort_keys=True, default=str)
+    if key not in _EVAL_FWD_CACHE:  # built once per suite: pyautoattack announces itself when built
+        threat = Threat(norm=norm, eps=eps, steps=eval_steps, alpha=eps / 4)
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            attacks = build_attacks(list(attack_specs) or list(DEFAULT_SUITE), torch.nn.Identity(), threat)
+        _EVAL_FWD_CACHE[key] = 1.0 + sum(attack_fwd(a.settings()) for a in attacks)
+    return _EVAL_FWD_CACHE[key]
 
 
 def run_cost(run) -> RunCost:

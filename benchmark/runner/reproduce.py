@@ -6,7 +6,7 @@ A table definition (``leaderboards/papers/<table>.yaml``, schema ``rfbench.paper
     title: ...
     source: "Wei et al., CVPR 2023 (CFA), Table 1"       # every number names its paper and table
     settings: "PreAct-ResNet-18, 200 epochs, AutoAttack standard, mean ± std over 5 runs"
-    tolerance: {mean: 2.0, worst: 4.0}                    # points; worst-class numbers have large seed variance
+    tolerance: {mean: 2.0, worst: 4.0}                    # points (fractions once loaded); worst-class numbers have large seed variance
     seeds: [0, 1, 2, 3, 4]
     run: {train: {...}, eval: {attacks: ["autoattack:version=standard,label=aa"]}, checkpoints: [best, last]}
     columns:                                              # what the paper reports
@@ -15,7 +15,7 @@ A table definition (``leaderboards/papers/<table>.yaml``, schema ``rfbench.paper
       - id: pgd-at
         label: PGD-AT
         run: {train: {defense: pgd-at}}                    # merged over the table's run
-        published: {best-aa: {mean: 46.7, worst: 20.1}}  # percent
+        published: {best-aa: {mean: 46.7, worst: 20.1}}  # percent, as printed (fractions once loaded)
         source: ...                                       # optional: a second-hand number's own source
         comparable: true                                  # false: a different protocol; verdicts are indicative
     smoke:                                                # --scale smoke: the same table on Fashion-MNIST, CPU
@@ -42,8 +42,9 @@ import pandas as pd
 from rfbench.benchmark.config import choice, from_dict, load_yaml, to_dict
 from rfbench.benchmark.errors import ConfigError
 from rfbench.benchmark.io import atomic_write_json, atomic_write_text, read_json
+from rfbench.benchmark.perclass import pct
 from rfbench.benchmark.runner.config import RunConfig, deep_merge, resolve_run, slug
-from rfbench.benchmark.runner.cost import THROUGHPUT_TFLOPS, run_cost
+from rfbench.benchmark.runner.cost import Throughput, run_cost, throughput
 from rfbench.benchmark.runner.executors import EXECUTORS, Cell, CellOutcome, ExecutorOptions
 from rfbench.benchmark.runner.summary import mean_std
 
@@ -128,7 +129,15 @@ def table_path(name: str, root: Path) -> Path:
 
 
 def load_table(path: str | Path) -> PaperTable:
-    return from_dict(PaperTable, load_yaml(path), where=str(path))
+    """Load a table definition; its published numbers and tolerances, percentages (points) in the file as the
+    paper prints them, become fractions here, the one place they are converted: everything after compares
+    fractions, and only :func:`comparison_markdown` renders percentages."""
+    table = from_dict(PaperTable, load_yaml(path), where=str(path))
+    for row in table.rows:
+        row.published = {cid: {stat: None if v is None else float(v) / 100 for stat, v in cell.items()}
+                         for cid, cell in row.published.items()}
+    table.tolerance = {stat: float(v) / 100 for stat, v in table.tolerance.items()}
+    return table
 
 
 def table_cells(table: PaperTable, scale: str, out: Path, *, rows: list[str] | None = None, seeds: list[int] | None = None,
@@ -169,13 +178,14 @@ def dry_run_text(table: PaperTable, cells: list[Cell], scale: str, tflops: float
                      "attacks": ", ".join(str(a) for a in c.run.eval.attacks) or "(default suite)",
                      "train TFLOP": cost.train_flop / 1e12, "eval TFLOP": cost.eval_flop / 1e12, "out": str(c.run.out)})
     device = "cuda" if scale == "full" else "cpu"
-    tput = tflops or THROUGHPUT_TFLOPS[device]
-    hours = total / (tput * 1e12) / 3600
+    tput = Throughput(tflops, tflops, "given: --throughput") if tflops else throughput(device)
+    hours = [total / (t * 1e12) / 3600 for t in (tput.high, tput.low)]
     unit = "GPU-hours" if device == "cuda" else "CPU-hours"
     head = f"{table.title} ({scale} scale): {len(cells)} runs\nsource: {table.source}\n"
-    foot = (f"\nestimated cost: {total / 1e15:.4g} PFLOP = {hours:.3g} {unit} ({60 * hours:.3g} min) at an assumed "
-            f"{tput:g} TFLOP/s "
-            f"({'CUDA bf16, performance.md realistic target' if device == 'cuda' else 'SmallCNN on 2 CPU cores, measured'}; "
+    span = (f"{hours[0]:.3g} {unit} ({60 * hours[0]:.3g} min)" if hours[0] == hours[1] else
+            f"{hours[0]:.3g}-{hours[1]:.3g} {unit} ({60 * hours[0]:.3g}-{60 * hours[1]:.3g} min)")
+    rate = f"{tput.low:g}" if tput.low == tput.high else f"{tput.low:g}-{tput.high:g}"
+    foot = (f"\nestimated cost: {total / 1e15:.4g} PFLOP = {span} at {rate} TFLOP/s ({tput.source}; "
             "AutoAttack counted on every point, so an upper bound)")
     return head + pd.DataFrame(rows).to_markdown(index=False, floatfmt=".3g") + foot
 
@@ -214,7 +224,7 @@ def compare(table: PaperTable, outcomes: list[CellOutcome], scale: str) -> list[
                     if block is None or col.metric not in block["summary"]:
                         raise ConfigError(f"table {table.id}: column {col.id} needs '{col.metric}' at checkpoint "
                                           f"'{col.checkpoint}', which the run of row {row.id} did not produce")
-                    vals.append(100 * block["summary"][col.metric][stat])
+                    vals.append(block["summary"][col.metric][stat])
                 mean, std = mean_std(vals) if vals else (None, None)
                 pub = row.published.get(col.id, {}).get(stat)
                 diff = mean - pub if (mean is not None and pub is not None) else None
@@ -233,18 +243,18 @@ def comparison_markdown(table: PaperTable, records: list[dict[str, Any]], scale:
     def num(v: float | None, std: float | None = None) -> str:
         if v is None:
             return "-"
-        return f"{v:.1f}" + (f" ± {std:.1f}" if std else "")
+        return pct(v) + (f" ± {pct(std)}" if std else "")
 
     rows = [{"method": r["method"], "column": r["column"], "stat": r["stat"], "ours": num(r["ours"], r["ours_std"]),
-             "seeds": r["seeds"], "published": "-" if r["published"] is None else f"{r['published']:g}",
-             "diff": "-" if r["diff"] is None else f"{r['diff']:+.1f}", "tol": f"±{r['tolerance']:g}",
+             "seeds": r["seeds"], "published": pct(r["published"]), "diff": pct(r["diff"], sign=True),
+             "tol": f"±{pct(r['tolerance'])}",
              "verdict": r["verdict"]} for r in records]
     sources = sorted({r["source"] for r in records})
     lines = [f"# {table.title}" + (" — smoke scale (Fashion-MNIST, CPU)" if scale == "smoke" else ""), "",
              f"Settings: {table.settings}", "",
              pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True) if rows else "(no runs)", "",
              "Accuracies in percent (mean ± sample std over seeds); diff = ours − published; verdict: within the "
-             f"tolerance (±{table.tolerance['mean']:g} points on averages, ±{table.tolerance['worst']:g} on worst-class "
+             f"tolerance (±{pct(table.tolerance['mean'])} points on averages, ±{pct(table.tolerance['worst'])} on worst-class "
              "numbers) or not.", "", "Sources:"] + [f"- {s}" for s in sources]
     if table.notes:
         lines += ["", "Notes:"] + [f"- {n}" for n in table.notes]

@@ -54,9 +54,17 @@ class GridConfig:
     def validate(self) -> None:
         if not self.seeds:
             raise ConfigError("grid: 'seeds' must list at least one seed")
+        for key in ("seeds", "defenses", "datasets"):
+            values = getattr(self, key)
+            dups = sorted({str(v) for v in values if values.count(v) > 1})
+            if dups:  # a repeated seed is one run, not two independent ones
+                raise ConfigError(f"grid: '{key}' lists {', '.join(dups)} more than once; each value must appear once")
         for name, items in self.overrides.items():
             if not isinstance(items, list) or not all(isinstance(i, str) and "=" in i for i in items):
                 raise ConfigError(f"grid: overrides.{name} must be a list of key=value strings")
+        if not self.base:
+            raise ConfigError("grid: 'base' is missing; name the run config every cell starts from "
+                              "(e.g. base: leaderboards/fashion-mnist-linf/track.yaml)")
 
 
 def _find(path: str, grid_path: Path | None) -> Path:
@@ -81,7 +89,13 @@ def expand_grid(grid: GridConfig, grid_path: Path | None = None, *, device: str 
                 extra_overrides: list[str] | None = None) -> list[Cell]:
     """The cells of the grid, in a fixed order (dataset, defense, variant, seed)."""
     base = base_run(grid, grid_path)
-    defenses = grid.defenses or [base.train.get("defense", "pgd-at")]
+    if not grid.defenses and not base.train.get("defense"):
+        raise ConfigError("grid: 'defenses' is empty and its base names no train.defense; list the defenses to run")
+    defenses = grid.defenses or [base.train["defense"]]
+    from rfbench.defenses.registry import check_defense_name
+
+    for name in defenses:
+        check_defense_name(name)
     datasets = grid.datasets or [base.train.get("dataset", "fashion-mnist")]
     variants = grid.overrides or {"default": []}
     cells = []

@@ -32,11 +32,8 @@ def test_second_writer_is_refused_naming_the_holder_and_a_sigkilled_lock_is_free
     out = tmp_path / "run"
     proc = hold(out)
     try:
-        for cmd in (TRAIN + ["--out", str(out)],
-                    ["eval", "--model", "smallcnn", "--dataset", "fashion-mnist", "--n-per-class", "1", "--attack",
-                     "fgsm", "--device", "cpu", "--quiet", "--out", str(out)]):
-            assert main(cmd) == 2
-            assert_one_line_error(capsys.readouterr().err, f"pid {proc.pid}", "in use", "rfbench-train-holder")
+        assert main(TRAIN + ["--out", str(out)]) == 2
+        assert_one_line_error(capsys.readouterr().err, f"pid {proc.pid}", "in use", "rfbench-train-holder")
         with pytest.raises(DirectoryLockedError):
             with exclusive_dir(out):
                 pass
