@@ -218,7 +218,7 @@ def _check(value: Any, f: dataclasses.Field, where: str) -> None:
             if not isinstance(v, (int, float)) or (lo is not None and v < lo) or (hi is not None and v > hi):
                 bounds = f"[{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
                 raise ConfigError(f"{where}: '{f.name}' must be a number in {bounds}, got {_brief(value)}")
-    if "choices" in meta and value not in meta["choices"]:
+    if "choices" in meta and any(v not in meta["choices"] for v in (value if isinstance(value, list) else [value])):
         raise ConfigError(f"{where}: '{f.name}' must be one of {', '.join(map(str, meta['choices']))}; got {_brief(value)}")
 
 

@@ -46,6 +46,20 @@ def fmnist_cnn(fmnist):
     return model.eval()
 
 
+@pytest.fixture(autouse=True)
+def _fmnist_cnn_restored(request):
+    """Whatever a test does to the shared ``fmnist_cnn`` (mode, gradients, ``requires_grad``), the next test
+    gets it in eval mode with no gradients: one test's slip must not fail an unrelated later one.  Tests
+    that check the library leaves the model alone assert it inside the test, before this runs."""
+    yield
+    if "fmnist_cnn" in request.fixturenames:
+        model = request.getfixturevalue("fmnist_cnn")
+        model.eval()
+        for p in model.parameters():
+            p.grad = None
+            p.requires_grad_(True)
+
+
 def pytest_addoption(parser):
     parser.addoption("--run-track", action="store_true",
                      help="also run the full leaderboard-track reproductions (minutes each; marker 'track')")

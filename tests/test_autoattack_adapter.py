@@ -108,3 +108,16 @@ def test_check_warnings_become_flags_and_go_through_our_logger(fmnist_cnn, batch
 def test_config_errors(fmnist_cnn, kwargs, fragment):
     with pytest.raises(ConfigError, match=fragment):
         AutoAttack(fmnist_cnn, eps=EPS, **kwargs)
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_adapter_leaves_the_models_mode_as_it_found_it(fmnist_cnn, batch, training):
+    x, y = batch
+    atk = AutoAttack(fmnist_cnn, eps=EPS, version="custom", attacks=["apgd-ce"], steps=1, restarts=1)
+    fmnist_cnn.train(training)
+    try:
+        atk(x[:4], y[:4], seed=0)
+        assert [m.training for m in fmnist_cnn.modules()] == [training] * len(list(fmnist_cnn.modules()))
+        assert all(p.grad is None and p.requires_grad for p in fmnist_cnn.parameters())
+    finally:
+        fmnist_cnn.eval()

@@ -169,3 +169,38 @@ def test_full_cifar10_jpeg_archive(tmp_path):
     assert bundle.test.counts() == [1000] * 10
     assert bundle.train_counts == [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
     assert bundle.val.counts() == [100] * 10
+
+
+def _tiny_folder(root: Path, classes=("a", "b"), per=2) -> Path:
+    for split in ("train", "test"):
+        for c in classes:
+            (root / split / c).mkdir(parents=True)
+            for i in range(per):
+                Image.new("L", (8, 8), 40 * i).save(root / split / c / f"{i}.png")
+    return root
+
+
+def test_linked_folders_are_not_followed(tmp_path):
+    d = _tiny_folder(tmp_path / "f")
+    (d / "train" / "a" / "loop").symlink_to(d / "train" / "a", target_is_directory=True)  # a cycle
+    (d / "train" / "b" / "other").symlink_to(d / "train" / "a", target_is_directory=True)
+    raw = load_raw(f"imagefolder:{d}")
+    assert list(raw.train.counts()) == [2, 2]  # not 2 + looped copies
+
+
+def test_a_class_without_test_images_is_refused_before_decoding(tmp_path):
+    d = _tiny_folder(tmp_path / "f")
+    for f in (d / "test" / "b").iterdir():
+        f.unlink()
+    with pytest.raises(DataNotFoundError, match="class 'b' has no test images"):
+        load_raw(f"imagefolder:{d}")
+
+
+def test_a_huge_image_is_refused_from_its_header(tmp_path, monkeypatch):
+    import rfbench.benchmark.data.imagefolder as imf
+
+    d = _tiny_folder(tmp_path / "f")
+    Image.new("L", (80, 80)).save(d / "train" / "a" / "0-big.png")  # sorted first
+    monkeypatch.setattr(imf, "MAX_PIXELS", 64 * 64)
+    with pytest.raises(DataNotFoundError, match="80x80 pixels, more than"):
+        load_raw(f"imagefolder:{d}")

@@ -56,7 +56,7 @@ def test_site_has_an_index_a_page_per_track_and_per_entry(site):
             assert (out / track.id / entry.name).read_bytes() == entry.read_bytes()
     page = (out / TRACK / "index.html").read_text()
     assert '<th scope="col" class="num" data-sortable="ascending" aria-sort="ascending">Rank: worst class</th>' in page
-    assert "identical to pgd-at-s0" in page and "Wilson 95% interval" in page
+    assert "identical to pgd-at-s0" in page and "Wilson interval at level 1 - 0.05/C (Bonferroni" in page
     assert 'href="cb-at-s0.html"' in page  # unranked entries have their page too
     index = (out / "index.html").read_text()
     assert f'href="{TRACK}/index.html"' in index and "How entries are ranked" in index

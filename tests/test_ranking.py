@@ -10,7 +10,8 @@ import pytest
 
 from rfbench.benchmark.leaderboard.ranking import (EntryData, Z95, bootstrap_class_accuracies, duplicates,
                                                    metric_value, pooled_seed_variance, rank, rank_groups,
-                                                   significantly_better, wilson_interval)
+                                                   significantly_better)
+from rfbench.benchmark.perclass import wilson_interval, worst_class_interval_from_counts
 from tiny_runs import REPO
 
 
@@ -132,7 +133,14 @@ def test_rank_end_to_end_by_hand():
     assert [x.ranks["worst"] for x in r.ranked] == [1, 2, 2]
     assert [x.ranks["tail20"] for x in r.ranked] == [1, 2, 2]  # 2 classes: the worst 20% is the worst class
     assert [(x.entry.id, x.identical_to) for x in r.identical] == [("copy-s0", "pgd-at-s0")]
-    assert r.row("c-s0").worst_ci == pytest.approx(wilson_interval(10, 100))
+    # the worst-class interval covers min_k p_k: Bonferroni-adjusted (level 1 - 0.05/2) Wilson intervals of both
+    # classes (90/100 and 10/100), minimum of the ends; by hand it is wider than class 1's plain 95% interval
+    lo90, hi90 = wilson_interval(90, 100, 0.975)
+    lo10, hi10 = wilson_interval(10, 100, 0.975)
+    assert r.row("c-s0").worst_ci == pytest.approx((min(lo90, lo10), min(hi90, hi10)))
+    assert r.row("c-s0").worst_ci == pytest.approx(worst_class_interval_from_counts([90, 10], [100, 100]))
+    plain = wilson_interval(10, 100)
+    assert r.row("c-s0").worst_ci[0] < plain[0] and r.row("c-s0").worst_ci[1] > plain[1]
     assert r.seed_sd == {"worst": 0.0, "tail20": 0.0} and r.seed_settings == []
     # a second seed of C that lands at 50: the seed spread (sd 28 points) swallows every difference
     entries["c-s1"] = _data("c-s1", [strong, weak], signature="C1")
@@ -142,17 +150,24 @@ def test_rank_end_to_end_by_hand():
     assert {x.ranks["worst"] for x in r.ranked} == {1}
 
 
-def test_committed_boards_rank_groups_and_identical_entries():
-    """The committed CPU tracks: no two ranked entries share their predictions, each unranked one shares its
-    reference's, and equal worst-class values share a rank group."""
+def test_committed_boards_rank_groups_and_identical_entries(tmp_path):
+    """The archived version-1 CPU boards (36 entries with known twins): no two ranked entries share their
+    predictions, each unranked one shares its reference's, and equal worst-class values share a rank group."""
+    import shutil
+
+    from archived_board import restore_v1
     from rfbench.benchmark.leaderboard.build import collect
     from rfbench.benchmark.leaderboard.ranking import entry_data
     from rfbench.benchmark.leaderboard.schema import find_track
 
+    root = tmp_path / "fork"
+    shutil.copytree(REPO / "leaderboards", root / "leaderboards")
+    restore_v1(root)
     for track_id in ("fashion-mnist-linf", "fashion-mnist-lt50-linf"):
-        board = collect(find_track(track_id, REPO), REPO)
+        board = collect(find_track(track_id, root), root)
         ck = board.track.info.protocol.checkpoint
-        sig = {r.entry.id: entry_data(r.entry, ck, REPO).signature for r in board.ranking.ranked + board.ranking.identical}
+        assert board.ranking.identical  # the archive holds known twins (cb-at and class-weights equal pgd-at)
+        sig = {r.entry.id: entry_data(r.entry, ck, root).signature for r in board.ranking.ranked + board.ranking.identical}
         ranked = [sig[r.entry.id] for r in board.ranking.ranked]
         assert len(set(ranked)) == len(ranked)
         for r in board.ranking.identical:

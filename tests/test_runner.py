@@ -86,7 +86,7 @@ def test_run_directory_has_every_stage_and_output(tiny):
     for name in ("run.yaml", "result.json", "report.md", "per_class.png", "training.png", "train/checkpoint-best.pt"):
         assert (d / name).exists(), name
     result = json.loads((d / "result.json").read_text())
-    assert result["schema"] == "rfbench.run/1" and result["defense"] == "pgd-at" and result["model"] == "smallcnn"
+    assert result["schema"] == "rfbench.run/1" and result["defense"] == "pgd-at" and result["model"] == "cnn3"
     assert set(result["checkpoints"]) == {"best", "last"}
     for which, block in result["checkpoints"].items():
         full = json.loads((d / f"eval-{which}" / "result.json").read_text())

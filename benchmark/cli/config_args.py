@@ -41,8 +41,12 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, help_text: dict
             group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
         elif typing.get_origin(tp) is list:
             inner = typing.get_args(tp)[0] if typing.get_args(tp) else str
-            kwargs["help"] += " (comma-separated)"
-            group.add_argument(flag, type=_comma_list(inner), metavar="A,B,...", **kwargs)
+            if "choices" in f.metadata:  # a set of options: repeatable, each a comma list
+                kwargs["help"] += " (comma-separated, repeatable)"
+                group.add_argument(flag, type=_comma_list(inner), metavar="A,B,...", action="extend", **kwargs)
+            else:
+                kwargs["help"] += " (comma-separated)"
+                group.add_argument(flag, type=_comma_list(inner), metavar="A,B,...", **kwargs)
         else:
             conv = {float: _number, int: int}.get(tp, str)
             group.add_argument(flag, type=conv, metavar=f.name.upper(), **kwargs)

@@ -55,6 +55,8 @@ HELP = {
     "compile": "torch.compile the model for training and its attack (the first steps pay the compile time)",
     "nan_policy": "on a NaN/Inf loss: stop with a message, or skip the batch",
     "out": "run directory (a rerun resumes from its checkpoint-last.pt)",
+    "logger": "experiment loggers, offline by default: tensorboard (RUN_DIR/tensorboard), mlflow "
+              "(file:RUN_DIR/mlruns or $MLFLOW_TRACKING_URI), wandb (offline, RUN_DIR/wandb); pip install 'rfbench[NAME]'",
 }
 
 EPILOG = """\

@@ -65,6 +65,8 @@ class TrainConfig:
     nan_policy: str = field(default="stop", metadata=choice("stop", "skip-batch"))
     checkpoint_every: int = field(default=0, metadata=rng(0, None))  # also save mid-epoch every N batches (0 = epoch ends only)
     out: str = "runs/demo"
+    # experiment loggers (benchmark/train/loggers.py), optional extras, offline by default; [] = none
+    logger: list[str] = field(default_factory=list, metadata=choice("tensorboard", "mlflow", "wandb"))
 
     def validate(self) -> None:
         """Cross-field checks that a single field's metadata cannot express."""

@@ -40,6 +40,7 @@ from rfbench.benchmark.models import create_model
 from rfbench.benchmark.perclass import accuracy_from_counts, class_counts, nan_mean, nan_min
 from rfbench.benchmark.train.config import TrainConfig
 from rfbench.benchmark.train.averaging import WeightAverages
+from rfbench.benchmark.train.loggers import ExperimentLoggers, check_available
 from rfbench.benchmark.train.distributed import (ShardedGenerator, all_reduce_sum, any_rank, barrier, gather_rows,
                                                  init_distributed, shard)
 from rfbench.benchmark.train.runtime import autocast_dtype, maybe_compile, resolve_device, seed_everything, use_channels_last
@@ -52,7 +53,7 @@ log = logging.getLogger(__name__)
 
 LAST, BEST, CONFIG, LOG, SUMMARY = "checkpoint-last.pt", "checkpoint-best.pt", "config.yaml", "log.jsonl", "summary.json"
 # config keys that may differ between a run and its resumption
-RESUMABLE_KEYS = {"out", "device", "epochs", "checkpoint_every", "nan_policy", "compile"}
+RESUMABLE_KEYS = {"out", "device", "epochs", "checkpoint_every", "nan_policy", "compile", "logger"}
 
 
 class NonFiniteLossError(RfbenchError):
@@ -227,6 +228,8 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, quiet: bool = False, force: bool = False):
         self.cfg = cfg
+        for name in cfg.logger:  # a missing logger package is reported before the data is loaded
+            check_available(name)
         self.out = Path(cfg.out)
         self.force = force
         self.dist, self.device = init_distributed(resolve_device(cfg.device))
@@ -280,6 +283,9 @@ class Trainer:
         self.start_epoch = 0
         self.partial: dict[str, Any] | None = None  # mid-epoch state to resume from
         self._signal: int | None = None
+        # experiment loggers (rank 0 only); a missing package fails here, before any training
+        self.loggers = ExperimentLoggers(cfg.logger if self.dist.main else [], self.out, classes=list(self.bundle.classes),
+                                         config=self._resolved())
 
     # -- checkpoints ------------------------------------------------------------
     def _resolved(self) -> dict[str, Any]:
@@ -504,6 +510,7 @@ class Trainer:
                  epoch + 1, self.cfg.epochs, record["loss"], record["val_clean_mean"], record["val_robust_mean"],
                  record["val_robust_worst"], record["seconds"],
                  "".join(f"  {k} {v:.4f}" for k, v in record["terms"].items()))
+        self.loggers.log_epoch(record)  # TensorBoard / MLflow / W&B (rank 0; step = epoch)
         return record
 
     # -- the run ------------------------------------------------------------------
@@ -570,7 +577,7 @@ class Trainer:
 
     def _write_summary(self, wall_seconds: float) -> None:
         best = max(self.history, key=lambda r: r["select_score"])
-        atomic_write_json(self.out / SUMMARY, {
+        atomic_write_json(self.out / SUMMARY, summary := {
             "epochs": self.cfg.epochs, "best_epoch": best["epoch"], "select": self.cfg.select,
             "best_score": best["select_score"], "wall_seconds_this_session": wall_seconds,
             "train_seconds_total": sum(r["seconds"] for r in self.history), "device": str(self.device),
@@ -581,6 +588,7 @@ class Trainer:
                           "channels_last": self.channels_last, "compile": self.cfg.compile},
             "last": {k: self.history[-1][k] for k in ("val_clean_mean", "val_robust_mean", "val_robust_worst")},
         })
+        self.loggers.finish(summary, self.history)  # the summary and the final per-class tables
 
 
 def _non_finite(loss: torch.Tensor, logits: torch.Tensor | None) -> str:
