@@ -56,7 +56,8 @@ HELP = {
     "nan_policy": "on a NaN/Inf loss: stop with a message, or skip the batch",
     "out": "run directory (a rerun resumes from its checkpoint-last.pt)",
     "logger": "experiment loggers, offline by default: tensorboard (RUN_DIR/tensorboard), mlflow "
-              "(file:RUN_DIR/mlruns or $MLFLOW_TRACKING_URI), wandb (offline, RUN_DIR/wandb); pip install 'rfbench[NAME]'",
+              "(sqlite RUN_DIR/mlflow.db, artifacts RUN_DIR/mlruns, or $MLFLOW_TRACKING_URI), "
+              "wandb (offline, RUN_DIR/wandb); pip install 'rfbench[NAME]'",
 }
 
 EPILOG = """\

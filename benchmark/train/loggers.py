@@ -309,9 +309,10 @@ class ExperimentLoggers:
         scalars = {k: x for k, v in summary.items() if (x := _number(v)) is not None and math.isfinite(x)}
         scalars.update({f"last/{k}": x for k, v in (summary.get("last") or {}).items()
                         if (x := _number(v)) is not None})
-        for b in self._open(int(last["epoch"])):
-            b.log_scalars({f"summary/{k}": v for k, v in scalars.items()}, int(last["epoch"]))
-            b.log_table("final_val_per_class", FINAL_COLUMNS, final_table(last, self.classes), int(last["epoch"]))
+        step = int(last["epoch"])
+        for b in self._open(step + 1):  # opened here only if no epoch ran in this session: nothing to purge
+            b.log_scalars({f"summary/{k}": v for k, v in scalars.items()}, step)
+            b.log_table("final_val_per_class", FINAL_COLUMNS, final_table(last, self.classes), step)
             b.log_table("best_val_per_class", FINAL_COLUMNS, final_table(best, self.classes), int(best["epoch"]))
             b.log_summary(summary)
         self.close()
