@@ -63,6 +63,8 @@ def _fmnist_cnn_restored(request):
 def pytest_addoption(parser):
     parser.addoption("--run-track", action="store_true",
                      help="also run the full leaderboard-track reproductions (minutes each; marker 'track')")
+    parser.addoption("--kill-count", type=int, default=None, metavar="N",
+                     help="SIGKILLs of tests/faults/test_kill_anywhere.py (default 3, or env RFBENCH_KILL_COUNT)")
 
 
 def pytest_collection_modifyitems(config, items):

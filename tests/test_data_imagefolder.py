@@ -204,3 +204,25 @@ def test_a_huge_image_is_refused_from_its_header(tmp_path, monkeypatch):
     monkeypatch.setattr(imf, "MAX_PIXELS", 64 * 64)
     with pytest.raises(DataNotFoundError, match="80x80 pixels, more than"):
         load_raw(f"imagefolder:{d}")
+
+
+def test_mixed_sizes_follow_the_most_common_training_size_not_the_first_image(tmp_path, caplog):
+    """A 64x48 image sorted first, then three 20x16 and two 16x20 images: all become 20x16 (3 beat 2 and 1)."""
+    from rfbench.benchmark.data.imagefolder import common_size
+
+    d = tmp_path / "mixed-sizes"
+    for split, cls, name, size in [("train", "a", "0-big.png", (64, 48)), ("train", "a", "1.png", (20, 16)),
+                                   ("train", "b", "2.png", (20, 16)), ("train", "b", "3.png", (20, 16)),
+                                   ("train", "b", "4.png", (16, 20)), ("train", "a", "5.png", (16, 20)),
+                                   ("test", "a", "6.png", (16, 20)), ("test", "b", "7.png", (20, 16))]:
+        (d / split / cls).mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", size, (0, 200, 0)).save(d / split / cls / name)
+    with caplog.at_level(logging.WARNING):
+        raw = load_raw(f"imagefolder:{d}")
+    assert raw.train.x.shape == (6, 3, 16, 20) and raw.test.x.shape == (2, 3, 16, 20)  # N, C, H=16, W=20
+    assert (raw.train.x[:, 1] == 200).all() and (raw.test.x[:, 0] == 0).all()  # a uniform image stays uniform
+    assert "resized 4 images" in caplog.text and "most common training size 20x16" in caplog.text
+    assert "16x20 (2 training images), 20x16 (3 training images), 64x48 (1 training images)" in caplog.text
+    from collections import Counter
+    assert common_size(Counter({(16, 20): 2, (20, 16): 2, (8, 8): 1})) == (20, 16)  # tie, same area: the wider
+    assert common_size(Counter({(10, 10): 2, (12, 12): 2})) == (12, 12)  # tie: the larger area

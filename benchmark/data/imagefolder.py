@@ -14,8 +14,12 @@
   header, before it is decoded;
 * every image is decoded once with PIL into a uint8 tensor.  The first
   training image fixes the format: grayscale images give 1 channel, anything
-  else is converted to RGB; an image of a different size is resized
-  (bilinear) to the first image's size, and a warning says how many were;
+  else is converted to RGB.  The size is the most common (width, height) among
+  the training images, ties broken by the larger area, then the larger width
+  (:func:`common_size`; every header is read, and checked against
+  ``MAX_PIXELS``, before any image is decoded); an image of another size, train
+  or test, is resized (bilinear) to it, and one warning lists the sizes found
+  and how many images were resized;
 * defaults: the protocol's CIFAR threat model (Linf 8/255), random crop
   (pad 4) and flip, and ``mean``/``std`` measured on the training images.
 
@@ -42,6 +46,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
@@ -128,6 +133,17 @@ def _mode_and_size(path: Path) -> tuple[str, tuple[int, int]]:
         raise DataNotFoundError(f"cannot decode image {path}: {exc}") from None
 
 
+def size_counts(paths: list[Path], workers: int | None = None) -> Counter:
+    """How many of ``paths`` have each (W, H), read from the headers only (each checked against ``MAX_PIXELS``)."""
+    with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
+        return Counter(size for _, size in pool.map(_mode_and_size, paths))
+
+
+def common_size(counts: Counter) -> tuple[int, int]:
+    """The (W, H) an image folder is resized to: the most common, ties broken by the larger area, then width."""
+    return max(counts, key=lambda wh: (counts[wh], wh[0] * wh[1], wh))
+
+
 def decode_images(paths: list[Path], prepare: Callable[[Image.Image], Image.Image], workers: int | None = None) -> torch.Tensor:
     """Decode ``paths`` with PIL, apply ``prepare`` (same-size output), and stack as uint8 ``N×C×H×W``.
 
@@ -167,7 +183,7 @@ def _missing_layout(path: Path, what: str) -> DataNotFoundError:
 
 @register_path_scheme("imagefolder")
 def imagefolder(path: str, opts: DataOptions) -> RawSplits:
-    """PATH/{train,test}/<class>/* image folders, decoded once to uint8 (sizes follow the first image)."""
+    """PATH/{train,test}/<class>/* image folders, decoded once to uint8 (at the most common training size)."""
     root = Path(path).expanduser()
     if not (root / "train").is_dir() or not (root / "test").is_dir():
         raise _missing_layout(root, f"{root}/train/<class>/* and {root}/test/<class>/*")
@@ -175,7 +191,9 @@ def imagefolder(path: str, opts: DataOptions) -> RawSplits:
     if not classes:
         raise _missing_layout(root, f"class folders in {root}/train")
     train_samples = list_samples(root / "train", classes)  # lists files only (decoding is the cost)
-    mode, size = _mode_and_size(train_samples[0][0])
+    mode, _ = _mode_and_size(train_samples[0][0])
+    sizes = size_counts(train_samples[0])
+    size = common_size(sizes)
     resized: list[Path] = []  # list.append is atomic, and prepare runs in several threads
 
     def prepare(im: Image.Image) -> Image.Image:
@@ -187,7 +205,9 @@ def imagefolder(path: str, opts: DataOptions) -> RawSplits:
     test = _folder_split(root / "test", classes, prepare)
     train = None if opts.test_only else _folder_split(root / "train", classes, prepare, train_samples)
     if resized:
-        log.warning("%s: resized %d images (e.g. %s) to the first image's size %dx%d", root, len(resized), resized[0], *size)
+        found = ", ".join(f"{w}x{h} ({n} training images)" for (w, h), n in sorted(sizes.items()))
+        log.warning("%s: resized %d images (e.g. %s) to the most common training size %dx%d; sizes found: %s",
+                    root, len(resized), resized[0], *size, found)
     augment = AugmentConfig(crop_padding=4, flip=True)
     if train is None:  # test_only: the training images are never decoded
         mean, std = channel_stats(test.x)

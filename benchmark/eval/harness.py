@@ -36,6 +36,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import shutil
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -83,10 +84,10 @@ class EvalConfig:
     norm: str | None = field(default=None, metadata=choice("linf", "l2"))
     t_sweep: list[float] = field(default_factory=list)  # adds temperature-pgd:T=t for each t
     n_per_class: int | None = field(default=None, metadata=rng(1, None))  # stratified, deterministic subset
-    subset_seed: int = 0  # seed of that subset (independent of the attack seed)
+    subset_seed: int = field(default=0, metadata=rng(0, 2**63 - 1))  # seed of that subset (independent of the attack seed)
     batch_size: int = field(default=256, metadata=rng(1, None))
     device: str = "auto"
-    seed: int = 0  # attack randomness (random starts, AutoAttack)
+    seed: int = field(default=0, metadata=rng(0, 2**63 - 1))  # attack randomness (random starts, AutoAttack)
     autoattack_scope: str = field(default="survivors", metadata=choice("survivors", "all"))
     amp: str = field(default="off", metadata=choice("off", "bf16"))  # autocast of attack steps; predictions stay fp32
     channels_last: str = field(default="auto", metadata=choice("auto", "on", "off"))
@@ -394,6 +395,10 @@ def evaluate_data(
     """
     t0 = time.time()
     out_dir = Path(out_dir) if out_dir is not None else None
+    final_dir = None  # with --overwrite of an existing evaluation: the new one is staged beside it, swapped in at the end
+    if out_dir is not None and cfg.overwrite and any((out_dir / n).exists() for n in OUTPUT_FILES):
+        final_dir, out_dir = out_dir, staging_dir(out_dir)
+        shutil.rmtree(out_dir, ignore_errors=True)  # a failed earlier overwrite; its old files were kept
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)  # exists from the start; flags.npz from the first finished batch
         if stale := remove_stale_temps(out_dir):  # left by a killed write
@@ -420,8 +425,6 @@ def evaluate_data(
               "scope": cfg.autoattack_scope, "amp": cfg.amp}
     static = json.loads(json.dumps(static))  # as it reads back from the file (tuples -> lists)
     flags_path = out_dir / FLAGS_FILE if out_dir is not None else None
-    if cfg.overwrite and flags_path is not None and flags_path.exists():
-        flags_path.unlink()
     flags = _open_flags(flags_path, test, [a.label for a in attacks], {"static": static}, cfg.overwrite)
     for a in attacks:  # flags raised before a kill are kept
         a.flags.update(flags.meta.get("attack_flags", {}).get(a.label, {}))
@@ -454,7 +457,39 @@ def evaluate_data(
     result["checks"]["overall"] = overall_verdict(result["checks"])
     if out_dir is not None:
         write_outputs(result, out_dir, plot=cfg.plot)
+    if final_dir is not None:
+        swap_in(out_dir, final_dir)
     return result
+
+
+OUTPUT_FILES = (FLAGS_FILE, "result.json", "per_class.csv", "per_class.md", "per_class.png", "confusion_flow.png")
+
+
+def staging_dir(out_dir: Path) -> Path:
+    """Where ``--overwrite`` writes the new evaluation of ``out_dir``: the hidden sibling ``.NAME.overwrite``."""
+    return out_dir.parent / f".{out_dir.name}.overwrite"
+
+
+def swap_in(staged: Path, out_dir: Path) -> None:
+    """Move the complete evaluation in ``staged`` over the old one in ``out_dir``, file by file (each an atomic rename).
+
+    The flag file goes last, so until then the old ``flags.npz`` is there; old outputs the
+    new evaluation did not write (plots) are removed; the staging directory is removed.
+    """
+    import os
+
+    names = [n for n in OUTPUT_FILES if (staged / n).exists()]
+    for n in sorted(names, key=lambda n: n == FLAGS_FILE):
+        os.replace(staged / n, out_dir / n)
+    for n in OUTPUT_FILES:
+        if n not in names and (out_dir / n).exists():
+            (out_dir / n).unlink()
+    fd = os.open(out_dir, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    shutil.rmtree(staged, ignore_errors=True)
 
 
 def evaluate(

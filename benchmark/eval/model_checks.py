@@ -39,7 +39,50 @@ class ModelOutputError(RfbenchError):
 
 def _forward(model: torch.nn.Module, x: torch.Tensor) -> Any:
     with torch.no_grad():
+        return _forward_or_explain(model, x)
+
+
+def _forward_or_explain(model: torch.nn.Module, x: torch.Tensor) -> Any:
+    """``model(x)``, with an error inside the model (a shape mismatch) turned into one line naming the image size."""
+    try:
         return model(x)
+    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+        if "out of memory" in str(exc):
+            raise
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        hint = ("; SmallCNN is built for 28x28 images by default: set model_kwargs image_size"
+                if "shapes cannot be multiplied" in first else "")
+        size = "x".join(str(d) for d in x.shape[1:])
+        raise ModelOutputError(f"the model cannot take {size} images: {first[:200]}{hint}") from None
+
+
+def check_forward(model: torch.nn.Module, x: torch.Tensor, num_classes: int) -> None:
+    """One tiny forward with gradients: the model must take ``x`` and return float logits that carry a gradient.
+
+    Raises :class:`ModelOutputError` (one line) for a shape error inside the model (e.g. a
+    SmallCNN built for 28x28 images given 32x32 ones), a non-tensor or wrongly shaped output,
+    integer logits, or logits with no gradient to the input (attacks need it). Run before any work.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        xi = x[:2].detach().clone().float().requires_grad_(True)
+        with torch.enable_grad():
+            out = _forward_or_explain(model, xi)
+    finally:
+        model.train(was_training)
+    if not torch.is_tensor(out):
+        raise ModelOutputError(f"the model returned {type(out).__name__}, expected a tensor of logits of shape "
+                               f"(batch, {num_classes})")
+    if tuple(out.shape) != (xi.shape[0], num_classes):
+        raise ModelOutputError(f"the model returned shape {tuple(out.shape)} for a batch of {xi.shape[0]} images, "
+                               f"expected {(xi.shape[0], num_classes)}: one logit per class of the dataset")
+    if not out.is_floating_point():
+        raise ModelOutputError(f"the model returned {str(out.dtype).replace('torch.', '')} logits; "
+                               "attacks and training need floating-point logits")
+    if not out.requires_grad:
+        raise ModelOutputError("the model's logits carry no gradient (computed under torch.no_grad() or detached); "
+                               "attacks and training need gradients through the model")
 
 
 def looks_like_probabilities(out: torch.Tensor) -> bool:
@@ -78,6 +121,7 @@ def check_model(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, num_cl
                                f"expected {expected}: one logit per class of the dataset ({num_classes} classes)")
     if not torch.isfinite(out).all():
         raise ModelOutputError("the model returned NaN or Inf outputs on clean test images")
+    check_forward(model, x, num_classes)  # float logits with a gradient
     out = out.float()
     findings: dict[str, str] = {}
     if looks_like_probabilities(out):

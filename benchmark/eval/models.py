@@ -23,6 +23,7 @@ import torch
 from rfbench.benchmark.errors import ConfigError, RfbenchError
 from rfbench.benchmark.io.checkpoint import load_checkpoint, load_state_dict_into
 from rfbench.benchmark.models import create_model
+from rfbench.benchmark.models.base import call_factory
 from rfbench.benchmark.plugins import allow_code as _permit_code, import_target
 
 ROBUSTBENCH_HINT = ("install it from its repository: pip install git+https://github.com/RobustBench/robustbench.git "
@@ -86,7 +87,7 @@ def from_registry(name: str, weights: str | None, *, num_classes: int, in_channe
 
     if not weights:
         raise ConfigError(f"--model {name} needs --weights FILE (a checkpoint of that architecture)")
-    model = create_model(name, num_classes=num_classes, in_channels=in_channels, mean=mean, std=std, **(model_args or {}))
+    model = create_model(name, num_classes=num_classes, in_channels=in_channels, mean=mean, std=std, model_kwargs=model_args)
     state, info = convert_state_dict(model, name, load_checkpoint(weights), layout=layout, normalization=normalization)
     load_state_dict_into(model, state, source=str(weights))
     return model, {"kind": "registry", "name": name, "architecture": name, "checkpoint": str(weights),
@@ -159,10 +160,7 @@ def from_file(target: str, weights: str | None, *, allow_code: bool, num_classes
     _permit_code([target])  # the caller allowed this file explicitly
     factory = import_target(target, "model")
     offered = {"num_classes": num_classes, "in_channels": in_channels, "mean": mean, "std": std}
-    params = inspect.signature(factory).parameters
-    takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    kwargs = {k: v for k, v in offered.items() if takes_all or k in params}
-    model = factory(**kwargs, **(model_args or {}))
+    model = call_factory(factory, target, offered, dict(model_args or {}))
     if not isinstance(model, torch.nn.Module):
         raise ConfigError(f"{target} returned {type(model).__name__}, not a torch.nn.Module")
     _load_weights(model, weights)

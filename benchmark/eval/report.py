@@ -57,8 +57,9 @@ def load_results(paths: list[str | Path], labels: list[str] | None = None) -> li
         res = read_json(p)
         try:
             validate_result(res)
-        except ValueError as exc:
-            raise RfbenchError(f"{p} is not an rfbench result: {exc}") from None
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise RfbenchError(f"{p} is not an rfbench result: {'missing key ' if isinstance(exc, KeyError) else ''}"
+                               f"{exc}") from None
         out.append((default_label(p, res), res))
     if labels:
         if len(set(labels)) != len(labels):

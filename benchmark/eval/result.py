@@ -239,7 +239,15 @@ def validate_result(result: dict) -> None:
         raise ValueError(f"schema is {result['schema']!r}, expected {SCHEMA!r}")
     C = len(result["classes"])
     names = ["clean", *[a["label"] for a in result["attacks"]], "worst_case"]
+    listed = result.get("names", names)
+    if not isinstance(listed, list):
+        raise ValueError("names must be a list")
+    absent = [n for n in listed if n not in names]
+    if absent:
+        raise ValueError(f"names {', '.join(map(repr, absent))} are not clean, an attack's label or worst_case")
     for name in names:
+        if not isinstance(result["summary"].get(name), dict):
+            raise ValueError(f"summary misses {name!r}")
         pc = result["per_class"].get(name)
         if pc is None or len(pc) != C:
             raise ValueError(f"per_class[{name!r}] must list {C} accuracies")

@@ -105,8 +105,42 @@ def _eval_stage(run: ResolvedRun, which: str, bundles: dict[str, Any], evaluated
     return evaluate(model, bundles[key], run.eval, run.out / f"eval-{which}", source=source)
 
 
+def check_checkpoint_names(run: ResolvedRun) -> None:
+    """Refuse, before any training, a ``checkpoints:`` name that the trained run will not have.
+
+    Valid: ``best``, ``last``, and ``NAME`` / ``NAME-best`` for a weight average the training
+    defense requests (e.g. CFA's ``fawa``); the defense is built on a placeholder context to
+    ask it.  A defense that cannot be built that way is not second-guessed here.
+    """
+    from rfbench.attacks.threat import Threat
+    from rfbench.benchmark.errors import ConfigError
+    from rfbench.benchmark.train.averaging import WeightAverages
+    from rfbench.defenses.base import TrainContext
+    from rfbench.defenses.registry import build_defense
+
+    odd = [w for w in run.checkpoints if w not in ("best", "last")]
+    if not odd:
+        return
+    averages = WeightAverages()
+    try:
+        ctx = TrainContext(num_classes=10, train_counts=[100] * 10, threat=Threat(), epochs=run.train.epochs,
+                           averages=averages)
+        build_defense(run.train.defense, run.train.defense_args, ctx)
+    except ConfigError:
+        raise
+    except Exception:  # noqa: BLE001 - the placeholder context may not suit this defense; the check is best effort
+        return
+    known = list(averages.names)
+    bad = [w for w in odd if w.removesuffix("-best") not in known]
+    if bad:
+        extra = "".join(f", {n}, {n}-best" for n in known)
+        raise ConfigError(f"run config: 'checkpoints' names {', '.join(map(repr, bad))}, which defense "
+                          f"{run.train.defense!r} does not save; valid: best, last{extra}")
+
+
 def execute_run(run: ResolvedRun, *, force: bool = False, quiet: bool = False) -> Path:
     """Run every unfinished stage of ``run``; return the run directory (holding ``result.json``)."""
+    check_checkpoint_names(run)
     out = run.out
     if not force:
         _check_same_config(run)

@@ -45,7 +45,7 @@ class TrainConfig:
     epochs: int = field(default=2, metadata=rng(1, None))
     batch_size: int = field(default=128, metadata=rng(1, None))
     optimizer: str = field(default="sgd", metadata=choice("sgd", "adam", "adamw"))
-    lr: float = field(default=0.1, metadata=rng(0, None))
+    lr: float = field(default=0.1, metadata=rng(0, 10))  # above 10 no optimiser here trains (and 1e39 overflows float32)
     momentum: float = field(default=0.9, metadata=rng(0, 1))
     nesterov: bool = False
     weight_decay: float = field(default=5e-4, metadata=rng(0, None))

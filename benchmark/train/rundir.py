@@ -52,7 +52,7 @@ def load_run_model(run_dir: str | Path, which: str = "best", device: str | torch
                        threat=Threat(**meta["threat"]), epochs=cfg.epochs, device=torch.device(device))
     defense = build_defense(cfg.defense, cfg.defense_args, ctx)
     model = create_model(cfg.model, num_classes=meta["num_classes"], in_channels=meta["in_channels"],
-                         mean=meta["mean"], std=meta["std"], **cfg.model_kwargs)
+                         mean=meta["mean"], std=meta["std"], model_kwargs=cfg.model_kwargs)
     model = defense.setup_model(model)
     if "defense_state" in state:
         defense.load_state_dict(state["defense_state"])

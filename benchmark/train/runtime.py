@@ -11,13 +11,21 @@ import torch
 
 def resolve_device(spec: str = "auto") -> torch.device:
     """``auto`` -> CUDA when available, else CPU; otherwise ``torch.device(spec)``."""
+    from rfbench.benchmark.errors import ConfigError
+
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(spec)
+    valid = "valid devices: auto, cpu, cuda, cuda:N"
+    try:
+        dev = torch.device(spec)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"unknown device {spec!r}; {valid}") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device {spec!r} is not supported; {valid}")
     if dev.type == "cuda" and not torch.cuda.is_available():
-        from rfbench.benchmark.errors import ConfigError
-
         raise ConfigError(f"device '{spec}' requested but CUDA is not available; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"device '{spec}' requested but only {torch.cuda.device_count()} CUDA device(s) exist")
     return dev
 
 

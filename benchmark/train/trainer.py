@@ -95,9 +95,18 @@ def images_on_device(ds, device: torch.device):
 
 
 def build_model(cfg: TrainConfig, bundle: DataBundle) -> nn.Module:
-    """The registered model, sized for the dataset, with the dataset's normalisation inside."""
-    return create_model(cfg.model, num_classes=bundle.num_classes, in_channels=bundle.in_channels,
-                        mean=bundle.mean, std=bundle.std, **cfg.model_kwargs)
+    """The registered model, sized for the dataset, with the dataset's normalisation inside.
+
+    Checked at once on one tiny forward of the dataset's image size (a SmallCNN for 28x28
+    given 32x32 images, integer logits or logits without gradient are one line, before any work).
+    """
+    from rfbench.benchmark.eval.model_checks import check_forward
+
+    model = create_model(cfg.model, num_classes=bundle.num_classes, in_channels=bundle.in_channels,
+                        mean=bundle.mean, std=bundle.std, model_kwargs=cfg.model_kwargs)
+    x = bundle.train.x[:2].cpu()
+    check_forward(model, x.float() / 255 if x.dtype == torch.uint8 else x.float(), bundle.num_classes)
+    return model
 
 
 def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:

@@ -71,8 +71,9 @@ def assert_honours_fields(obj) -> None:
             lo, hi = f.metadata["range"]
             for x in (v if isinstance(v, list) else [v]):
                 assert (lo is None or x >= lo) and (hi is None or x <= hi), (f.name, v)
-        if "choices" in f.metadata:
-            assert v in f.metadata["choices"], (f.name, v)
+        if "choices" in f.metadata:  # a list field's choices apply to each item
+            for x in (v if isinstance(v, list) else [v]):
+                assert x in f.metadata["choices"], (f.name, v)
 
 
 # -- strategies ------------------------------------------------------------------------------------
