@@ -36,6 +36,28 @@ def _train(out, name: str, epochs: int, compile: bool) -> Trainer:
     return t
 
 
+class _Stopped(Exception):
+    """Raised right after epoch 1's checkpoint is written: a 2-epoch run stopped there."""
+
+
+def _train_stopped_after_epoch_1(out, name: str, compile: bool) -> None:
+    """Start the same 2-epoch run and stop it after its first epoch's checkpoint.
+
+    The budget must be the same as the straight run's: budget-fraction schedules (TAET's stabilisation phase,
+    DAFA's warm-up, milestone fractions) depend on it, so a 1-epoch run is a different run, not a prefix.
+    """
+    checkpoint_epoch = Trainer._checkpoint_epoch
+
+    def stop_after(self, *args, **kwargs):
+        checkpoint_epoch(self, *args, **kwargs)
+        raise _Stopped
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Trainer, "_checkpoint_epoch", stop_after)
+        with pytest.raises(_Stopped):
+            _train(out, name, 2, compile)
+
+
 @pytest.fixture
 def eager_compile(monkeypatch):
     """``--compile`` with the eager backend (the wrapper and dynamo capture, no code generation)."""
@@ -46,7 +68,7 @@ def eager_compile(monkeypatch):
 def _run(tmp_path, name: str, compile: bool, fmnist) -> None:
     straight = _train(tmp_path / "straight", name, 2, compile)
     assert isinstance(straight.model, torch._dynamo.eval_frame.OptimizedModule) == compile
-    _train(tmp_path / "resumed", name, 1, compile)
+    _train_stopped_after_epoch_1(tmp_path / "resumed", name, compile)
     resumed = _train(tmp_path / "resumed", name, 2, compile)  # resumes from the end of epoch 1
     assert resumed.start_epoch == 1
     a = load_checkpoint(tmp_path / "straight" / "checkpoint-last.pt")

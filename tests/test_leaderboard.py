@@ -295,7 +295,7 @@ def test_shipped_tracks_are_consistent():
     from rfbench.attacks.spec import Threat, build_attacks
 
     tracks = {t.id: t for t in list_tracks(REPO)}
-    assert set(tracks) == {"cifar10-linf", "cifar10-lt50-linf", "cifar100-lt10-linf", "fashion-mnist-linf",
+    assert set(tracks) == {"cifar10-linf", "cifar10-linf-fast", "cifar10-lt50-linf", "cifar100-lt10-linf", "fashion-mnist-linf",
                            "fashion-mnist-lt50-linf"}
     for t in tracks.values():
         p, ev = t.info.protocol, t.run.eval

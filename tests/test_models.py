@@ -6,19 +6,20 @@ import torch
 from rfbench.benchmark.errors import UnknownNameError
 from rfbench.benchmark.models import MODELS, Normalize, create_model, list_models
 
-SMALL = {"smallcnn": {}, "resnet18": {"width": 0.125}, "preact_resnet18": {"width": 0.125},
+MNIST_NETS = {"smallcnn", "cnn3"}  # 28x28 grayscale nets; the others take 32x32 RGB
+SMALL = {"smallcnn": {}, "cnn3": {}, "resnet18": {"width": 0.125}, "preact_resnet18": {"width": 0.125},
          "wrn34_10": {"widen": 1}, "wrn28_10": {"widen": 1}}
-FEATURES = {"smallcnn": 200, "resnet18": 64, "preact_resnet18": 64, "wrn34_10": 64, "wrn28_10": 64}
+FEATURES = {"smallcnn": 200, "cnn3": 128, "resnet18": 64, "preact_resnet18": 64, "wrn34_10": 64, "wrn28_10": 64}
 
 
 def _input(name):
-    return torch.rand(3, 1, 28, 28) if name == "smallcnn" else torch.rand(3, 3, 32, 32)
+    return torch.rand(3, 1, 28, 28) if name in MNIST_NETS else torch.rand(3, 3, 32, 32)
 
 
 @pytest.mark.parametrize("name", list_models())
 def test_forward_backward_every_parameter(name):
     torch.manual_seed(0)
-    in_ch = 1 if name == "smallcnn" else 3
+    in_ch = 1 if name in MNIST_NETS else 3
     model = create_model(name, num_classes=7, in_channels=in_ch, mean=(0.5,), std=(0.25,), **SMALL.get(name, {}))
     x = _input(name)
     logits = model(x)

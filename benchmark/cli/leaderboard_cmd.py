@@ -94,9 +94,12 @@ def run_submit(args: argparse.Namespace) -> int:
     from rfbench.benchmark.leaderboard.schema import writable_root
     from rfbench.benchmark.leaderboard.submit import submit
 
+    from rfbench.benchmark.io.lock import exclusive_leaderboard
+
     root = writable_root(args.root)
-    path = submit(args.run_dir, find_track(args.track, root), root, entry_id=args.id, name=args.name, code=args.code,
-                  paper=args.paper or "", force=args.force, allow_identical=args.allow_identical)
+    with exclusive_leaderboard(root):
+        path = submit(args.run_dir, find_track(args.track, root), root, entry_id=args.id, name=args.name, code=args.code,
+                      paper=args.paper or "", force=args.force, allow_identical=args.allow_identical)
     print(f"wrote {path}; now run `rfbench leaderboard build` and open a pull request", file=sys.stderr)
     return 0
 
@@ -105,7 +108,12 @@ def run_build(args: argparse.Namespace) -> int:
     from rfbench.benchmark.leaderboard.build import build
     from rfbench.benchmark.leaderboard.schema import writable_root
 
-    for path in build(writable_root(args.root), html=Path(args.html) if args.html else None):
+    from rfbench.benchmark.io.lock import exclusive_leaderboard
+
+    root = writable_root(args.root)
+    with exclusive_leaderboard(root):
+        written = build(root, html=Path(args.html) if args.html else None)
+    for path in written:
         print(path)
     return 0
 

@@ -25,6 +25,13 @@ class DirectoryLockedError(RfbenchError):
     """Another rfbench process is writing into the directory."""
 
 
+@contextlib.contextmanager
+def exclusive_leaderboard(root: Path) -> Iterator[Path]:
+    """One writer per leaderboard: ``leaderboard submit`` and ``build`` hold ``leaderboards/._writer.rfbench.lock``."""
+    with exclusive_dir(Path(root) / "leaderboards" / "_writer", "leaderboard", "--root", shown=str(root)):
+        yield Path(root)
+
+
 def lock_path(out: Path) -> Path:
     """The lock file of directory ``out``: ``.<name>.rfbench.lock`` beside it, so locking creates nothing inside."""
     return out.parent / f".{out.name}.rfbench.lock"
@@ -48,8 +55,12 @@ def prepare_out_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
 
 
 @contextlib.contextmanager
-def exclusive_dir(path: str | os.PathLike, what: str = "directory", flag: str = "--out") -> Iterator[Path]:
-    """Hold the exclusive lock of directory ``path`` for the ``with`` block (the directory itself is not created)."""
+def exclusive_dir(path: str | os.PathLike, what: str = "directory", flag: str = "--out",
+                  shown: str | None = None) -> Iterator[Path]:
+    """Hold the exclusive lock of directory ``path`` for the ``with`` block (the directory itself is not created).
+
+    ``shown`` names the locked thing in the refusal (default: ``path``).
+    """
     out = prepare_out_dir(path, flag)
     lock = lock_path(out)
     fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
@@ -57,7 +68,7 @@ def exclusive_dir(path: str | os.PathLike, what: str = "directory", flag: str = 
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise DirectoryLockedError(f"{what} {path} is in use by {_holder(lock)}; wait for it to finish "
+            raise DirectoryLockedError(f"{what} {shown or path} is in use by {_holder(lock)}; wait for it to finish "
                                        f"or use another {flag}") from None
         info = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv)[:500]}
         os.ftruncate(fd, 0)

@@ -104,8 +104,10 @@ def build_model(cfg: TrainConfig, bundle: DataBundle) -> nn.Module:
 
     model = create_model(cfg.model, num_classes=bundle.num_classes, in_channels=bundle.in_channels,
                         mean=bundle.mean, std=bundle.std, model_kwargs=cfg.model_kwargs)
-    x = bundle.train.x[:2].cpu()
-    check_forward(model, x.float() / 255 if x.dtype == torch.uint8 else x.float(), bundle.num_classes)
+    x = getattr(bundle.train, "x", None)
+    if torch.is_tensor(x) and len(x):
+        x = x[:2].cpu()
+        check_forward(model, x.float() / 255 if x.dtype == torch.uint8 else x.float(), bundle.num_classes)
     return model
 
 
