@@ -86,7 +86,7 @@ def _run(tmp_path, name: str, compile: bool, fmnist) -> None:
     which = ["best", "last"] + [w for m in a["extra_models"] for w in (m, f"{m}-best")]
     for w in which:
         model, info = load_run_model(tmp_path / "resumed", w)
-        cfg = EvalConfig(attacks=["fgsm"], n_per_class=1, batch_size=100, bootstrap=10, plot=False, device="cpu")
+        cfg = EvalConfig(attacks=["fgsm"], n_per_class=1, batch_size=100, plot=False, device="cpu")
         result = evaluate(model, fmnist, cfg, tmp_path / f"eval-{w}", source={"run": str(tmp_path), "which": w})
         assert len(result["per_class"]["clean"]) == fmnist.num_classes, w
         assert result["threat"]["eps"] == pytest.approx(fmnist.threat.eps), w

@@ -20,7 +20,7 @@ ATTACKS = ["fgsm", "pgd:steps=3", "autoattack:version=custom,attacks=apgd-ce,ste
 
 
 def _cfg(**kw):
-    base = dict(attacks=ATTACKS, eps=0.05, n_per_class=3, batch_size=8, bootstrap=50, device="cpu", quiet=True)
+    base = dict(attacks=ATTACKS, eps=0.05, n_per_class=3, batch_size=8, device="cpu", quiet=True)
     return EvalConfig(**{**base, **kw})
 
 
@@ -150,7 +150,7 @@ def test_cli_eval_and_report(fmnist, fmnist_cnn, tmp_path, monkeypatch, capsys):
     out = tmp_path / "ev"
     rc = main(["eval", "--model", "smallcnn", "--model-arg", "width=0.25", "--weights", str(weights),
                "--dataset", "fashion-mnist", "--n-per-class", "2", "--attack", "fgsm", "--attack", "pgd:steps=2",
-               "--eps", "8/255", "--batch-size", "10", "--bootstrap", "20", "--out", str(out), "--quiet"])
+               "--eps", "8/255", "--batch-size", "10", "--out", str(out), "--quiet"])
     assert rc == 0
     printed = capsys.readouterr().out
     assert "| class" in printed and "worst_case" in printed and "eps 8/255" in printed

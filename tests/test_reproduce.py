@@ -123,7 +123,7 @@ def test_smoke_scale_end_to_end(tmp_path):
     """One row of CFA Table 1 on Fashion-MNIST with a tiny budget: runs, then a comparison in markdown and JSON."""
     table = load_table(table_path("cfa-table1", REPO))
     shrink = [f"train.{k}={v}" for k, v in TINY_TRAIN.items() if k != "model_kwargs"] + [
-        "train.model_kwargs.width=0.25", "eval.n_per_class=5", "eval.bootstrap=20", "eval.plot=false"]
+        "train.model_kwargs.width=0.25", "eval.n_per_class=5", "eval.plot=false"]
     cells = table_cells(table, "smoke", tmp_path, rows=["pgd-at"], overrides=shrink)
     records, md = reproduce(table, cells, "smoke", tmp_path, "local", ExecutorOptions(quiet=True))
     assert len(records) == 4 * 2  # 4 columns x (mean, worst)

@@ -20,7 +20,7 @@ TRACK = REPO / "leaderboards" / "fashion-mnist-linf" / "track.yaml"
 TINY_TRAIN = {"max_train_samples": 1024, "epochs": 1, "batch_size": 64, "steps": 2, "val_per_class": 5, "val_steps": 1,
               "model_kwargs": {"width": 0.25}, "device": "cpu", "optimizer": "adam", "lr": 0.01, "schedule": "constant",
               "milestone_fractions": []}
-TINY_EVAL = {"attacks": ["fgsm", "pgd:steps=2"], "n_per_class": 5, "batch_size": 100, "bootstrap": 20, "plot": False,
+TINY_EVAL = {"attacks": ["fgsm", "pgd:steps=2"], "n_per_class": 5, "batch_size": 100, "plot": False,
              "device": "cpu"}
 TINY_LABELS = ["fgsm", "pgd-2"]
 

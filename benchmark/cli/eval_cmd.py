@@ -159,10 +159,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     run_g.add_argument("--amp", choices=["off", "bf16"], default=S, help="bf16 autocast for attack steps (predictions stay fp32) [default: off]")
     run_g.add_argument("--channels-last", dest="channels_last", choices=["auto", "on", "off"], default=S, help="[default: auto = on for CUDA]")
     run_g.add_argument("--seed", type=int, default=S, help="seed of the attacks' randomness [default: 0]")
-    run_g.add_argument("--bootstrap", type=int, default=S, help="no effect (kept so that old command lines run): the intervals are binomial Wilson intervals")
     run_g.add_argument("--out", metavar="DIR", help="output directory [default: RUN/eval-WHICH, or runs/eval]")
     run_g.add_argument("--plot", action="store_true", default=S, help="write per_class.png and confusion_flow.png")
-    run_g.add_argument("--overwrite", action="store_true", default=S, help="discard the flag file of a different evaluation in --out")
+    run_g.add_argument("--overwrite", action="store_true", default=S, help="replace the evaluation in --out by a new one (the old files stay until the new one is complete)")
     run_g.add_argument("--quiet", action="store_true", default=S, help="no progress bar or info messages")
     run_g.add_argument("--progress-every", dest="progress_every", type=float, default=S, metavar="S",
                        help="when stderr is not a terminal, log progress (attack, images/s, ETA) every S seconds; "

@@ -219,7 +219,6 @@ def evaluate(
     seed: int = 0,
     autoattack_scope: str = "survivors",
     amp: str = "off",
-    bootstrap: int = 1000,
     plot: bool = False,
     quiet: bool = False,
     progress_every: float | None = None,
@@ -244,7 +243,7 @@ def evaluate(
     if not specs and version is None and attacks is not None:
         raise ConfigError("attacks=[] names no attack; leave it out for the default suite (fgsm, pgd, cw)")
     cfg_kw: dict[str, Any] = dict(attacks=specs, n_per_class=n_per_class, batch_size=batch_size, device=device, seed=seed,
-                                  autoattack_scope=autoattack_scope, amp=amp, bootstrap=bootstrap, plot=plot and out is not None,
+                                  autoattack_scope=autoattack_scope, amp=amp, plot=plot and out is not None,
                                   quiet=quiet, overwrite=overwrite)
     if progress_every is not None:
         cfg_kw["progress_every"] = progress_every

@@ -91,7 +91,6 @@ class EvalConfig:
     autoattack_scope: str = field(default="survivors", metadata=choice("survivors", "all"))
     amp: str = field(default="off", metadata=choice("off", "bf16"))  # autocast of attack steps; predictions stay fp32
     channels_last: str = field(default="auto", metadata=choice("auto", "on", "off"))
-    bootstrap: int = field(default=1000, metadata=rng(10, 100_000))  # no effect: the intervals are binomial (Wilson); kept so old configs load
     plot: bool = False
     quiet: bool = False
     progress_every: float = field(default=DEFAULT_EVERY_S, metadata=rng(0, None))  # s between log lines off a TTY (0 = off)

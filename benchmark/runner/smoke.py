@@ -35,7 +35,7 @@ TRACK = Path("leaderboards") / "fashion-mnist-linf" / "track.yaml"
 #: training keys of the shrunk run (applied to the pre-training stage too); the optimiser and lr are the track's
 SMOKE_TRAIN = {"max_train_samples": 640, "epochs": 1, "batch_size": 32, "steps": 3, "val_per_class": 10,
                "val_steps": 2, "model_kwargs": {"width": 0.5}, "device": "cpu"}
-SMOKE_EVAL = {"n_per_class": 30, "batch_size": 300, "bootstrap": 100, "plot": False, "device": "cpu", "quiet": True}
+SMOKE_EVAL = {"n_per_class": 30, "batch_size": 300, "plot": False, "device": "cpu", "quiet": True}
 SMOKE_ATTACK_STEPS = 5
 
 

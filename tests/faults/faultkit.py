@@ -50,7 +50,7 @@ def eval_cmd(run: Path, out: Path, *extra: str) -> list[str]:
     """``rfbench eval`` of a run's last checkpoint on the tiny budget into ``out``."""
     attacks = [a for spec in EVAL_ATTACKS for a in ("--attack", spec)]
     return ["eval", "--run", str(run), "--which", "last", "--n-per-class", "10", "--batch-size", "10", *attacks,
-            "--seed", "1", "--bootstrap", "100", "--device", "cpu", "--quiet", "--out", str(out), *extra]
+            "--seed", "1", "--device", "cpu", "--quiet", "--out", str(out), *extra]
 
 
 def train_cmd(out: Path, *extra: str) -> list[str]:

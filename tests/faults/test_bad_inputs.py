@@ -231,7 +231,7 @@ def user_models(tmp_path_factory):
 
 def _eval_user(tmp_path, user_models, factory: str, *extra: str) -> list[str]:
     return ["eval", "--model", f"{user_models}:{factory}", "--allow-code", "--dataset", "fashion-mnist",
-            "--n-per-class", "3", "--attack", "fgsm", "--bootstrap", "10", "--device", "cpu", "--quiet",
+            "--n-per-class", "3", "--attack", "fgsm", "--device", "cpu", "--quiet",
             "--out", str(tmp_path / factory), *extra]
 
 

@@ -16,7 +16,7 @@ from rfbench.benchmark.plugins import code_allowed
 
 TINY = ["--dataset", "fashion-mnist", "--model", "smallcnn", "--max-train-samples", "64", "--val-per-class", "2",
         "--steps", "1", "--val-steps", "1", "--batch-size", "32", "--epochs", "1", "--device", "cpu", "--quiet"]
-EVAL = ["--n-per-class", "2", "--attack", "fgsm", "--bootstrap", "10", "--device", "cpu", "--quiet"]
+EVAL = ["--n-per-class", "2", "--attack", "fgsm", "--device", "cpu", "--quiet"]
 
 
 def plant(tmp_path):

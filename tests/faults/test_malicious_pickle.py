@@ -120,7 +120,7 @@ def test_safetensors_weights_load_and_evaluate(tmp_path, capsys):
     back = load_checkpoint(path)
     assert set(back) == set(state) and all(torch.equal(back[k], state[k]) for k in state)
     code = main(["eval", "--model", "smallcnn", "--model-arg", "width=0.25", "--weights", str(path), "--dataset",
-                 "fashion-mnist", "--n-per-class", "2", "--attack", "fgsm", "--bootstrap", "10", "--device", "cpu",
+                 "fashion-mnist", "--n-per-class", "2", "--attack", "fgsm", "--device", "cpu",
                  "--quiet", "--out", str(tmp_path / "e")])
     assert code == 0, capsys.readouterr().err
     assert (tmp_path / "e" / "result.json").is_file()
@@ -135,7 +135,7 @@ def test_user_code_runs_only_when_explicitly_allowed(tmp_path, capsys):
                     "def build(num_classes, in_channels, mean, std):\n"
                     "    return create_model('smallcnn', num_classes, in_channels, mean, std, width=0.25)\n")
     args = ["eval", "--model", f"{user}:build", "--dataset", "fashion-mnist", "--n-per-class", "2", "--attack", "fgsm",
-            "--bootstrap", "10", "--device", "cpu", "--quiet", "--out", str(tmp_path / "e")]
+            "--device", "cpu", "--quiet", "--out", str(tmp_path / "e")]
     assert main(args) == 2
     assert_one_line_error(capsys.readouterr().err, "--allow-code")
     assert not marker.exists()

@@ -36,7 +36,7 @@ class OOMAbove(nn.Module):
 
 
 def _cfg(**kw):
-    return EvalConfig(**{"attacks": DETERMINISTIC, "n_per_class": 4, "batch_size": 16, "bootstrap": 20,
+    return EvalConfig(**{"attacks": DETERMINISTIC, "n_per_class": 4, "batch_size": 16,
                          "device": "cpu", "quiet": True, **kw})
 
 
