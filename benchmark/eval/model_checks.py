@@ -47,8 +47,9 @@ def _forward_or_explain(model: torch.nn.Module, x: torch.Tensor) -> Any:
     try:
         return model(x)
     except (RuntimeError, ValueError, TypeError, IndexError) as exc:
-        if "out of memory" in str(exc):
-            raise
+        if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc):
+            raise RfbenchError(f"out of memory in the model check, a forward of {x.shape[0]} images: "
+                               f"{str(exc).splitlines()[0][:200]}") from None
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         hint = ("; SmallCNN is built for 28x28 images by default: set model_kwargs image_size"
                 if "shapes cannot be multiplied" in first else "")
