@@ -209,7 +209,6 @@ def derived_track(data: dict, tiny: bool, out_root: Path) -> Path:
         doc["eval"]["attacks"] = ["pgd:steps=3", "cw:steps=3",
                                   "autoattack:version=custom,attacks=apgd-ce+apgd-t,steps=3,restarts=1"]
         doc["eval"]["batch_size"] = 100
-        doc["eval"]["bootstrap"] = 10
         labels = [a.label for a in build_attacks(doc["eval"]["attacks"], torch.nn.Identity(), Threat(eps=8 / 255))]
         doc["track"]["protocol"].update(attacks=labels, n_per_class=10, test_size=100)
         doc["defense_presets"] = {}

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import sys
 
 from rfbench.benchmark.cli.config_args import add_config_flags, resolve_config
@@ -78,7 +80,9 @@ def run(args: argparse.Namespace) -> int:
     from rfbench.benchmark.io.lock import exclusive_dir
 
     cfg = resolve_config(TrainConfig, args, args.config, args.overrides)
-    with exclusive_dir(cfg.out, "run directory"):
+    # under torchrun every rank runs this command; rank 0 is the run directory's one writer and holds its lock
+    writer = os.environ.get("RANK", "0") == "0"
+    with exclusive_dir(cfg.out, "run directory") if writer else contextlib.nullcontext():
         out = train(cfg, quiet=args.quiet, force=args.force)
     print(f"run directory: {out}", file=sys.stderr)
     return 0

@@ -53,3 +53,25 @@ def test_bad_entries_are_rejected_one_by_one(tmp_path, capsys):
     assert main(["leaderboard", "check", str(deep), str(other)]) == 1  # both reported, neither stops the other
     out = capsys.readouterr().out
     assert f"REJECT  {deep}" in out and f"REJECT  {other}" in out
+
+
+def test_build_rejects_bad_entries_and_builds_the_rest(tmp_path, monkeypatch):
+    """`leaderboard build` in a fork with a 100k-deep entry and a truncated one: both rejected, every page built."""
+    import shutil
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    shutil.copytree(repo / "leaderboards", tmp_path / "leaderboards",
+                    ignore=shutil.ignore_patterns("._writer.rfbench.lock", "archive"))
+    track = tmp_path / "leaderboards" / "fashion-mnist-linf"
+    (track / "deep-s0.json").write_text(DEEP)
+    (track / "trunc-s0.json").write_text('{"a": ')
+    (track / "README.md").unlink()
+    monkeypatch.chdir(tmp_path)
+    assert main(["leaderboard", "build"]) == 0
+    page = (track / "README.md").read_text()
+    ranked, rejected = page.split("Rejected entries")
+    assert "`deep-s0.json`: not valid JSON: nested too deeply" in rejected
+    assert "`trunc-s0.json`: not valid JSON" in rejected
+    assert "pgd-at" in ranked and "deep-s0" not in ranked and "trunc-s0" not in ranked
+    assert (tmp_path / "leaderboards" / "README.md").exists()
