@@ -1,7 +1,7 @@
 """Code runs only when the user names it on the command line (docs/reliability.md, "Security model").
 
-A ``file.py:Class`` defense met inside a checkpoint, a run directory or a
-run config is refused with one line naming ``--allow-code``, and the planted
+A ``file.py:Class`` defense met inside a checkpoint, a run directory, a run
+config or a track file is refused (and a leaderboard entry's names are never imported) with one line naming ``--allow-code``, and the planted
 file's marker never appears; ``--allow-code`` on the command line allows it.
 """
 
@@ -69,3 +69,43 @@ def test_run_config_naming_a_file_defense_is_refused(tmp_path, capsys):
     override = ["train", *TINY, "--out", str(tmp_path / "r2"), "model_kwargs.width=0.25", f"defense={target}"]
     assert main(override) == 0  # typed on the command line: that names it
     assert marker.exists()
+
+
+def test_track_file_naming_a_file_defense_or_model_is_refused(tmp_path, capsys):
+    """A third-party track.yaml is data: a `file.py:Class` defense or `file.py:factory` model in it never runs."""
+    from pathlib import Path
+
+    import yaml
+
+    marker, target = plant(tmp_path)
+    repo = Path(__file__).resolve().parents[2]
+    track = yaml.safe_load((repo / "leaderboards" / "fashion-mnist-linf" / "track.yaml").read_text())
+    for key, value in (("defense", target), ("model", target.replace(":Evil", ":factory"))):
+        doc = {**track, "train": {**track["train"], key: value}}
+        path = tmp_path / f"track-{key}.yaml"
+        path.write_text(yaml.safe_dump(doc))
+        assert main(["run", str(path), "--out", str(tmp_path / f"r-{key}"), "--quiet"]) == 2
+        # a defense names --allow-code; training takes registered models only, so a model file is unknown
+        assert_one_line_error(capsys.readouterr().err, "--allow-code" if key == "defense" else "unknown model")
+        assert not marker.exists()
+        assert not (tmp_path / f"r-{key}" / "train").exists()  # refused before any work
+
+
+def test_entry_naming_a_file_defense_is_never_imported(tmp_path, capsys):
+    """`leaderboard check --check-code` and `build` read the names in an entry; they import nothing."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    marker, target = plant(tmp_path)
+    repo = Path(__file__).resolve().parents[2]
+    shutil.copytree(repo / "leaderboards", tmp_path / "leaderboards", ignore=shutil.ignore_patterns("archive", "*.lock"))
+    entry_path = tmp_path / "leaderboards" / "fashion-mnist-linf" / "pgd-at-s0.json"
+    entry = json.loads(entry_path.read_text())
+    entry["defense"]["name"] = target
+    entry["defense"]["code"] = str(tmp_path / "evil.py")
+    entry_path.write_text(json.dumps(entry))
+    main(["leaderboard", "check", "--check-code", "--root", str(tmp_path), str(entry_path)])
+    main(["leaderboard", "build", "--root", str(tmp_path)])
+    assert not marker.exists()
+    capsys.readouterr()
