@@ -47,13 +47,11 @@ def class_counts(y: Any, num_classes: int, weights: Any = None) -> Any:
 
     Boolean ``weights`` count the samples where they are true; numeric weights give float64 sums.
     """
-    if torch.is_tensor(y):
+    if torch.is_tensor(y):  # index_add_, not bincount or masking: no host-device synchronisation on CUDA
         y = y.long()
-        if weights is None:
-            return torch.bincount(y, minlength=num_classes)
-        w = torch.as_tensor(weights, device=y.device)
+        w = torch.ones_like(y, dtype=torch.bool) if weights is None else torch.as_tensor(weights, device=y.device)
         if w.dtype == torch.bool:
-            return torch.bincount(y[w], minlength=num_classes)
+            return torch.zeros(num_classes, dtype=torch.long, device=y.device).index_add_(0, y, w.long())
         return torch.zeros(num_classes, dtype=torch.float64, device=y.device).index_add_(0, y, w.double())
     y = np.asarray(y, dtype=np.int64)
     if weights is None:

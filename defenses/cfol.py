@@ -48,9 +48,13 @@ def cfol_distribution(w: torch.Tensor, uniform_mix: float = 0.5) -> torch.Tensor
 
 
 def cfol_exp3_update(w: torch.Tensor, y: torch.Tensor, wrong: torch.Tensor, q: torch.Tensor, eta: float) -> torch.Tensor:
-    """Exp3 step ``w_y += η·1[wrong]/q_y`` summed over the batch (CFOL Alg. 1); returns the new ``w``."""
-    y = y.long().cpu()
-    gain = eta * wrong.double().cpu() / q.double()[y]
+    """Exp3 step ``w_y += η·1[wrong]/q_y`` summed over the batch (CFOL Alg. 1); returns the new ``w``.
+
+    Computed on ``w``'s device; the defense keeps ``w`` on the training device, so the per-batch update
+    copies nothing to the host.
+    """
+    y = y.long().to(w.device)
+    gain = eta * wrong.double().to(w.device) / q.double().to(w.device)[y]
     return w.double().index_add(0, y, gain)
 
 
@@ -85,9 +89,9 @@ class CFOL(Defense):
     def __init__(self, cfg: Any, ctx):
         super().__init__(cfg, ctx)
         c = ctx.num_classes
-        self.w = torch.zeros(c, dtype=torch.float64)
+        self.w = torch.zeros(c, dtype=torch.float64, device=ctx.device)  # on the device: no host copy per batch
         if self.reweight:
-            counts = torch.as_tensor(ctx.train_counts, dtype=torch.float64)
+            counts = torch.as_tensor(ctx.train_counts, dtype=torch.float64, device=ctx.device)
             self.q = counts / counts.sum()  # uniform data order: class frequencies
         else:
             self.q = cfol_distribution(self.w, cfg.uniform_mix)  # the distribution this epoch samples from

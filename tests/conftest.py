@@ -3,11 +3,13 @@
 Tests run torch on ``RFBENCH_TEST_THREADS`` intra-op threads (default 1): the
 tensors here are tiny, and on a shared, loaded machine two OpenMP threads
 waiting on each other made small convolutions about 20x slower than one thread.
+Layout measurements are cached in a directory of the test session.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 import torch
@@ -17,6 +19,9 @@ from rfbench.benchmark.data import iterate_batches, load_dataset
 from rfbench.benchmark.models import create_model
 
 torch.set_num_threads(int(os.environ.get("RFBENCH_TEST_THREADS", "1")))
+# layout measurements (channels_last: auto) go to a cache of this session, shared with the CLI subprocesses,
+# so the tests neither read nor write the user's ~/.cache/rfbench
+os.environ.setdefault("RFBENCH_CACHE", tempfile.mkdtemp(prefix="rfbench-test-cache-"))
 
 
 @pytest.fixture(scope="session")

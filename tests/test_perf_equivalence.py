@@ -27,7 +27,7 @@ from rfbench.benchmark.data import iterate_batches
 from rfbench.benchmark.data.registry import ThreatDefaults
 from rfbench.benchmark.data.subsets import per_class_subset
 from rfbench.benchmark.train.config import TrainConfig
-from rfbench.benchmark.train.runtime import use_channels_last
+from rfbench.benchmark.train.runtime import measure_channels_last, use_channels_last
 from rfbench.benchmark.train.trainer import Trainer
 from rfbench.benchmark.train.validate import validation_accuracy
 from rfbench.defenses import TrainContext, build_defense
@@ -217,8 +217,67 @@ def test_trades_clean_prediction_once_is_identical_to_recomputing_it(fmnist_cnn,
 
 def test_channels_last_auto_follows_the_measurements():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert use_channels_last("auto", cpu, torch.bfloat16) and not use_channels_last("auto", cpu, None)
+    assert use_channels_last("auto", cpu, torch.bfloat16) and use_channels_last("auto", cpu, None) is None
     assert use_channels_last("auto", cuda) and use_channels_last("on", cpu) and not use_channels_last("off", cuda)
+
+
+class _Slow(torch.nn.Module):
+    """Sleeps longer in one layout, so the probe has a known right answer."""
+
+    def __init__(self, slow_layout):
+        super().__init__()
+        self.conv, self.slow, self.calls = torch.nn.Conv2d(3, 2, 3), slow_layout, 0
+
+    def forward(self, x):
+        import time
+        self.calls += 1
+        cl = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        time.sleep(0.02 if cl == (self.slow == "channels_last") else 0.0)
+        return self.conv(x).flatten(1)
+
+
+@pytest.mark.parametrize("slow", ["channels_last", "default"])
+def test_channels_last_probe_picks_the_measured_faster_layout_and_leaves_the_model_as_it_was(slow):
+    model = _Slow(slow).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    choice, ms = measure_channels_last(model, (128, 3, 8, 8), torch.device("cpu"), rounds=3)
+    assert choice == (slow == "default")
+    assert (ms["channels_last_ms"] > ms["default_ms"]) == (slow == "channels_last")
+    assert model.calls == 8 and model.training  # 1 warm-up + 3 rounds per layout; mode restored
+    assert model.conv.weight.is_contiguous() and model.conv.weight.grad is None
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+def test_layout_is_measured_once_per_machine_and_model(tmp_path, monkeypatch):
+    from rfbench.benchmark.train import runtime
+
+    monkeypatch.setenv("RFBENCH_CACHE", str(tmp_path / "cache"))
+    calls = []
+    monkeypatch.setattr(runtime, "measure_channels_last",
+                        lambda m, shape, dev: (calls.append(shape) or True, {"default_ms": 2.0, "channels_last_ms": 1.0}))
+    cpu, small, wide = torch.device("cpu"), torch.nn.Conv2d(3, 2, 3), torch.nn.Conv2d(3, 4, 3)
+    assert runtime.cached_channels_last(small, (8, 3, 5, 5), cpu) == (True, {"default_ms": 2.0, "channels_last_ms": 1.0}, False)
+    assert runtime.cached_channels_last(small, (8, 3, 5, 5), cpu)[2]  # the second run reads the cache
+    runtime.cached_channels_last(wide, (8, 3, 5, 5), cpu)  # another architecture, and another input shape,
+    runtime.cached_channels_last(small, (16, 3, 5, 5), cpu)  # are measured anew
+    assert len(calls) == 3 and (tmp_path / "cache" / "layouts.json").is_file()
+
+
+def test_trainer_follows_the_measured_layout_and_a_resumed_run_keeps_it(tmp_path, monkeypatch):
+    from rfbench.benchmark.train import trainer as trainer_mod
+
+    calls = []
+    monkeypatch.setattr(trainer_mod, "cached_channels_last",
+                        lambda *a: (calls.append(1) or True, {"default_ms": 2.0, "channels_last_ms": 1.0}, False))
+    cfg = TrainConfig(**TINY, out=str(tmp_path / "r"), amp="off")
+    first = Trainer(cfg, quiet=True)
+    assert first.channels_last and len(calls) == 1
+    assert next(p for p in first.module.parameters() if p.dim() == 4).is_contiguous(memory_format=torch.channels_last)
+    first._save_last()
+    monkeypatch.setattr(trainer_mod, "cached_channels_last",
+                        lambda *a: (False, {"default_ms": 1.0, "channels_last_ms": 2.0}, False))
+    assert Trainer(cfg, quiet=True).channels_last  # from checkpoint-last.pt, whatever the machine says now
+    assert not Trainer(cfg, quiet=True, force=True).channels_last  # --force starts over and asks again
 
 
 TINY = dict(dataset="fashion-mnist", model="smallcnn", model_kwargs={"width": 0.5}, max_train_samples=256,

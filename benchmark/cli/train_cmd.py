@@ -48,6 +48,7 @@ HELP = {
     "schedule": "learning-rate schedule",
     "milestones": "epochs at which a multistep schedule multiplies the lr by gamma",
     "gamma": "multistep decay factor",
+    "lr_warmup_iters": "linear learning-rate warm-up over the first N optimiser steps (0 = off)",
     "val_steps": "PGD steps of the per-epoch validation attack",
     "select": "how checkpoint-best.pt is chosen on validation robust accuracy: mean, worst class, or their sum",
     "seed": "seed for torch, numpy, random, shuffling, augmentation and attack starts",

@@ -62,7 +62,7 @@ from rfbench.benchmark.eval.progress import DEFAULT_EVERY_S, EvalProgress
 from rfbench.benchmark.eval.provenance import dataset_description, portable_source, provenance, samples_digest
 from rfbench.benchmark.eval.result import build_result, write_outputs
 from rfbench.benchmark.io.atomic import remove_stale_temps
-from rfbench.benchmark.train.runtime import autocast_dtype, resolve_device, use_channels_last
+from rfbench.benchmark.train.runtime import autocast_dtype, cached_channels_last, resolve_device, use_channels_last
 
 log = logging.getLogger(__name__)
 
@@ -301,6 +301,7 @@ def run_attacks(
     cfg: EvalConfig,
     device: torch.device,
     callback: Callable[[int], None] | None = None,
+    channels_last: bool = False,
 ) -> dict[str, list]:
     """The batch loop: fill ``flags`` batch by batch, saving after each (when ``flags_path``), skipping finished batches.
 
@@ -318,7 +319,7 @@ def run_attacks(
     survivors_scope = cfg.autoattack_scope == "survivors"
     progress = EvalProgress(len(test), int(flags.done.sum()), [a.label for a in attacks], quiet=cfg.quiet,
                             every_s=cfg.progress_every)
-    cl = use_channels_last(cfg.channels_last, device)
+    cl = channels_last
     piece = bs  # the largest piece that fitted in memory so far
     timing: dict[str, list] = {}
     try:
@@ -404,8 +405,6 @@ def evaluate_data(
             log.info("removed %d temporary file(s) left in %s by an interrupted write", len(stale), out_dir)
     device = resolve_device(cfg.device)
     model = model.to(device).eval()
-    if use_channels_last(cfg.channels_last, device):
-        model = model.to(memory_format=torch.channels_last)
     if len(data) == 0:
         raise RfbenchError("nothing to evaluate: no samples")
     test = select_subset(data, cfg.n_per_class, cfg.subset_seed)
@@ -430,10 +429,19 @@ def evaluate_data(
     num_classes = len(data.classes)
     x0, y0, _ = next(test.batches(min(len(test), cfg.batch_size, MODEL_CHECK_SAMPLES), device))
     model_check = check_model(model, x0, y0, num_classes)  # raises for a wrong shape or NaN outputs
+    channels_last = use_channels_last(cfg.channels_last, device, autocast_dtype(cfg.amp, device))
+    if channels_last is None:  # auto on CPU fp32: whichever layout is faster for this model here
+        channels_last, ms, cached = cached_channels_last(model, (cfg.batch_size, *x0.shape[1:]), device)
+        log.info("channels_last auto: an attack step takes %.1f ms in the default layout and %.1f ms in "
+                 "channels-last on this machine (%s); using %s", ms["default_ms"], ms["channels_last_ms"],
+                 "cached" if cached else "measured now", "channels-last" if channels_last else "the default layout")
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     log.info("evaluating %d samples (%d classes) with %s; threat %s eps=%g on %s%s",
              len(test), num_classes, ", ".join(a.label for a in attacks), threat.norm, threat.eps, device,
              f"; writing {out_dir}" if out_dir is not None else "")
-    timing = run_attacks(model, test, attacks, flags, flags_path, cfg=cfg, device=device, callback=callback) or {}
+    timing = run_attacks(model, test, attacks, flags, flags_path, cfg=cfg, device=device, callback=callback,
+                         channels_last=channels_last) or {}
     for lab, s in settings.items():
         f = flags.meta.get("attack_flags", {}).get(lab)
         if f:
@@ -445,6 +453,7 @@ def evaluate_data(
     prov["attack_rates"] = {lab: {"seconds": round(sec, 3), "images": n, "images_per_s": round(n / sec, 3) if sec > 0 else None}
                             for lab, (sec, n) in timing.items()}  # this process's batches
     prov["oom_halvings"] = flags.meta.get("oom_halvings", [])
+    prov["channels_last"] = channels_last
     prov["dataset"] = described
     result = build_result(flags, classes=list(data.classes), settings=settings, threat=threat, dataset=described["name"],
                           train_counts=train_counts, imbalance_ratio=imbalance_ratio,

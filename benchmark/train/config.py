@@ -53,6 +53,7 @@ class TrainConfig:
     milestones: list[int] = field(default_factory=list)  # epochs at which lr *= gamma (multistep)
     milestone_fractions: list[float] = field(default_factory=list)  # or as fractions of `epochs` (used when milestones is empty)
     gamma: float = field(default=0.1, metadata=rng(0, 1))
+    lr_warmup_iters: int = field(default=0, metadata=rng(0, None))  # linear lr warm-up over the first N steps
     # validation and selection
     val_steps: int = field(default=10, metadata=rng(1, None))  # PGD steps of the per-epoch validation attack
     select: str = field(default="mean+worst", metadata=choice("mean", "worst", "mean+worst"))

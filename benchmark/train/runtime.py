@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
+import platform
 import random
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -36,17 +39,106 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
-def use_channels_last(setting: str, device: torch.device, amp_dtype: torch.dtype | None = None) -> bool:
-    """Whether to use the channels-last memory format.
+def use_channels_last(setting: str, device: torch.device, amp_dtype: torch.dtype | None = None) -> bool | None:
+    """Whether to use the channels-last memory format; ``None`` = measure it (:func:`measure_channels_last`).
 
-    ``auto`` enables it on CUDA, and on CPU together with bf16 autocast
-    (measured faster there for ResNet-18 and SmallCNN, training and attack
-    steps alike; see ``docs/performance.md``).  CPU fp32 stays in the default
-    layout: channels-last fp32 training can hit a slow path there.
+    ``auto`` enables it on CUDA and on CPU together with bf16 autocast (faster there for ResNet-18 and
+    SmallCNN, training and attack steps alike; ``docs/performance.md``).  For CPU fp32 the answer differs
+    between CPUs (faster on some, a slow path on others), so ``auto`` returns ``None`` and the caller
+    times both layouts on its own model.
     """
     if setting != "auto":
         return setting == "on"
-    return device.type == "cuda" or (device.type == "cpu" and amp_dtype == torch.bfloat16)
+    if device.type == "cuda" or amp_dtype == torch.bfloat16:
+        return True
+    return None
+
+
+def measure_channels_last(model: torch.nn.Module, shape: tuple[int, ...], device: torch.device,
+                          rounds: int = 5, margin: float = 0.9) -> tuple[bool, dict[str, float]]:
+    """Time one attack step (forward + input gradient, eval mode) of ``model`` in both memory layouts.
+
+    The layouts alternate for ``rounds`` rounds after one warm-up each, on a random batch of ``shape``
+    (the batch size is capped at 64 to keep the probe under a few seconds); the median of each is kept.
+    Channels-last is chosen only when it is below ``margin`` times the default layout's median, so
+    noise does not flip the choice.  The model is returned to its mode and to the default layout;
+    its weights and buffers are untouched (eval mode, no parameter gradients).  Returns the choice and
+    the medians in milliseconds.
+    """
+    import statistics
+    import time
+
+    was_training = model.training
+    model.eval()
+    x = torch.rand((min(shape[0], 64), *shape[1:]), generator=torch.Generator().manual_seed(0)).to(device)
+    times: dict[bool, list[float]] = {False: [], True: []}
+    try:
+        for r in range(rounds + 1):
+            for cl in (False, True):
+                fmt = torch.channels_last if cl else torch.contiguous_format
+                model.to(memory_format=fmt)
+                xi = x.contiguous(memory_format=fmt).requires_grad_(True)
+                t0 = time.perf_counter()
+                torch.autograd.grad(model(xi).float().sum(), xi)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                if r:  # round 0 warms up
+                    times[cl].append(time.perf_counter() - t0)
+    finally:
+        model.to(memory_format=torch.contiguous_format)
+        model.train(was_training)
+    med = {cl: statistics.median(v) * 1e3 for cl, v in times.items()}
+    return med[True] < margin * med[False], {"default_ms": med[False], "channels_last_ms": med[True]}
+
+
+def layout_cache_path() -> Path:
+    """The per-machine cache of layout measurements: ``$RFBENCH_CACHE`` or ``$XDG_CACHE_HOME/rfbench`` (``~/.cache``)."""
+    root = os.environ.get("RFBENCH_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rfbench"
+    return Path(root) / "layouts.json"
+
+
+def _machine() -> str:
+    """The CPU model (or GPU name) and torch version: what a layout measurement depends on besides the model."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return f"{cpu}|torch {torch.__version__}|{torch.get_num_threads()} threads"
+
+
+def cached_channels_last(model: torch.nn.Module, shape: tuple[int, ...],
+                         device: torch.device) -> tuple[bool, dict[str, float], bool]:
+    """:func:`measure_channels_last`, measured once per machine, model architecture and input shape.
+
+    The answer is kept in :func:`layout_cache_path` (like cuDNN's benchmark cache), so two runs of one
+    config on one machine use the same layout and stay bit-identical; another CPU or torch version
+    measures again.  Returns the choice, the medians (ms) and whether they came from the cache.
+    """
+    import hashlib
+
+    arch = hashlib.sha256(repr([(k, tuple(v.shape)) for k, v in model.state_dict().items()]).encode()).hexdigest()[:12]
+    name = device.type if device.type == "cpu" else torch.cuda.get_device_name(device)
+    key = f"{type(model).__name__}:{arch}|{tuple(shape)}|{name}|{_machine()}"
+    path = layout_cache_path()
+    try:
+        cache = json.loads(path.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    if isinstance(cache.get(key), dict) and "channels_last" in cache[key]:
+        hit = cache[key]
+        return bool(hit["channels_last"]), {k: float(hit[k]) for k in ("default_ms", "channels_last_ms")}, True
+    choice, ms = measure_channels_last(model, shape, device)
+    cache[key] = {"channels_last": choice, **ms}
+    try:  # a read-only home only costs a new measurement next time
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(cache, indent=1, sort_keys=True))
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    return choice, ms, False
 
 
 def maybe_compile(model: torch.nn.Module, enabled: bool) -> torch.nn.Module:

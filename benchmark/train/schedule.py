@@ -20,6 +20,18 @@ def lr_at(epoch: int, base_lr: float, schedule: str, epochs: int, milestones: li
     return base_lr
 
 
+def warmup_factor(step: int, warmup_iters: int) -> float:
+    """Linear learning-rate warm-up over the first ``warmup_iters`` optimiser steps (0-based ``step``).
+
+    The rate of step ``s`` is the epoch's rate times ``(s + 1) / warmup_iters`` while ``s < warmup_iters``,
+    then times 1 (Goyal et al., 2017, "Accurate, Large Minibatch SGD", section 2.2, gradual warm-up).
+    ``warmup_iters = 0`` turns it off.  It is a function of the global step, so resume needs no state.
+    """
+    if warmup_iters <= 0 or step >= warmup_iters:
+        return 1.0
+    return (step + 1) / warmup_iters
+
+
 def resolve_milestones(milestones: list[int], fractions: list[float], epochs: int) -> list[int]:
     """The multistep milestones in epochs: ``milestones`` if given, else ``round(f·epochs)`` for each fraction.
 

@@ -43,8 +43,10 @@ from rfbench.benchmark.train.averaging import WeightAverages
 from rfbench.benchmark.train.loggers import ExperimentLoggers, check_available
 from rfbench.benchmark.train.distributed import (ShardedGenerator, all_reduce_sum, any_rank, barrier, gather_rows,
                                                  init_distributed, shard)
-from rfbench.benchmark.train.runtime import autocast_dtype, maybe_compile, resolve_device, seed_everything, use_channels_last
-from rfbench.benchmark.train.schedule import lr_at, resolve_milestones
+from rfbench.benchmark.train.runtime import (autocast_dtype, cached_channels_last, layout_cache_path, maybe_compile,
+                                             resolve_device, seed_everything, use_channels_last)
+from rfbench.benchmark.eval.progress import DEFAULT_EVERY_S as PROGRESS_EVERY_S, format_duration
+from rfbench.benchmark.train.schedule import lr_at, resolve_milestones, warmup_factor
 from rfbench.benchmark.train.validate import validation_accuracy
 from rfbench.defenses import EpochStats, TrainContext, build_defense
 from rfbench.defenses.base import Defense, LossOutput
@@ -248,7 +250,6 @@ class Trainer:
         if not self.dist.main:  # one voice: rank 0 logs, the others only warn
             logging.getLogger().setLevel(logging.WARNING)
         self.amp = autocast_dtype(cfg.amp, self.device)
-        self.channels_last = use_channels_last(cfg.channels_last, self.device, self.amp)
         self.seeds = seed_everything(cfg.seed)
         self.bundle = load_bundle(cfg)
         if self.device.type == "cuda":  # uint8 images held on the GPU: no host-to-device image copy per batch
@@ -275,6 +276,7 @@ class Trainer:
             from rfbench.defenses.awp import with_awp
             self.defense = with_awp(self.defense, cfg.awp_gamma, cfg.awp_warmup)
         model = self.defense.setup_model(build_model(cfg, self.bundle)).to(self.device)
+        self.channels_last = self._choose_layout(model)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         if cfg.init:
@@ -302,6 +304,29 @@ class Trainer:
     def _resolved(self) -> dict[str, Any]:
         return to_dict(self.cfg)
 
+    def _choose_layout(self, model: nn.Module) -> bool:
+        """``channels_last``: the setting, or under ``auto`` on CPU fp32 the faster layout measured on this model.
+
+        A resumed run keeps the layout it started with; under DDP every rank follows a rank that chose
+        channels-last, so all ranks share one layout.
+        """
+        cfg = self.cfg
+        choice = use_channels_last(cfg.channels_last, self.device, self.amp)
+        if choice is not None:
+            return choice
+        saved = (load_checkpoint(self.out / LAST, map_location="cpu").get("runtime", {})
+                 if not self.force and (self.out / LAST).exists() else {})
+        if "channels_last" in saved:
+            return bool(saved["channels_last"])
+        b = self.bundle
+        choice, ms, cached = cached_channels_last(model, (cfg.batch_size, b.in_channels, *b.image_size), self.device)
+        choice = any_rank(choice, self.dist, self.device)
+        log.info("channels_last auto: an attack step takes %.1f ms in the default layout and %.1f ms in "
+                 "channels-last on this machine (%s); using %s", ms["default_ms"], ms["channels_last_ms"],
+                 f"cached in {layout_cache_path()}" if cached else "measured now",
+                 "channels-last" if choice else "the default layout")
+        return choice
+
     def _meta(self) -> dict[str, Any]:
         """What rebuilding the model needs without loading the dataset."""
         b = self.bundle
@@ -326,6 +351,7 @@ class Trainer:
             "best_score": self.best_score,
             "config": self._resolved(),
             "meta": self._meta(),
+            "runtime": {"channels_last": self.channels_last},
         }
 
     def _check_same_run(self, saved: dict[str, Any]) -> None:
@@ -382,11 +408,14 @@ class Trainer:
         """Set the epoch's learning rate and threat (a new one under eps warm-up), tell the defense; returns lr."""
         cfg = self.cfg
         lr = lr_at(epoch, cfg.lr, cfg.schedule, cfg.epochs, self.ctx.lr_milestones, cfg.gamma)
-        for g in self.optimizer.param_groups:
-            g["lr"] = lr
+        self._set_lr(lr)
         self.ctx.threat = self.threat.with_eps(warmup_eps(self.threat.eps, epoch, self.eps_warmup))
         self.defense.on_epoch_start(epoch)
         return lr
+
+    def _set_lr(self, lr: float) -> None:
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
 
     def _step(self, batch: Batch) -> bool:
         """One training step on ``batch``: attack + loss, backward, hooks, optimizer step, global statistics.
@@ -404,10 +433,20 @@ class Trainer:
             sharding = contextlib.nullcontext()
         with sharding, torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
             out = batch.out = self.defense.training_step(self.model, x, y, batch.pos)
-        bad = _non_finite(out.loss, out.adv_logits)
+        # the step's one host read (and one collective under DDP): non-finite flag, loss and terms, summed over ranks
+        terms = list(out.terms)
+        finite = torch.isfinite(out.loss.detach()).all()
+        if out.adv_logits is not None:
+            finite = finite & torch.isfinite(out.adv_logits.detach()).all()
+        status = torch.stack([(~finite).float(), out.loss.detach().float().reshape(()),
+                              *(torch.as_tensor(out.terms[k], device=self.device).detach().float().reshape(())
+                                for k in terms)])
+        status[1:] *= len(y)
+        status = all_reduce_sum(status, info).tolist()
         self.optimizer.zero_grad(set_to_none=True)
-        if any_rank(bool(bad), info, self.device):
-            where = f"{bad or 'non-finite loss or logits on another rank'} at epoch {batch.epoch + 1}, batch {batch.index + 1}"
+        if status[0] > 0:
+            bad = _non_finite(out.loss, out.adv_logits) or "non-finite loss or logits on another rank"
+            where = f"{bad} at epoch {batch.epoch + 1}, batch {batch.index + 1}"
             if self.cfg.nan_policy == "stop":
                 saved = (f"; {self.out / LAST} holds the last good state" if (self.out / LAST).exists() else "")
                 raise NonFiniteLossError(f"{where}{saved}; rerun with --nan-policy skip-batch to skip such "
@@ -425,13 +464,10 @@ class Trainer:
         if info.enabled:
             batch.y_all = gather_rows(y, info)
             batch.adv_all = gather_rows(adv_logits.float(), info) if adv_logits is not None else None
-            loss_t = all_reduce_sum(out.loss.detach().float() * len(y), info) / batch.n_global
-            batch.terms = {k: float(all_reduce_sum(v.detach().float() * len(y), info) / batch.n_global)
-                           for k, v in out.terms.items()}
         else:
-            batch.y_all, batch.adv_all, loss_t = y, adv_logits, out.loss.detach()
-            batch.terms = {k: float(v.detach()) for k, v in out.terms.items()}
-        batch.loss = float(loss_t)
+            batch.y_all, batch.adv_all = y, adv_logits
+        batch.loss = status[1] / batch.n_global
+        batch.terms = {k: status[2 + i] / batch.n_global for i, k in enumerate(terms)}
         self.defense.on_batch_end(batch.y_all, batch.adv_all)
         return True
 
@@ -460,18 +496,28 @@ class Trainer:
         batches, n_batches = self._epoch_batches(epoch, done)
         bar = tqdm(batches, total=n_batches, initial=done, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
                    disable=self.quiet or not sys.stderr.isatty(), unit="batch")
+        log_every = 0.0 if self.quiet or not bar.disable else PROGRESS_EVERY_S  # off a TTY: a log line every 30 s
+        t_start = t_last = time.time()
         for i, (x, y, pos) in enumerate(bar, start=done):
             n_global = len(y)
             if info.enabled:
                 offset, n_local = shard(n_global, info)
                 x, y, pos = x[offset:offset + n_local], y[offset:offset + n_local], pos[offset:offset + n_local]
             batch = Batch(epoch, i, x, y, pos, n_global)
+            if cfg.lr_warmup_iters:
+                self._set_lr(lr * warmup_factor(epoch * n_batches + i, cfg.lr_warmup_iters))
             if self._step(batch):
                 acc.add(batch.y_all, batch.adv_all, batch.loss, batch.terms)
                 bar.set_postfix(loss=f"{batch.loss:.3f}", refresh=False)
             else:
                 skipped += 1
             batches_done = i + 1
+            if log_every and (now := time.time()) - t_last >= log_every and batches_done < n_batches:
+                rate = (batches_done - done) / (now - t_start)
+                log.info("epoch %d/%d: batch %d/%d (%.0f%%), loss %.4f, %.2f batches/s, epoch ETA %s", epoch + 1,
+                         cfg.epochs, batches_done, n_batches, 100 * batches_done / n_batches, batch.loss, rate,
+                         format_duration((n_batches - batches_done) / rate))
+                t_last = now
             stop = any_rank(self._signal is not None, info, self.device)
             if stop or (cfg.checkpoint_every and batches_done % cfg.checkpoint_every == 0 and batches_done < n_batches):
                 self._save_last({"epoch": epoch, "batches_done": batches_done, "perm_state": perm_state,
