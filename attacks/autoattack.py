@@ -164,7 +164,7 @@ class AutoAttack(Attack):
 
         c = self.cfg
         with _routed(self.flags if self.flags is not None else {}):
-            aa = PackageAA(self.model, norm=NORM_NAMES[c.norm], eps=float(c.eps), version=c.version,
+            aa = PackageAA(_DefaultLayoutGrad(self.model), norm=NORM_NAMES[c.norm], eps=float(c.eps), version=c.version,
                            attacks=list(c.attacks) if c.version == "custom" else None, device=device, seed=int(seed))
         restarts = c.restarts if c.restarts is not None else (STANDARD_RESTARTS if c.version == "custom" else None)
         if c.steps is not None:
@@ -219,8 +219,36 @@ class AutoAttack(Attack):
         aa = self.build(x.device, seed, num_classes)
         cuda = [x.device.index if x.device.index is not None else torch.cuda.current_device()] if x.device.type == "cuda" else []
         with torch.random.fork_rng(devices=cuda), frozen_params(self.model), _routed(self.flags):
-            x_adv, _ = aa.run_standard_evaluation(x, y, batch_size=x.shape[0])
+            x_adv, _ = aa.run_standard_evaluation(x.contiguous(), y, batch_size=x.shape[0])
         return x_adv.detach()
+
+
+class _ContiguousGradFn(torch.autograd.Function):
+    """Identity whose backward returns the gradient in the default (contiguous) layout."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.contiguous()
+
+
+class _DefaultLayoutGrad(torch.nn.Module):
+    """The model as pyautoattack sees it: input gradients in the default layout.
+
+    pyautoattack 0.2.0 flattens gradients with ``.view`` (``checks.check_zero_gradients``), which fails
+    on the channels-last gradients a channels-last model (ResNet-18) returns; the model itself keeps
+    its layout and speed.
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(_ContiguousGradFn.apply(x))
 
 
 def _apgd_copy(cls, old, n_iter: int, **extra):

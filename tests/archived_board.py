@@ -12,9 +12,15 @@ from pathlib import Path
 
 
 def restore_v1(root: Path) -> None:
-    """In the fork at ``root``, put each archived version-1 track file, entry and flag file back in place."""
+    """In the fork at ``root``, put each archived version-1 track file, entry and flag file back in place.
+
+    The current protocol's entries are removed first: a page holds one protocol.
+    """
     for archive in sorted((root / "leaderboards").glob("*/archive/v1")):
         track_dir = archive.parents[1]
+        for current in track_dir.glob("*.json"):
+            current.unlink()
+        shutil.rmtree(track_dir / "flags", ignore_errors=True)
         shutil.copy(archive / "track.yaml", track_dir / "track.yaml")
         (track_dir / "flags").mkdir(exist_ok=True)
         for npz in (archive / "flags").glob("*.npz"):

@@ -121,3 +121,23 @@ def test_adapter_leaves_the_models_mode_as_it_found_it(fmnist_cnn, batch, traini
         assert all(p.grad is None and p.requires_grad for p in fmnist_cnn.parameters())
     finally:
         fmnist_cnn.eval()
+
+
+def test_adapter_runs_on_a_channels_last_model_and_hands_pyautoattack_contiguous_gradients():
+    """pyautoattack flattens gradients with ``.view``; a channels-last ResNet-18 returns non-contiguous ones."""
+    from rfbench.attacks.autoattack import _DefaultLayoutGrad
+    from rfbench.benchmark.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("resnet18", num_classes=10, in_channels=3, width=0.125).eval()
+    model = model.to(memory_format=torch.channels_last)
+    x = torch.rand(4, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (4,))
+    for net, contiguous in ((model, False), (_DefaultLayoutGrad(model), True)):
+        xi = x.contiguous().requires_grad_(True)
+        (grad,) = torch.autograd.grad(net(xi).sum(), xi)
+        assert grad.is_contiguous() == contiguous  # the raw model's gradient would break grad.view(n, -1)
+    atk = AutoAttack(model, eps=EPS, version="custom", attacks=["apgd-ce", "apgd-t"], steps=2, restarts=1, targets=2)
+    x_adv = atk(x, y, seed=1)
+    verify_in_ball(x_adv, x, EPS, "linf", atk.label)
+    assert x_adv.shape == x.shape

@@ -1,7 +1,7 @@
 """Tiny run configs for the runner, sweep, leaderboard and reproduce tests.
 
 The real ``fashion-mnist-linf`` track shrunk to seconds: a quarter-width
-CNN3, 16 Adam steps (one epoch of 1024 images) of PGD-2 training, enough for the model to
+CNN3, 16 Adam steps (one epoch of 1024 images, no lr warm-up) of PGD-2 training, enough for the model to
 beat chance (the evaluation's prediction check fails a dead model), and FGSM + PGD-2 on
 5 test images per class.  The numbers are meaningless; the code path is the
 real one.
@@ -19,7 +19,7 @@ TRACK = REPO / "leaderboards" / "fashion-mnist-linf" / "track.yaml"
 
 TINY_TRAIN = {"max_train_samples": 1024, "epochs": 1, "batch_size": 64, "steps": 2, "val_per_class": 5, "val_steps": 1,
               "model_kwargs": {"width": 0.25}, "device": "cpu", "optimizer": "adam", "lr": 0.01, "schedule": "constant",
-              "milestone_fractions": []}
+              "milestone_fractions": [], "lr_warmup_iters": 0}
 TINY_EVAL = {"attacks": ["fgsm", "pgd:steps=2"], "n_per_class": 5, "batch_size": 100, "plot": False,
              "device": "cpu"}
 TINY_LABELS = ["fgsm", "pgd-2"]

@@ -63,7 +63,8 @@ def measure_channels_last(model: torch.nn.Module, shape: tuple[int, ...], device
     Channels-last is chosen only when it is below ``margin`` times the default layout's median, so
     noise does not flip the choice.  The model is returned to its mode and to the default layout;
     its weights and buffers are untouched (eval mode, no parameter gradients).  Returns the choice and
-    the medians in milliseconds.
+    the medians in milliseconds; when the probe's batch runs out of memory, the default layout with
+    NaN timings.
     """
     import statistics
     import time
@@ -84,6 +85,10 @@ def measure_channels_last(model: torch.nn.Module, shape: tuple[int, ...], device
                     torch.cuda.synchronize(device)
                 if r:  # round 0 warms up
                     times[cl].append(time.perf_counter() - t0)
+    except (torch.OutOfMemoryError, RuntimeError) as exc:  # the probe's batch does not fit: keep the default
+        if not (isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()):
+            raise
+        return False, {"default_ms": float("nan"), "channels_last_ms": float("nan")}
     finally:
         model.to(memory_format=torch.contiguous_format)
         model.train(was_training)
@@ -130,6 +135,8 @@ def cached_channels_last(model: torch.nn.Module, shape: tuple[int, ...],
         hit = cache[key]
         return bool(hit["channels_last"]), {k: float(hit[k]) for k in ("default_ms", "channels_last_ms")}, True
     choice, ms = measure_channels_last(model, shape, device)
+    if ms["default_ms"] != ms["default_ms"]:  # NaN: the probe ran out of memory; nothing worth keeping
+        return choice, ms, False
     cache[key] = {"channels_last": choice, **ms}
     try:  # a read-only home only costs a new measurement next time
         path.parent.mkdir(parents=True, exist_ok=True)

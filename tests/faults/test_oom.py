@@ -37,7 +37,7 @@ class OOMAbove(nn.Module):
 
 def _cfg(**kw):
     return EvalConfig(**{"attacks": DETERMINISTIC, "n_per_class": 4, "batch_size": 16,
-                         "device": "cpu", "quiet": True, **kw})
+                         "device": "cpu", "quiet": True, "channels_last": "off", **kw})  # no layout probe
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +67,14 @@ def test_oom_halves_the_batch_until_it_fits_and_gives_the_same_result(fmnist, fm
     a, b = SampleFlags.load(tmp_path / "flags.npz"), SampleFlags.load(plain[0] / "flags.npz")
     for key in ("clean_pred", "adv_pred", "ran", "pert", "done"):
         np.testing.assert_array_equal(getattr(a, key), getattr(b, key))
+
+
+def test_a_layout_probe_out_of_memory_keeps_the_default_layout(fmnist, fmnist_cnn, plain, tmp_path):
+    model = OOMAbove(fmnist_cnn, limit=5)
+    result = evaluate(model, fmnist, _cfg(channels_last="auto"), tmp_path)
+    assert result["provenance"]["channels_last"] is False
+    assert model.raised == 3  # the probe's batch, then 16 -> 8 -> 4 as above
+    assert result["per_class"] == plain[1]["per_class"]
 
 
 def test_random_start_attacks_after_oom_are_seeded_per_piece_and_reproducible(fmnist, fmnist_cnn, tmp_path):

@@ -101,10 +101,10 @@ def _install_eval_trace() -> None:
         done = [str(b) for b in range(n) if flags.done[b * bs:(b + 1) * bs].all()]
         return ",".join(done) or "-"
 
-    def run_attacks(model, test, attacks, flags, flags_path, *, cfg, device, callback=None):
+    def run_attacks(model, test, attacks, flags, flags_path, *, cfg, device, callback=None, **kw):
         batch_size[:] = [cfg.batch_size]
         _emit("eval-start", done_batches(flags))
-        return real_run(model, test, attacks, flags, flags_path, cfg=cfg, device=device, callback=callback)
+        return real_run(model, test, attacks, flags, flags_path, cfg=cfg, device=device, callback=callback, **kw)
 
     def batch_seed(seed, label, batch, part=None):
         _emit("eval-attack", label, batch)
