@@ -159,3 +159,28 @@ def test_validation_robust_requires_clean_correct():
     clean, robust = validation_accuracy(Flip(), ds, eps=0.1, alpha=0.05, steps=2)
     assert clean[0] == 0.0 and robust[0] == 0.0  # previously robust 1.0 (the attack "fixes" the prediction)
     assert all(v != v for v in clean[1:] + robust[1:])  # classes 1, 2 have no image: NaN, not 0
+
+
+def test_lr_warmup_factor_by_hand():
+    from rfbench.benchmark.train.schedule import warmup_factor
+
+    assert [warmup_factor(s, 4) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert warmup_factor(0, 0) == 1.0  # off
+
+
+def test_trainer_warms_the_lr_up_per_step_across_epochs_and_the_schedule_still_applies(tmp_path):
+    """5 batches per epoch, warm-up over 7 steps, lr x 0.1 from epoch 2: the rate of every step by hand."""
+    from rfbench.benchmark.train.trainer import TrainHook
+
+    seen = []
+
+    class Record(TrainHook):
+        def before_optimizer_step(self, trainer, batch):
+            seen.append(trainer.optimizer.param_groups[0]["lr"])
+
+    trainer = Trainer(_cfg(tmp_path, "wu", epochs=2, lr_warmup_iters=7, optimizer="sgd", lr=0.1,
+                           milestones=[1], gamma=0.1), quiet=True)
+    trainer.hooks.append(Record())
+    trainer._fit()
+    want = [0.1 * (s + 1) / 7 for s in range(5)] + [0.01 * 6 / 7, 0.01 * 7 / 7, 0.01, 0.01, 0.01]
+    assert seen == pytest.approx(want)
