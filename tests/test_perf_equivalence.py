@@ -321,3 +321,12 @@ def test_compiled_model_attack_matches_eager(fmnist_cnn, test_points):
     b = pgd(compiled, x, y, generator=torch.Generator().manual_seed(6), **kw)
     assert float((a == b).float().mean()) > 0.99
     assert torch.equal(_robust(fmnist_cnn, a, y), _robust(fmnist_cnn, b, y))
+
+
+def test_layout_message_says_what_was_measured_and_what_was_chosen():
+    from rfbench.benchmark.train.runtime import layout_message
+
+    said = layout_message(True, {"default_ms": 15.3, "channels_last_ms": 11.0}, cached=False)
+    assert "15.3 ms in the default layout and 11.0 ms in channels-last" in said and said.endswith("using channels-last")
+    nan = float("nan")
+    assert "ran out of memory" in layout_message(False, {"default_ms": nan, "channels_last_ms": nan}, cached=False)

@@ -62,7 +62,8 @@ from rfbench.benchmark.eval.progress import DEFAULT_EVERY_S, EvalProgress
 from rfbench.benchmark.eval.provenance import dataset_description, portable_source, provenance, samples_digest
 from rfbench.benchmark.eval.result import build_result, write_outputs
 from rfbench.benchmark.io.atomic import remove_stale_temps
-from rfbench.benchmark.train.runtime import autocast_dtype, cached_channels_last, resolve_device, use_channels_last
+from rfbench.benchmark.train.runtime import (autocast_dtype, cached_channels_last, layout_message, resolve_device,
+                                             use_channels_last)
 
 log = logging.getLogger(__name__)
 
@@ -432,9 +433,7 @@ def evaluate_data(
     channels_last = use_channels_last(cfg.channels_last, device, autocast_dtype(cfg.amp, device))
     if channels_last is None:  # auto on CPU fp32: whichever layout is faster for this model here
         channels_last, ms, cached = cached_channels_last(model, (cfg.batch_size, *x0.shape[1:]), device)
-        log.info("channels_last auto: an attack step takes %.1f ms in the default layout and %.1f ms in "
-                 "channels-last on this machine (%s); using %s", ms["default_ms"], ms["channels_last_ms"],
-                 "cached" if cached else "measured now", "channels-last" if channels_last else "the default layout")
+        log.info("%s", layout_message(channels_last, ms, cached))
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     log.info("evaluating %d samples (%d classes) with %s; threat %s eps=%g on %s%s",

@@ -148,6 +148,16 @@ def cached_channels_last(model: torch.nn.Module, shape: tuple[int, ...],
     return choice, ms, False
 
 
+def layout_message(choice: bool, ms: dict[str, float], cached: bool) -> str:
+    """The log line of a ``channels_last: auto`` decision (one wording for training and evaluation)."""
+    if ms["default_ms"] != ms["default_ms"]:  # NaN
+        return "channels_last auto: the layout probe ran out of memory; using the default layout"
+    return (f"channels_last auto: an attack step takes {ms['default_ms']:.1f} ms in the default layout and "
+            f"{ms['channels_last_ms']:.1f} ms in channels-last on this machine "
+            f"({'cached in ' + str(layout_cache_path()) if cached else 'measured now'}); "
+            f"using {'channels-last' if choice else 'the default layout'}")
+
+
 def maybe_compile(model: torch.nn.Module, enabled: bool) -> torch.nn.Module:
     """``torch.compile(model)`` when ``enabled`` (default backend), else ``model`` unchanged.
 

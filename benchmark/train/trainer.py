@@ -43,7 +43,7 @@ from rfbench.benchmark.train.averaging import WeightAverages
 from rfbench.benchmark.train.loggers import ExperimentLoggers, check_available
 from rfbench.benchmark.train.distributed import (ShardedGenerator, all_reduce_sum, any_rank, barrier, gather_rows,
                                                  init_distributed, shard)
-from rfbench.benchmark.train.runtime import (autocast_dtype, cached_channels_last, layout_cache_path, maybe_compile,
+from rfbench.benchmark.train.runtime import (autocast_dtype, cached_channels_last, layout_message, maybe_compile,
                                              resolve_device, seed_everything, use_channels_last)
 from rfbench.benchmark.eval.progress import DEFAULT_EVERY_S as PROGRESS_EVERY_S, format_duration
 from rfbench.benchmark.train.schedule import lr_at, resolve_milestones, warmup_factor
@@ -321,10 +321,7 @@ class Trainer:
         b = self.bundle
         choice, ms, cached = cached_channels_last(model, (cfg.batch_size, b.in_channels, *b.image_size), self.device)
         choice = any_rank(choice, self.dist, self.device)
-        log.info("channels_last auto: an attack step takes %.1f ms in the default layout and %.1f ms in "
-                 "channels-last on this machine (%s); using %s", ms["default_ms"], ms["channels_last_ms"],
-                 f"cached in {layout_cache_path()}" if cached else "measured now",
-                 "channels-last" if choice else "the default layout")
+        log.info("%s", layout_message(choice, ms, cached))
         return choice
 
     def _meta(self) -> dict[str, Any]:
