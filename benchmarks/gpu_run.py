@@ -9,7 +9,7 @@
 Stages, in order (each writes ``OUTDIR/gpu_run.json`` when it ends, so a
 stopped run leaves its partial results):
 
-1. ``ceilings``: device, torch version, measured bf16 GEMM TFLOP/s and device
+1. ``ceilings``: device, torch version, measured bf16 and fp32 GEMM TFLOP/s and device
    copy bandwidth (GB/s, bytes read plus written);
 2. ``attacks``: ``benchmarks/bench_attacks.py`` on ResNet-18: PGD-20 of
    rfbench against ``torchattacks.PGD`` (fp32 bit-identity check, fp32
@@ -22,9 +22,9 @@ stopped run leaves its partial results):
    (ranked checkpoint ``best`` only) into ``OUTDIR/runs/`` and an entry,
    checked, in ``OUTDIR/leaderboards/<track>/``.
 
-Before each stage the remaining work is estimated (for entries: from the
-throughputs measured in stages 2-3, the track's epochs and AutoAttack's
-forward count); a stage that would not finish inside ``--budget-s`` is
+Before each stage the remaining work is estimated (for entries: the run's
+FLOP as ``rfbench reproduce --dry-run`` counts them, at the GFLOP/s measured
+in stages 2-3 for the same precision); a stage that would not finish inside ``--budget-s`` is
 skipped, never started.  A watchdog interrupts a stage that overruns anyway
 (training saves a resumable state; the evaluation's flag file keeps the
 finished batches) and the script still writes its JSON and prints the
@@ -42,11 +42,15 @@ On the GPU machine (no network; torch, torchvision, pandas, tabulate, tqdm,
 matplotlib, PyYAML, scipy, safetensors, requests already there), after
 ``--prepare .gpu-carry`` here::
 
-    python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/site .gpu-carry/wheels/*.whl
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu-carry/wheels/*.whl
     export PYTHONPATH=/tmp/site:$PWD
-    python3 benchmarks/gpu_run.py --data .gpu-carry/cifar10-jpeg.tar.gz --out $OUT --budget-s 540
+    python3 benchmarks/gpu_run.py --data .gpu-carry/cifar10-jpeg.tar.gz --out $OUT --budget-s 540 --over-budget start
+    python3 benchmarks/gpu_run.py --data .gpu-carry/cifar10-jpeg.tar.gz --out $OUT --budget-s 240 --over-budget start \
+        --skip-bench                                                  # if time is left: finishes and goes on
 
-(``docs/performance.md``, "GPU run", has the exact command line.)
+No ``pip install`` of rfbench: with the checkout on ``PYTHONPATH``, ``import
+rfbench`` finds ``rfbench.benchmark`` and the other subpackages in it.
+(``docs/performance.md``, "GPU run", has the exact command lines.)
 """
 
 from __future__ import annotations
@@ -74,11 +78,11 @@ from rfbench.benchmark.io import atomic_write_json
 TRACK = "cifar10-linf-fast"
 JPEG = "cifar10-jpeg"
 PRIORITY = ["pgd-at", "trades", "mart", "at-bsl", "cfa", "wat", "dafa", "frl-rwrm"]
-#: forward-equivalents per image (benchmarks/bench_train.py, benchmark/runner/cost.py)
-TRAIN_FWD = {"pgd-at": 23, "trades": 27}
-PGD20_FWD = 41
 WHEELS = ["pyautoattack==0.2.0", "torchattacks==3.5.1"]
 CARRY_LIMIT = 64 * 2**20
+#: --tiny: training and test images per class and epochs, enough for a model above chance (the entry check
+#: refuses a constant or chance-level classifier)
+TINY_TRAIN_PER_CLASS, TINY_TEST_PER_CLASS, TINY_EPOCHS = 52, 20, 6
 
 
 # -- budget -------------------------------------------------------------------------
@@ -111,7 +115,11 @@ class Report:
     """``OUTDIR/gpu_run.json``, rewritten after every stage."""
 
     def __init__(self, path: Path, data: dict):
-        self.path, self.data = path, data
+        """A rerun into the same OUTDIR keeps the earlier run's stages that it does not redo."""
+        earlier = json.loads(path.read_text()) if path.exists() else {}
+        commands = earlier.get("earlier_commands", []) + ([earlier["command"]] if "command" in earlier else [])
+        self.path = path
+        self.data = {**earlier, **data, "earlier_commands": commands}
         self.data.setdefault("stages", {})
 
     def stage(self, name: str, **fields) -> None:
@@ -143,6 +151,7 @@ def ceilings(device: torch.device, tiny: bool) -> dict:
     return {"device": str(device), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
             "torch": torch.__version__, "cuda": torch.version.cuda,
             "bf16_gemm_tflops": C.matmul_peak(torch.bfloat16, device, n=n, repeats=5) / 1e3,
+            "fp32_gemm_tflops": C.matmul_peak(torch.float32, device, n=n, repeats=5) / 1e3,
             "gemm_n": n, "copy_gb_per_s": copy_bandwidth(device, nbytes), "copy_bytes": nbytes}
 
 
@@ -156,7 +165,8 @@ def resolve_data(data: str | None, work: Path, tiny: bool) -> dict:
     path = Path(data).expanduser()
     if path.is_file() and path.name.endswith((".tar.gz", ".tgz")):
         if tiny:  # a few images per class, extracted once (benchmarks/_common.py)
-            return {"dataset": JPEG, "root": str(C.cifar_subset(20, 10, tar_path=path)), "tar": str(path)}
+            return {"dataset": JPEG, "root": str(C.cifar_subset(TINY_TRAIN_PER_CLASS, TINY_TEST_PER_CLASS, tar_path=path)),
+                    "tar": str(path)}
         root = work / JPEG
         if not (root / ".complete").exists():
             with tarfile.open(path, "r:gz") as tar:
@@ -204,13 +214,13 @@ def derived_track(data: dict, tiny: bool, out_root: Path) -> Path:
     if tiny:
         tid += "-tiny"
         doc["track"]["title"] += " [tiny: CPU smoke protocol, not comparable]"
-        doc["train"].update(epochs=1, max_train_samples=100, val_per_class=2, batch_size=50, compile=False,
-                            model_kwargs={"width": 0.125}, steps=2, val_steps=2)
+        doc["train"].update(epochs=TINY_EPOCHS, max_train_samples=10 * (TINY_TRAIN_PER_CLASS - 2), val_per_class=2,
+                            batch_size=50, compile=False, model_kwargs={"width": 0.125}, steps=2, val_steps=2)
         doc["eval"]["attacks"] = ["pgd:steps=3", "cw:steps=3",
                                   "autoattack:version=custom,attacks=apgd-ce+apgd-t,steps=3,restarts=1"]
-        doc["eval"]["batch_size"] = 100
+        doc["eval"].update(batch_size=100, n_per_class=TINY_TEST_PER_CLASS)
         labels = [a.label for a in build_attacks(doc["eval"]["attacks"], torch.nn.Identity(), Threat(eps=8 / 255))]
-        doc["track"]["protocol"].update(attacks=labels, n_per_class=10, test_size=100)
+        doc["track"]["protocol"].update(attacks=labels, n_per_class=TINY_TEST_PER_CLASS, test_size=10 * TINY_TEST_PER_CLASS)
         doc["defense_presets"] = {}
     doc["name"] = doc["track"]["id"] = tid
     path = out_root / "leaderboards" / tid / "track.yaml"
@@ -220,44 +230,56 @@ def derived_track(data: dict, tiny: bool, out_root: Path) -> Path:
 
 
 # -- estimates -------------------------------------------------------------------------------
-def throughputs(out: Path) -> dict:
-    """Images/s measured by the benchmark stages (None where a stage did not run)."""
-    t = {"train_ips": None, "train_warmup_s": None, "pgd20_ips": None}
+def bench_setting(train_cfg: dict, device: torch.device) -> str:
+    """The ``bench_train`` row label that runs as the track's training will: ``fp32``, ``bf16+CL`` or compiled."""
+    from rfbench.benchmark.train.runtime import autocast_dtype
+
+    if autocast_dtype(str(train_cfg.get("amp", "auto")), device) is None:
+        return "fp32"
+    return "bf16+CL compiled" if train_cfg.get("compile") else "bf16+CL"
+
+
+def throughputs(out: Path, setting: str) -> dict:
+    """GFLOP/s measured by the benchmark stages: training as the entries train (``setting``), fp32 attacks.
+
+    None where a stage did not run.  The FLOP behind them are counted as
+    :mod:`rfbench.benchmark.runner.cost` counts a run's work.
+    """
+    t = {"train_gflops": None, "train_warmup_s": None, "attack_gflops": None, "train_setting": setting}
     bt = out / "bench_train.json"
     if bt.exists():
         rows = {r["contender"]: r for r in json.loads(bt.read_text())["rows"]}
-        row = rows.get("rfbench pgd-at bf16+CL compiled") or rows.get("rfbench pgd-at bf16+CL")
+        row = rows.get(f"rfbench pgd-at {setting}")
         if row:
-            t["train_ips"], t["train_warmup_s"] = row["images_per_s"], row.get("warmup_s")
+            t["train_gflops"], t["train_warmup_s"] = row["gflop_per_s"], row.get("warmup_s")
     ba = out / "bench_attacks.json"
     if ba.exists():
         for r in json.loads(ba.read_text())["results"]:
             rows = {x["contender"]: x for x in r["rows"]}
             if "rfbench fp32" in rows:
-                t["pgd20_ips"] = rows["rfbench fp32"]["images_per_s"] * r["steps"] / 20
+                t["attack_gflops"] = rows["rfbench fp32"]["gflop_per_s"]
     return t
 
 
-def entry_estimate(run, n_test: int, tput: dict, ceil: dict) -> tuple[float, str]:
-    """Seconds one run should take, and how the figure was obtained ("measured" throughputs or "assumed")."""
-    from rfbench.benchmark.runner.cost import AA_STANDARD_FWD
+def entry_estimate(run, tput: dict, ceil: dict) -> tuple[float, str]:
+    """Seconds one run should take, and how the figure was obtained ("measured" throughputs or "assumed").
 
-    t = run.train
-    n_train = (t.max_train_samples or 49_000)
-    fwd = TRAIN_FWD.get(t.defense, 27)
-    how = "measured"
-    train_ips, pgd_ips = tput["train_ips"], tput["pgd20_ips"]
-    if not train_ips or not pgd_ips:  # no benchmark stage: a fraction of the GEMM ceiling, stated as assumed
-        how = "assumed (30% of the bf16 GEMM ceiling for training, 10% for fp32 attacks)"
-        f = 1.11e9 * (t.model_kwargs.get("width", 1.0) ** 2)
-        train_ips = 0.3 * ceil["bf16_gemm_tflops"] * 1e12 / (23 * f)
-        pgd_ips = 0.1 * ceil["bf16_gemm_tflops"] * 1e12 / (PGD20_FWD * f)
-    train = t.epochs * n_train / (train_ips * 23 / fwd) + (tput["train_warmup_s"] or 0.0)
-    aa_fwd = AA_STANDARD_FWD if any("standard" in str(a) for a in run.eval.attacks) else 200
-    evaluation = len(run.checkpoints) * n_test * (2 + 0.5 * aa_fwd / PGD20_FWD) / pgd_ips
-    if run.pretrain is not None:
-        train *= 2
-    return train + evaluation, how
+    The work is :func:`~rfbench.benchmark.runner.cost.run_cost` (training, validation and every
+    evaluation attack, AutoAttack counted on all test images: an upper bound, since it runs on the
+    survivors of PGD and CW); the rates are those just measured, or a stated fraction of the GEMM ceiling.
+    """
+    from rfbench.benchmark.runner.cost import run_cost
+
+    cost = run_cost(run)
+    train_rate, attack_rate = tput["train_gflops"], tput["attack_gflops"]
+    how = f"measured (training as 'rfbench pgd-at {tput['train_setting']}', attacks as 'rfbench fp32')"
+    if not train_rate or not attack_rate:  # no benchmark stage: a fraction of the GEMM ceiling, stated as assumed
+        train_dtype = "fp32" if tput["train_setting"] == "fp32" else "bf16"
+        how = f"assumed (30% of the {train_dtype} GEMM ceiling for training, 10% of the fp32 one for attacks)"
+        train_rate = 0.3 * ceil[f"{train_dtype}_gemm_tflops"] * 1e3
+        attack_rate = 0.1 * ceil["fp32_gemm_tflops"] * 1e3
+    train = cost.train_flop / (train_rate * 1e9) + (tput["train_warmup_s"] or 0.0)
+    return train + cost.eval_flop / (attack_rate * 1e9), how
 
 
 # -- stages -------------------------------------------------------------------------------
@@ -276,19 +298,22 @@ def run_entries(args, data: dict, budget: Budget, report: Report, device: torch.
     track_path = derived_track(data, args.tiny, out)
     track = load_track(track_path)
     defenses = [d.strip() for d in args.defenses.split(",") if d.strip()]
-    tput = throughputs(out)
+    tput = throughputs(out, bench_setting(track.train_config_for(defenses[0] if defenses else "pgd-at"), device))
     entries = []
     for d in defenses:
         run = resolve_run(load_run_config(track_path), defense=d, seed=args.seed,
                           out=out / "runs" / track.id / f"{d}-s{args.seed}", device=str(device), quiet=True,
                           overrides=[f"train.data_root={data['root']}", "checkpoints=[best]"])
-        est, how = entry_estimate(run, track.info.protocol.test_size or 10_000, tput, report.data["stages"]["ceilings"])
+        est, how = entry_estimate(run, tput, report.data["stages"]["ceilings"])
         rec = {"defense": d, "estimate_s": round(est, 1), "estimate_from": how}
-        if not budget.allows(est):
-            rec["status"] = f"skipped: needs about {est:.0f} s (x1.25 + margin), {budget.left():.0f} s left"
-            entries.append(rec)
-            report.stage("entries", track=track.id, entries=entries)
-            continue
+        finished = (run.out / "result.json").exists()  # an earlier run's: only the entry is left to write
+        if not (finished or budget.allows(est)):
+            if args.over_budget == "skip" or budget.left() <= budget.margin:
+                rec["status"] = f"skipped: needs about {est:.0f} s (x1.25 + margin), {budget.left():.0f} s left"
+                entries.append(rec)
+                report.stage("entries", track=track.id, entries=entries)
+                continue
+            rec["started_over_budget"] = True
         t0 = time.time()
         try:
             with budget.watchdog():
@@ -430,13 +455,18 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data", default=None, help="CIFAR-10 folder, or cifar10-jpeg.tar.gz or its extracted folder")
     p.add_argument("--out", default=None, help="output folder (everything is written under it)")
-    p.add_argument("--budget-s", type=float, default=540.0, help="wall-clock budget; nothing starts that cannot end in it")
+    p.add_argument("--budget-s", type=float, default=540.0, help="wall-clock budget (s); nothing starts that cannot end in it, unless --over-budget start")
     p.add_argument("--margin-s", type=float, default=20.0, help="seconds kept free at the end")
     p.add_argument("--defenses", default=",".join(PRIORITY), help="entries to run, in priority order")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--skip-bench", action="store_true", help="run only the entries (estimates are then assumed)")
+    p.add_argument("--seed", type=int, default=0, help="training seed of every entry (run folder <defense>-s<seed>)")
+    p.add_argument("--skip-bench", action="store_true",
+                   help="run only the entries; their estimates use OUTDIR's benchmark JSONs of an earlier run, "
+                        "else they are assumed from the GEMM ceiling")
+    p.add_argument("--over-budget", choices=["skip", "start"], default="skip",
+                   help="an entry estimated not to fit what is left: skip it, or start it anyway; the watchdog "
+                        "stops it at the budget and rerunning the same command (e.g. with --skip-bench) resumes it")
     p.add_argument("--tiny", action="store_true", help="the same path on a CPU: tiny model, few images, reduced AutoAttack")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cuda, cuda:N or cpu; --tiny forces cpu")
     p.add_argument("--prepare", default=None, metavar="CARRY_DIR", help="build the carry folder (needs network) and exit")
     p.add_argument("--cifar-tar", default=str(C.CIFAR_TAR), help="JPEG CIFAR-10 archive for --prepare")
     return p.parse_args(argv)
@@ -465,14 +495,14 @@ def main(argv=None) -> int:
     print(f"device {device}, torch {torch.__version__}, data {data['dataset']} ({data['root']})", flush=True)
     ceil = stage("ceilings", report, budget, 5, lambda: ceilings(device, args.tiny), tiny=args.tiny)
     if ceil:
-        print(f"bf16 GEMM {ceil['bf16_gemm_tflops']:.1f} TFLOP/s, copy {ceil['copy_gb_per_s']:.1f} GB/s", flush=True)
+        print(f"GEMM bf16 {ceil['bf16_gemm_tflops']:.1f} / fp32 {ceil['fp32_gemm_tflops']:.1f} TFLOP/s, copy {ceil['copy_gb_per_s']:.1f} GB/s", flush=True)
     dev = ["--device", str(device), "--threads", "0" if device.type == "cuda" else "1"]
     if not args.skip_bench:
         if args.tiny:
             a_argv = ["--models", "resnet18", "--width", "0.125", "--resnet-batch", "8", "--steps", "2", "--repeats", "1",
                       "--only", "rfbench fp32,rfbench bf16 + channels-last"]
             t_argv = ["--defenses", "pgd-at", "--width", "0.125", "--batch-size", "8", "--batches", "1", "--repeats",
-                      "1", "--no-fp32"]
+                      "1"]  # fp32: the tiny entries train as a CPU run does (amp auto = fp32 on a CPU)
             est_a, est_t = 30, 30
         else:
             a_argv = ["--models", "resnet18", "--resnet-batch", "512", "--repeats", "2"]

@@ -21,7 +21,12 @@ harness itself (training, evaluation, CLI) is :mod:`rfbench.benchmark`.
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from typing import Any
+
+from rfbench import _checkout
+
+_checkout.install(Path(__file__).resolve().parent)  # PYTHONPATH=<checkout> works without an install
 
 __version__ = "0.2.0"
 

@@ -25,21 +25,22 @@ def test_gpu_run_tiny_runs_every_stage_and_labels_the_jpeg_copy(tmp_path):
     stages = report["stages"]
     for name in ("ceilings", "attacks", "train"):
         assert stages[name]["status"] == "done", stages[name]
-    assert stages["ceilings"]["bf16_gemm_tflops"] > 0 and stages["ceilings"]["copy_gb_per_s"] > 0
+    assert stages["ceilings"]["bf16_gemm_tflops"] > 0 and stages["ceilings"]["fp32_gemm_tflops"] > 0 and stages["ceilings"]["copy_gb_per_s"] > 0
     assert report["ratios"]["PGD fp32 bit-identical to torchattacks"] is True
     assert report["data"]["dataset"] == "cifar10-jpeg"
     # the entry is checked against a track of its own, never the real-CIFAR one
     assert stages["entries"]["track"] == "cifar10-jpeg-linf-fast-tiny"
     (entry,) = stages["entries"]["entries"]
-    assert entry["estimate_from"] == "measured"
+    assert entry["estimate_from"].startswith("measured") and "pgd-at fp32" in entry["estimate_from"]
     result = json.loads((out / "runs" / "cifar10-jpeg-linf-fast-tiny" / "pgd-at-s0" / "result.json").read_text())
     assert result["dataset"] == "cifar10-jpeg"
     assert set(result["checkpoints"]) == {"best"}
-    if entry["status"] == "done":
-        data = json.loads(Path(entry["entry"]).read_text())
-        assert data["dataset"] == "cifar10-jpeg" and data["track"] == "cifar10-jpeg-linf-fast-tiny"
-    else:  # a one-epoch tiny model is near chance: the leaderboard check must refuse it for exactly that
-        assert "sanity checks failed" in entry["status"], entry["status"]
+    # the tiny schedule trains a model the entry check accepts (above chance, not one constant class)
+    assert entry["status"] == "done", entry["status"]
+    # the budget logic relies on the estimate (AutoAttack counted on every image) not falling short
+    assert entry["estimate_s"] >= entry["train_seconds"] + entry["eval_seconds"]
+    data = json.loads(Path(entry["entry"]).read_text())
+    assert data["dataset"] == "cifar10-jpeg" and data["track"] == "cifar10-jpeg-linf-fast-tiny"
     assert proc.stdout.rstrip().splitlines()[-1].startswith("wrote ")  # the summary table is printed last
 
 
@@ -65,3 +66,50 @@ def test_jpeg_entries_are_refused_by_the_real_cifar_track():
     problems = check_protocol(E(), fast)
     assert any("dataset is 'cifar10-jpeg'" in p for p in problems)
     assert any("train_config.dataset" in p for p in problems)
+
+
+def test_a_checkout_on_pythonpath_imports_without_an_install():
+    """``PYTHONPATH=<checkout>`` (the GPU machine's way) maps rfbench.<root> to the checkout's folders.
+
+    ``python -S`` leaves out site-packages, so no installed or editable rfbench can answer.
+    """
+    code = ("import importlib.util, json; from rfbench import _checkout; "
+            "print(json.dumps({r: importlib.util.find_spec('rfbench.' + r).origin for r in _checkout.ROOTS}))")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    proc = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, cwd="/",
+                          env={**env, "PYTHONPATH": str(ROOT)}, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    origins = json.loads(proc.stdout)
+    assert origins == {r: str(ROOT / r / "__init__.py") for r in ("benchmark", "attacks", "defenses")}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not TAR.exists(), reason="the JPEG CIFAR-10 archive is not on this machine")
+def test_an_entry_started_over_budget_is_stopped_and_the_same_command_finishes_it(tmp_path):
+    """--over-budget start: the watchdog stops the entry at the budget; a rerun into OUTDIR resumes it."""
+    out = tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+
+    def gpu_run(budget_s):
+        cmd = [sys.executable, str(ROOT / "benchmarks" / "gpu_run.py"), "--tiny", "--skip-bench", "--out", str(out),
+               "--data", str(TAR), "--defenses", "trades", "--over-budget", "start", "--margin-s", "2",
+               "--budget-s", str(budget_s)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        report = json.loads((out / "gpu_run.json").read_text())
+        (entry,) = report["stages"]["entries"]["entries"]
+        return report, entry
+
+    # 15 s cannot hold six tiny TRADES epochs plus the evaluation (about 30 s here)
+    _, first = gpu_run(15)
+    assert first["started_over_budget"] is True
+    assert first["status"].startswith("stopped at the budget"), first["status"]
+    run_dir = out / "runs" / "cifar10-jpeg-linf-fast-tiny" / "trades-s0"
+    assert not (run_dir / "result.json").exists()
+
+    report, second = gpu_run(400)
+    assert second["status"] == "done", second["status"]
+    assert "started_over_budget" not in second
+    assert len(report["earlier_commands"]) == 1 and "--budget-s 15" in report["earlier_commands"][0]
+    epochs = [json.loads(line)["epoch"] for line in (run_dir / "train" / "log.jsonl").read_text().splitlines()]
+    assert epochs == sorted(set(epochs)) and len(epochs) == 6  # resumed: no epoch trained twice, none missing

@@ -49,6 +49,7 @@ FORWARD_GFLOP = {"resnet18": 1.11, "preact_resnet18": 1.11, "wrn28_10": 10.5, "w
 #: (train images, test images, classes, image shape, eval PGD steps) of the torchvision datasets
 DATASET_SHAPES = {
     "cifar10": (50_000, 10_000, 10, (3, 32, 32), 20),
+    "cifar10-jpeg": (50_000, 10_000, 10, (3, 32, 32), 20),
     "cifar100": (50_000, 10_000, 100, (3, 32, 32), 20),
     "svhn": (73_257, 26_032, 10, (3, 32, 32), 20),
     "stl10": (5_000, 8_000, 10, (3, 96, 96), 20),
