@@ -165,8 +165,8 @@ def resolve_data(data: str | None, work: Path, tiny: bool) -> dict:
     path = Path(data).expanduser()
     if path.is_file() and path.name.endswith((".tar.gz", ".tgz")):
         if tiny:  # a few images per class, extracted once (benchmarks/_common.py)
-            return {"dataset": JPEG, "root": str(C.cifar_subset(TINY_TRAIN_PER_CLASS, TINY_TEST_PER_CLASS, tar_path=path)),
-                    "tar": str(path)}
+            root = C.cifar_subset(TINY_TRAIN_PER_CLASS, TINY_TEST_PER_CLASS, tar_path=path)
+            return {"dataset": JPEG, "root": str(root), "tar": str(path)}
         root = work / JPEG
         if not (root / ".complete").exists():
             with tarfile.open(path, "r:gz") as tar:
@@ -220,7 +220,8 @@ def derived_track(data: dict, tiny: bool, out_root: Path) -> Path:
                                   "autoattack:version=custom,attacks=apgd-ce+apgd-t,steps=3,restarts=1"]
         doc["eval"].update(batch_size=100, n_per_class=TINY_TEST_PER_CLASS)
         labels = [a.label for a in build_attacks(doc["eval"]["attacks"], torch.nn.Identity(), Threat(eps=8 / 255))]
-        doc["track"]["protocol"].update(attacks=labels, n_per_class=TINY_TEST_PER_CLASS, test_size=10 * TINY_TEST_PER_CLASS)
+        doc["track"]["protocol"].update(attacks=labels, n_per_class=TINY_TEST_PER_CLASS,
+                                        test_size=10 * TINY_TEST_PER_CLASS)
         doc["defense_presets"] = {}
     doc["name"] = doc["track"]["id"] = tid
     path = out_root / "leaderboards" / tid / "track.yaml"
@@ -455,7 +456,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data", default=None, help="CIFAR-10 folder, or cifar10-jpeg.tar.gz or its extracted folder")
     p.add_argument("--out", default=None, help="output folder (everything is written under it)")
-    p.add_argument("--budget-s", type=float, default=540.0, help="wall-clock budget (s); nothing starts that cannot end in it, unless --over-budget start")
+    p.add_argument("--budget-s", type=float, default=540.0,
+                   help="wall-clock budget (s); nothing starts that cannot end in it, unless --over-budget start")
     p.add_argument("--margin-s", type=float, default=20.0, help="seconds kept free at the end")
     p.add_argument("--defenses", default=",".join(PRIORITY), help="entries to run, in priority order")
     p.add_argument("--seed", type=int, default=0, help="training seed of every entry (run folder <defense>-s<seed>)")
@@ -495,7 +497,8 @@ def main(argv=None) -> int:
     print(f"device {device}, torch {torch.__version__}, data {data['dataset']} ({data['root']})", flush=True)
     ceil = stage("ceilings", report, budget, 5, lambda: ceilings(device, args.tiny), tiny=args.tiny)
     if ceil:
-        print(f"GEMM bf16 {ceil['bf16_gemm_tflops']:.1f} / fp32 {ceil['fp32_gemm_tflops']:.1f} TFLOP/s, copy {ceil['copy_gb_per_s']:.1f} GB/s", flush=True)
+        print(f"GEMM bf16 {ceil['bf16_gemm_tflops']:.1f} / fp32 {ceil['fp32_gemm_tflops']:.1f} TFLOP/s, "
+              f"copy {ceil['copy_gb_per_s']:.1f} GB/s", flush=True)
     dev = ["--device", str(device), "--threads", "0" if device.type == "cuda" else "1"]
     if not args.skip_bench:
         if args.tiny:
