@@ -245,12 +245,14 @@ def matmul_peak(dtype: torch.dtype, device: torch.device, n: int = 1024, repeats
     """
     key = (dtype, str(device), n)
     n = _GEMM_N.get(key, n)
+    small = torch.ones(128, 128, device=device, dtype=dtype)
+    small @ small  # library start-up (a CUDA context's first GEMM) is not a slow GEMM
     while True:
         a = torch.randn(n, n, device=device).to(dtype)
         b = torch.randn(n, n, device=device).to(dtype)
         sync(device)
         t0 = time.perf_counter()
-        a @ b  # also the warm-up
+        a @ b  # also the warm-up of this size
         sync(device)
         if time.perf_counter() - t0 <= max_call_s or n <= 128:
             break
