@@ -173,6 +173,10 @@ def build(args, device, folder):
             meta[f"rfbench {defense} {label}"] = ("rfbench", defense, label, trainer)
         # the reference sees the same training images (the trainer's stratified subset) through a DataLoader
         train = trainer.bundle.train
+        if len(train) < n:  # images/s divides by n: a smaller folder would overstate every throughput
+            raise SystemExit(f"{folder} holds {len(train)} training images after the validation split, fewer than "
+                             f"--batch-size x --batches = {n}: give --cifar a folder with at least "
+                             f"{math.ceil(n / ref_bundle.num_classes) + 1} training images per class")
         images = train.x.cpu().permute(0, 2, 3, 1).contiguous().numpy()  # the trainer holds them on a GPU
         tf = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
                                  transforms.ToTensor()])

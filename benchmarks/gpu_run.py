@@ -284,6 +284,32 @@ def entry_estimate(run, tput: dict, ceil: dict) -> tuple[float, str]:
 
 
 # -- stages -------------------------------------------------------------------------------
+def bench_plan(tiny: bool) -> tuple[list[str], list[str], tuple[int, int], tuple[float, float]]:
+    """Arguments of the ``attacks`` and ``train`` stages, the images per class they need, their time estimates.
+
+    The per-class counts follow from the arguments: ``bench_attacks`` attacks one batch of
+    ``--resnet-batch`` test images; ``bench_train`` times ``--batch-size`` x ``--batches`` training
+    images, after one image per class goes to validation.
+    """
+    if tiny:
+        a_argv = ["--models", "resnet18", "--width", "0.125", "--resnet-batch", "8", "--steps", "2", "--repeats", "1",
+                  "--only", "rfbench fp32,rfbench bf16 + channels-last"]
+        t_argv = ["--defenses", "pgd-at", "--width", "0.125", "--batch-size", "8", "--batches", "1", "--repeats",
+                  "1"]  # fp32: the tiny entries train as a CPU run does (amp auto = fp32 on a CPU)
+        estimates = (30.0, 30.0)
+    else:
+        a_argv = ["--models", "resnet18", "--resnet-batch", "512", "--repeats", "2"]
+        t_argv = ["--defenses", "pgd-at,trades", "--batch-size", "128", "--batches", "10", "--repeats", "2",
+                  "--compile", "--ref-workers", "4"]
+        estimates = (90.0, 120.0)
+    def opt(argv: list[str], flag: str) -> int:
+        return int(argv[argv.index(flag) + 1])
+
+    train_pc = -(-opt(t_argv, "--batch-size") * opt(t_argv, "--batches") // 10) + 1
+    test_pc = -(-opt(a_argv, "--resnet-batch") // 10)
+    return a_argv, t_argv, (train_pc, test_pc), estimates
+
+
 def run_bench(script: str, argv: list[str]) -> None:
     """``benchmarks/<script>.py`` in-process (its ``main``), so the timings share this process's warm state."""
     mod = __import__(script)
@@ -501,18 +527,8 @@ def main(argv=None) -> int:
               f"copy {ceil['copy_gb_per_s']:.1f} GB/s", flush=True)
     dev = ["--device", str(device), "--threads", "0" if device.type == "cuda" else "1"]
     if not args.skip_bench:
-        if args.tiny:
-            a_argv = ["--models", "resnet18", "--width", "0.125", "--resnet-batch", "8", "--steps", "2", "--repeats", "1",
-                      "--only", "rfbench fp32,rfbench bf16 + channels-last"]
-            t_argv = ["--defenses", "pgd-at", "--width", "0.125", "--batch-size", "8", "--batches", "1", "--repeats",
-                      "1"]  # fp32: the tiny entries train as a CPU run does (amp auto = fp32 on a CPU)
-            est_a, est_t = 30, 30
-        else:
-            a_argv = ["--models", "resnet18", "--resnet-batch", "512", "--repeats", "2"]
-            t_argv = ["--defenses", "pgd-at,trades", "--batch-size", "128", "--batches", "10", "--repeats", "2",
-                      "--compile", "--ref-workers", "4"]
-            est_a, est_t = 90, 120
-        folder = data["root"] if args.tiny else bench_folder(data, 60, 52)
+        a_argv, t_argv, (train_pc, test_pc), (est_a, est_t) = bench_plan(args.tiny)
+        folder = data["root"] if args.tiny else bench_folder(data, train_pc, test_pc)
         cifar = ["--cifar", folder] if folder else []
         stage("attacks", report, budget, est_a, lambda: run_bench(
             "bench_attacks", a_argv + dev + cifar + ["--out", str(out / "bench_attacks.json")]), tiny=args.tiny)

@@ -113,3 +113,38 @@ def test_an_entry_started_over_budget_is_stopped_and_the_same_command_finishes_i
     assert len(report["earlier_commands"]) == 1 and "--budget-s 15" in report["earlier_commands"][0]
     epochs = [json.loads(line)["epoch"] for line in (run_dir / "train" / "log.jsonl").read_text().splitlines()]
     assert epochs == sorted(set(epochs)) and len(epochs) == 6  # resumed: no epoch trained twice, none missing
+
+
+@pytest.mark.parametrize("tiny", [True, False], ids=["tiny", "gpu"])
+def test_each_benchmark_stage_gets_the_images_its_arguments_time(tiny):
+    """The folder handed to the timing stages holds what they time (a short one would overstate images/s)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import bench_attacks
+    import bench_train
+    import gpu_run
+
+    a_argv, t_argv, (train_pc, test_pc), _ = gpu_run.bench_plan(tiny)
+    a, t = bench_attacks.parse_args(a_argv), bench_train.parse_args(t_argv)
+    assert 10 * (train_pc - 1) >= t.batch_size * t.batches  # one image per class goes to validation
+    assert 10 * test_pc >= a.resnet_batch
+    if tiny:  # the tiny stages read the tiny entries' folder
+        assert train_pc <= gpu_run.TINY_TRAIN_PER_CLASS and test_pc <= gpu_run.TINY_TEST_PER_CLASS
+    else:  # the entries' estimates read the bench_train row that trains as the track does on CUDA
+        import torch
+        import yaml
+
+        track = yaml.safe_load((ROOT / "leaderboards" / "cifar10-linf-fast" / "track.yaml").read_text())
+        assert gpu_run.bench_setting(track["train"], torch.device("cuda")) == "bf16+CL compiled"
+        assert t.compile and "pgd-at" in t.defenses.split(",")  # bench_train adds that row with --compile
+
+
+@pytest.mark.skipif(not TAR.exists(), reason="the JPEG CIFAR-10 archive is not on this machine")
+def test_bench_train_refuses_a_folder_smaller_than_the_timed_call(capsys):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import _common as C
+    import bench_train
+
+    folder = C.cifar_subset(3, 1, tar_path=TAR)  # 2 training images per class after validation: 20 in all
+    with pytest.raises(SystemExit, match="fewer than --batch-size x --batches = 40"):
+        bench_train.main(["--defenses", "pgd-at", "--width", "0.125", "--batch-size", "8", "--batches", "5",
+                          "--repeats", "1", "--no-fp32", "--cifar", str(folder), "--out", "/dev/null"])
