@@ -9,8 +9,10 @@
 Stages, in order (each writes ``OUTDIR/gpu_run.json`` when it ends, so a
 stopped run leaves its partial results):
 
-1. ``ceilings``: device, torch version, measured bf16 and fp32 GEMM TFLOP/s and device
-   copy bandwidth (GB/s, bytes read plus written);
+1. ``ceilings``: device, torch version, measured bf16 and fp32 GEMM TFLOP/s, device
+   copy bandwidth (GB/s, bytes read plus written), and whether ``torch.compile`` works
+   (a small conv net; where it does not, the entries train eager and say so, and the
+   train stage leaves out its compiled rows; ``--tiny`` compiles nothing and skips the probe);
 2. ``attacks``: ``benchmarks/bench_attacks.py`` on ResNet-18: PGD-20 of
    rfbench against ``torchattacks.PGD`` (fp32 bit-identity check, fp32
    channels-last, bf16, bf16 + channels-last) -> ``OUTDIR/bench_attacks.json``;
@@ -146,13 +148,45 @@ def copy_bandwidth(device: torch.device, nbytes: int, repeats: int = 10) -> floa
     return 2 * nbytes / sorted(times)[len(times) // 2] / 1e9
 
 
+def compile_probe(device: torch.device) -> dict:
+    """Whether ``torch.compile`` (default backend) builds and runs a small conv net's forward and backward here.
+
+    The track trains compiled on CUDA; a machine whose compiler stack is missing (no triton, no C++
+    compiler) would fail every entry at its first step.  ``{"compile_ok", "compile_s", "compile_error"}``.
+    """
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                              torch.nn.Flatten(), torch.nn.Linear(8 * 8 * 8, 10)).to(device)
+    x = torch.rand(4, 3, 8, 8, device=device)
+    t0 = time.perf_counter()
+    try:
+        torch.compile(net)(x).square().mean().backward()
+        C.sync(device)
+    except Exception as exc:  # any failure of the compiler stack: entries then train eager
+        return {"compile_ok": False, "compile_s": round(time.perf_counter() - t0, 1),
+                "compile_error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]}
+    return {"compile_ok": True, "compile_s": round(time.perf_counter() - t0, 1), "compile_error": None}
+
+
+#: --tiny compiles nothing (its stages and track run eager), so it does not probe the compiler
+NOT_PROBED = {"compile_ok": None, "compile_s": None, "compile_error": "not probed: --tiny runs eager"}
+
+
 def ceilings(device: torch.device, tiny: bool) -> dict:
     n, nbytes = (256, 2**24) if tiny else (8192, 2**31)
     return {"device": str(device), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
             "torch": torch.__version__, "cuda": torch.version.cuda,
             "bf16_gemm_tflops": C.matmul_peak(torch.bfloat16, device, n=n, repeats=5) / 1e3,
             "fp32_gemm_tflops": C.matmul_peak(torch.float32, device, n=n, repeats=5) / 1e3,
-            "gemm_n": n, "copy_gb_per_s": copy_bandwidth(device, nbytes), "copy_bytes": nbytes}
+            "gemm_n": n, "copy_gb_per_s": copy_bandwidth(device, nbytes), "copy_bytes": nbytes,
+            **(NOT_PROBED if tiny else compile_probe(device))}
+
+
+def compile_overrides(train_cfg: dict, ceil: dict) -> tuple[list[str], str | None]:
+    """Config overrides for the entries, and why: ``train.compile=false`` where the track compiles and the
+    probe found ``torch.compile`` broken (compiling changes no arithmetic, only speed: the entry stays valid)."""
+    if train_cfg.get("compile") and ceil.get("compile_ok") is False:
+        return ["train.compile=false"], f"trained eager: torch.compile failed in the probe ({ceil['compile_error']})"
+    return [], None
 
 
 # -- data -------------------------------------------------------------------------------
@@ -284,8 +318,12 @@ def entry_estimate(run, tput: dict, ceil: dict) -> tuple[float, str]:
 
 
 # -- stages -------------------------------------------------------------------------------
-def bench_plan(tiny: bool) -> tuple[list[str], list[str], tuple[int, int], tuple[float, float]]:
+def bench_plan(tiny: bool, compile_ok: bool = True) -> tuple[list[str], list[str], tuple[int, int],
+                                                             tuple[float, float]]:
     """Arguments of the ``attacks`` and ``train`` stages, the images per class they need, their time estimates.
+
+    Without a working ``torch.compile`` (``compile_ok``, the ceilings' probe) the train stage leaves out
+    its compiled rows.
 
     The per-class counts follow from the arguments: ``bench_attacks`` attacks one batch of
     ``--resnet-batch`` test images; ``bench_train`` times ``--batch-size`` x ``--batches`` training
@@ -300,7 +338,7 @@ def bench_plan(tiny: bool) -> tuple[list[str], list[str], tuple[int, int], tuple
     else:
         a_argv = ["--models", "resnet18", "--resnet-batch", "512", "--repeats", "2"]
         t_argv = ["--defenses", "pgd-at,trades", "--batch-size", "128", "--batches", "10", "--repeats", "2",
-                  "--compile", "--ref-workers", "4"]
+                  "--ref-workers", "4"] + (["--compile"] if compile_ok else [])
         estimates = (90.0, 120.0)
     def opt(argv: list[str], flag: str) -> int:
         return int(argv[argv.index(flag) + 1])
@@ -325,14 +363,19 @@ def run_entries(args, data: dict, budget: Budget, report: Report, device: torch.
     track_path = derived_track(data, args.tiny, out)
     track = load_track(track_path)
     defenses = [d.strip() for d in args.defenses.split(",") if d.strip()]
-    tput = throughputs(out, bench_setting(track.train_config_for(defenses[0] if defenses else "pgd-at"), device))
+    ceil = report.data["stages"]["ceilings"]
+    train_cfg = track.train_config_for(defenses[0] if defenses else "pgd-at")
+    extra, compile_note = compile_overrides(train_cfg, ceil)
+    tput = throughputs(out, bench_setting({**train_cfg, "compile": train_cfg.get("compile") and not extra}, device))
     entries = []
     for d in defenses:
         run = resolve_run(load_run_config(track_path), defense=d, seed=args.seed,
                           out=out / "runs" / track.id / f"{d}-s{args.seed}", device=str(device), quiet=True,
-                          overrides=[f"train.data_root={data['root']}", "checkpoints=[best]"])
-        est, how = entry_estimate(run, tput, report.data["stages"]["ceilings"])
+                          overrides=[f"train.data_root={data['root']}", "checkpoints=[best]", *extra])
+        est, how = entry_estimate(run, tput, ceil)
         rec = {"defense": d, "estimate_s": round(est, 1), "estimate_from": how}
+        if compile_note:
+            rec["note"] = compile_note
         finished = (run.out / "result.json").exists()  # an earlier run's: only the entry is left to write
         if not (finished or budget.allows(est)):
             if args.over_budget == "skip" or budget.left() <= budget.margin:
@@ -521,13 +564,17 @@ def main(argv=None) -> int:
     report.data["data"] = {**data, "note": "cifar10-jpeg is a lossy JPEG copy of CIFAR-10, labelled as such"
                            if data["dataset"] == JPEG else "real CIFAR-10"}
     print(f"device {device}, torch {torch.__version__}, data {data['dataset']} ({data['root']})", flush=True)
-    ceil = stage("ceilings", report, budget, 5, lambda: ceilings(device, args.tiny), tiny=args.tiny)
+    ceil = stage("ceilings", report, budget, 10, lambda: ceilings(device, args.tiny), tiny=args.tiny)
     if ceil:
         print(f"GEMM bf16 {ceil['bf16_gemm_tflops']:.1f} / fp32 {ceil['fp32_gemm_tflops']:.1f} TFLOP/s, "
-              f"copy {ceil['copy_gb_per_s']:.1f} GB/s", flush=True)
+              f"copy {ceil['copy_gb_per_s']:.1f} GB/s, torch.compile "
+              + {True: f"works ({ceil['compile_s']} s)", False: f"FAILED: {ceil['compile_error']}",
+                 None: "not probed (--tiny)"}[ceil["compile_ok"]],
+              flush=True)
     dev = ["--device", str(device), "--threads", "0" if device.type == "cuda" else "1"]
     if not args.skip_bench:
-        a_argv, t_argv, (train_pc, test_pc), (est_a, est_t) = bench_plan(args.tiny)
+        a_argv, t_argv, (train_pc, test_pc), (est_a, est_t) = bench_plan(
+            args.tiny, (ceil or {}).get("compile_ok") is not False)
         folder = data["root"] if args.tiny else bench_folder(data, train_pc, test_pc)
         cifar = ["--cifar", folder] if folder else []
         stage("attacks", report, budget, est_a, lambda: run_bench(

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +27,7 @@ def test_gpu_run_tiny_runs_every_stage_and_labels_the_jpeg_copy(tmp_path):
     for name in ("ceilings", "attacks", "train"):
         assert stages[name]["status"] == "done", stages[name]
     assert all(stages["ceilings"][k] > 0 for k in ("bf16_gemm_tflops", "fp32_gemm_tflops", "copy_gb_per_s"))
+    assert stages["ceilings"]["compile_ok"] is None  # --tiny compiles nothing, so it does not probe
     assert report["ratios"]["PGD fp32 bit-identical to torchattacks"] is True
     assert report["data"]["dataset"] == "cifar10-jpeg"
     # the entry is checked against a track of its own, never the real-CIFAR one
@@ -148,3 +150,44 @@ def test_bench_train_refuses_a_folder_smaller_than_the_timed_call(capsys):
     with pytest.raises(SystemExit, match="fewer than --batch-size x --batches = 40"):
         bench_train.main(["--defenses", "pgd-at", "--width", "0.125", "--batch-size", "8", "--batches", "5",
                           "--repeats", "1", "--no-fp32", "--cifar", str(folder), "--out", "/dev/null"])
+
+
+def test_a_broken_torch_compile_is_found_by_the_probe_and_the_entries_train_eager(monkeypatch):
+    """Where torch.compile fails (no triton, no C++ compiler), entries of a compiling track run eager."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import gpu_run
+    import torch
+    import yaml
+
+    from rfbench.benchmark.runner import load_run_config, resolve_run
+
+    def broken(model, *a, **kw):
+        def fail(*args):
+            raise RuntimeError("Cannot find a working triton installation\nmore detail")
+        return fail
+
+    monkeypatch.setattr(torch, "compile", broken)
+    probe = gpu_run.compile_probe(torch.device("cpu"))
+    assert probe["compile_ok"] is False and probe["compile_error"] == ("RuntimeError: Cannot find a working "
+                                                                        "triton installation")
+    track_path = ROOT / "leaderboards" / "cifar10-linf-fast" / "track.yaml"
+    train = yaml.safe_load(track_path.read_text())["train"]
+    extra, note = gpu_run.compile_overrides(train, probe)
+    assert extra == ["train.compile=false"] and "triton" in note
+    assert "--compile" not in gpu_run.bench_plan(False, compile_ok=False)[1]
+    assert "--compile" in gpu_run.bench_plan(False, compile_ok=True)[1]
+    run = resolve_run(load_run_config(track_path), defense="pgd-at", seed=0, out="/tmp/unused", overrides=extra)
+    assert run.train.compile is False
+    assert resolve_run(load_run_config(track_path), defense="pgd-at", seed=0, out="/tmp/unused").train.compile
+    assert gpu_run.compile_overrides(train, {**probe, "compile_ok": True}) == ([], None)
+
+
+@pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++")),
+                    reason="inductor's CPU backend needs a C++ compiler")
+def test_the_compile_probe_passes_where_torch_compile_works():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import gpu_run
+    import torch
+
+    probe = gpu_run.compile_probe(torch.device("cpu"))
+    assert probe["compile_ok"] is True, probe["compile_error"]
