@@ -4,7 +4,10 @@ The top-level folders :data:`ROOTS` of the repository are the subpackages
 ``rfbench.<root>`` (``setup.py`` installs them so and reads :data:`ROOTS` from
 here).  In a plain checkout on ``PYTHONPATH`` (``PYTHONPATH=/path/to/rfbench``,
 no ``pip install``) nothing maps them; :func:`install` adds a finder that does,
-for exactly those names, after every installed mapping.  Standard library only.
+for exactly those names, ahead of every installed mapping: the checkout whose
+``rfbench/`` was imported also supplies its subpackages, even where another
+copy is installed in editable mode (whose finder would otherwise hand out that
+copy's ``rfbench.benchmark`` under this ``rfbench``).  Standard library only.
 """
 
 from __future__ import annotations
@@ -39,4 +42,4 @@ def install(package_dir: Path) -> None:
     if not all((checkout / r / "__init__.py").is_file() for r in ROOTS):
         return
     if not any(isinstance(f, CheckoutFinder) for f in sys.meta_path):
-        sys.meta_path.append(CheckoutFinder(checkout))
+        sys.meta_path.insert(0, CheckoutFinder(checkout))

@@ -184,3 +184,32 @@ def test_trainer_warms_the_lr_up_per_step_across_epochs_and_the_schedule_still_a
     trainer._fit()
     want = [0.1 * (s + 1) / 7 for s in range(5)] + [0.01 * 6 / 7, 0.01 * 7 / 7, 0.01, 0.01, 0.01]
     assert seen == pytest.approx(want)
+
+
+@pytest.mark.parametrize("defense", ["pgd-at", "trades"])
+def test_a_compiled_run_compiles_for_the_full_batch_only_and_runs_the_partial_one_eager(tmp_path, monkeypatch, defense):
+    """An epoch's last, smaller batch would compile the attack and training graphs a second time."""
+    from rfbench.benchmark.train import trainer as trainer_mod
+
+    graph_batches = []
+
+    def counting(gm, example_inputs):  # a dynamo backend that records the batch size of each graph's images
+        graph_batches.extend(t.shape[0] for t in example_inputs
+                             if isinstance(t, torch.Tensor) and tuple(t.shape[1:]) == (1, 28, 28))
+        return gm.forward
+
+    monkeypatch.setattr(trainer_mod, "maybe_compile",
+                        lambda model, enabled: torch.compile(model, backend=counting) if enabled else model)
+    torch._dynamo.reset()
+    t = Trainer(_cfg(tmp_path, "run", epochs=2, defense=defense, compile=True, max_train_samples=100,
+                     batch_size=40), quiet=True)
+    seen, step = [], t.defense.training_step
+
+    def recording(model, x, y, pos):
+        seen.append((len(x), isinstance(model, torch._dynamo.eval_frame.OptimizedModule)))
+        return step(model, x, y, pos)
+
+    t.defense.training_step = recording
+    t.fit()
+    assert seen == [(40, True), (40, True), (20, False)] * 2  # every image trained, the partial batch eager
+    assert graph_batches and set(graph_batches) == {40}

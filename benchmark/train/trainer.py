@@ -236,7 +236,8 @@ class Trainer:
     bare model; ``self.model`` is what the forward goes through (the
     ``torch.compile`` and/or DistributedDataParallel wrapper of ``self.module``).
     Only the defense's ``training_step`` sees ``self.model``; everything else
-    the defense receives is the bare module.
+    the defense receives is the bare module (and so does ``training_step`` for
+    a compiled run's partial last batch: ``self.eager_model``).
     """
 
     def __init__(self, cfg: TrainConfig, quiet: bool = False, force: bool = False):
@@ -290,6 +291,10 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
         self.model = model
+        # compiled, one process: a batch of another size (an epoch's last, partial one) runs eager, since
+        # a new size would compile the attack and training graphs again, dynamic-shaped (slower than the
+        # one eager batch they serve).  Under DDP every rank must go through its wrapper: no fallback.
+        self.eager_model = self.module if cfg.compile and not self.dist.enabled else None
         self.hooks: list[TrainHook] = []  # before/after optimizer-step extension points (TrainHook)
         self.history: list[dict[str, Any]] = []
         self.best_score = float("-inf")
@@ -428,8 +433,9 @@ class Trainer:
             sharding = self.sharded_gen.batch(batch.n_global, offset, n_local)
         else:
             sharding = contextlib.nullcontext()
+        model = self.model if self.eager_model is None or len(x) == self.cfg.batch_size else self.eager_model
         with sharding, torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
-            out = batch.out = self.defense.training_step(self.model, x, y, batch.pos)
+            out = batch.out = self.defense.training_step(model, x, y, batch.pos)
         # the step's one host read (and one collective under DDP): non-finite flag, loss and terms, summed over ranks
         terms = list(out.terms)
         finite = torch.isfinite(out.loss.detach()).all()
