@@ -322,12 +322,10 @@ def bench_plan(tiny: bool, compile_ok: bool = True) -> tuple[list[str], list[str
                                                              tuple[float, float]]:
     """Arguments of the ``attacks`` and ``train`` stages, the images per class they need, their time estimates.
 
-    Without a working ``torch.compile`` (``compile_ok``, the ceilings' probe) the train stage leaves out
-    its compiled rows.
-
     The per-class counts follow from the arguments: ``bench_attacks`` attacks one batch of
     ``--resnet-batch`` test images; ``bench_train`` times ``--batch-size`` x ``--batches`` training
-    images, after one image per class goes to validation.
+    images, after one image per class goes to validation.  Without a working ``torch.compile``
+    (``compile_ok``, the ceilings' probe) the train stage leaves out its compiled rows.
     """
     if tiny:
         a_argv = ["--models", "resnet18", "--width", "0.125", "--resnet-batch", "8", "--steps", "2", "--repeats", "1",
@@ -340,6 +338,7 @@ def bench_plan(tiny: bool, compile_ok: bool = True) -> tuple[list[str], list[str
         t_argv = ["--defenses", "pgd-at,trades", "--batch-size", "128", "--batches", "10", "--repeats", "2",
                   "--ref-workers", "4"] + (["--compile"] if compile_ok else [])
         estimates = (90.0, 120.0)
+
     def opt(argv: list[str], flag: str) -> int:
         return int(argv[argv.index(flag) + 1])
 
