@@ -173,10 +173,10 @@ def build(args, device, folder):
             meta[f"rfbench {defense} {label}"] = ("rfbench", defense, label, trainer)
         # the reference sees the same training images (the trainer's stratified subset) through a DataLoader
         train = trainer.bundle.train
-        if len(train) < n:  # images/s divides by n: a smaller folder would overstate every throughput
-            raise SystemExit(f"{folder} holds {len(train)} training images after the validation split, fewer than "
-                             f"--batch-size x --batches = {n}: give --cifar a folder with at least "
-                             f"{math.ceil(n / ref_bundle.num_classes) + 1} training images per class")
+        if len(ref_bundle.train) < n:  # fewer images than the timed call asks for
+            raise SystemExit(f"{folder} holds {len(ref_bundle.train)} training images after the validation split, "
+                             f"fewer than --batch-size x --batches = {n}: give --cifar a folder with at least "
+                             f"{math.ceil(n / ref_bundle.num_classes) + 1} per class")
         images = train.x.cpu().permute(0, 2, 3, 1).contiguous().numpy()  # the trainer holds them on a GPU
         tf = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
                                  transforms.ToTensor()])
@@ -189,7 +189,9 @@ def build(args, device, folder):
         ref = ReferenceLoop(defense, model, loader, t.eps, t.alpha, t.steps, device)
         calls[f"reference {defense} fp32"] = ref.epoch
         meta[f"reference {defense} fp32"] = ("reference", defense, "fp32", None)
-    data = {"train_images": n, "image_size": list(ref_bundle.image_size), "threat": dataclasses.asdict(t),
+    # what one timed call trains: the class-stratified subset keeps a whole number per class (32 of a
+    # balanced 10-class folder: 30), and images/s divides by this count, not by the n asked for
+    data = {"train_images": len(train), "image_size": list(ref_bundle.image_size), "threat": dataclasses.asdict(t),
             "source": str(folder)}
     return calls, meta, data
 
@@ -199,15 +201,18 @@ def main(argv=None) -> None:
     device = resolve_device(args.device)
     C.set_threads(args.threads)
     info = C.machine_info(device)
-    n = args.batch_size * args.batches
-    folder = args.cifar or C.cifar_subset(math.ceil(n / 10) + 2, 1)
+    asked = args.batch_size * args.batches
+    folder = args.cifar or C.cifar_subset(math.ceil(asked / 10) + 2, 1)
     with C.quiet_logs():
         calls, meta, data = build(args, device, folder)
+        n = data["train_images"]
         probe = next(iter(meta.values()))[3]
         flops = C.forward_flops(probe.module.eval(), torch.rand(8, 3, *data["image_size"], device=device))
         probe.module.train()
         print(f"{args.model}: {flops / 1e9:.3f} GFLOP/image forward; {n} images per timed call "
-              f"({args.batches} x batch {args.batch_size})", file=sys.stderr, flush=True)
+              f"({args.batches} x batch {args.batch_size}"
+              + (f"; {asked} asked for, the class-stratified subset keeps {n}" if n != asked else "") + ")",
+              file=sys.stderr, flush=True)
         warm_s: dict[str, float] = {}
 
         def timed_warmup(name):

@@ -330,7 +330,7 @@ def bench_plan(tiny: bool, compile_ok: bool = True) -> tuple[list[str], list[str
     if tiny:
         a_argv = ["--models", "resnet18", "--width", "0.125", "--resnet-batch", "8", "--steps", "2", "--repeats", "1",
                   "--only", "rfbench fp32,rfbench bf16 + channels-last"]
-        t_argv = ["--defenses", "pgd-at", "--width", "0.125", "--batch-size", "8", "--batches", "1", "--repeats",
+        t_argv = ["--defenses", "pgd-at", "--width", "0.125", "--batch-size", "10", "--batches", "1", "--repeats",
                   "1"]  # fp32: the tiny entries train as a CPU run does (amp auto = fp32 on a CPU)
         estimates = (30.0, 30.0)
     else:

@@ -175,7 +175,9 @@ def test_each_benchmark_stage_gets_the_images_its_arguments_time(tiny):
 
     a_argv, t_argv, (train_pc, test_pc), _ = gpu_run.bench_plan(tiny)
     a, t = bench_attacks.parse_args(a_argv), bench_train.parse_args(t_argv)
-    assert 10 * (train_pc - 1) >= t.batch_size * t.batches  # one image per class goes to validation
+    n = t.batch_size * t.batches
+    assert 10 * (train_pc - 1) >= n  # one image per class goes to validation
+    assert n % 10 == 0  # a class-stratified subset of n images keeps all n: whole batches are timed
     assert 10 * test_pc >= a.resnet_batch
     if tiny:  # the tiny stages read the tiny entries' folder
         assert train_pc <= gpu_run.TINY_TRAIN_PER_CLASS and test_pc <= gpu_run.TINY_TEST_PER_CLASS
@@ -189,15 +191,21 @@ def test_each_benchmark_stage_gets_the_images_its_arguments_time(tiny):
 
 
 @pytest.mark.skipif(not TAR.exists(), reason="the JPEG CIFAR-10 archive is not on this machine")
-def test_bench_train_refuses_a_folder_smaller_than_the_timed_call(capsys):
+def test_bench_train_divides_by_the_images_it_trains_and_refuses_a_folder_too_small(tmp_path):
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import _common as C
     import bench_train
 
     folder = C.cifar_subset(3, 1, tar_path=TAR)  # 2 training images per class after validation: 20 in all
-    with pytest.raises(SystemExit, match="fewer than --batch-size x --batches = 40"):
-        bench_train.main(["--defenses", "pgd-at", "--width", "0.125", "--batch-size", "8", "--batches", "5",
-                          "--repeats", "1", "--no-fp32", "--cifar", str(folder), "--out", "/dev/null"])
+    argv = ["--defenses", "pgd-at", "--width", "0.125", "--repeats", "1", "--no-fp32", "--cifar", str(folder)]
+    with pytest.raises(SystemExit, match="holds 20 training images.*fewer than --batch-size x --batches = 40"):
+        bench_train.main(argv + ["--batch-size", "8", "--batches", "5", "--out", str(tmp_path / "no.json")])
+    # 16 asked for; the class-stratified subset keeps 1 per class, so a call trains 10 images
+    bench_train.main(argv + ["--batch-size", "8", "--batches", "2", "--out", str(tmp_path / "b.json")])
+    res = json.loads((tmp_path / "b.json").read_text())
+    assert res["data"]["train_images"] == 10
+    for row in res["rows"]:
+        assert row["images_per_s"] == pytest.approx(10 / row["median_s"])
 
 
 def test_a_broken_torch_compile_is_found_by_the_probe_and_the_entries_train_eager(monkeypatch):
