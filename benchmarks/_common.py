@@ -46,10 +46,11 @@ if str(ROOT) not in sys.path:  # run from a clone without installing the package
 import torch  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 
+from rfbench.benchmark.data import cifar10_jpeg  # noqa: E402
 from rfbench.benchmark.io import atomic_write_json  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
-CIFAR_TAR = Path("/work/shared/data/cifar10-jpeg.tar.gz")
+CIFAR_TAR = cifar10_jpeg.archive_path()
 
 
 def set_threads(n: int) -> int:

@@ -520,8 +520,13 @@ def slim_wheel(whl: Path, drop_prefix: str) -> None:
 
 # -- main -------------------------------------------------------------------------------
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+        """Defaults in the option help, and the examples kept as written."""
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=Formatter,
+                                epilog="examples:\n" + __doc__.split("::\n\n")[1].split("\n\n")[0]
+                                + "\n\nstages, budget, data labelling and carrying: the module docstring and "
+                                "docs/performance.md (\"GPU run\")")
     p.add_argument("--data", default=None, help="CIFAR-10 folder, or cifar10-jpeg.tar.gz or its extracted folder")
     p.add_argument("--out", default=None, help="output folder (everything is written under it)")
     p.add_argument("--budget-s", type=float, default=540.0,

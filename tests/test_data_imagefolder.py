@@ -1,6 +1,7 @@
 """``imagefolder:PATH`` on the real CIFAR-10 JPEG archive, and ``imagenet:PATH``.
 
-The archive (``/work/shared/data/cifar10-jpeg.tar.gz``, ``train/<class>/NNNN.jpg``
+The archive (``cifar10_jpeg.archive_path()``: ``$RFBENCH_CIFAR10_JPEG_TAR`` or
+``/work/shared/data/cifar10-jpeg.tar.gz``; ``train/<class>/NNNN.jpg``
 and ``test/<class>/NNNN.jpg``) is streamed once per module and only the
 images numbered below 20 are extracted (20 per class and split), which keeps
 the test fast.  The test marked ``slow`` reads all 60,000 images.
@@ -18,11 +19,11 @@ import pytest
 import torch
 from PIL import Image
 
-from rfbench.benchmark.data import iterate_batches, load_dataset
+from rfbench.benchmark.data import cifar10_jpeg, iterate_batches, load_dataset
 from rfbench.benchmark.data.registry import load_raw
 from rfbench.benchmark.errors import DataNotFoundError
 
-ARCHIVE = Path("/work/shared/data/cifar10-jpeg.tar.gz")
+ARCHIVE = cifar10_jpeg.archive_path()
 CIFAR10_FOLDERS = sorted(["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"])
 PER_CLASS = 20
 

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from rfbench.benchmark.data import cifar10_jpeg
+
 ROOT = Path(__file__).resolve().parents[1]
-TAR = Path("/work/shared/data/cifar10-jpeg.tar.gz")
+TAR = cifar10_jpeg.archive_path()
 
 
 @pytest.mark.slow
@@ -247,3 +249,14 @@ def test_the_compile_probe_passes_where_torch_compile_works():
 
     probe = gpu_run.compile_probe(torch.device("cpu"))
     assert probe["compile_ok"] is True, probe["compile_error"]
+
+
+def test_the_archive_location_is_one_setting_that_the_environment_overrides(monkeypatch, tmp_path):
+    monkeypatch.delenv(cifar10_jpeg.ARCHIVE_ENV, raising=False)
+    assert cifar10_jpeg.archive_path() == Path(cifar10_jpeg.DEFAULT_ARCHIVE)
+    monkeypatch.setenv(cifar10_jpeg.ARCHIVE_ENV, str(tmp_path / "c.tar.gz"))
+    assert cifar10_jpeg.archive_path() == tmp_path / "c.tar.gz"
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import _common as C
+
+    assert C.CIFAR_TAR == TAR  # the benchmarks and the tests read the same setting

@@ -18,12 +18,23 @@ flip, mean/std measured on the training images.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from rfbench.benchmark.data.imagefolder import imagefolder
 from rfbench.benchmark.data.registry import DEFAULT_DOWNLOAD_ROOT, DataOptions, RawSplits, register_dataset
 
 NAME = "cifar10-jpeg"
+#: the archive the benchmarks and tests extract their CIFAR-10 subsets from: ``$RFBENCH_CIFAR10_JPEG_TAR``,
+#: else :data:`DEFAULT_ARCHIVE`
+ARCHIVE_ENV = "RFBENCH_CIFAR10_JPEG_TAR"
+DEFAULT_ARCHIVE = "/work/shared/data/cifar10-jpeg.tar.gz"
+
+
+def archive_path() -> Path:
+    """Where ``cifar10-jpeg.tar.gz`` is looked for (``$RFBENCH_CIFAR10_JPEG_TAR`` overrides the default)."""
+    return Path(os.environ.get(ARCHIVE_ENV) or DEFAULT_ARCHIVE).expanduser()
+
 DEFAULT_ROOT = str(Path(DEFAULT_DOWNLOAD_ROOT) / NAME)
 DESCRIPTION = ("CIFAR-10 re-encoded as JPEG (cifar10-jpeg.tar.gz, lossy: not the original pixels); "
                "results are labelled cifar10-jpeg and never ranked as CIFAR-10")
