@@ -156,6 +156,10 @@ def build(args, device, folder):
                 batch_size=args.batch_size, epochs=1, device=str(device), seed=args.seed,
                 out=os.path.join(tempfile.gettempdir(), "rfbench-bench-train"))
     ref_bundle = load_dataset(f"imagefolder:{folder}", val_per_class=1)
+    if len(ref_bundle.train) < n:  # fewer images than the timed call asks for
+        raise SystemExit(f"{folder} holds {len(ref_bundle.train)} training images after the validation split, "
+                         f"fewer than --batch-size x --batches = {n}: give --cifar a folder with at least "
+                         f"{math.ceil(n / ref_bundle.num_classes) + 1} per class")
     calls, meta = {}, {}
     init_state = None
     for defense in [d.strip() for d in args.defenses.split(",") if d.strip()]:
@@ -173,10 +177,6 @@ def build(args, device, folder):
             meta[f"rfbench {defense} {label}"] = ("rfbench", defense, label, trainer)
         # the reference sees the same training images (the trainer's stratified subset) through a DataLoader
         train = trainer.bundle.train
-        if len(ref_bundle.train) < n:  # fewer images than the timed call asks for
-            raise SystemExit(f"{folder} holds {len(ref_bundle.train)} training images after the validation split, "
-                             f"fewer than --batch-size x --batches = {n}: give --cifar a folder with at least "
-                             f"{math.ceil(n / ref_bundle.num_classes) + 1} per class")
         images = train.x.cpu().permute(0, 2, 3, 1).contiguous().numpy()  # the trainer holds them on a GPU
         tf = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
                                  transforms.ToTensor()])
