@@ -314,7 +314,8 @@ def cifar_subset(train_per_class: int, test_per_class: int, tar_path: Path = CIF
                   for m in ms[: train_per_class if split == "train" else test_per_class]]
         cache.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=cache))
-        tar.extractall(tmp, members=chosen, filter="data")
+        # in archive order: a gzip stream seeks backwards only by decompressing again from the start
+        tar.extractall(tmp, members=sorted(chosen, key=lambda m: m.offset), filter="data")
     if out.exists():  # an earlier extraction that did not finish
         shutil.rmtree(out)
     tmp.rename(out)
