@@ -190,6 +190,23 @@ def compile_overrides(train_cfg: dict, ceil: dict) -> tuple[list[str], str | Non
 
 
 # -- data -------------------------------------------------------------------------------
+#: free space a RAM disk needs before the archive goes there (60,000 files of at least a 4 KiB page each,
+#: about 250 MB; a container's /dev/shm is often only 64 MB)
+RAM_DISK_MIN_FREE = 2**30
+
+
+def default_work_dir(ram_disk: Path = Path("/dev/shm")) -> Path:
+    """Where ``--data cifar10-jpeg.tar.gz`` is extracted: a RAM disk with 1 GiB free, else ``$TMPDIR``.
+
+    The archive is 60,000 small files; extracting it took 10 s into ``/dev/shm`` and 35 s onto the
+    disk of a 2-core test machine.
+    """
+    if (ram_disk.is_dir() and os.access(ram_disk, os.W_OK)
+            and shutil.disk_usage(ram_disk).free >= RAM_DISK_MIN_FREE):
+        return ram_disk / "rfbench-gpu-data"
+    return Path(tempfile.gettempdir()) / "rfbench-gpu-data"
+
+
 def resolve_data(data: str | None, work: Path, tiny: bool) -> dict:
     """``{"dataset", "root", "tar"}`` of ``--data`` (real CIFAR-10 or the JPEG copy; see the module docstring)."""
     if tiny and data is None:
@@ -531,6 +548,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default=None, help="output folder (everything is written under it)")
     p.add_argument("--budget-s", type=float, default=540.0,
                    help="wall-clock budget (s); nothing starts that cannot end in it, unless --over-budget start")
+    p.add_argument("--work-dir", default=None,
+                   help="where a --data archive is extracted (default: /dev/shm/rfbench-gpu-data when /dev/shm is "
+                        "writable with 1 GiB free, a RAM disk and 3x faster for its 60,000 files, else "
+                        "$TMPDIR/rfbench-gpu-data)")
     p.add_argument("--margin-s", type=float, default=20.0, help="seconds kept free at the end")
     p.add_argument("--defenses", default=",".join(PRIORITY), help="entries to run, in priority order")
     p.add_argument("--seed", type=int, default=0, help="training seed of every entry (run folder <defense>-s<seed>)")
@@ -564,7 +585,7 @@ def main(argv=None) -> int:
     budget = Budget(args.budget_s, args.margin_s)
     report = Report(out / "gpu_run.json", {"command": "python " + " ".join([sys.argv[0], *(argv or sys.argv[1:])]),
                                            "tiny": args.tiny, "budget_s": args.budget_s})
-    data = resolve_data(args.data, Path(tempfile.gettempdir()) / "rfbench-gpu-data", args.tiny)
+    data = resolve_data(args.data, Path(args.work_dir) if args.work_dir else default_work_dir(), args.tiny)
     report.data["data"] = {**data, "note": "cifar10-jpeg is a lossy JPEG copy of CIFAR-10, labelled as such"
                            if data["dataset"] == JPEG else "real CIFAR-10"}
     print(f"device {device}, torch {torch.__version__}, data {data['dataset']} ({data['root']})", flush=True)

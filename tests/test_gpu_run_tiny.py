@@ -260,3 +260,16 @@ def test_the_archive_location_is_one_setting_that_the_environment_overrides(monk
     import _common as C
 
     assert C.CIFAR_TAR == TAR  # the benchmarks and the tests read the same setting
+
+
+def test_the_archive_is_extracted_to_a_ram_disk_when_there_is_one(tmp_path, monkeypatch):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import tempfile
+
+    import gpu_run
+
+    assert gpu_run.default_work_dir(tmp_path) == tmp_path / "rfbench-gpu-data"  # (if tmp_path has 1 GiB free)
+    assert gpu_run.default_work_dir(tmp_path / "absent") == Path(tempfile.gettempdir()) / "rfbench-gpu-data"
+    assert gpu_run.parse_args(["--work-dir", str(tmp_path)]).work_dir == str(tmp_path)
+    monkeypatch.setattr(gpu_run, "RAM_DISK_MIN_FREE", 2**62)  # a RAM disk too small for the archive: not used
+    assert gpu_run.default_work_dir(tmp_path) == Path(tempfile.gettempdir()) / "rfbench-gpu-data"
