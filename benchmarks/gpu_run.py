@@ -101,6 +101,10 @@ class Budget:
     def allows(self, estimate: float) -> bool:
         return estimate * 1.25 + self.margin <= self.left()
 
+    def stop_reason(self) -> str:
+        """Why a stage just ended in KeyboardInterrupt: the watchdog (inside the margin) or someone's Ctrl-C."""
+        return "at the budget" if self.left() <= self.margin else "by an interrupt"
+
     @contextlib.contextmanager
     def watchdog(self):
         delay = max(1.0, self.left() - self.margin / 2)
@@ -414,7 +418,7 @@ def run_entries(args, data: dict, budget: Budget, report: Report, device: torch.
                        epoch_seconds=[r["seconds"] for r in map(json.loads, (run_dir / "train" / "log.jsonl")
                                                                  .read_text().splitlines())])
         except (KeyboardInterrupt, Interrupted):
-            rec.update(status="stopped at the budget (resumable: rerun the same command)",
+            rec.update(status=f"stopped {budget.stop_reason()} (resumable: rerun the same command)",
                        seconds=round(time.time() - t0, 1))
             entries.append(rec)
             report.stage("entries", track=track.id, entries=entries)
@@ -438,7 +442,7 @@ def stage(name: str, report: Report, budget: Budget, estimate: float, fn, *, tin
         report.stage(name, status="done", seconds=round(time.time() - t0, 1), **(value or {}))
         return value
     except KeyboardInterrupt:
-        report.stage(name, status="stopped at the budget", seconds=round(time.time() - t0, 1))
+        report.stage(name, status=f"stopped {budget.stop_reason()}", seconds=round(time.time() - t0, 1))
     except Exception as exc:
         if tiny:
             raise

@@ -13,6 +13,7 @@ from rfbench.benchmark.data import cifar10_jpeg
 
 ROOT = Path(__file__).resolve().parents[1]
 TAR = cifar10_jpeg.archive_path()
+sys.path.insert(0, str(ROOT / "benchmarks"))  # gpu_run, bench_* and _common are scripts, not a package
 
 
 @pytest.mark.slow
@@ -105,16 +106,17 @@ def test_a_second_checkout_on_pythonpath_wins_over_an_installed_copy(tmp_path):
 
 
 def test_the_watchdog_interrupts_a_stage_that_overruns_the_budget():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     import time
 
     import gpu_run
 
     budget = gpu_run.Budget(seconds=1.5, margin=1.0)  # fires at left() - margin / 2, i.e. after about 1 s
     t0 = time.monotonic()
+    assert budget.stop_reason() == "by an interrupt"  # a Ctrl-C now would not be the budget's
     with pytest.raises(KeyboardInterrupt), budget.watchdog():
         time.sleep(30)
     assert 0.9 <= time.monotonic() - t0 < 5
+    assert budget.stop_reason() == "at the budget"
 
 
 @pytest.mark.slow
@@ -156,7 +158,7 @@ def test_an_entry_started_over_budget_is_stopped_and_the_same_command_finishes_i
     # slower machines) x 1.25 does not fit 30 s; if epoch 1 were not logged by then, the watchdog stops it
     _, first = gpu_run(30, stop_after_epoch_1=True)
     assert first["started_over_budget"] is True
-    assert first["status"].startswith("stopped at the budget"), first["status"]
+    assert first["status"] == "stopped by an interrupt (resumable: rerun the same command)", first["status"]
     assert not (run_dir / "result.json").exists()
 
     report, second = gpu_run(400)
@@ -170,7 +172,6 @@ def test_an_entry_started_over_budget_is_stopped_and_the_same_command_finishes_i
 @pytest.mark.parametrize("tiny", [True, False], ids=["tiny", "gpu"])
 def test_each_benchmark_stage_gets_the_images_its_arguments_time(tiny):
     """The folder handed to the timing stages holds what they time (a short one would overstate images/s)."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     import bench_attacks
     import bench_train
     import gpu_run
@@ -194,7 +195,6 @@ def test_each_benchmark_stage_gets_the_images_its_arguments_time(tiny):
 
 @pytest.mark.skipif(not TAR.exists(), reason="the JPEG CIFAR-10 archive is not on this machine")
 def test_bench_train_divides_by_the_images_it_trains_and_refuses_a_folder_too_small(tmp_path):
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     import _common as C
     import bench_train
 
@@ -212,7 +212,6 @@ def test_bench_train_divides_by_the_images_it_trains_and_refuses_a_folder_too_sm
 
 def test_a_broken_torch_compile_is_found_by_the_probe_and_the_entries_train_eager(monkeypatch):
     """Where torch.compile fails (no triton, no C++ compiler), entries of a compiling track run eager."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     import gpu_run
     import torch
     import yaml
@@ -243,7 +242,6 @@ def test_a_broken_torch_compile_is_found_by_the_probe_and_the_entries_train_eage
 @pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++")),
                     reason="inductor's CPU backend needs a C++ compiler")
 def test_the_compile_probe_passes_where_torch_compile_works():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     import gpu_run
     import torch
 
@@ -256,14 +254,12 @@ def test_the_archive_location_is_one_setting_that_the_environment_overrides(monk
     assert cifar10_jpeg.archive_path() == Path(cifar10_jpeg.DEFAULT_ARCHIVE)
     monkeypatch.setenv(cifar10_jpeg.ARCHIVE_ENV, str(tmp_path / "c.tar.gz"))
     assert cifar10_jpeg.archive_path() == tmp_path / "c.tar.gz"
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     import _common as C
 
     assert C.CIFAR_TAR == TAR  # the benchmarks and the tests read the same setting
 
 
 def test_the_archive_is_extracted_to_a_ram_disk_when_there_is_one(tmp_path, monkeypatch):
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     import tempfile
 
     import gpu_run
