@@ -1,16 +1,13 @@
-"""Packaging: the top-level folders ``benchmark/``, ``attacks/`` and ``defenses/`` install as the
-subpackages ``rfbench.benchmark``, ``rfbench.attacks`` and ``rfbench.defenses``, so rfbench never
-claims a generic top-level import name (a research repository's own ``attacks.py`` or
-``benchmark/`` keeps working beside it). Metadata and dependencies are in ``setup.cfg``."""
+"""Packaging: one plain package, ``rfbench``, with every subpackage inside ``rfbench/``.
 
-import runpy
-from pathlib import Path
+The repository's top-level folders ``benchmark/``, ``attacks/`` and ``defenses/`` hold the code;
+``rfbench/benchmark``, ``rfbench/attacks`` and ``rfbench/defenses`` are relative symbolic links to
+them, so the import names are ``rfbench.*`` without any import hook.  ``src/rfbench`` links to
+``rfbench/``: with this src layout an editable install is one static ``.pth`` line (``<checkout>/src``),
+which type checkers and IDEs read, and which exposes no other top-level name.  A checkout on
+``PYTHONPATH``, editable installs, wheels and sdists all see the same plain tree (docs/ARCHITECTURE.md,
+"Packaging").  Metadata and dependencies are in ``setup.cfg``."""
 
 from setuptools import find_packages, setup
 
-ROOTS = runpy.run_path(str(Path(__file__).parent / "rfbench" / "_checkout.py"))["ROOTS"]
-
-setup(
-    packages=["rfbench"] + [f"rfbench.{p}" for p in find_packages(include=[*ROOTS, *(f"{r}.*" for r in ROOTS)])],
-    package_dir={"rfbench": "rfbench", **{f"rfbench.{r}": r for r in ROOTS}},
-)
+setup(package_dir={"": "src"}, packages=find_packages(where="src", include=["rfbench", "rfbench.*"]))

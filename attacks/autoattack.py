@@ -47,10 +47,10 @@ import torch
 
 from rfbench.attacks.core import frozen_params
 from rfbench.attacks.named import Attack, format_value
-from rfbench.attacks.threat import NORM_NAMES
 from rfbench.attacks.registry import register_attack
-from rfbench.benchmark.config import choice, rng
-from rfbench.benchmark.errors import ConfigError
+from rfbench.core.config import choice, in_range
+from rfbench.core.errors import ConfigError
+from rfbench.core.threat import NORM_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -137,10 +137,10 @@ class AutoAttack(Attack):
     class Config(Attack.Config):
         version: str = field(default="standard", metadata=choice("standard", "plus", "custom"))
         attacks: list[str] = field(default_factory=list)
-        steps: int | None = field(default=None, metadata=rng(1, None))
-        queries: int | None = field(default=None, metadata=rng(1, None))
-        restarts: int | None = field(default=None, metadata=rng(1, None))
-        targets: int | None = field(default=None, metadata=rng(1, None))
+        steps: int | None = field(default=None, metadata=in_range(1, None))
+        queries: int | None = field(default=None, metadata=in_range(1, None))
+        restarts: int | None = field(default=None, metadata=in_range(1, None))
+        targets: int | None = field(default=None, metadata=in_range(1, None))
         seed: int = 0
 
         def validate(self) -> None:

@@ -35,7 +35,8 @@ from typing import Iterator
 import torch
 
 from rfbench.attacks.losses import AttackLoss, make_loss
-from rfbench.attacks.threat import NORMS
+from rfbench.core.threat import NORMS
+
 STARTS = ("uniform", "normal", "none")
 
 

@@ -21,7 +21,7 @@ from typing import Callable, Protocol
 import torch
 import torch.nn.functional as F
 
-from rfbench.benchmark.registry import Registry
+from rfbench.core.registry import Registry
 
 
 class AttackLoss(Protocol):

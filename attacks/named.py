@@ -10,7 +10,7 @@ Example::
     TemperaturePGD(model, eps=8/255, steps=20, T=0.5).label   # 'temperature-pgd-20-T0.5'
 
 Every attack has a typed ``Config`` dataclass (validated by
-:func:`rfbench.benchmark.config.from_dict`, so a bad key or value is a one-line
+:func:`rfbench.core.config.from_dict`, so a bad key or value is a one-line
 error), a stable ``label`` derived from its settings, and ``settings()`` for
 the result file.  Attacks put the model in eval mode for their duration and
 never compute parameter gradients (the core freezes them).
@@ -31,17 +31,9 @@ import torch.nn.functional as F
 
 from rfbench.attacks.core import eval_mode, pgd
 from rfbench.attacks.registry import register_attack
-from rfbench.benchmark.config import choice, from_dict, rng
-from rfbench.attacks.threat import NORMS
-from rfbench.benchmark.errors import ConfigError
-
-
-def format_eps(eps: float) -> str:
-    """``8/255`` for multiples of 1/255 (RobustBench's convention), else the plain number."""
-    k = eps * 255
-    if 0 < eps < 1 and abs(k - round(k)) < 1e-6:
-        return f"{int(round(k))}/255"
-    return f"{eps:g}"
+from rfbench.core.config import choice, from_dict, in_range
+from rfbench.core.errors import ConfigError
+from rfbench.core.threat import NORMS, format_eps
 
 
 def format_value(v: Any, key: str = "") -> str:
@@ -82,7 +74,7 @@ class Attack:
 
     @dataclass
     class Config:
-        eps: float = field(default=8 / 255, metadata=rng(0, None))
+        eps: float = field(default=8 / 255, metadata=in_range(0, None))
         norm: str = field(default="linf", metadata=choice(*NORMS))
         label: str | None = None  # explicit label, replacing the derived one
 
@@ -158,9 +150,9 @@ class _Iterative(Attack):
 
     @dataclass
     class Config(Attack.Config):
-        alpha: float = field(default=2 / 255, metadata=rng(0, None))
-        steps: int = field(default=10, metadata=rng(1, None))
-        restarts: int = field(default=1, metadata=rng(1, None))
+        alpha: float = field(default=2 / 255, metadata=in_range(0, None))
+        steps: int = field(default=10, metadata=in_range(1, None))
+        restarts: int = field(default=1, metadata=in_range(1, None))
         start: str = field(default="uniform", metadata=choice("uniform", "normal", "none"))
         early_stop: bool = True  # freeze a sample at its first fooling iterate (same robust/not answer)
 
@@ -208,7 +200,7 @@ class PGD(_Iterative):
     @dataclass
     class Config(_Iterative.Config):
         loss: str = field(default="ce", metadata=choice("ce", "cw", "dlr", "kl"))
-        kappa: float = field(default=50.0, metadata=rng(0, None))  # clamp of the cw margin
+        kappa: float = field(default=50.0, metadata=in_range(0, None))  # clamp of the cw margin
 
     def loss_name(self) -> str:
         return self.cfg.loss
@@ -232,7 +224,7 @@ class CW(_Iterative):
 
     @dataclass
     class Config(_Iterative.Config):
-        kappa: float = field(default=50.0, metadata=rng(0, None))
+        kappa: float = field(default=50.0, metadata=in_range(0, None))
 
     def loss_name(self) -> str:
         return "cw"
@@ -262,7 +254,7 @@ class TemperaturePGD(_Iterative):
 
     @dataclass
     class Config(_Iterative.Config):
-        T: float = field(default=1.0, metadata=rng(1e-6, None))
+        T: float = field(default=1.0, metadata=in_range(1e-6, None))
         tmode: str = field(default="scalar", metadata=choice("scalar", "confidence"))
 
     def loss_name(self) -> str:
@@ -304,8 +296,8 @@ class LSA(TemperaturePGD):
 
     @dataclass
     class Config(_Iterative.Config):
-        steps: int = field(default=20, metadata=rng(1, None))
-        scale: float = field(default=10.0, metadata=rng(1e-6, None))  # α: the logits' multiplier
+        steps: int = field(default=20, metadata=in_range(1, None))
+        scale: float = field(default=10.0, metadata=in_range(1e-6, None))  # α: the logits' multiplier
 
     def loss_kwargs(self) -> dict[str, Any]:
         return {"T": 1.0 / self.cfg.scale}

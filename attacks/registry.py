@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from rfbench.benchmark.registry import Registry
+from rfbench.core.registry import Registry
 
 ATTACKS: Registry[Any] = Registry("attack")
 

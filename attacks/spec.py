@@ -16,12 +16,12 @@ Syntax (one ``--attack`` flag per attack)::
 * **Lists inside a spec are joined with ``+``** (the comma separates keys):
   ``attacks=apgd-ce+apgd-t``.
 * ``eps``, ``norm``, ``alpha`` and ``steps`` default to the threat model
-  (:class:`rfbench.attacks.threat.Threat`, resolved by
-  :func:`rfbench.attacks.threat.resolve_threat` from the dataset's protocol
+  (:class:`rfbench.core.threat.Threat`, resolved by
+  :func:`rfbench.core.threat.resolve_threat` from the dataset's protocol
   values with ``--eps``/``--norm`` applied to every attack); a key in a spec
   overrides it for that attack only.  When a spec changes ``eps`` but not
   ``alpha``, alpha keeps the threat model's ratio alpha/eps (the step-size
-  rule of :mod:`rfbench.attacks.threat`).
+  rule of :mod:`rfbench.core.threat`).
 * ``label=NAME`` replaces the derived label.
 
 Configs may list specs as strings or as mappings (``{name: pgd, steps: 20}``).
@@ -41,9 +41,9 @@ import rfbench.attacks.autoattack  # noqa: F401  (registers autoattack)
 import rfbench.attacks.named  # noqa: F401  (registers fgsm, pgd, cw, temperature-pgd)
 from rfbench.attacks.named import Attack
 from rfbench.attacks.registry import ATTACKS
-from rfbench.attacks.threat import Threat, resolve_threat  # noqa: F401  (the one threat model type)
-from rfbench.benchmark.config import from_dict
-from rfbench.benchmark.errors import ConfigError, UnknownNameError
+from rfbench.core.config import from_dict
+from rfbench.core.errors import ConfigError, UnknownNameError
+from rfbench.core.threat import Threat, resolve_threat  # noqa: F401  (the one threat model type)
 
 DEFAULT_SUITE = ("fgsm", "pgd", "cw")
 
@@ -143,7 +143,7 @@ def build_attack(spec: str | dict | AttackSpec, model: torch.nn.Module, threat: 
 
 def _number(value: Any) -> float:
     """A number, or a fraction such as ``8/255`` (``benchmark.config.parse_number``)."""
-    from rfbench.benchmark.config import parse_number
+    from rfbench.core.config import parse_number
 
     try:
         return parse_number(value)

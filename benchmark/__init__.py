@@ -7,9 +7,9 @@ attacks and defenses are plugins in the sibling packages ``attacks`` and
 Quick use::
 
     from rfbench.benchmark.data import load_dataset
-    from rfbench.benchmark.models import create_model
+    from rfbench.models import create_model
     bundle = load_dataset("fashion-mnist")
     model = create_model("smallcnn", num_classes=10, in_channels=1)
 """
 
-from rfbench import __version__  # noqa: F401  (one version, in rfbench/__init__.py)
+from rfbench.core.version import __version__  # noqa: F401  (one version, in rfbench/core/version.py)

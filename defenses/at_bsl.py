@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rfbench.benchmark.config import rng
+from rfbench.core.config import in_range
 from rfbench.defenses.base import Defense, LossOutput, TrainContext
 from rfbench.defenses.registry import register_defense
 
@@ -44,7 +44,7 @@ class ATBSL(Defense):
 
     @dataclass
     class Config:
-        start_std: float = field(default=0.001, metadata=rng(0, None))  # attack start x + std·N(0,1)
+        start_std: float = field(default=0.001, metadata=in_range(0, None))  # attack start x + std·N(0,1)
 
     def __init__(self, cfg: Any, ctx: TrainContext):
         super().__init__(cfg, ctx)

@@ -55,12 +55,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from rfbench.benchmark.config import rng
-from rfbench.benchmark.models.base import unwrap
+from rfbench.core.config import in_range
 from rfbench.defenses.base import Defense, EpochStats, LossOutput, TrainContext
 from rfbench.defenses.registry import register_defense
 from rfbench.defenses.standard import PGDAT
 from rfbench.defenses.trades import TRADES
+from rfbench.models.base import unwrap
 
 AWP_EPS = 1e-20  # added to ‖g_l‖, as released
 
@@ -189,8 +189,8 @@ class AWPAT(AWPMixin, PGDAT):
 
     @dataclass
     class Config:
-        awp_gamma: float = field(default=5e-3, metadata=rng(0, None))  # γ, the relative size per layer
-        awp_warmup: float = field(default=0.0, metadata=rng(0, 1))  # fraction of the budget before AWP starts
+        awp_gamma: float = field(default=5e-3, metadata=in_range(0, None))  # γ, the relative size per layer
+        awp_warmup: float = field(default=0.0, metadata=in_range(0, 1))  # fraction of the budget before AWP starts
 
     def __init__(self, cfg: Any, ctx: TrainContext):
         super().__init__(cfg, ctx)
@@ -203,8 +203,8 @@ class AWPTRADES(AWPMixin, TRADES):
 
     @dataclass
     class Config(TRADES.Config):
-        awp_gamma: float = field(default=5e-3, metadata=rng(0, None))
-        awp_warmup: float = field(default=0.045, metadata=rng(0, 1))  # released: 9 of 200 epochs
+        awp_gamma: float = field(default=5e-3, metadata=in_range(0, None))
+        awp_warmup: float = field(default=0.045, metadata=in_range(0, 1))  # released: 9 of 200 epochs
 
     def __init__(self, cfg: Any, ctx: TrainContext):
         super().__init__(cfg, ctx)

@@ -13,7 +13,7 @@ and ``loss``) receives the model the forward runs through, which may be a
 ``torch.compile`` or DistributedDataParallel wrapper; every other model a
 defense sees (``EpochStats.model``, :meth:`Defense.on_train_start`) is the bare
 module.  A weight average (an EMA, CFA's FAWA) is requested from the trainer
-through ``ctx.averages`` (:mod:`rfbench.benchmark.train.averaging`), never kept
+through ``ctx.averages`` (:mod:`rfbench.models.averaging`), never kept
 by the defense.  Override only what your method changes:
 
 * :meth:`Defense.perturb` -- the inner maximisation (default: the PGD core with
@@ -59,9 +59,9 @@ import torch
 from torch import nn
 
 from rfbench.attacks.core import eval_mode, pgd
-from rfbench.attacks.threat import Threat
-from rfbench.benchmark.models.base import unwrap
-from rfbench.benchmark.train.averaging import WeightAverages
+from rfbench.core.threat import Threat
+from rfbench.models.averaging import WeightAverages
+from rfbench.models.base import unwrap
 
 
 @dataclass
@@ -69,14 +69,14 @@ class TrainContext:
     """What a defense may know about the run when it is built.
 
     * ``threat``: the training threat model of the *current* epoch, an immutable
-      :class:`~rfbench.attacks.threat.Threat`.  Under an eps warm-up the trainer
+      :class:`~rfbench.core.threat.Threat`.  Under an eps warm-up the trainer
       puts a new one here before each epoch; read ``self.ctx.threat`` when you
       need it rather than keeping a copy.
     * ``generator``: the attack randomness; pass it to ``pgd(generator=...)``
       unchanged (in data-parallel training it is a
       :class:`~rfbench.benchmark.train.distributed.ShardedGenerator`).
     * ``averages``: the trainer's weight-averaging facility
-      (:class:`~rfbench.benchmark.train.averaging.WeightAverages`); request a
+      (:class:`~rfbench.models.averaging.WeightAverages`); request a
       named average in ``__init__``, update it in ``on_epoch_end`` or
       ``on_batch_end``.  The trainer checkpoints and evaluates it.
     """
@@ -165,7 +165,7 @@ class Defense:
         """The inner maximisation: the PGD core, BN in eval mode, parameters frozen.
 
         Subclasses that run their own attack should call ``unwrap(model)`` first
-        (see :func:`rfbench.benchmark.models.base.unwrap`), and compute loss-side features
+        (see :func:`rfbench.models.base.unwrap`), and compute loss-side features
         with ``model(x, return_features=True)``, so data-parallel training works.
         """
         t = self.ctx.threat

@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rfbench.benchmark.config import rng
-from rfbench.benchmark.errors import ConfigError
+from rfbench.core.config import in_range
+from rfbench.core.errors import ConfigError
 from rfbench.defenses.base import Defense, EpochStats, LossOutput, TrainContext
 from rfbench.defenses.registry import register_defense
 
@@ -57,7 +57,7 @@ class ClassBalancedAT(Defense):
 
     @dataclass
     class Config:
-        beta: float = field(default=0.9999, metadata=rng(0, 1))  # overlap parameter β of E_n, < 1
+        beta: float = field(default=0.9999, metadata=in_range(0, 1))  # overlap parameter β of E_n, < 1
         deferred: bool = False  # DRW: uniform weights until the first lr milestone
 
     def __init__(self, cfg: Any, ctx: TrainContext):

@@ -15,7 +15,7 @@ Three parts, on top of PGD-AT or TRADES (``base``):
   (``EpochStats.val_robust_acc``: the trainer's validation PGD, PGD-10 by default) is
   ≥ 0.2, from epoch ``fawa_start`` (50) on.  The first accepted checkpoint
   initialises the average.  The average is kept by the trainer's weight-averaging
-  facility (:mod:`rfbench.benchmark.train.averaging`, requested as ``fawa``): the
+  facility (:mod:`rfbench.models.averaging`, requested as ``fawa``): the
   trainer checkpoints it beside the raw weights and it is evaluated as its own
   checkpoint (``--which fawa`` / ``fawa-best``).
 
@@ -45,8 +45,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from rfbench.benchmark.config import choice, rng
-from rfbench.benchmark.errors import ConfigError
+from rfbench.core.config import choice, in_range
+from rfbench.core.errors import ConfigError
 from rfbench.defenses.base import Defense, EpochStats, LossOutput
 from rfbench.defenses.class_stats import fill_missing
 from rfbench.defenses.registry import register_defense
@@ -83,17 +83,17 @@ class CFA(Defense):
     @dataclass
     class Config:
         base: str = field(default="pgd-at", metadata=choice("pgd-at", "trades"))
-        beta: float = field(default=6.0, metadata=rng(0, None))  # TRADES β (base: trades)
+        beta: float = field(default=6.0, metadata=in_range(0, None))  # TRADES β (base: trades)
         ccm: bool = True
         ccm_lambda: float | None = None  # λ1; None = 0.5 (pgd-at) / 0.3 (trades)
         ccr: bool | None = None  # CCR; None = on for base trades (it needs the TRADES KL term)
-        ccr_lambda: float = field(default=0.5, metadata=rng(0, None))  # β_k = (ccr_lambda + t_k)·β
+        ccr_lambda: float = field(default=0.5, metadata=in_range(0, None))  # β_k = (ccr_lambda + t_k)·β
         class_adaptive_start: int | None = None  # first epoch of CCM/CCR; None = 0 (paper) / 10 (released)
         fawa: bool = True
-        fawa_decay: float | None = field(default=None, metadata=rng(0, 1))  # None = 0.85 (paper) / 0.88
-        fawa_threshold: float | None = field(default=None, metadata=rng(0, 1))  # None = 0.2 (paper) / 0.24
-        fawa_start: int | None = field(default=None, metadata=rng(0, None))  # first epoch (0-based) FAWA may absorb; None = from the fraction
-        fawa_start_fraction: float = field(default=50 / 200, metadata=rng(0, 1))  # of the budget (paper: 50 of 200)
+        fawa_decay: float | None = field(default=None, metadata=in_range(0, 1))  # None = 0.85 (paper) / 0.88
+        fawa_threshold: float | None = field(default=None, metadata=in_range(0, 1))  # None = 0.2 (paper) / 0.24
+        fawa_start: int | None = field(default=None, metadata=in_range(0, None))  # first epoch (0-based) FAWA may absorb; None = from the fraction
+        fawa_start_fraction: float = field(default=50 / 200, metadata=in_range(0, 1))  # of the budget (paper: 50 of 200)
         released_defaults: bool = False  # take the released code's values for the None fields above
 
     state_keys = ("t", "fawa_updates")

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rfbench.benchmark.config import rng
+from rfbench.core.config import in_range
 from rfbench.defenses.base import Defense, EpochStats, LossOutput
 from rfbench.defenses.registry import register_defense
 
@@ -81,8 +81,8 @@ class CFOL(Defense):
 
     @dataclass
     class Config:
-        eta: float = field(default=5e-6, metadata=rng(0, None))  # Exp3 step
-        uniform_mix: float = field(default=0.5, metadata=rng(0, 1))  # γ of γ·uniform + (1−γ)·softmax(w)
+        eta: float = field(default=5e-6, metadata=in_range(0, None))  # Exp3 step
+        uniform_mix: float = field(default=0.5, metadata=in_range(0, 1))  # γ of γ·uniform + (1−γ)·softmax(w)
 
     state_keys = ("w", "q")
 

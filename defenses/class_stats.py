@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from rfbench.attacks.core import eval_mode, pgd
-from rfbench.benchmark.perclass import per_class_accuracy, per_class_mean, robust
+from rfbench.core.perclass import per_class_accuracy, per_class_mean, robust
 from rfbench.defenses.trades_terms import trades_perturb, trades_terms
 
 
@@ -44,7 +44,7 @@ def val_pgd_accuracy(
     """Per-class clean and robust accuracy (CE PGD, uniform start, BN in eval mode), each float64 ``(C,)``.
 
     Robust = clean-correct and correct on the PGD point; NaN for a class without samples
-    (:mod:`rfbench.benchmark.perclass`)."""
+    (:mod:`rfbench.core.perclass`)."""
     clean, rob, labels = [], [], []
     with eval_mode(model):
         for x, y, _ in loader:

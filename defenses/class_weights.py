@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rfbench.benchmark.errors import ConfigError
+from rfbench.core.errors import ConfigError
 from rfbench.defenses.base import Defense, LossOutput
 from rfbench.defenses.registry import register_defense
 

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rfbench.benchmark.config import rng
+from rfbench.core.config import in_range
 from rfbench.defenses.base import Defense, EpochStats, LossOutput
 from rfbench.defenses.registry import register_defense
 from rfbench.defenses.trades_terms import trades_attack_kwargs, trades_terms
@@ -55,11 +55,11 @@ class DAFA(Defense):
 
     @dataclass
     class Config:
-        warmup_epochs: int | None = field(default=None, metadata=rng(1, None))  # absolute; None = from the fraction
-        warmup_fraction: float = field(default=70 / 110, metadata=rng(0, 1))  # of the budget (paper: 70 of 110)
-        lam: float = field(default=1.0, metadata=rng(0, None))  # 1.0 CIFAR-10; 1.5 CIFAR-100 / STL-10
-        beta: float = field(default=6.0, metadata=rng(0, None))
-        weight_floor: float = field(default=DEFAULT_FLOOR, metadata=rng(1e-6, None))
+        warmup_epochs: int | None = field(default=None, metadata=in_range(1, None))  # absolute; None = from the fraction
+        warmup_fraction: float = field(default=70 / 110, metadata=in_range(0, 1))  # of the budget (paper: 70 of 110)
+        lam: float = field(default=1.0, metadata=in_range(0, None))  # 1.0 CIFAR-10; 1.5 CIFAR-100 / STL-10
+        beta: float = field(default=6.0, metadata=in_range(0, None))
+        weight_floor: float = field(default=DEFAULT_FLOOR, metadata=in_range(1e-6, None))
 
     state_keys = ("weights", "probs")
 

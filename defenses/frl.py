@@ -41,7 +41,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from rfbench.benchmark.config import choice, rng
+from rfbench.core.config import choice, in_range
 from rfbench.defenses.base import Defense, EpochStats, LossOutput
 from rfbench.defenses.class_stats import fill_missing, val_pgd_accuracy
 from rfbench.defenses.registry import register_defense
@@ -89,22 +89,22 @@ class FRLReweight(Defense):
 
     @dataclass
     class Config:
-        beta: float = field(default=1.5, metadata=rng(0, None))  # TRADES β of the fine-tuning loss
+        beta: float = field(default=1.5, metadata=in_range(0, None))  # TRADES β of the fine-tuning loss
         tau_clean: float | None = None  # τ1; None = 0.1 (RW) / 0.07 (RWRM)
         tau_boundary: float | None = None  # τ2; None = 0.1 (RW) / 0.07 (RWRM)
-        rate_clean: float = field(default=0.05, metadata=rng(0, None))  # λ0 step
-        rate_boundary: float = field(default=0.1, metadata=rng(0, None))  # λ1 step
-        rate_margin: float = field(default=0.2, metadata=rng(0, None))  # λ2 step (RWRM)
-        rate_halve_every: int = field(default=40, metadata=rng(1, None))  # epochs between rate halvings
-        budget: float = field(default=0.5, metadata=rng(0, None))  # Σλ ≤ budget
+        rate_clean: float = field(default=0.05, metadata=in_range(0, None))  # λ0 step
+        rate_boundary: float = field(default=0.1, metadata=in_range(0, None))  # λ1 step
+        rate_margin: float = field(default=0.2, metadata=in_range(0, None))  # λ2 step (RWRM)
+        rate_halve_every: int = field(default=40, metadata=in_range(1, None))  # epochs between rate halvings
+        budget: float = field(default=0.5, metadata=in_range(0, None))  # Σλ ≤ budget
         margin_scale: float = 2.0  # eps multiplier exp(margin_scale·λ2)
-        margin_min: float = field(default=0.98, metadata=rng(0, None))
-        margin_max: float = field(default=3.0, metadata=rng(0, None))
-        step_divisor: float = field(default=4.0, metadata=rng(0, None))  # RWRM step = max(eps_k)/step_divisor
+        margin_min: float = field(default=0.98, metadata=in_range(0, None))
+        margin_max: float = field(default=3.0, metadata=in_range(0, None))
+        step_divisor: float = field(default=4.0, metadata=in_range(0, None))  # RWRM step = max(eps_k)/step_divisor
         val_source: str = field(default="own", metadata=choice("own", "trainer"))
-        val_steps: int = field(default=20, metadata=rng(1, None))  # PGD steps of the own measurement
+        val_steps: int = field(default=20, metadata=in_range(1, None))  # PGD steps of the own measurement
         val_alpha: float | None = None  # step of the own measurement; None = the training threat's step
-        val_batch_size: int = field(default=256, metadata=rng(1, None))
+        val_batch_size: int = field(default=256, metadata=in_range(1, None))
         initial_update: bool = True  # update λ from the initial (pre-trained) model before epoch 0
 
     state_keys = ("lam0", "lam1", "lam2", "updates")

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rfbench.benchmark.config import choice, rng
+from rfbench.core.config import choice, in_range
 from rfbench.defenses.base import Defense, LossOutput
 from rfbench.defenses.registry import register_defense
 from rfbench.defenses.trades_terms import kl_per_sample
@@ -51,9 +51,9 @@ class MART(Defense):
 
     @dataclass
     class Config:
-        beta: float = field(default=5.0, metadata=rng(0, None))  # 5 for ResNet-18, 6 for WRN-34-10
+        beta: float = field(default=5.0, metadata=in_range(0, None))  # 5 for ResNet-18, 6 for WRN-34-10
         start: str = field(default="normal", metadata=choice("normal", "uniform"))  # official: x + 0.001·N(0,1)
-        start_std: float = field(default=0.001, metadata=rng(0, None))
+        start_std: float = field(default=0.001, metadata=in_range(0, None))
 
     def attack_kwargs(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
         return {"loss": "ce", "start": self.cfg.start, "start_std": self.cfg.start_std}

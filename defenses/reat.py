@@ -60,7 +60,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rfbench.benchmark.config import choice, rng
+from rfbench.core.config import choice, in_range
 from rfbench.defenses.at_bsl import balanced_softmax_loss, log_counts
 from rfbench.defenses.base import Defense, EpochStats, LossOutput, TrainContext
 from rfbench.defenses.cb_at import effective_number, inverse_normalised
@@ -134,7 +134,7 @@ class REAT(Defense):
     class Config:
         variant: str = field(default="released", metadata=choice("released", "per-pair"))  # TAIL reading
         rbl: str = field(default="released", metadata=choice(*RBL_LOSSES))  # attack loss: wce or la-ce
-        tail_weight: float = field(default=1.0, metadata=rng(0, None))  # λ in BSL + λ·TAIL
+        tail_weight: float = field(default=1.0, metadata=in_range(0, None))  # λ in BSL + λ·TAIL
 
     state_keys = ("pred_counts",)
 

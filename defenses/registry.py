@@ -12,10 +12,10 @@ from __future__ import annotations
 import importlib.metadata
 from typing import Any
 
-from rfbench.benchmark.config import from_dict
-from rfbench.benchmark.errors import ConfigError, UnknownNameError
-from rfbench.benchmark.plugins import import_target
-from rfbench.benchmark.registry import Registry
+from rfbench.core.config import from_dict
+from rfbench.core.errors import ConfigError, UnknownNameError
+from rfbench.core.plugins import import_target
+from rfbench.core.registry import Registry
 from rfbench.defenses.base import Defense, TrainContext
 
 DEFENSES: Registry[type[Defense]] = Registry("defense")
@@ -69,7 +69,7 @@ def check_defense_name(name: str) -> None:
     passes only when the command line named it or said ``--allow-code``
     (``benchmark.plugins``); anything else is the error ``build_defense`` would give.
     """
-    from rfbench.benchmark.plugins import code_allowed
+    from rfbench.core.plugins import code_allowed
 
     if name in DEFENSES or name in _entry_points():
         return

@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rfbench.benchmark.config import choice, rng
+from rfbench.core.config import choice, in_range
 from rfbench.defenses.base import Defense, LossOutput, TrainContext
 from rfbench.defenses.registry import register_defense
 from rfbench.defenses.trades_terms import kl_per_sample
@@ -137,13 +137,13 @@ class RoBal(Defense):
     class Config:
         variant: str = field(default="N", metadata=choice("N", "R"))
         m: float | None = None  # base margin (None: the variant's value)
-        s: float | None = field(default=None, metadata=rng(0, None))  # training scale of the cosines
+        s: float | None = field(default=None, metadata=in_range(0, None))  # training scale of the cosines
         tau_b: float | None = None  # training logit bias τ_b·log π
         tau_m: float | None = None  # class-aware margin strength
-        beta_reg: float | None = field(default=None, metadata=rng(0, None))  # weight of the KL term
+        beta_reg: float | None = field(default=None, metadata=in_range(0, None))  # weight of the KL term
         tau_p: float | None = None  # post-hoc inference bias −τ_p·log π
-        gamma: float = field(default=1 / 32, metadata=rng(0, None))  # cosine head's weight-norm offset
-        inference_scale: float = field(default=10.0, metadata=rng(0, None))  # scale of the cosines at inference
+        gamma: float = field(default=1 / 32, metadata=in_range(0, None))  # cosine head's weight-norm offset
+        inference_scale: float = field(default=10.0, metadata=in_range(0, None))  # scale of the cosines at inference
 
     def __init__(self, cfg: Any, ctx: TrainContext):
         super().__init__(cfg, ctx)

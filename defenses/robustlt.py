@@ -32,7 +32,7 @@ from typing import Any, Sequence
 
 import torch
 
-from rfbench.benchmark.config import rng
+from rfbench.core.config import in_range
 from rfbench.defenses.base import Defense, TrainContext
 from rfbench.defenses.registry import register_defense
 
@@ -57,8 +57,8 @@ class RobustLT(Defense):
 
     @dataclass
     class Config:
-        alpha: float = field(default=0.3, metadata=rng(0, 1))  # share of ε redistributed towards the tail
-        beta: float = field(default=0.8, metadata=rng(0, 1))  # fraction of the budget of the ε ramp
+        alpha: float = field(default=0.3, metadata=in_range(0, 1))  # share of ε redistributed towards the tail
+        beta: float = field(default=0.8, metadata=in_range(0, 1))  # fraction of the budget of the ε ramp
 
     def __init__(self, cfg: Any, ctx: TrainContext):
         super().__init__(cfg, ctx)

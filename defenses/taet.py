@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rfbench.benchmark.config import choice, rng
+from rfbench.core.config import choice, in_range
 from rfbench.defenses.base import Defense, LossOutput, TrainContext
 from rfbench.defenses.registry import register_defense
 
@@ -73,11 +73,11 @@ class TAET(Defense):
 
     @dataclass
     class Config:
-        stabilisation: float = field(default=0.4, metadata=rng(0, 1))  # fraction of the budget (released 40/100)
-        alpha: float = field(default=0.1, metadata=rng(0, None))  # weight of the class-mean loss
-        beta: float = field(default=0.1, metadata=rng(0, None))  # weight of the class-loss variance
-        gamma: float = field(default=0.1, metadata=rng(0, None))  # weight of Σ q_c²
-        start_std: float = field(default=0.001, metadata=rng(0, None))  # attack start x + std·N(0,1)
+        stabilisation: float = field(default=0.4, metadata=in_range(0, 1))  # fraction of the budget (released 40/100)
+        alpha: float = field(default=0.1, metadata=in_range(0, None))  # weight of the class-mean loss
+        beta: float = field(default=0.1, metadata=in_range(0, None))  # weight of the class-loss variance
+        gamma: float = field(default=0.1, metadata=in_range(0, None))  # weight of Σ q_c²
+        start_std: float = field(default=0.001, metadata=in_range(0, None))  # attack start x + std·N(0,1)
         absent_classes: str = field(default="released", metadata=choice("released", "skip"))
 
     def __init__(self, cfg: Any, ctx: TrainContext):

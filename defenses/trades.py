@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from rfbench.benchmark.config import rng
+from rfbench.core.config import in_range
 from rfbench.defenses.base import Defense, LossOutput
 from rfbench.defenses.registry import register_defense
 from rfbench.defenses.trades_terms import trades_attack_kwargs, trades_terms
@@ -50,8 +50,8 @@ class TRADES(Defense):
 
     @dataclass
     class Config:
-        beta: float = field(default=6.0, metadata=rng(0, None))  # weight of the KL term
-        start_std: float = field(default=0.001, metadata=rng(0, None))  # random start x + std·N(0,1)
+        beta: float = field(default=6.0, metadata=in_range(0, None))  # weight of the KL term
+        start_std: float = field(default=0.001, metadata=in_range(0, None))  # random start x + std·N(0,1)
         normalize_by_one_plus_beta: bool = False  # CFA's non-standard division of the loss by (1+β)
 
     def attack_kwargs(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:

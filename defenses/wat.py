@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rfbench.benchmark.config import choice, rng
+from rfbench.core.config import choice, in_range
 from rfbench.defenses.base import Defense, EpochStats, LossOutput
 from rfbench.defenses.class_stats import fill_missing, val_trades_loss
 from rfbench.defenses.registry import register_defense
@@ -52,10 +52,10 @@ class WAT(Defense):
 
     @dataclass
     class Config:
-        beta: float = field(default=6.0, metadata=rng(0, None))
-        eta: float = field(default=0.1, metadata=rng(0, None))  # Hedge learning rate
+        beta: float = field(default=6.0, metadata=in_range(0, None))
+        eta: float = field(default=0.1, metadata=in_range(0, None))  # Hedge learning rate
         normaliser: str = field(default="C", metadata=choice("C", "C+1"))  # w = N·softmax(η·Σc)
-        val_batch_size: int = field(default=256, metadata=rng(1, None))
+        val_batch_size: int = field(default=256, metadata=in_range(1, None))
 
     state_keys = ("cum_losses", "weights")
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 
 import rfbench
-from rfbench.benchmark.io.checkpoint import load_checkpoint, load_state_dict_into
+from rfbench.core.io.checkpoint import load_checkpoint, load_state_dict_into
 
 
 def main() -> None:

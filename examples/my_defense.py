@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from rfbench.benchmark.config import rng
+from rfbench.core.config import in_range
 from rfbench.defenses.base import Defense, EpochStats, LossOutput
 
 
@@ -27,7 +27,7 @@ class WorstClassAT(Defense):
 
     @dataclass
     class Config:
-        boost: float = field(default=1.0, metadata=rng(0, None))  # extra weight of the worst class
+        boost: float = field(default=1.0, metadata=in_range(0, None))  # extra weight of the worst class
 
     state_keys = ("class_weights",)  # saved in checkpoints, restored on resume
 

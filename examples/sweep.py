@@ -15,7 +15,7 @@ import argparse
 import pandas as pd
 
 import rfbench
-from rfbench.benchmark.io.checkpoint import load_checkpoint, load_state_dict_into
+from rfbench.core.io.checkpoint import load_checkpoint, load_state_dict_into
 
 
 def main() -> None:

@@ -21,23 +21,19 @@ harness itself (training, evaluation, CLI) is :mod:`rfbench.benchmark`.
 from __future__ import annotations
 
 import importlib
-from pathlib import Path
 from typing import Any
 
-from rfbench import _checkout
-
-_checkout.install(Path(__file__).resolve().parent)  # PYTHONPATH=<checkout> works without an install
-
-__version__ = "0.2.0"
+from rfbench.core.version import __version__
 
 #: public attribute -> module that provides it (imported lazily, PEP 562)
 _LAZY_MODULES = {
     "attacks": "rfbench.attacks",
     "defenses": "rfbench.defenses",
     "benchmark": "rfbench.benchmark",
-    "datasets": "rfbench.benchmark.data",
-    "models": "rfbench.benchmark.models",
-    "leaderboards": "rfbench.benchmark.leaderboard",
+    "datasets": "rfbench.datasets",
+    "models": "rfbench.models",
+    "leaderboards": "rfbench.leaderboards",
+    "core": "rfbench.core",
 }
 
 #: public attribute -> (module, name) of a function or class (imported lazily too)
@@ -46,10 +42,10 @@ _LAZY_OBJECTS = {
     "evaluate_loader": ("rfbench.benchmark.eval.api", "evaluate_loader"),
     "Report": ("rfbench.benchmark.eval.api", "Report"),
     "EvalConfig": ("rfbench.benchmark.eval.harness", "EvalConfig"),
-    "Threat": ("rfbench.attacks.threat", "Threat"),
+    "Threat": ("rfbench.core.threat", "Threat"),
     "load_dataset": ("rfbench.benchmark.data", "load_dataset"),
-    "create_model": ("rfbench.benchmark.models", "create_model"),
-    "RfbenchError": ("rfbench.benchmark.errors", "RfbenchError"),
+    "create_model": ("rfbench.models", "create_model"),
+    "RfbenchError": ("rfbench.core.errors", "RfbenchError"),
 }
 
 __all__ = ["__version__", *_LAZY_MODULES, *_LAZY_OBJECTS]

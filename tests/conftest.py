@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from rfbench.benchmark.data import iterate_batches, load_dataset
-from rfbench.benchmark.models import create_model
+from rfbench.models import create_model
 
 torch.set_num_threads(int(os.environ.get("RFBENCH_TEST_THREADS", "1")))
 # layout measurements (channels_last: auto) go to a cache of this session, shared with the CLI subprocesses,

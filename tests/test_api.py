@@ -18,8 +18,8 @@ import rfbench.benchmark.data as benchmark_data
 from rfbench.benchmark.cli import main
 from rfbench.benchmark.data import load_dataset
 from rfbench.benchmark.data.subsets import per_class_subset
-from rfbench.benchmark.errors import RfbenchError
 from rfbench.benchmark.eval.api import Report, collect_loader
+from rfbench.core.errors import RfbenchError
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["fgsm", "pgd:steps=2"]

@@ -9,12 +9,11 @@ import torchattacks
 
 from rfbench.attacks import ATTACKS, FGSM, PGD, TemperaturePGD, build_attack, parse_spec
 from rfbench.attacks.core import pgd
-from rfbench.attacks.threat import resolve_threat
 from rfbench.benchmark.data import iterate_batches
-from rfbench.benchmark.data.registry import ThreatDefaults
 from rfbench.benchmark.data.subsets import per_class_subset
-from rfbench.benchmark.errors import RfbenchError
 from rfbench.benchmark.eval.harness import perturbation_norm, verify_in_ball
+from rfbench.core.errors import RfbenchError
+from rfbench.core.threat import ThreatDefaults, resolve_threat
 
 EPS, ALPHA = 0.1, 0.025
 

@@ -13,8 +13,8 @@ from rfbench.attacks import AutoAttack
 from rfbench.attacks.core import frozen_params
 from rfbench.benchmark.data import iterate_batches
 from rfbench.benchmark.data.subsets import per_class_subset
-from rfbench.benchmark.errors import ConfigError
 from rfbench.benchmark.eval.harness import verify_in_ball
+from rfbench.core.errors import ConfigError
 
 EPS = 0.05
 STEPS = 4
@@ -126,7 +126,7 @@ def test_adapter_leaves_the_models_mode_as_it_found_it(fmnist_cnn, batch, traini
 def test_adapter_runs_on_a_channels_last_model_and_hands_pyautoattack_contiguous_gradients():
     """pyautoattack flattens gradients with ``.view``; a channels-last ResNet-18 returns non-contiguous ones."""
     from rfbench.attacks.autoattack import _DefaultLayoutGrad
-    from rfbench.benchmark.models import create_model
+    from rfbench.models import create_model
 
     torch.manual_seed(0)
     model = create_model("resnet18", num_classes=10, in_channels=3, width=0.125).eval()

@@ -1,11 +1,11 @@
-"""benchmarks/_common.py: the measured GEMM peak the benchmark tables divide by, and the CIFAR-10 subsets they time on."""
+"""perf/_common.py: the measured GEMM peak the benchmark tables divide by, and the CIFAR-10 subsets they time on."""
 
 import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "perf"))
 import _common as C  # noqa: E402
 
 

@@ -4,9 +4,9 @@ import pytest
 
 from rfbench.benchmark.cli import build_parser
 from rfbench.benchmark.cli.config_args import resolve_config
-from rfbench.benchmark.config import from_dict
-from rfbench.benchmark.errors import ConfigError
 from rfbench.benchmark.train.config import TrainConfig
+from rfbench.core.config import from_dict
+from rfbench.core.errors import ConfigError
 
 
 def _resolve(argv, tmp_path=None, yaml_text=None):

@@ -13,7 +13,7 @@ import torchvision.transforms.functional as TF
 
 from rfbench.benchmark.data import ArrayDataset, AugmentConfig, augment_batch, iterate_batches
 from rfbench.benchmark.data.augment import random_crop, random_flip
-from rfbench.benchmark.errors import DataNotFoundError
+from rfbench.core.errors import DataNotFoundError
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

@@ -12,7 +12,7 @@ import torchvision.datasets as tvd
 
 from rfbench.benchmark.data import idx
 from rfbench.benchmark.data.registry import DataOptions, load_raw
-from rfbench.benchmark.errors import DataNotFoundError
+from rfbench.core.errors import DataNotFoundError
 
 DEBIAN = idx.DEBIAN_FASHION_DIR
 pytestmark = pytest.mark.skipif(idx.find_idx_dir([DEBIAN]) is None, reason=f"{DEBIAN} not installed")

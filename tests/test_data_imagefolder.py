@@ -21,7 +21,7 @@ from PIL import Image
 
 from rfbench.benchmark.data import cifar10_jpeg, iterate_batches, load_dataset
 from rfbench.benchmark.data.registry import load_raw
-from rfbench.benchmark.errors import DataNotFoundError
+from rfbench.core.errors import DataNotFoundError
 
 ARCHIVE = cifar10_jpeg.archive_path()
 CIFAR10_FOLDERS = sorted(["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"])

@@ -6,11 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from rfbench.benchmark.data import load_dataset
-from rfbench.benchmark.errors import DataNotFoundError
+from rfbench.core.errors import DataNotFoundError
 
 
 def _img(path: Path, value: int, size=(8, 8), mode="RGB") -> None:

@@ -15,7 +15,7 @@ import pytest
 
 from rfbench.benchmark.data import balanced_validation, load_dataset, longtail_counts, longtail_indices
 from rfbench.benchmark.data.registry import load_raw, validation_size
-from rfbench.benchmark.errors import ConfigError, DataNotFoundError
+from rfbench.core.errors import ConfigError, DataNotFoundError
 
 # docs/protocol.md, "Long-tailed split generator": exact counts
 CIFAR10_LT = {

@@ -20,7 +20,7 @@ import torchvision.datasets as tvd
 from rfbench.benchmark.data import load_dataset
 from rfbench.benchmark.data.registry import load_raw
 from rfbench.benchmark.data.torchvision_sets import STL10_CLASSES
-from rfbench.benchmark.errors import DataNotFoundError
+from rfbench.core.errors import DataNotFoundError
 
 CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 

@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from rfbench.benchmark.io import load_checkpoint
+from rfbench.core.io import load_checkpoint
 
 ARGS = ["--dataset", "fashion-mnist", "--model", "smallcnn", "--epochs", "2",
         "--max-train-samples", "300", "--val-per-class", "10", "--steps", "2", "--val-steps", "2",
@@ -58,9 +58,10 @@ STATEFUL = ["cfa", "frl-rw", "frl-rwrm", "wat", "dafa", "cfol", "cfol-rw", "reat
 def test_ddp_every_stateful_defense_runs_and_ranks_agree(tmp_path):
     import json
 
+    from ddp_defenses import TINY
+
     from rfbench.benchmark.train.config import TrainConfig
     from rfbench.benchmark.train.trainer import Trainer
-    from ddp_defenses import TINY
 
     script = os.path.join(os.path.dirname(__file__), "ddp_defenses.py")
     res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",

@@ -19,11 +19,11 @@ import pytest
 import torch
 
 from rfbench.benchmark.eval.harness import EvalConfig, evaluate
-from rfbench.benchmark.io import load_checkpoint
 from rfbench.benchmark.train import trainer as trainer_mod
 from rfbench.benchmark.train.config import TrainConfig
 from rfbench.benchmark.train.rundir import load_run_model
 from rfbench.benchmark.train.trainer import Trainer
+from rfbench.core.io import load_checkpoint
 from rfbench.defenses import list_defenses
 
 TINY = dict(dataset="fashion-mnist", model="smallcnn", model_kwargs={"width": 0.25}, max_train_samples=100,

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rfbench.benchmark.errors import CheckpointError, ConfigError
+from rfbench.core.errors import CheckpointError, ConfigError
 from rfbench.defenses import EpochStats, Threat, TrainContext, build_defense
 from rfbench.defenses.cfa import cfa_class_beta, cfa_class_eps, fawa_accepts
 from rfbench.defenses.cfol import cfol_distribution, cfol_exp3_update, sample_by_class
@@ -394,7 +394,7 @@ def toy_validation(n_per_class: int = 60):
 
 @pytest.mark.parametrize("method", ["bias", "norm"])
 def test_calibration_lifts_the_handicapped_class(method):
-    from rfbench.benchmark.calibrate import CalibrationConfig, fit_calibration
+    from rfbench.benchmark.eval.calibrate import CalibrationConfig, fit_calibration
 
     x, y = toy_validation()
     model = NearestCenter([-0.25, 0.0, 0.0])  # class 0 handicapped: its region is too small
@@ -411,12 +411,19 @@ def test_calibration_lifts_the_handicapped_class(method):
 
 
 def test_calibration_files_round_trip(tmp_path):
-    from rfbench.benchmark.calibrate import (CalibratedModel, CalibrationConfig, CalibrationResult, is_calibration_dir,
-                                     load_calibrated_model, load_calibration, save_calibration)
-    from rfbench.benchmark.config import to_dict
-    from rfbench.benchmark.io import save_checkpoint
-    from rfbench.benchmark.models import create_model
+    from rfbench.benchmark.eval.calibrate import (
+        CalibratedModel,
+        CalibrationConfig,
+        CalibrationResult,
+        is_calibration_dir,
+        load_calibrated_model,
+        load_calibration,
+        save_calibration,
+    )
     from rfbench.benchmark.train.config import TrainConfig
+    from rfbench.core.config import to_dict
+    from rfbench.core.io import save_checkpoint
+    from rfbench.models import create_model
 
     # a minimal run directory as `rfbench train` writes it
     run = tmp_path / "run"

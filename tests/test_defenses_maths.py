@@ -14,13 +14,13 @@ import torch
 import torch.nn.functional as F
 
 from rfbench.benchmark.data import iterate_batches, load_dataset
-from rfbench.benchmark.errors import ConfigError
-from rfbench.benchmark.models import create_model
+from rfbench.core.errors import ConfigError
 from rfbench.defenses import Threat, TrainContext, build_defense
 from rfbench.defenses.at_bsl import balanced_softmax_loss, log_counts
 from rfbench.defenses.cb_at import class_balanced_weights
 from rfbench.defenses.reat import pairwise_feature_kl, rbl_weights, tail_classes, tail_omega, tail_penalty
 from rfbench.defenses.robal import CosineHead, class_margins, log_prior, margin_logits
+from rfbench.models import create_model
 
 CIFAR10_LT50 = [5000, 3237, 2096, 1357, 878, 568, 368, 238, 154, 100]  # docs/protocol.md, ρ = 50
 

@@ -26,8 +26,8 @@ import pytest
 import torch
 
 from rfbench.benchmark.data import iterate_batches, load_dataset
-from rfbench.benchmark.models import create_model
 from rfbench.defenses import EpochStats, Threat, TrainContext, build_defense, get_defense_class, list_defenses
+from rfbench.models import create_model
 
 REPO = Path(__file__).resolve().parents[1]
 PER_CLASS = 4  # 4 images of every class: 40, of which the first 32 make the batch (tail classes included)
@@ -152,7 +152,7 @@ def test_state_dict_round_trip(name, fmnist_lt, batch):
 
 
 def test_unknown_defense_lists_names():
-    from rfbench.benchmark.errors import UnknownNameError
+    from rfbench.core.errors import UnknownNameError
 
     with pytest.raises(UnknownNameError, match="reat"):
         get_defense_class("no-such-defense")
@@ -162,9 +162,9 @@ def test_example_defense_loads_from_file_spec(fmnist_lt, batch, monkeypatch):
     """``--defense examples/my_defense.py:WorstClassAT`` (docs/defenses.md) loads, trains and updates its state."""
     monkeypatch.chdir(REPO)
     spec = "examples/my_defense.py:WorstClassAT"
-    from rfbench.benchmark.plugins import allow_code, reset_allowed_code
+    from rfbench.core.plugins import allow_code
 
-    monkeypatch.setattr("rfbench.benchmark.plugins._ALLOWED", set())
+    monkeypatch.setattr("rfbench.core.plugins._ALLOWED", set())
     allow_code([spec])  # what naming it with --defense on the command line does
     cls = get_defense_class(spec)
     assert cls.__name__ == "WorstClassAT"
@@ -195,16 +195,16 @@ SPEC_RECIPES = {  # docs/fairness-defenses.md recipes (PGD-AT takes AT-BSL's rec
 
 
 def _load_config(path):
-    from rfbench.benchmark.config import from_dict, load_yaml
     from rfbench.benchmark.train.config import TrainConfig
+    from rfbench.core.config import from_dict, load_yaml
 
     return from_dict(TrainConfig, load_yaml(path), where=str(path))
 
 
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_config_is_valid(path):
-    from rfbench.benchmark.config import from_dict
-    from rfbench.benchmark.models import list_models
+    from rfbench.core.config import from_dict
+    from rfbench.models import list_models
 
     cfg = _load_config(path)
     assert cfg.model in list_models()

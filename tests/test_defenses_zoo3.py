@@ -15,11 +15,11 @@ import torch
 import torch.nn.functional as F
 
 from rfbench.benchmark.data import iterate_batches, load_dataset
-from rfbench.benchmark.models import create_model
 from rfbench.defenses import Threat, TrainContext, build_defense
 from rfbench.defenses.awp import awp_active, awp_direction, perturbed_names, with_awp
 from rfbench.defenses.robustlt import classwise_eps_max, warmup_intensity
 from rfbench.defenses.taet import harl
+from rfbench.models import create_model
 
 
 def ctx_for(counts, epochs=10, eps=0.1, alpha=0.025, steps=2, seed=0) -> TrainContext:
@@ -89,7 +89,7 @@ def _naive_awp_sgd_step(model, x, y, x_adv, gamma, lr):
     m.train()
     F.cross_entropy(m(x_adv), y).backward()
     with torch.no_grad():
-        for n, p in m.named_parameters():
+        for p in m.parameters():
             p.sub_(lr * p.grad)
         for n, v in vs.items():
             mp[n].sub_(v)
@@ -222,10 +222,10 @@ def test_dafa_and_cfa_schedules_are_fractions_of_the_budget():
 
 
 def test_milestones_as_fractions_of_the_budget():
-    from rfbench.benchmark.config import from_dict
-    from rfbench.benchmark.errors import ConfigError
     from rfbench.benchmark.train.config import TrainConfig
     from rfbench.benchmark.train.schedule import lr_at, resolve_milestones
+    from rfbench.core.config import from_dict
+    from rfbench.core.errors import ConfigError
 
     assert resolve_milestones([], [0.75, 0.9], 100) == [75, 90]  # the paper's 75/90 of 100
     assert resolve_milestones([], [0.75, 0.9], 4) == [3, 4]

@@ -12,9 +12,9 @@ import torch
 import rfbench.benchmark.data as benchmark_data
 from rfbench.attacks.named import PGD
 from rfbench.benchmark.cli import main
-from rfbench.benchmark.errors import RfbenchError
-from rfbench.benchmark import perclass as P
 from rfbench.benchmark.eval import AttackBallError, EvalConfig, SampleFlags, evaluate, validate_result, verify_in_ball
+from rfbench.core import perclass as P
+from rfbench.core.errors import RfbenchError
 
 ATTACKS = ["fgsm", "pgd:steps=3", "autoattack:version=custom,attacks=apgd-ce,steps=2,restarts=1"]
 
@@ -35,7 +35,7 @@ def test_result_json_validates_and_is_consistent(full_run):
     on_disk = json.loads((out / "result.json").read_text())
     validate_result(on_disk)
     assert on_disk["schema"] == "rfbench.result/2"
-    assert on_disk["n_per_class"] == [3] * 10 and on_disk["threat"]["eps"] == 0.05 
+    assert on_disk["n_per_class"] == [3] * 10 and on_disk["threat"]["eps"] == 0.05
     labels = [a["label"] for a in on_disk["attacks"]]
     assert labels == ["fgsm", "pgd-3", "autoattack-apgd-ce-restarts=1-steps=2"]
     aa = on_disk["attacks"][2]

@@ -1,4 +1,4 @@
-"""benchmarks/gpu_run.py --tiny: the GPU session's whole path (ceilings, timings, track entries) on a CPU."""
+"""perf/gpu_run.py --tiny: the GPU session's whole path (ceilings, timings, track entries) on a CPU."""
 
 import json
 import os
@@ -13,7 +13,8 @@ from rfbench.benchmark.data import cifar10_jpeg
 
 ROOT = Path(__file__).resolve().parents[1]
 TAR = cifar10_jpeg.archive_path()
-sys.path.insert(0, str(ROOT / "benchmarks"))  # gpu_run, bench_* and _common are scripts, not a package
+ROOTS = ("benchmark", "attacks", "defenses")  # the top-level code folders, linked inside rfbench/
+sys.path.insert(0, str(ROOT / "perf"))  # gpu_run, bench_* and _common are scripts, not a package
 
 
 @pytest.mark.slow
@@ -21,7 +22,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))  # gpu_run, bench_* and _common are
 def test_gpu_run_tiny_runs_every_stage_and_labels_the_jpeg_copy(tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_run.py"), "--tiny", "--out", str(out),
+    proc = subprocess.run([sys.executable, str(ROOT / "perf" / "gpu_run.py"), "--tiny", "--out", str(out),
                            "--data", str(TAR), "--budget-s", "400", "--defenses", "pgd-at"],
                           capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -74,17 +75,17 @@ def test_jpeg_entries_are_refused_by_the_real_cifar_track():
 
 
 def test_a_checkout_on_pythonpath_imports_without_an_install():
-    """``PYTHONPATH=<checkout>`` (the GPU machine's way) maps rfbench.<root> to the checkout's folders.
+    """``PYTHONPATH=<checkout>`` (the GPU machine's way) imports rfbench.<root> from the checkout's folders.
 
     ``python -S`` leaves out site-packages, so no installed or editable rfbench can answer.
     """
-    code = ("import importlib.util, json; from rfbench import _checkout; "
-            "print(json.dumps({r: importlib.util.find_spec('rfbench.' + r).origin for r in _checkout.ROOTS}))")
+    code = ("import importlib.util, json; "
+            "print(json.dumps({r: importlib.util.find_spec('rfbench.' + r).origin for r in ROOTS}))")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-    proc = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, cwd="/",
-                          env={**env, "PYTHONPATH": str(ROOT)}, timeout=60)
+    proc = subprocess.run([sys.executable, "-S", "-c", f"ROOTS = {ROOTS!r}; " + code], capture_output=True,
+                          text=True, cwd="/", env={**env, "PYTHONPATH": str(ROOT)}, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    origins = json.loads(proc.stdout)
+    origins = {r: str(Path(o).resolve()) for r, o in json.loads(proc.stdout).items()}
     assert origins == {r: str(ROOT / r / "__init__.py") for r in ("benchmark", "attacks", "defenses")}
 
 
@@ -94,15 +95,16 @@ def test_a_second_checkout_on_pythonpath_wins_over_an_installed_copy(tmp_path):
     other = tmp_path / "other"
     for part in ("rfbench", "setup.py", *("benchmark", "attacks", "defenses")):
         src = ROOT / part
-        (shutil.copytree(src, other / part, ignore=shutil.ignore_patterns("__pycache__")) if src.is_dir()
-         else shutil.copy2(src, other / part))
-    code = ("import importlib, json; from rfbench import _checkout; "
-            "print(json.dumps([importlib.import_module('rfbench.' + r).__file__ for r in _checkout.ROOTS]))")
+        (shutil.copytree(src, other / part, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
+         if src.is_dir() else shutil.copy2(src, other / part))
+    code = ("import importlib, json; "
+            "print(json.dumps([importlib.import_module('rfbench.' + r).__file__ for r in ROOTS]))")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/",
-                          env={**env, "PYTHONPATH": str(other)}, timeout=60)
+    proc = subprocess.run([sys.executable, "-c", f"ROOTS = {ROOTS!r}; " + code], capture_output=True, text=True,
+                          cwd="/", env={**env, "PYTHONPATH": str(other)}, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout) == [str(other / r / "__init__.py") for r in ("benchmark", "attacks", "defenses")]
+    files = [str(Path(f).resolve()) for f in json.loads(proc.stdout)]
+    assert files == [str(other / r / "__init__.py") for r in ("benchmark", "attacks", "defenses")]
 
 
 def test_the_watchdog_interrupts_a_stage_that_overruns_the_budget():
@@ -137,7 +139,7 @@ def test_an_entry_started_over_budget_is_stopped_and_the_same_command_finishes_i
     log = run_dir / "train" / "log.jsonl"
 
     def gpu_run(budget_s, stop_after_epoch_1=False):
-        cmd = [sys.executable, str(ROOT / "benchmarks" / "gpu_run.py"), "--tiny", "--skip-bench", "--out", str(out),
+        cmd = [sys.executable, str(ROOT / "perf" / "gpu_run.py"), "--tiny", "--skip-bench", "--out", str(out),
                "--data", str(TAR), "--defenses", "trades", "--over-budget", "start", "--margin-s", "2",
                "--budget-s", str(budget_s)]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -256,7 +258,7 @@ def test_the_archive_location_is_one_setting_that_the_environment_overrides(monk
     assert cifar10_jpeg.archive_path() == tmp_path / "c.tar.gz"
     import _common as C
 
-    assert C.CIFAR_TAR == TAR  # the benchmarks and the tests read the same setting
+    assert C.CIFAR_TAR == TAR  # the timing scripts and the tests read the same setting
 
 
 def test_the_archive_is_extracted_to_a_ram_disk_when_there_is_one(tmp_path, monkeypatch):

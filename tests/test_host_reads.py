@@ -18,10 +18,10 @@ import pytest
 import torch
 
 from rfbench.attacks import build_attacks
-from rfbench.attacks.threat import Threat
-from rfbench.benchmark.models import create_model
 from rfbench.benchmark.train.config import TrainConfig
 from rfbench.benchmark.train.trainer import Batch, Trainer
+from rfbench.core.threat import Threat
+from rfbench.models import create_model
 
 READS = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "numpy", "cpu")
 

@@ -15,10 +15,10 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from archived_board import restore_v1
+from tiny_runs import REPO, write_tiny_track
 
 from rfbench.benchmark.cli import main
-from rfbench.benchmark.config import from_dict
-from rfbench.benchmark.errors import RfbenchError
 from rfbench.benchmark.eval.harness import EvalConfig
 from rfbench.benchmark.eval.metrics import summarize
 from rfbench.benchmark.leaderboard import EntryError, check_entry, check_entry_file, find_track, load_track
@@ -26,8 +26,8 @@ from rfbench.benchmark.leaderboard.build import build
 from rfbench.benchmark.leaderboard.schema import list_tracks
 from rfbench.benchmark.leaderboard.submit import defense_code_path, submit
 from rfbench.benchmark.runner import execute_run, load_run_config, resolve_run
-from tiny_runs import REPO, write_tiny_track
-from archived_board import restore_v1
+from rfbench.core.config import from_dict
+from rfbench.core.errors import RfbenchError
 
 TRACK_ID = "fashion-mnist-linf"
 

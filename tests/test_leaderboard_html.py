@@ -16,13 +16,13 @@ import threading
 from pathlib import Path
 
 import pytest
+from archived_board import restore_v1
+from tiny_runs import REPO
 
 from rfbench.benchmark.cli import main
-from rfbench.benchmark.leaderboard.build import collect
+from rfbench.benchmark.leaderboard.board import collect
 from rfbench.benchmark.leaderboard.html import BINS, _luminance, _rgb, contrast, write_site
 from rfbench.benchmark.leaderboard.schema import list_tracks
-from tiny_runs import REPO
-from archived_board import restore_v1
 
 TRACK = "fashion-mnist-linf"
 HOSTILE = '<script>alert("x")</script><img src="https://evil.example/x.png">'
@@ -82,7 +82,7 @@ def test_heat_map_text_contrast_is_at_least_aa():
 
 def test_html_into_a_track_directory_is_refused(site):
     boards = [collect(t, site["root"]) for t in list_tracks(site["root"])]
-    from rfbench.benchmark.errors import RfbenchError
+    from rfbench.core.errors import RfbenchError
 
     with pytest.raises(RfbenchError, match="is a leaderboard track directory"):
         write_site(boards, site["root"] / "leaderboards")

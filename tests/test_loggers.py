@@ -9,10 +9,10 @@ import pytest
 
 from rfbench.benchmark.cli import build_parser, main
 from rfbench.benchmark.cli.config_args import resolve_config
-from rfbench.benchmark.errors import ConfigError
 from rfbench.benchmark.train import loggers as L
 from rfbench.benchmark.train.config import TrainConfig
 from rfbench.benchmark.train.trainer import train
+from rfbench.core.errors import ConfigError
 
 HAVE_MLFLOW = importlib.util.find_spec("mlflow") is not None
 TINY = dict(dataset="fashion-mnist", model="smallcnn", max_train_samples=320, val_per_class=10, steps=1,

@@ -13,8 +13,8 @@ from rfbench.benchmark.eval import checks as C
 from rfbench.benchmark.eval import metrics as M
 from rfbench.benchmark.eval.flags import SampleFlags
 from rfbench.benchmark.eval.result import build_result, markdown_table, validate_result
-from rfbench.benchmark.models import create_model
-from rfbench.benchmark import perclass as P
+from rfbench.core import perclass as P
+from rfbench.models import create_model
 
 # 3 classes: class 0 has 4 samples, class 1 has 2, class 2 has 4
 Y = np.array([0, 0, 0, 0, 1, 1, 2, 2, 2, 2])
@@ -142,7 +142,7 @@ def test_robustbench_block_only_for_standard_autoattack():
 
 def test_inventions_are_labelled_in_results_and_listings():
     from rfbench.attacks.registry import ATTACKS
-    from rfbench.benchmark.registry import INVENTION_LABEL
+    from rfbench.core.registry import INVENTION_LABEL
     from rfbench.defenses import DEFENSES
 
     assert INVENTION_LABEL in DEFENSES.describe("class-weights") and INVENTION_LABEL in ATTACKS.describe("temperature-pgd")

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from rfbench.benchmark.errors import UnknownNameError
-from rfbench.benchmark.models import MODELS, Normalize, create_model, list_models
+from rfbench.core.errors import UnknownNameError
+from rfbench.models import MODELS, Normalize, create_model, list_models
 
 MNIST_NETS = {"smallcnn", "cnn3"}  # 28x28 grayscale nets; the others take 32x32 RGB
 SMALL = {"smallcnn": {}, "cnn3": {}, "resnet18": {"width": 0.125}, "preact_resnet18": {"width": 0.125},

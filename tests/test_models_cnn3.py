@@ -2,7 +2,7 @@
 
 import torch
 
-from rfbench.benchmark.models import create_model
+from rfbench.models import create_model
 
 
 def test_cnn3_parameter_count_matches_a_hand_count():

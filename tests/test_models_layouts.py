@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rfbench.benchmark.errors import RfbenchError
 from rfbench.benchmark.eval.models import from_registry
-from rfbench.benchmark.models import create_model
-from rfbench.benchmark.models.layouts import convert_state_dict, detect_layout
+from rfbench.core.errors import RfbenchError
+from rfbench.models import create_model
+from rfbench.models.layouts import convert_state_dict, detect_layout
 
 
 class KBasic(nn.Module):

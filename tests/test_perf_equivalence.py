@@ -20,16 +20,15 @@ import torch
 import torch.nn.functional as F
 
 from rfbench.attacks import build_attack
-from rfbench.attacks.threat import Threat, resolve_threat
 from rfbench.attacks.core import eval_mode, pgd
 from rfbench.attacks.losses import make_loss
 from rfbench.benchmark.data import iterate_batches
-from rfbench.benchmark.data.registry import ThreatDefaults
 from rfbench.benchmark.data.subsets import per_class_subset
 from rfbench.benchmark.train.config import TrainConfig
 from rfbench.benchmark.train.runtime import measure_channels_last, use_channels_last
 from rfbench.benchmark.train.trainer import Trainer
 from rfbench.benchmark.train.validate import validation_accuracy
+from rfbench.core.threat import Threat, ThreatDefaults, resolve_threat
 from rfbench.defenses import TrainContext, build_defense
 from rfbench.defenses.trades_terms import trades_perturb
 

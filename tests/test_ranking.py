@@ -7,12 +7,20 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-
-from rfbench.benchmark.leaderboard.ranking import (EntryData, Z95, bootstrap_class_accuracies, duplicates,
-                                                   metric_value, pooled_seed_variance, rank, rank_groups,
-                                                   significantly_better)
-from rfbench.benchmark.perclass import wilson_interval, worst_class_interval_from_counts
 from tiny_runs import REPO
+
+from rfbench.benchmark.leaderboard.ranking import (
+    Z95,
+    EntryData,
+    bootstrap_class_accuracies,
+    duplicates,
+    metric_value,
+    pooled_seed_variance,
+    rank,
+    rank_groups,
+    significantly_better,
+)
+from rfbench.core.perclass import wilson_interval, worst_class_interval_from_counts
 
 
 def test_wilson_interval_by_hand_and_against_scipy():
@@ -156,7 +164,8 @@ def test_committed_boards_rank_groups_and_identical_entries(tmp_path):
     import shutil
 
     from archived_board import restore_v1
-    from rfbench.benchmark.leaderboard.build import collect
+
+    from rfbench.benchmark.leaderboard.board import collect
     from rfbench.benchmark.leaderboard.ranking import entry_data
     from rfbench.benchmark.leaderboard.schema import find_track
 

@@ -8,12 +8,12 @@ import re
 from pathlib import Path
 
 import pytest
+from tiny_runs import REPO, TINY_TRAIN
 
 from rfbench.benchmark.cli import main
 from rfbench.benchmark.runner.cost import dataset_sizes, forward_gflop, run_cost
 from rfbench.benchmark.runner.executors import ExecutorOptions
 from rfbench.benchmark.runner.reproduce import compare, load_table, reproduce, table_cells, table_path, verdict
-from tiny_runs import REPO, TINY_TRAIN
 
 SPEC = REPO.parent / "shared" / "spec" / "reference-numbers.md"  # the project spec, beside the repository
 TABLES = ["cfa-table1", "dafa-cifar10", "atbsl-cifar10lt50", "reat-cifar10lt", "robustlt-cifar10lt50"]
@@ -52,8 +52,8 @@ def test_cfa_table_rows_and_recipe():
 
 def test_robustlt_table_grid_matches_its_configs():
     """The RobustLT grid: its seven methods, each with the recipe of configs/cifar10-lt50-robustlt/<row>.yaml."""
-    from rfbench.benchmark.config import from_dict, load_yaml
     from rfbench.benchmark.train.config import TrainConfig
+    from rfbench.core.config import from_dict, load_yaml
 
     table = load_table(table_path("robustlt-cifar10lt50", REPO))
     assert [r.label for r in table.rows] == ["PGD-AT", "AWP", "RoBal", "AT-BSL", "REAT", "TAET", "RobustLT"]
@@ -90,7 +90,7 @@ def test_dry_run_prints_grid_and_cost(capsys):
     assert main(["reproduce", "cfa-table1", "--dry-run", "--root", str(REPO)]) == 0
     out = capsys.readouterr().out
     assert "CFA Table 1" in out and out.count("preact_resnet18") == 25  # 5 rows x 5 seeds
-    # no GPU measurement in benchmarks/results: an assumed range, said so, never a single "realistic" figure
+    # no GPU measurement in perf/results: an assumed range, said so, never a single "realistic" figure
     assert re.search(r"estimated cost: [\d.]+ PFLOP = [\d.]+-[\d.]+ GPU-hours .* at 100-400 TFLOP/s \(assumed", out)
     assert "realistic" not in out
     assert "setting parameters" not in out.lower() and "apgd-ce" not in out.lower().replace("label=aa", "")

@@ -13,15 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from tiny_runs import REPO, TRACK, write_tiny_track
 
 from rfbench.benchmark.cli import main
-from rfbench.benchmark.errors import ConfigError
 from rfbench.benchmark.eval.metrics import summarize
 from rfbench.benchmark.eval.result import validate_result
 from rfbench.benchmark.runner import RunConfig, execute_run, is_finished, load_run_config, resolve_run
 from rfbench.benchmark.runner.config import deep_merge
 from rfbench.benchmark.runner.stages import StageLog
-from tiny_runs import REPO, TRACK, write_tiny_track
+from rfbench.core.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,7 @@ def test_resolution_errors_name_the_problem():
     with pytest.raises(ConfigError, match="either 'pretrain' or 'train.init'"):
         resolve_run(base, defense="frl-rw", overrides=["train.init=x.pt"])
     with pytest.raises(ConfigError, match="unknown key 'trian'"):
-        from rfbench.benchmark.config import from_dict
+        from rfbench.core.config import from_dict
 
         from_dict(RunConfig, {"trian": {}})
 

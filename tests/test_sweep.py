@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from tiny_runs import write_tiny_track
 
 from rfbench.benchmark.cli import main
 from rfbench.benchmark.runner.executors import ExecutorOptions, gpus_for
 from rfbench.benchmark.runner.summary import aggregate, mean_std
 from rfbench.benchmark.runner.sweep import GridConfig, expand_grid, load_grid, run_sweep
-from tiny_runs import write_tiny_track
 
 
 def _grid(root: Path, out: str, seeds=(0, 1)) -> Path:
@@ -39,7 +39,7 @@ def test_expand_grid_is_the_product_in_a_fixed_order(tmp_path):
 
 
 def test_grid_file_errors_are_one_line(tmp_path):
-    from rfbench.benchmark.errors import ConfigError
+    from rfbench.core.errors import ConfigError
 
     bad = tmp_path / "g.yaml"
     bad.write_text("seeds: []\n")

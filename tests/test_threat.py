@@ -1,4 +1,4 @@
-"""The one threat model type and its resolution rule (rfbench.attacks.threat)."""
+"""The one threat model type and its resolution rule (rfbench.core.threat)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,8 @@ import dataclasses
 
 import pytest
 
-from rfbench.attacks.threat import Threat, resolve_threat, warmup_eps
-from rfbench.benchmark.data.registry import ThreatDefaults
-from rfbench.benchmark.errors import ConfigError
+from rfbench.core.errors import ConfigError
+from rfbench.core.threat import Threat, ThreatDefaults, resolve_threat, warmup_eps
 
 FMNIST = ThreatDefaults(norm="linf", eps=0.1, train_steps=10, train_alpha=0.025, eval_steps=20, eval_alpha=0.02)
 

@@ -9,9 +9,9 @@ not part of the default suite; docs/benchmark-notes.md records its last run.
 from __future__ import annotations
 
 import pytest
+from tiny_runs import REPO
 
 from rfbench.benchmark.cli import main
-from tiny_runs import REPO
 
 pytestmark = pytest.mark.track
 

@@ -5,12 +5,12 @@ import json
 import pytest
 import torch
 
-from rfbench.benchmark.errors import ConfigError
-from rfbench.benchmark.io import load_checkpoint
 from rfbench.benchmark.train.config import TrainConfig
 from rfbench.benchmark.train.rundir import load_run_model
 from rfbench.benchmark.train.schedule import lr_at
 from rfbench.benchmark.train.trainer import NonFiniteLossError, Trainer, selection_score, train
+from rfbench.core.errors import ConfigError
+from rfbench.core.io import load_checkpoint
 
 TINY = dict(dataset="fashion-mnist", model="smallcnn", max_train_samples=320, val_per_class=10, steps=2,
             val_steps=2, batch_size=64, optimizer="adam", lr=1e-3, weight_decay=0.0, device="cpu", seed=3)
@@ -118,7 +118,7 @@ def test_per_class_training_statistics_reach_the_defense(tmp_path, monkeypatch):
 def test_sigterm_mid_epoch_saves_state_and_resume_is_bit_identical(tmp_path, monkeypatch, at_batch, straight):
     import signal
 
-    from rfbench.benchmark.errors import Interrupted
+    from rfbench.core.errors import Interrupted
     from rfbench.defenses.standard import PGDAT
 
     trainer = Trainer(_cfg(tmp_path, "killed", epochs=2))

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 
-from rfbench.benchmark.io import load_checkpoint
 from rfbench.benchmark.train.config import TrainConfig
 from rfbench.benchmark.train.trainer import load_bundle, train
+from rfbench.core.io import load_checkpoint
 
 TINY = dict(dataset="fashion-mnist", model="smallcnn", max_train_samples=192, val_per_class=5, steps=1,
             val_steps=1, batch_size=64, optimizer="adam", lr=1e-3, weight_decay=0.0, device="cpu", seed=3,

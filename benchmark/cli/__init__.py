@@ -5,7 +5,7 @@ Each subcommand lives in its own module of this package and exposes
 ``func=run`` (``run(args) -> int``).  :data:`SUBCOMMANDS` lists the modules in
 the order ``rfbench --help`` shows them.
 
-Errors a user can cause are :class:`~rfbench.benchmark.errors.RfbenchError` and are
+Errors a user can cause are :class:`~rfbench.core.errors.RfbenchError` and are
 printed as one line (``rfbench: error: ...``, exit status 2).
 """
 
@@ -16,8 +16,8 @@ import importlib
 import logging
 import sys
 
-from rfbench.benchmark import __version__
-from rfbench.benchmark.errors import RfbenchError
+from rfbench.core.errors import RfbenchError
+from rfbench.core.version import __version__
 
 SUBCOMMANDS = [
     "train",
@@ -85,7 +85,7 @@ def _code_permissions(argv: list[str]) -> list[str]:
     (or as a ``defense=...`` override) may be imported; ``--allow-code`` allows
     any target, including one named inside a config, grid, track or run directory.
     """
-    from rfbench.benchmark.plugins import allow_code, reset_allowed_code
+    from rfbench.core.plugins import allow_code, reset_allowed_code
 
     reset_allowed_code()  # each command starts with no permission
     head = argv[: argv.index("--")] if "--" in argv else argv

@@ -1,7 +1,7 @@
 """``rfbench calibrate``: fit a per-class logit bias or classifier-norm scaling on a run's validation split.
 
 The fit maximises worst-class robust accuracy on the validation split (never
-the test set) and freezes the result in ``--out`` (see :mod:`rfbench.benchmark.calibrate`).
+the test set) and freezes the result in ``--out`` (see :mod:`rfbench.benchmark.eval.calibrate`).
 Calibration is rfbench's own invention, not from a paper.
 """
 
@@ -24,15 +24,15 @@ accuracy before and after).  Evaluate it like a run directory, AutoAttack includ
 
 
 def run(args: argparse.Namespace) -> int:
-    from rfbench.attacks.threat import resolve_threat
-    from rfbench.benchmark.calibrate import CalibrationConfig, fit_calibration, save_calibration
-    from rfbench.benchmark.config import from_dict
     from rfbench.benchmark.data import to_float
+    from rfbench.benchmark.eval.calibrate import CalibrationConfig, fit_calibration, save_calibration
     from rfbench.benchmark.train.config import TrainConfig
     from rfbench.benchmark.train.rundir import load_run_model
     from rfbench.benchmark.train.runtime import resolve_device
     from rfbench.benchmark.train.trainer import load_bundle
-    from rfbench.benchmark.io.lock import prepare_out_dir
+    from rfbench.core.config import from_dict
+    from rfbench.core.io.lock import prepare_out_dir
+    from rfbench.core.threat import resolve_threat
 
     prepare_out_dir(args.out)  # one line for a bad --out, before any work
 
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = from_dict(CalibrationConfig, values, where="calibrate")
     x, y = to_float(bundle.val.x), bundle.val.y
     result = fit_calibration(model, x, y, cfg, num_classes=bundle.num_classes, device=device)
-    from rfbench.benchmark.io.lock import exclusive_dir
+    from rfbench.core.io.lock import exclusive_dir
 
     with exclusive_dir(args.out, "calibration directory"):
         out = save_calibration(args.out, result, args.run, args.which, cfg)

@@ -12,8 +12,8 @@ import dataclasses
 import typing
 from typing import Any
 
-from rfbench.benchmark.config import apply_overrides, from_dict, load_yaml, parse_number
-from rfbench.benchmark.errors import ConfigError
+from rfbench.core.config import apply_overrides, from_dict, load_yaml, parse_number
+from rfbench.core.errors import ConfigError
 
 
 def _base_type(tp: Any) -> Any:

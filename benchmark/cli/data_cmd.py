@@ -14,7 +14,7 @@ import argparse
 
 from tabulate import tabulate
 
-from rfbench.benchmark.io.atomic import atomic_write_json
+from rfbench.core.io.atomic import atomic_write_json
 
 DESCRIBE_EPILOG = """\
 examples:

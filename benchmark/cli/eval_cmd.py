@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from rfbench.benchmark.cli.config_args import _number, resolve_config
-from rfbench.benchmark.config import parse_override
-from rfbench.benchmark.errors import ConfigError
+from rfbench.core.config import parse_override
+from rfbench.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     check_specs(cfg.attacks)
     device = resolve_device(cfg.device)
     model, source, bundle = _load_model(args, device)
-    from rfbench.benchmark.io.lock import exclusive_dir
+    from rfbench.core.io.lock import exclusive_dir
 
     out = Path(args.out) if args.out is not None else (Path(args.run) / f"eval-{args.which}" if args.run else Path("runs") / "eval")
     with exclusive_dir(out, "evaluation directory"):

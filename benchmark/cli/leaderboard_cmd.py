@@ -93,8 +93,7 @@ def run_submit(args: argparse.Namespace) -> int:
     from rfbench.benchmark.leaderboard import find_track
     from rfbench.benchmark.leaderboard.schema import writable_root
     from rfbench.benchmark.leaderboard.submit import submit
-
-    from rfbench.benchmark.io.lock import exclusive_leaderboard
+    from rfbench.core.io.lock import exclusive_leaderboard
 
     root = writable_root(args.root)
     with exclusive_leaderboard(root):
@@ -107,8 +106,7 @@ def run_submit(args: argparse.Namespace) -> int:
 def run_build(args: argparse.Namespace) -> int:
     from rfbench.benchmark.leaderboard.build import build
     from rfbench.benchmark.leaderboard.schema import writable_root
-
-    from rfbench.benchmark.io.lock import exclusive_leaderboard
+    from rfbench.core.io.lock import exclusive_leaderboard
 
     root = writable_root(args.root)
     with exclusive_leaderboard(root):

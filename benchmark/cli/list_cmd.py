@@ -12,7 +12,7 @@ def _names(kind: str) -> list[tuple[str, str]]:
 
         return [(n, describe_dataset(n)) for n in list_datasets()]
     if kind == "models":
-        from rfbench.benchmark.models import MODELS
+        from rfbench.models import MODELS
 
         return [(n, MODELS.describe(n)) for n in MODELS.names()]
     if kind == "defenses":

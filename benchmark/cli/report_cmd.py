@@ -21,8 +21,8 @@ def _check_same_samples(results, force: bool, notes: dict) -> None:
     """Refuse (or, with --force, warn about) a model diff between results on different sample sets."""
     import logging
 
-    from rfbench.benchmark.errors import ConfigError
     from rfbench.benchmark.eval import report as R
+    from rfbench.core.errors import ConfigError
 
     (na, a), (nb, b) = results
     diff = R.sample_set_difference(a, b)
@@ -38,8 +38,8 @@ def _check_same_samples(results, force: bool, notes: dict) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rfbench.benchmark.errors import ConfigError
     from rfbench.benchmark.eval import report as R
+    from rfbench.core.errors import ConfigError
 
     results = R.load_results(args.results, args.label or None)
     only = [n.strip() for n in args.names.split(",")] if args.names else None

@@ -39,13 +39,13 @@ finished run is never overwritten unless --force is given.
 def run(args: argparse.Namespace) -> int:
     from rfbench.benchmark.runner import execute_run, load_run_config, resolve_run
     from rfbench.benchmark.runner.report import percent_markdown, summary_frame
-    from rfbench.benchmark.io import read_json
+    from rfbench.core.io import read_json
 
     if args.quiet:
         logging.getLogger().setLevel(logging.WARNING)
     resolved = resolve_run(load_run_config(args.config), defense=args.defense, seed=args.seed, out=args.out,
                            overrides=args.overrides, device=args.device, quiet=args.quiet)
-    from rfbench.benchmark.io.lock import exclusive_dir
+    from rfbench.core.io.lock import exclusive_dir
 
     with exclusive_dir(resolved.out, "run directory"):
         out = execute_run(resolved, force=args.force, quiet=args.quiet)

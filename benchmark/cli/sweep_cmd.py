@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         grid.out = args.out
     opts = ExecutorOptions(force=args.force, quiet=args.quiet, address=args.ray_address, num_cpus=args.ray_cpus,
                            gpus=args.gpus_per_run, cpus=args.cpus_per_run)
-    from rfbench.benchmark.io.lock import exclusive_dir
+    from rfbench.core.io.lock import exclusive_dir
 
     with exclusive_dir(grid.out, "sweep directory"):
         outcomes, md = run_sweep(grid, args.executor, opts, grid_path=Path(args.grid), device=args.device,

@@ -77,8 +77,7 @@ such as defense_args.beta=6); `rfbench list defenses` names the defenses.
 
 def run(args: argparse.Namespace) -> int:
     from rfbench.benchmark.train.trainer import train
-
-    from rfbench.benchmark.io.lock import exclusive_dir
+    from rfbench.core.io.lock import exclusive_dir
 
     cfg = resolve_config(TrainConfig, args, args.config, args.overrides)
     # under torchrun every rank runs this command; rank 0 is the run directory's one writer and holds its lock

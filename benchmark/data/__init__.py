@@ -1,10 +1,10 @@
 """Datasets: uint8 in-memory splits, long-tailed variants, batch augmentation."""
 
+from rfbench.benchmark.data import cifar10_jpeg as _cifar10_jpeg  # noqa: F401  (registers cifar10-jpeg)
 from rfbench.benchmark.data import idx as _idx  # noqa: F401  (registers mnist, fashion-mnist)
 from rfbench.benchmark.data import imagefolder as _imagefolder  # noqa: F401  (registers imagefolder:, imagenet:)
-from rfbench.benchmark.data import torchvision_sets as _torchvision_sets  # noqa: F401  (registers cifar10, cifar100, svhn, stl10)
-from rfbench.benchmark.data import cifar10_jpeg as _cifar10_jpeg  # noqa: F401  (registers cifar10-jpeg)
 from rfbench.benchmark.data import imagenet_lt as _imagenet_lt  # noqa: F401  (registers tiny-imagenet-lt:, imagenet-lt:)
+from rfbench.benchmark.data import torchvision_sets as _torchvision_sets  # noqa: F401  (registers cifar10, cifar100, svhn, stl10)
 from rfbench.benchmark.data.augment import AugmentConfig, augment_batch
 from rfbench.benchmark.data.base import ArrayDataset, DataBundle, channel_stats, iterate_batches, to_float
 from rfbench.benchmark.data.longtail import VAL_BORROW_MODES, balanced_validation, longtail_counts, longtail_indices

@@ -9,15 +9,13 @@ per-sample Python transforms, no DataLoader workers.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator
 
 import torch
 
 from rfbench.benchmark.data.augment import AugmentConfig, apply_policy, augment_batch
-from rfbench.benchmark.errors import DataNotFoundError
-
-if TYPE_CHECKING:
-    from rfbench.benchmark.data.registry import ThreatDefaults
+from rfbench.core.errors import DataNotFoundError
+from rfbench.core.threat import ThreatDefaults
 
 
 @dataclass

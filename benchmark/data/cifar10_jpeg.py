@@ -25,7 +25,7 @@ from rfbench.benchmark.data.imagefolder import imagefolder
 from rfbench.benchmark.data.registry import DEFAULT_DOWNLOAD_ROOT, DataOptions, RawSplits, register_dataset
 
 NAME = "cifar10-jpeg"
-#: the archive the benchmarks and tests extract their CIFAR-10 subsets from: ``$RFBENCH_CIFAR10_JPEG_TAR``,
+#: the archive the timing scripts and tests extract their CIFAR-10 subsets from: ``$RFBENCH_CIFAR10_JPEG_TAR``,
 #: else :data:`DEFAULT_ARCHIVE`
 ARCHIVE_ENV = "RFBENCH_CIFAR10_JPEG_TAR"
 DEFAULT_ARCHIVE = "/work/shared/data/cifar10-jpeg.tar.gz"

@@ -33,7 +33,7 @@ from rfbench.benchmark.data.registry import (
     not_loaded,
     register_dataset,
 )
-from rfbench.benchmark.errors import DataNotFoundError
+from rfbench.core.errors import DataNotFoundError
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ RobustBench's ImageNet preprocessing does; classes are the sorted wnids,
 which is the standard ImageNet label order.  Without ``PATH/train`` the
 dataset is evaluation-only: its training and validation splits are marked
 unavailable, and anything that tries to train on them gets a
-:class:`~rfbench.benchmark.errors.DataNotFoundError` saying so.  The threat model is
+:class:`~rfbench.core.errors.DataNotFoundError` saying so.  The threat model is
 RobustBench's ImageNet Linf one (eps 4/255, step 1/255), and mean/std are
 the usual ImageNet ones.  RobustBench evaluates ImageNet on a fixed
 5,000-image subset of the validation set (the list ``imagenet_test_image_ids.txt``
@@ -58,7 +58,7 @@ from PIL import Image, UnidentifiedImageError
 from rfbench.benchmark.data.augment import AugmentConfig
 from rfbench.benchmark.data.base import ArrayDataset, channel_stats
 from rfbench.benchmark.data.registry import DataOptions, RawSplits, ThreatDefaults, not_loaded, register_path_scheme
-from rfbench.benchmark.errors import DataNotFoundError
+from rfbench.core.errors import DataNotFoundError
 
 log = logging.getLogger(__name__)
 

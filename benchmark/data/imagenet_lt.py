@@ -46,11 +46,16 @@ import torch
 from rfbench.benchmark.data.augment import AugmentConfig
 from rfbench.benchmark.data.base import ArrayDataset, channel_stats
 from rfbench.benchmark.data.imagefolder import (
-    IMAGENET_MEAN, IMAGENET_STD, IMG_EXTENSIONS, decode_images, imagenet_preprocess, list_classes,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    IMG_EXTENSIONS,
+    decode_images,
+    imagenet_preprocess,
+    list_classes,
     list_samples,
 )
 from rfbench.benchmark.data.registry import DataOptions, RawSplits, ThreatDefaults, not_loaded, register_path_scheme
-from rfbench.benchmark.errors import DataNotFoundError
+from rfbench.core.errors import DataNotFoundError
 
 #: RobustLT's Tiny-ImageNet-LT ratio (released configs/tinylf/*.yaml: imbalance_rate 10).
 TINY_IMAGENET_LT_RATIO = 10.0

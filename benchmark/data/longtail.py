@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from rfbench.benchmark.errors import ConfigError
+from rfbench.core.errors import ConfigError
 
 #: How :func:`balanced_validation` treats validation images taken from a class's own selected
 #: training images (the head class of a long-tailed set has no other images left).

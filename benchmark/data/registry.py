@@ -37,31 +37,9 @@ import torch
 from rfbench.benchmark.data.augment import AugmentConfig
 from rfbench.benchmark.data.base import ArrayDataset, DataBundle
 from rfbench.benchmark.data.longtail import VAL_BORROW_MODES, balanced_validation, longtail_indices
-from rfbench.benchmark.errors import ConfigError, DataNotFoundError
-from rfbench.benchmark.registry import Registry
-
-
-@dataclass(frozen=True)
-class ThreatDefaults:
-    """The protocol's per-dataset threat values (``docs/protocol.md``, "Threat defaults per dataset"): the first layer of resolution.
-
-    Not a threat model itself: :func:`rfbench.attacks.threat.resolve_threat`
-    turns these values, a config's and the command line's into the one
-    :class:`~rfbench.attacks.threat.Threat` for training (``train_*``) or
-    evaluation (``eval_*``).
-
-    ``eps_warmup_epochs`` > 0 asks the trainer to ramp the training eps
-    linearly from 0 over that many epochs (the protocol's SVHN note: without
-    it, SVHN adversarial training diverges).
-    """
-
-    norm: str = "linf"
-    eps: float = 8 / 255
-    train_steps: int = 10
-    train_alpha: float = 2 / 255
-    eval_steps: int = 20
-    eval_alpha: float = 2 / 255
-    eps_warmup_epochs: int = 0
+from rfbench.core.errors import ConfigError, DataNotFoundError
+from rfbench.core.registry import Registry
+from rfbench.core.threat import ThreatDefaults
 
 
 @dataclass

@@ -18,7 +18,7 @@ with ``download=False`` they refuse any file whose md5 differs from the
 published one, re-hashing every file on every load (STL-10's 2.6 GB
 unlabeled set included, which rfbench never uses).  Instead the readers
 check the format (keys, shapes, label range) and raise
-:class:`~rfbench.benchmark.errors.DataNotFoundError` for anything missing or
+:class:`~rfbench.core.errors.DataNotFoundError` for anything missing or
 malformed.  CIFAR batches are Python pickles; they are read with an
 unpickler that only admits NumPy arrays, so a tampered file cannot run code.
 
@@ -50,7 +50,7 @@ from rfbench.benchmark.data.registry import (
     not_loaded,
     register_dataset,
 )
-from rfbench.benchmark.errors import DataNotFoundError
+from rfbench.core.errors import DataNotFoundError
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,14 @@ See ``docs/evaluation.md`` for the command line and the result schema.
 """
 
 from rfbench.benchmark.eval.flags import SampleFlags
-from rfbench.benchmark.eval.harness import AttackBallError, EvalConfig, EvalData, evaluate, evaluate_data, verify_in_ball
+from rfbench.benchmark.eval.harness import (
+    AttackBallError,
+    EvalConfig,
+    EvalData,
+    evaluate,
+    evaluate_data,
+    verify_in_ball,
+)
 from rfbench.benchmark.eval.result import SCHEMA, build_result, markdown_table, validate_result
 
 __all__ = [

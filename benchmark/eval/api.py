@@ -18,7 +18,7 @@ called on tensors instead of a registered dataset::
   model's output size, named ``"0"``, ``"1"``, ...
 * ``eps`` (required), ``norm`` (``linf``/``l2``), ``steps`` and ``alpha`` make the
   threat model every attack starts from (alpha defaults to eps/4, the ratio of the
-  common 8/255 and 2/255 setting; the step-size rule of :mod:`rfbench.attacks.threat`).
+  common 8/255 and 2/255 setting; the step-size rule of :mod:`rfbench.core.threat`).
 * ``attacks``: attack specs as on the command line (``"pgd:steps=50"``,
   ``"autoattack"``); default fgsm, pgd, cw.  ``version="standard"`` (or ``"plus"``)
   adds AutoAttack of that version; with no ``attacks`` it is the only attack, so
@@ -41,13 +41,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from rfbench.attacks.threat import OTHER_NORM_RATIO, Threat, resolve_threat
-from rfbench.benchmark.data.registry import ThreatDefaults
-from rfbench.benchmark.errors import ConfigError, RfbenchError
 from rfbench.benchmark.eval.harness import EvalConfig, EvalData, evaluate_data
 from rfbench.benchmark.eval.result import markdown_table
 from rfbench.benchmark.eval.result import per_class_frame as _per_class_frame
-from rfbench.benchmark.io.atomic import atomic_write_text, read_json
+from rfbench.core.errors import ConfigError, RfbenchError
+from rfbench.core.io.atomic import atomic_write_text, read_json
+from rfbench.core.threat import OTHER_NORM_RATIO, Threat, ThreatDefaults, resolve_threat
 
 DEFAULT_STEPS = 20
 
@@ -133,7 +132,7 @@ class Report:
 
     def to_json(self, path: str | Path | None = None, indent: int = 2) -> str:
         """The result as JSON text (fractions); written atomically to ``path`` when given."""
-        from rfbench.benchmark.io.atomic import _jsonable
+        from rfbench.core.io.atomic import _jsonable
 
         text = json.dumps(_jsonable(self.result), indent=indent, allow_nan=False)
         if path is not None:
@@ -247,7 +246,7 @@ def evaluate(
                                   quiet=quiet, overwrite=overwrite)
     if progress_every is not None:
         cfg_kw["progress_every"] = progress_every
-    from rfbench.benchmark.config import from_dict
+    from rfbench.core.config import from_dict
 
     cfg = from_dict(EvalConfig, cfg_kw)
     threat = _threat(eps, norm, steps, alpha)

@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from rfbench.benchmark.perclass import class_counts, pct
+from rfbench.core.perclass import class_counts, pct
 
 Z_NOISE = 2.0
 
@@ -55,7 +55,7 @@ def _verdict(violations: list, minor: list, detail: str) -> dict[str, Any]:
 def check_robust_le_clean(robust: dict[str, np.ndarray], clean: np.ndarray, y: np.ndarray, num_classes: int) -> dict:
     """Robust accuracy ≤ clean accuracy in every class, for every attack.
 
-    Robust implies clean-correct by definition (:func:`rfbench.benchmark.perclass.robust`), so any
+    Robust implies clean-correct by definition (:func:`rfbench.core.perclass.robust`), so any
     inversion here means the flags were built without that definition."""
     viol, minor = [], []
     for lab, r in robust.items():

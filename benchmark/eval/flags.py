@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from rfbench.benchmark.errors import RfbenchError
-from rfbench.benchmark.io.atomic import atomic_write_bytes
-from rfbench.benchmark.perclass import robust
+from rfbench.core.errors import RfbenchError
+from rfbench.core.io.atomic import atomic_write_bytes
+from rfbench.core.perclass import robust
 
 
 @dataclass
@@ -70,7 +70,7 @@ class SampleFlags:
 
     def robust(self, label: str) -> np.ndarray:
         """(N,): robust to the attack: clean-correct AND the attack ran AND its adversarial prediction is
-        correct (:func:`rfbench.benchmark.perclass.robust`), so robust ⊆ clean-correct."""
+        correct (:func:`rfbench.core.perclass.robust`), so robust ⊆ clean-correct."""
         a = self.labels.index(label)
         return robust(self.clean_correct, self.ran[:, a] & (self.adv_pred[:, a] == self.y))
 

@@ -7,7 +7,7 @@ Example::
     result["summary"]["worst_case"]["worst"]
 
 The core is :func:`evaluate_data`: it works on tensors (an :class:`EvalData`: uint8
-or float [0,1] images, labels, class names) and a :class:`~rfbench.attacks.threat.Threat`,
+or float [0,1] images, labels, class names) and a :class:`~rfbench.core.threat.Threat`,
 and writes files only when given an output directory.  :func:`evaluate` (what
 ``rfbench eval`` calls) is a thin layer that takes a dataset's test split and
 protocol threat; ``rfbench.evaluate`` (:mod:`rfbench.benchmark.eval.api`) is the
@@ -48,12 +48,8 @@ import torch
 
 from rfbench.attacks.named import Attack
 from rfbench.attacks.spec import DEFAULT_SUITE, build_attacks, sweep_base, t_sweep_specs
-from rfbench.attacks.threat import resolve_threat
-from rfbench.benchmark.config import choice, rng
-from rfbench.attacks.threat import Threat
 from rfbench.benchmark.data.base import ArrayDataset, DataBundle, to_float
 from rfbench.benchmark.data.subsets import per_class_subset
-from rfbench.benchmark.errors import RfbenchError
 from rfbench.benchmark.eval.checks import check_predictions, overall_verdict
 from rfbench.benchmark.eval.flags import SampleFlags
 from rfbench.benchmark.eval.metrics import class_weight_norms
@@ -61,9 +57,17 @@ from rfbench.benchmark.eval.model_checks import check_model
 from rfbench.benchmark.eval.progress import DEFAULT_EVERY_S, EvalProgress
 from rfbench.benchmark.eval.provenance import dataset_description, portable_source, provenance, samples_digest
 from rfbench.benchmark.eval.result import build_result, write_outputs
-from rfbench.benchmark.io.atomic import remove_stale_temps
-from rfbench.benchmark.train.runtime import (autocast_dtype, cached_channels_last, layout_message, resolve_device,
-                                             use_channels_last)
+from rfbench.benchmark.train.runtime import (
+    autocast_dtype,
+    cached_channels_last,
+    layout_message,
+    resolve_device,
+    use_channels_last,
+)
+from rfbench.core.config import choice, in_range
+from rfbench.core.errors import RfbenchError
+from rfbench.core.io.atomic import remove_stale_temps
+from rfbench.core.threat import Threat, resolve_threat
 
 log = logging.getLogger(__name__)
 
@@ -81,20 +85,20 @@ class EvalConfig:
     """Settings of one evaluation (``rfbench eval`` flags map onto these fields)."""
 
     attacks: list[Any] = field(default_factory=list)  # specs (strings or mappings); empty = DEFAULT_SUITE
-    eps: float | None = field(default=None, metadata=rng(0, None))  # None = the dataset's protocol eps
+    eps: float | None = field(default=None, metadata=in_range(0, None))  # None = the dataset's protocol eps
     norm: str | None = field(default=None, metadata=choice("linf", "l2"))
     t_sweep: list[float] = field(default_factory=list)  # adds temperature-pgd:T=t for each t
-    n_per_class: int | None = field(default=None, metadata=rng(1, None))  # stratified, deterministic subset
-    subset_seed: int = field(default=0, metadata=rng(0, 2**63 - 1))  # seed of that subset (independent of the attack seed)
-    batch_size: int = field(default=256, metadata=rng(1, None))
+    n_per_class: int | None = field(default=None, metadata=in_range(1, None))  # stratified, deterministic subset
+    subset_seed: int = field(default=0, metadata=in_range(0, 2**63 - 1))  # seed of that subset (independent of the attack seed)
+    batch_size: int = field(default=256, metadata=in_range(1, None))
     device: str = "auto"
-    seed: int = field(default=0, metadata=rng(0, 2**63 - 1))  # attack randomness (random starts, AutoAttack)
+    seed: int = field(default=0, metadata=in_range(0, 2**63 - 1))  # attack randomness (random starts, AutoAttack)
     autoattack_scope: str = field(default="survivors", metadata=choice("survivors", "all"))
     amp: str = field(default="off", metadata=choice("off", "bf16"))  # autocast of attack steps; predictions stay fp32
     channels_last: str = field(default="auto", metadata=choice("auto", "on", "off"))
     plot: bool = False
     quiet: bool = False
-    progress_every: float = field(default=DEFAULT_EVERY_S, metadata=rng(0, None))  # s between log lines off a TTY (0 = off)
+    progress_every: float = field(default=DEFAULT_EVERY_S, metadata=in_range(0, None))  # s between log lines off a TTY (0 = off)
     overwrite: bool = False  # discard an existing flag file of a different evaluation
 
 

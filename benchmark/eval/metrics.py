@@ -2,7 +2,7 @@
 
 Pure NumPy on per-sample arrays: ``y`` (true labels), a boolean ``correct``
 per sample, or predictions.  Per-class accuracy, the robust rule and the
-binomial intervals are defined once, in :mod:`rfbench.benchmark.perclass`
+binomial intervals are defined once, in :mod:`rfbench.core.perclass`
 (re-exported here); this module builds the summaries on top.  Accuracies are
 fractions in [0,1]; a class with no evaluated sample has accuracy NaN and is
 left out of every summary.
@@ -21,8 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rfbench.benchmark.perclass import (  # noqa: F401  (per_class_accuracy and the intervals re-exported)
-    class_counts, per_class_accuracy, per_class_intervals, worst_class_interval)
+from rfbench.core.perclass import class_counts, per_class_accuracy, per_class_intervals, worst_class_interval  # noqa: F401  (per_class_accuracy and the intervals re-exported)
 
 TAIL_FRACTION = 0.2
 CIFAR10_LT_GROUPS = {"head": [0, 1, 2], "middle": [3, 4, 5, 6], "tail": [7, 8, 9]}

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from rfbench.benchmark.errors import RfbenchError
+from rfbench.core.errors import RfbenchError
 
 log = logging.getLogger(__name__)
 

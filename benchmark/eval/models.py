@@ -2,7 +2,7 @@
 
 * ``--run DIR [--which best|last]``: :func:`rfbench.benchmark.train.rundir.load_run_model`;
 * ``--model NAME --weights W``: a registered architecture with weights loaded safely
-  (:func:`rfbench.benchmark.io.load_checkpoint`, ``weights_only``);
+  (:func:`rfbench.core.io.load_checkpoint`, ``weights_only``);
 * ``--model path/to/file.py:factory [--weights W] --allow-code``: **runs the code in
   that file** to build the model, so it needs the explicit ``--allow-code``;
 * ``--model robustbench:<Name>``: a RobustBench zoo model (imported lazily; the
@@ -14,17 +14,17 @@ result's provenance (name, checkpoint, which, epoch, how it was selected).
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from rfbench.benchmark.errors import ConfigError, RfbenchError
-from rfbench.benchmark.io.checkpoint import load_checkpoint, load_state_dict_into
-from rfbench.benchmark.models import create_model
-from rfbench.benchmark.models.base import call_factory
-from rfbench.benchmark.plugins import allow_code as _permit_code, import_target
+from rfbench.core.errors import ConfigError, RfbenchError
+from rfbench.core.io.checkpoint import load_checkpoint, load_state_dict_into
+from rfbench.core.plugins import allow_code as _permit_code
+from rfbench.core.plugins import import_target
+from rfbench.models import create_model
+from rfbench.models.base import call_factory
 
 ROBUSTBENCH_HINT = ("install it from its repository: pip install git+https://github.com/RobustBench/robustbench.git "
                     "(the PyPI release 1.1.1 cannot be installed next to pyautoattack)")
@@ -38,7 +38,7 @@ def from_run(run_dir: str | Path, which: str = "best", device: torch.device | st
     A directory written by ``rfbench calibrate`` evaluates the calibrated model
     (the source run's checkpoint wrapped in its frozen per-class calibration).
     """
-    from rfbench.benchmark.calibrate import is_calibration_dir, load_calibrated_model
+    from rfbench.benchmark.eval.calibrate import is_calibration_dir, load_calibrated_model
     from rfbench.benchmark.train.rundir import load_run_model
 
     calibrated = is_calibration_dir(run_dir)
@@ -79,11 +79,11 @@ def from_registry(name: str, weights: str | None, *, num_classes: int, in_channe
     """A registered architecture with ``weights`` (required: an untrained model is no evaluation).
 
     ``layout`` names the checkpoint's key layout (``auto`` detects it; see
-    :mod:`rfbench.benchmark.models.layouts`), ``normalization`` the input
+    :mod:`rfbench.models.layouts`), ``normalization`` the input
     normalisation of a checkpoint in a foreign layout (``identity``: the model
     takes unnormalised [0,1] inputs, as TRADES/AutoAttack/RobustBench models do).
     """
-    from rfbench.benchmark.models.layouts import convert_state_dict
+    from rfbench.models.layouts import convert_state_dict
 
     if not weights:
         raise ConfigError(f"--model {name} needs --weights FILE (a checkpoint of that architecture)")
@@ -100,7 +100,7 @@ class _TimmModel(torch.nn.Module):
 
     def __init__(self, net: torch.nn.Module, mean, std):
         super().__init__()
-        from rfbench.benchmark.models.base import Normalize
+        from rfbench.models.base import Normalize
 
         self.normalize = Normalize(mean, std)
         self.net = net
@@ -175,7 +175,7 @@ def from_robustbench(name: str, dataset: str, norm: str, model_dir: str | None =
     except Exception as exc:  # ImportError, or a broken install failing inside its own imports
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise RfbenchError(f"--model robustbench:{name} needs the robustbench package ({reason}); {ROBUSTBENCH_HINT}") from None
-    from rfbench.attacks.threat import NORM_NAMES
+    from rfbench.core.threat import NORM_NAMES
 
     threat = NORM_NAMES[norm]
     model = load_model(model_name=name, dataset=dataset, threat_model=threat, model_dir=model_dir or "models")

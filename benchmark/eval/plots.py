@@ -11,8 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from rfbench.benchmark.io.atomic import atomic_write_bytes  # noqa: E402
-from rfbench.benchmark.perclass import pct, to_percent  # noqa: E402
+from rfbench.core.io.atomic import atomic_write_bytes  # noqa: E402
+from rfbench.core.perclass import pct, to_percent  # noqa: E402
 
 
 def save_figure(fig, path: str | Path, dpi: int = 130) -> Path:

@@ -47,7 +47,7 @@ def git_sha(root: Path = REPO_ROOT) -> dict[str, Any]:
 
 def package_versions() -> dict[str, str | None]:
     """Installed versions of the packages that can change a number (None when not installed)."""
-    from rfbench.benchmark import __version__
+    from rfbench.core.version import __version__
 
     out: dict[str, str | None] = {"rfbench": __version__, "python": platform.python_version()}
     for name in PACKAGES:

@@ -26,12 +26,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from rfbench.benchmark.errors import RfbenchError
 from rfbench.benchmark.eval import metrics as M
 from rfbench.benchmark.eval.result import column_title, validate_result
-from rfbench.benchmark.io.atomic import read_json
-from rfbench.benchmark.perclass import pct
-
+from rfbench.core.errors import RfbenchError
+from rfbench.core.io.atomic import read_json
+from rfbench.core.perclass import pct
 
 LABEL_MAX = 32  # characters of a default label
 

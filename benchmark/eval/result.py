@@ -18,7 +18,7 @@ recomputed without attacking again.  Keys:
   ``eps`` ("8/255"), ``threat_model``, ``architecture``, ``additional_data``;
 * ``inventions``: rfbench's own methods (not from a paper) that this result used, with their labels.
 
-Definitions (one home: :mod:`rfbench.benchmark.perclass`): robust to an attack
+Definitions (one home: :mod:`rfbench.core.perclass`): robust to an attack
 = clean-correct and correct on the adversarial input; the worst case is robust
 to every attack of ``worst_case_over`` (the attacks at the evaluation's threat:
 eps and norm; attacks at another eps are reported but not part of it); an
@@ -36,14 +36,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from rfbench.attacks.named import format_eps
 from rfbench.attacks.spec import Threat
-from rfbench.attacks.threat import NORM_NAMES
 from rfbench.benchmark.eval import checks as checks_mod
 from rfbench.benchmark.eval import metrics as M
 from rfbench.benchmark.eval.flags import SampleFlags
-from rfbench.benchmark.io.atomic import atomic_write_json, atomic_write_text
-from rfbench.benchmark.perclass import class_counts, pct
+from rfbench.core.io.atomic import atomic_write_json, atomic_write_text
+from rfbench.core.perclass import class_counts, pct
+from rfbench.core.threat import NORM_NAMES, format_eps
 
 SCHEMA = "rfbench.result/2"
 REQUIRED_KEYS = ("schema", "classes", "n_per_class", "threat", "attacks", "per_class", "summary", "confusion",
@@ -137,7 +136,7 @@ def inventions_used(settings: dict[str, dict], source: dict | None) -> list[dict
     """rfbench's own methods (not from a paper) behind this result, each ``{label, invention}``: those of the
     attacks, of the evaluated run's defense, and calibration (see ``rfbench list``)."""
     from rfbench.attacks.registry import ATTACKS
-    from rfbench.benchmark.registry import INVENTION_LABEL
+    from rfbench.core.registry import INVENTION_LABEL
 
     out = [{"label": lab, "invention": note} for lab, s in settings.items() if s["name"] in ATTACKS
            for note in ATTACKS.invention_notes(s["name"], s)]
@@ -154,7 +153,7 @@ def inventions_used(settings: dict[str, dict], source: dict | None) -> list[dict
             out += [{"label": f"defense {defense}", "invention": note}
                     for note in DEFENSES.invention_notes(defense, {**defaults, **args})]
     if source.get("calibration"):
-        from rfbench.benchmark.calibrate import CALIBRATION_NOTE
+        from rfbench.benchmark.eval.calibrate import CALIBRATION_NOTE
 
         out.append({"label": "calibration", "invention": f"{INVENTION_LABEL}: {CALIBRATION_NOTE}"})
     return out
@@ -289,7 +288,7 @@ def column_title(result: dict, name: str) -> str:
 
 
 def markdown_table(result: dict) -> str:
-    """The per-class table in percent (via :func:`~rfbench.benchmark.perclass.pct`), with mean / worst / gap /
+    """The per-class table in percent (via :func:`~rfbench.core.perclass.pct`), with mean / worst / gap /
     std / tail20 rows (for the terminal); an empty class shows as ``-``."""
     names = result["names"]
     rows = {c: [pct(v) for v in vals] for c, vals in zip(result["classes"], zip(*(result["per_class"][n] for n in names)))}

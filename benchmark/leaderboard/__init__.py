@@ -10,7 +10,15 @@
 """
 
 from rfbench.benchmark.leaderboard.check import check_entry, check_entry_file, read_entry_file
-from rfbench.benchmark.leaderboard.schema import ENTRY_SCHEMA, Entry, EntryError, Track, find_track, leaderboards_root, load_track
+from rfbench.benchmark.leaderboard.schema import (
+           ENTRY_SCHEMA,
+           Entry,
+           EntryError,
+           Track,
+           find_track,
+           leaderboards_root,
+           load_track,
+)
 
 __all__ = ["ENTRY_SCHEMA", "Entry", "EntryError", "Track", "check_entry", "check_entry_file", "find_track",
            "leaderboards_root", "load_track", "read_entry_file"]

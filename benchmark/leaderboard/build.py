@@ -14,49 +14,19 @@ leaderboard (:mod:`rfbench.benchmark.leaderboard.html`).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from rfbench.benchmark.io import atomic_write_text
-from rfbench.benchmark.leaderboard.check import check_entry_file
-from rfbench.benchmark.leaderboard.ranking import RULE, Ranking, rank
-from rfbench.benchmark.leaderboard.schema import Entry, EntryError, Track, list_tracks
-from rfbench.benchmark.perclass import pct, to_percent
+from rfbench.benchmark.leaderboard.board import TrackBoard, collect, cost_text, leaders_text, noise_text
+from rfbench.benchmark.leaderboard.ranking import RULE
+from rfbench.benchmark.leaderboard.schema import list_tracks
+from rfbench.core.io import atomic_write_text
+from rfbench.core.perclass import pct, to_percent
 
 log = logging.getLogger(__name__)
 
 HEATMAP = "heatmap.png"
-
-
-@dataclass
-class TrackBoard:
-    track: Track
-    entries: list[Entry]  # ranked, in table order (identical entries excluded)
-    rejected: dict[str, str]  # file name -> reason
-    ranking: Ranking | None = None  # rank groups, intervals, identical entries (None: no entry)
-
-
-def collect(track: Track, root: Path) -> TrackBoard:
-    entries, rejected = [], {}
-    for path in sorted(track.path.parent.glob("*.json")):
-        try:
-            entries.append(check_entry_file(path, root))
-        except EntryError as exc:
-            rejected[path.name] = "; ".join(exc.problems)
-            log.warning("rejected %s: %s", path, rejected[path.name])
-    if not entries:
-        return TrackBoard(track=track, entries=[], rejected=rejected)
-    ranking = rank(entries, track.info.protocol.checkpoint, root, baselines=track.info.baselines)
-    return TrackBoard(track=track, entries=[r.entry for r in ranking.ranked], rejected=rejected, ranking=ranking)
-
-
-def cost_text(e: Entry) -> str:
-    c = e.cost
-    if c.gpu_hours is not None:
-        return f"{c.gpu_hours:.2f}"
-    return f"0 (CPU {(c.train_seconds + c.eval_seconds) / 3600:.2f} h)"
 
 
 def ranking_frame(board: TrackBoard) -> pd.DataFrame:
@@ -155,35 +125,6 @@ def track_page(board: TrackBoard) -> str:
         lines += ["Rejected entries (failed `rfbench leaderboard check`):", ""]
         lines += [f"- `{name}`: {why}" for name, why in board.rejected.items()] + [""]
     return "\n".join(lines)
-
-
-def noise_text(board: TrackBoard) -> str:
-    """The track's seed spread, as used by the rank groups."""
-    r = board.ranking
-    if r is None:
-        return ""
-    if not r.seed_settings:
-        return ("Seed spread: no defense has two or more seeds on this track yet, so the rank groups reflect "
-                "test-set noise only.")
-    sd = ", ".join(f"{label} {pct(r.seed_sd[key])}" for key, label in
-                   (("worst", "worst class"), ("tail20", "worst 20%")))
-    return (f"Seed spread (pooled standard deviation over the seeds of {', '.join(r.seed_settings)}, in points): "
-            f"{sd}.")
-
-
-def leaders(board: TrackBoard, key: str = "worst") -> list[Entry]:
-    """The entries in rank group 1 of ``key``."""
-    return [r.entry for r in board.ranking.ranked if r.ranks[key] == 1] if board.ranking else []
-
-
-def leaders_text(board: TrackBoard, key: str, most: int = 4) -> str:
-    """Rank group 1 of ``key`` by name (id); only its size when it holds more than ``most`` entries."""
-    first = leaders(board, key)
-    if not first:
-        return "-"
-    if len(first) > most:
-        return f"{len(first)} of {len(board.entries)} entries tie"
-    return ", ".join(f"{e.name} ({e.id})" for e in first)
 
 
 def index_page(boards: list[TrackBoard]) -> str:

@@ -33,11 +33,19 @@ from typing import Any
 
 import numpy as np
 
-from rfbench.benchmark.errors import RfbenchError
 from rfbench.benchmark.eval.metrics import summarize
-from rfbench.benchmark.perclass import class_counts, per_class_accuracy
 from rfbench.benchmark.leaderboard.paths import UnsafePathError, is_url, safe_repo_path
-from rfbench.benchmark.leaderboard.schema import SUMMARY_FIELDS, Entry, EntryError, Evaluation, Track, find_track, parse_entry
+from rfbench.benchmark.leaderboard.schema import (
+    SUMMARY_FIELDS,
+    Entry,
+    EntryError,
+    Evaluation,
+    Track,
+    find_track,
+    parse_entry,
+)
+from rfbench.core.errors import RfbenchError
+from rfbench.core.perclass import class_counts, per_class_accuracy
 
 TOL = 1e-9
 #: the largest per-sample flag file read (a full ImageNet-size evaluation is far smaller)
@@ -46,8 +54,8 @@ MAX_FLAGS_BYTES = 512 * 1024 * 1024
 
 def read_entry_file(path: str | Path) -> Any:
     """The JSON data of an entry file; malformed JSON is an :class:`EntryError` with line and column."""
-    from rfbench.benchmark.errors import RfbenchError
-    from rfbench.benchmark.io.atomic import read_text_bounded
+    from rfbench.core.errors import RfbenchError
+    from rfbench.core.io.atomic import read_text_bounded
 
     path = Path(path)
     try:
@@ -184,10 +192,10 @@ def check_evaluation(which: str, ev: Evaluation, classes: list[str]) -> list[str
 
 def check_flags(which: str, ev: Evaluation, flags_path: Path) -> list[str]:
     """The per-class vectors of ``ev`` recomputed from a per-sample flag file."""
-    from rfbench.benchmark.eval.flags import SampleFlags
-
     import stat
     import zipfile
+
+    from rfbench.benchmark.eval.flags import SampleFlags
 
     at = f"evaluations.{which}"
     try:

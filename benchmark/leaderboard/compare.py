@@ -34,10 +34,10 @@ from pathlib import Path
 
 import yaml
 
-from rfbench.benchmark.errors import RfbenchError
 from rfbench.benchmark.leaderboard.check import check_entry, check_entry_file
 from rfbench.benchmark.leaderboard.schema import Entry, EntryError, Track
 from rfbench.benchmark.leaderboard.submit import entry_from_run
+from rfbench.core.errors import RfbenchError
 
 #: (row label, summary block, summary field) of every compared number
 METRICS = (("mean robust", "worst_case", "mean"), ("worst-class robust", "worst_case", "worst"),
@@ -155,7 +155,7 @@ def render(report: Report) -> str:
     """Markdown report: one row per number, in percent."""
     from tabulate import tabulate
 
-    from rfbench.benchmark.perclass import pct
+    from rfbench.core.perclass import pct
 
     rows = [[r.metric, pct(r.ours), pct(r.reference), ", ".join(pct(v) for v in r.committed), pct(r.diff, sign=True),
              pct(r.sigma_seed), pct(r.sigma_test), f"±{pct(r.tolerance)}", "within" if r.ok else "OUTSIDE"]

@@ -27,15 +27,16 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 
-from rfbench.benchmark.errors import RfbenchError
-from rfbench.benchmark.io import atomic_write_bytes, atomic_write_text
+from rfbench.benchmark.leaderboard.board import leaders_text, noise_text
 from rfbench.benchmark.leaderboard.paths import is_url
 from rfbench.benchmark.leaderboard.ranking import RULE, RankedEntry
-from rfbench.benchmark.perclass import pct as _pct
-from rfbench.benchmark.perclass import wilson_interval
+from rfbench.core.errors import RfbenchError
+from rfbench.core.io import atomic_write_bytes, atomic_write_text
+from rfbench.core.perclass import pct as _pct
+from rfbench.core.perclass import wilson_interval
 
 if TYPE_CHECKING:
-    from rfbench.benchmark.leaderboard.build import TrackBoard
+    from rfbench.benchmark.leaderboard.board import TrackBoard
     from rfbench.benchmark.leaderboard.schema import Entry
 
 WEB = Path(__file__).with_name("web")
@@ -249,8 +250,6 @@ def protocol_list(board: "TrackBoard") -> str:
 
 
 def track_html(board: "TrackBoard") -> str:
-    from rfbench.benchmark.leaderboard.build import noise_text
-
     t = board.track.info
     ck = t.protocol.checkpoint
     parts = [f"<h1>{_esc(t.title)}</h1>", f"<p>{_esc(t.description.strip())}</p>", protocol_list(board),
@@ -328,8 +327,6 @@ def entry_html(board: "TrackBoard", row: RankedEntry) -> str:
 
 
 def index_html(boards: Sequence["TrackBoard"]) -> str:
-    from rfbench.benchmark.leaderboard.build import leaders_text
-
     rows = []
     for b in boards:
         t = b.track.info

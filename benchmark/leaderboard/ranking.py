@@ -35,7 +35,7 @@ The rule (rfbench's own; stated on every leaderboard page by :data:`RULE`):
    entry that nothing beats significantly.
 
 The worst-class interval is the one rfbench defines for ``min_k p_k``
-(:func:`rfbench.benchmark.perclass.worst_class_interval`, ``docs/evaluation.md``,
+(:func:`rfbench.core.perclass.worst_class_interval`, ``docs/evaluation.md``,
 "Definitions"): every class with test images gets a Wilson score interval
 (Wilson, "Probable inference, the law of succession, and statistical
 inference", JASA 1927) at level ``1 - 0.05/C`` (Bonferroni), and the interval is
@@ -57,7 +57,7 @@ import numpy as np
 from rfbench.benchmark.eval.metrics import TAIL_FRACTION
 from rfbench.benchmark.leaderboard.paths import UnsafePathError, safe_repo_path
 from rfbench.benchmark.leaderboard.schema import Entry
-from rfbench.benchmark.perclass import worst_class_interval_from_counts
+from rfbench.core.perclass import worst_class_interval_from_counts
 
 #: z of a two-sided 5% test (and of a 95% interval)
 Z95 = 1.959963984540054
@@ -101,8 +101,8 @@ class EntryData:
 
 def entry_data(entry: Entry, checkpoint: str, root: Path, flags_path: Path | None = None) -> EntryData:
     """Load the ranked checkpoint's flags of ``entry`` (``flags_path``, else its flag file inside ``root``, if readable)."""
-    from rfbench.benchmark.errors import RfbenchError
     from rfbench.benchmark.eval.flags import SampleFlags
+    from rfbench.core.errors import RfbenchError
 
     ev = entry.evaluation(checkpoint)
     data = EntryData(entry=entry, n_per_class=list(ev.n_per_class),

@@ -35,9 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rfbench.benchmark.config import choice, from_dict, rng
-from rfbench.benchmark.errors import ConfigError, RfbenchError
 from rfbench.benchmark.runner.config import RunConfig, load_run_config
+from rfbench.core.config import choice, from_dict, in_range
+from rfbench.core.errors import ConfigError, RfbenchError
 
 ENTRY_SCHEMA = "rfbench.entry/1"
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}$")
@@ -59,10 +59,10 @@ class TrackProtocol:
     dataset: str
     model: str
     norm: str = field(metadata=choice("linf", "l2"))
-    eps: float = field(metadata=rng(0, None))
+    eps: float = field(metadata=in_range(0, None))
     attacks: list[str] = field(default_factory=list)  # attack labels, in run order
-    n_per_class: int | None = field(default=None, metadata=rng(1, None))  # None = the full test set
-    test_size: int | None = field(default=None, metadata=rng(1, None))  # evaluated images in all
+    n_per_class: int | None = field(default=None, metadata=in_range(1, None))  # None = the full test set
+    test_size: int | None = field(default=None, metadata=in_range(1, None))  # evaluated images in all
     checkpoint: str = "best"  # the ranked checkpoint
 
 
@@ -78,7 +78,7 @@ class TrackInfo:
     # the reference among entries with identical predictions is the one of the first baseline (ranking.py)
     baselines: list[str] = field(default_factory=lambda: ["standard", "pgd-at", "trades"])
     # the protocol version: a change of recipe or evaluation bumps it; entries of another version are refused
-    version: int = field(default=1, metadata=rng(1, None))
+    version: int = field(default=1, metadata=in_range(1, None))
 
 
 @dataclass
@@ -93,8 +93,8 @@ class Track:
 
     def train_config_for(self, defense: str) -> dict[str, Any]:
         """The track's full training config (every TrainConfig key) when ``defense`` runs, its preset applied."""
-        from rfbench.benchmark.config import to_dict
         from rfbench.benchmark.runner.config import resolve_run
+        from rfbench.core.config import to_dict
 
         return to_dict(resolve_run(self.run, defense=defense, out="track-run").train)
 
@@ -172,16 +172,16 @@ class Evaluation:
 @dataclass
 class Threat:
     norm: str = field(metadata=choice("linf", "l2"))
-    eps: float = field(metadata=rng(0, None))
+    eps: float = field(metadata=in_range(0, None))
 
 
 @dataclass
 class Cost:
     accelerator: str = field(metadata=choice("cpu", "cuda"))
     device: str
-    train_seconds: float = field(metadata=rng(0, None))
-    eval_seconds: float = field(metadata=rng(0, None))
-    gpu_hours: float | None = field(default=None, metadata=rng(0, None))
+    train_seconds: float = field(metadata=in_range(0, None))
+    eval_seconds: float = field(metadata=in_range(0, None))
+    gpu_hours: float | None = field(default=None, metadata=in_range(0, None))
 
 
 @dataclass
@@ -201,7 +201,7 @@ class Entry:
     train_config: dict[str, Any]
     provenance: dict[str, Any] = field(default_factory=dict)
     submitted: str = ""
-    track_version: int = field(default=1, metadata=rng(1, None))  # the track protocol version it was produced under
+    track_version: int = field(default=1, metadata=in_range(1, None))  # the track protocol version it was produced under
 
     def evaluation(self, which: str) -> Evaluation:
         return self.evaluations[which]

@@ -17,13 +17,13 @@ from typing import Any
 
 import yaml
 
-from rfbench.benchmark.errors import ConfigError, RfbenchError
-from rfbench.benchmark.io import atomic_write_bytes, atomic_write_json, read_json
 from rfbench.benchmark.leaderboard.check import check_entry, check_entry_file
 from rfbench.benchmark.leaderboard.paths import is_url
 from rfbench.benchmark.leaderboard.schema import ENTRY_SCHEMA, SUMMARY_FIELDS, Entry, EntryError, Track
 from rfbench.benchmark.runner.config import slug
 from rfbench.benchmark.runner.report import RUN_SCHEMA
+from rfbench.core.errors import ConfigError, RfbenchError
+from rfbench.core.io import atomic_write_bytes, atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
 

@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rfbench.benchmark.config import apply_overrides, from_dict, load_yaml, to_dict
-from rfbench.benchmark.errors import ConfigError
 from rfbench.benchmark.eval.harness import EvalConfig
 from rfbench.benchmark.train.config import TrainConfig
+from rfbench.core.config import apply_overrides, from_dict, load_yaml, to_dict
+from rfbench.core.errors import ConfigError
 
 #: run-level keys a rerun may change without invalidating the finished stages
 VOLATILE_KEYS = {("train", "device"), ("eval", "device"), ("eval", "quiet"), ("eval", "plot"), ("out",)}

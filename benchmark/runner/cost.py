@@ -25,8 +25,8 @@ otherwise an assumed range that every estimate prints as such:
   track.yaml --defense pgd-at``, 9.4 TFLOP by this model, took 101 s on two
   lightly loaded cores);
 * CUDA: the bf16 training throughput (``gflop_per_s``) of a
-  ``benchmarks/results/*.json`` measured with ``--device cuda``
-  (``benchmarks/gpu_run.py``), when one exists; otherwise **assumed**
+  ``perf/results/*.json`` measured with ``--device cuda``
+  (``perf/gpu_run.py``), when one exists; otherwise **assumed**
   100-400 TFLOP/s (13-50% of an H100/H200's dense bf16 peak), a range, since
   rfbench has not yet measured a GPU.
 """
@@ -82,7 +82,7 @@ def throughput(device: str, results_dir: Path | None = None) -> Throughput:
     if device == "cpu":
         return Throughput(MEASURED_CPU_TFLOPS, MEASURED_CPU_TFLOPS,
                           "measured: SmallCNN track run on the project's 2-core CPU")
-    results_dir = results_dir or Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+    results_dir = results_dir or Path(__file__).resolve().parents[2] / "perf" / "results"
     values = []
     for path in sorted(results_dir.glob("*.json")) if results_dir.is_dir() else []:
         try:
@@ -116,7 +116,7 @@ def measured_gflop(model: str, num_classes: int, shape: tuple[int, int, int], kw
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from rfbench.benchmark.models import create_model
+    from rfbench.models import create_model
 
     net = create_model(model, num_classes=num_classes, in_channels=shape[0], mean=(0.0,) * shape[0],
                        std=(1.0,) * shape[0], **dict(kwargs_items)).eval()

@@ -26,9 +26,9 @@ from typing import Any, Callable
 
 from tqdm.auto import tqdm
 
-from rfbench.benchmark.errors import RfbenchError
-from rfbench.benchmark.registry import Registry
 from rfbench.benchmark.runner.config import ResolvedRun
+from rfbench.core.errors import RfbenchError
+from rfbench.core.registry import Registry
 
 log = logging.getLogger(__name__)
 

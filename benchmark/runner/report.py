@@ -26,8 +26,8 @@ import numpy as np
 import pandas as pd
 
 from rfbench.benchmark.eval.provenance import git_sha, package_versions
-from rfbench.benchmark.io import atomic_write_json, atomic_write_text, read_json
-from rfbench.benchmark.perclass import pct, to_percent
+from rfbench.core.io import atomic_write_json, atomic_write_text, read_json
+from rfbench.core.perclass import pct, to_percent
 
 RUN_SCHEMA = "rfbench.run/1"
 CHECKPOINT_KEYS = ("classes", "n_per_class", "worst_case_over", "per_class", "summary", "robustbench", "inventions",
@@ -104,7 +104,7 @@ PERCENT_EXEMPT = ("checkpoint", "epoch", "class", "weakest class", "checks")
 
 
 def percent_markdown(df: pd.DataFrame) -> str:
-    """A frame of fractions as a markdown table in percent (through :func:`~rfbench.benchmark.perclass.pct`)."""
+    """A frame of fractions as a markdown table in percent (through :func:`~rfbench.core.perclass.pct`)."""
     shown, align = df.copy(), []
     for c in shown.columns:
         numeric = pd.api.types.is_numeric_dtype(shown[c])

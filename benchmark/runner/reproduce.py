@@ -39,14 +39,14 @@ from typing import Any
 
 import pandas as pd
 
-from rfbench.benchmark.config import choice, from_dict, load_yaml, to_dict
-from rfbench.benchmark.errors import ConfigError
-from rfbench.benchmark.io import atomic_write_json, atomic_write_text, read_json
-from rfbench.benchmark.perclass import pct
 from rfbench.benchmark.runner.config import RunConfig, deep_merge, resolve_run, slug
 from rfbench.benchmark.runner.cost import Throughput, run_cost, throughput
 from rfbench.benchmark.runner.executors import EXECUTORS, Cell, CellOutcome, ExecutorOptions
 from rfbench.benchmark.runner.summary import mean_std
+from rfbench.core.config import choice, from_dict, load_yaml, to_dict
+from rfbench.core.errors import ConfigError
+from rfbench.core.io import atomic_write_json, atomic_write_text, read_json
+from rfbench.core.perclass import pct
 
 log = logging.getLogger(__name__)
 

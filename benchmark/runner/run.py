@@ -30,13 +30,13 @@ from typing import Any
 
 import yaml
 
-from rfbench.benchmark.config import dump_yaml
-from rfbench.benchmark.errors import ConfigError
-from rfbench.benchmark.io import atomic_write_bytes, atomic_write_text
 from rfbench.benchmark.runner.config import ResolvedRun, config_differences, fingerprint
 from rfbench.benchmark.runner.report import build_run_result, write_run_outputs
 from rfbench.benchmark.runner.stages import StageLog
-from rfbench.benchmark.perclass import pct
+from rfbench.core.config import dump_yaml
+from rfbench.core.errors import ConfigError
+from rfbench.core.io import atomic_write_bytes, atomic_write_text
+from rfbench.core.perclass import pct
 
 log = logging.getLogger(__name__)
 
@@ -112,11 +112,11 @@ def check_checkpoint_names(run: ResolvedRun) -> None:
     defense requests (e.g. CFA's ``fawa``); the defense is built on a placeholder context to
     ask it.  A defense that cannot be built that way is not second-guessed here.
     """
-    from rfbench.attacks.threat import Threat
-    from rfbench.benchmark.errors import ConfigError
-    from rfbench.benchmark.train.averaging import WeightAverages
+    from rfbench.core.errors import ConfigError
+    from rfbench.core.threat import Threat
     from rfbench.defenses.base import TrainContext
     from rfbench.defenses.registry import build_defense
+    from rfbench.models.averaging import WeightAverages
 
     odd = [w for w in run.checkpoints if w not in ("best", "last")]
     if not odd:

@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rfbench.benchmark.errors import RfbenchError
-from rfbench.benchmark.io import read_json
 from rfbench.benchmark.runner.config import ResolvedRun, load_run_config, resolve_run, slug
 from rfbench.benchmark.runner.run import execute_run
+from rfbench.core.errors import RfbenchError
+from rfbench.core.io import read_json
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ def smoke_one(defense: str, out: Path, track: Path = TRACK) -> SmokeRow:
 def smoke_table(rows: list[SmokeRow]) -> str:
     import pandas as pd
 
-    from rfbench.benchmark.perclass import pct
+    from rfbench.core.perclass import pct
 
     df = pd.DataFrame([{"defense": r.defense, "status": "ok" if r.ok else "FAIL", "time (s)": f"{r.seconds:.1f}",
                         "train (s)": f"{r.train_seconds:.1f}", "eval (s)": f"{r.eval_seconds:.1f}", "clean": pct(r.clean),

@@ -11,7 +11,7 @@ import datetime
 from pathlib import Path
 from typing import Any
 
-from rfbench.benchmark.io import atomic_write_json, read_json
+from rfbench.core.io import atomic_write_json, read_json
 
 STAGES_FILE = "stages.json"
 

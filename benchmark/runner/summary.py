@@ -14,8 +14,8 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from rfbench.benchmark.io import read_json
-from rfbench.benchmark.perclass import pct
+from rfbench.core.io import read_json
+from rfbench.core.perclass import pct
 
 #: summary metrics of one checkpoint: (column name, result name, summary field)
 BASE_METRICS = (("clean", "clean", "mean"), ("clean_worst", "clean", "worst"),

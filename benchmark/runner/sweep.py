@@ -27,12 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rfbench.benchmark.config import from_dict, load_yaml, to_dict
-from rfbench.benchmark.errors import ConfigError
-from rfbench.benchmark.io import atomic_write_json, atomic_write_text
 from rfbench.benchmark.runner.config import RunConfig, deep_merge, load_run_config, resolve_run, slug
 from rfbench.benchmark.runner.executors import EXECUTORS, Cell, CellOutcome, ExecutorOptions
 from rfbench.benchmark.runner.summary import aggregate, per_run_frame, summary_markdown
+from rfbench.core.config import from_dict, load_yaml, to_dict
+from rfbench.core.errors import ConfigError
+from rfbench.core.io import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from rfbench.benchmark.errors import RfbenchError
+from rfbench.core.errors import RfbenchError
 
 IDS = "loggers.json"
 
@@ -147,7 +147,7 @@ class _Ids:
             return None
 
     def set(self, name: str, value: str) -> None:
-        from rfbench.benchmark.io import atomic_write_json
+        from rfbench.core.io import atomic_write_json
 
         data = json.loads(self.path.read_text()) if self.path.exists() else {}
         data[name] = value

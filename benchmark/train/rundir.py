@@ -8,13 +8,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from rfbench.benchmark.config import from_dict
-from rfbench.benchmark.errors import RfbenchError
-from rfbench.benchmark.io import load_checkpoint, load_state_dict_into
-from rfbench.benchmark.models import create_model
 from rfbench.benchmark.train.config import TrainConfig
-from rfbench.attacks.threat import Threat
+from rfbench.core.config import from_dict
+from rfbench.core.errors import RfbenchError
+from rfbench.core.io import load_checkpoint, load_state_dict_into
+from rfbench.core.threat import Threat
 from rfbench.defenses import TrainContext, build_defense
+from rfbench.models import create_model
 
 CHECKPOINTS = {"best": "checkpoint-best.pt", "last": "checkpoint-last.pt"}
 

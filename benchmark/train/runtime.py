@@ -14,7 +14,7 @@ import torch
 
 def resolve_device(spec: str = "auto") -> torch.device:
     """``auto`` -> CUDA when available, else CPU; otherwise ``torch.device(spec)``."""
-    from rfbench.benchmark.errors import ConfigError
+    from rfbench.core.errors import ConfigError
 
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

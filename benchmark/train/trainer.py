@@ -29,27 +29,48 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from rfbench.benchmark.config import dump_yaml, to_dict
 from rfbench.benchmark.data import DataBundle, iterate_batches, load_dataset
 from rfbench.benchmark.data.subsets import stratified_subset
-from rfbench.attacks.threat import Threat, resolve_threat, warmup_eps
-from rfbench.benchmark.errors import ConfigError, Interrupted, RfbenchError
-from rfbench.benchmark.io import (atomic_write_json, atomic_write_text, load_checkpoint, load_state_dict_into, remove_stale_temps,
-                          save_checkpoint)
-from rfbench.benchmark.models import create_model
-from rfbench.benchmark.perclass import accuracy_from_counts, class_counts, nan_mean, nan_min
+from rfbench.benchmark.eval.progress import DEFAULT_EVERY_S as PROGRESS_EVERY_S
+from rfbench.benchmark.eval.progress import format_duration
 from rfbench.benchmark.train.config import TrainConfig
-from rfbench.benchmark.train.averaging import WeightAverages
+from rfbench.benchmark.train.distributed import (
+    ShardedGenerator,
+    all_reduce_sum,
+    any_rank,
+    barrier,
+    gather_rows,
+    init_distributed,
+    shard,
+)
 from rfbench.benchmark.train.loggers import ExperimentLoggers, check_available
-from rfbench.benchmark.train.distributed import (ShardedGenerator, all_reduce_sum, any_rank, barrier, gather_rows,
-                                                 init_distributed, shard)
-from rfbench.benchmark.train.runtime import (autocast_dtype, cached_channels_last, layout_message, maybe_compile,
-                                             resolve_device, seed_everything, use_channels_last)
-from rfbench.benchmark.eval.progress import DEFAULT_EVERY_S as PROGRESS_EVERY_S, format_duration
+from rfbench.benchmark.train.runtime import (
+    autocast_dtype,
+    cached_channels_last,
+    layout_message,
+    maybe_compile,
+    resolve_device,
+    seed_everything,
+    use_channels_last,
+)
 from rfbench.benchmark.train.schedule import lr_at, resolve_milestones, warmup_factor
 from rfbench.benchmark.train.validate import validation_accuracy
+from rfbench.core.config import dump_yaml, to_dict
+from rfbench.core.errors import ConfigError, Interrupted, RfbenchError
+from rfbench.core.io import (
+    atomic_write_json,
+    atomic_write_text,
+    load_checkpoint,
+    load_state_dict_into,
+    remove_stale_temps,
+    save_checkpoint,
+)
+from rfbench.core.perclass import accuracy_from_counts, class_counts, nan_mean, nan_min
+from rfbench.core.threat import Threat, resolve_threat, warmup_eps
 from rfbench.defenses import EpochStats, TrainContext, build_defense
 from rfbench.defenses.base import Defense, LossOutput
+from rfbench.models import create_model
+from rfbench.models.averaging import WeightAverages
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +86,7 @@ class NonFiniteLossError(RfbenchError):
 def threat_from(cfg: TrainConfig, bundle: DataBundle) -> Threat:
     """The training threat: the dataset's protocol values, then the config's (track/file, then CLI) values.
 
-    The one resolution rule, :func:`rfbench.attacks.threat.resolve_threat`.
+    The one resolution rule, :func:`rfbench.core.threat.resolve_threat`.
     """
     return resolve_threat(bundle.threat, "train", norm=cfg.norm, eps=cfg.eps, alpha=cfg.alpha, steps=cfg.steps)
 
@@ -174,7 +195,7 @@ class EpochAccumulator:
 
     def summary(self) -> dict[str, Any]:
         """Per class: predictions, accuracy on the training adversarial examples and mean probabilities;
-        a class not seen this epoch is NaN (:mod:`rfbench.benchmark.perclass`)."""
+        a class not seen this epoch is NaN (:mod:`rfbench.core.perclass`)."""
         return {
             "pred_counts": self.pred_counts.tolist(),
             "robust_acc": accuracy_from_counts(self.correct, self.seen).tolist(),

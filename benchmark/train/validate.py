@@ -7,7 +7,7 @@ from torch import nn
 
 from rfbench.attacks.core import pgd
 from rfbench.benchmark.data.base import ArrayDataset, iterate_batches
-from rfbench.benchmark.perclass import per_class_accuracy, robust
+from rfbench.core.perclass import per_class_accuracy, robust
 
 
 @torch.no_grad()
@@ -33,7 +33,7 @@ def validation_accuracy(
     """Per-class clean accuracy and PGD-``steps`` robust accuracy (uniform start, early stop).
 
     Robust = clean-correct and correct on the PGD point; a class without
-    validation images is NaN (:mod:`rfbench.benchmark.perclass`).  The model must already be in eval mode.  Early stop does not change whether
+    validation images is NaN (:mod:`rfbench.core.perclass`).  The model must already be in eval mode.  Early stop does not change whether
     a sample is robust, only how fast we find out.  ``channels_last`` feeds the
     batches in that memory format (for a model converted to it).
     """

@@ -6,9 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-from faultkit import (EPOCHS, EVAL_BATCHES, EVAL_LABELS, N_BATCHES, Segment, eval_cmd, read_trace, rfbench,
-                      train_cmd)
+from faultkit import EPOCHS, EVAL_BATCHES, EVAL_LABELS, N_BATCHES, Segment, eval_cmd, read_trace, rfbench, train_cmd
 
 
 @dataclass

@@ -21,7 +21,7 @@ from typing import Callable
 
 import torch
 
-from rfbench.benchmark.io import load_checkpoint
+from rfbench.core.io import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 HOOK_DIR = Path(__file__).resolve().parent / "hook"

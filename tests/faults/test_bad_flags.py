@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from rfbench.benchmark.cli import main
-from rfbench.benchmark.config import parse_number
-from rfbench.benchmark.errors import ConfigError
+from rfbench.core.config import parse_number
+from rfbench.core.errors import ConfigError
 
 
 @pytest.mark.parametrize("argv, want", [

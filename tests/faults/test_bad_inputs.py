@@ -17,9 +17,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from faultkit import assert_one_line_error, rfbench
 
 from rfbench.benchmark.cli import main
-from faultkit import assert_one_line_error, rfbench
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 # validation happens before any data is loaded or any training starts: these never train
@@ -169,7 +169,7 @@ def test_missing_cifar_root_names_the_expected_layout(capsys, tmp_path):
 USER_MODELS = '''
 import torch
 from torch import nn
-from rfbench.benchmark.models import create_model
+from rfbench.models import create_model
 
 
 def _base(num_classes, in_channels, mean, std):

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from faultkit import assert_one_line_error
+
 from rfbench.benchmark.cli import main
-from rfbench.benchmark.plugins import code_allowed
+from rfbench.core.plugins import code_allowed
 
 TINY = ["--dataset", "fashion-mnist", "--model", "smallcnn", "--max-train-samples", "64", "--val-per-class", "2",
         "--steps", "1", "--val-steps", "1", "--batch-size", "32", "--epochs", "1", "--device", "cpu", "--quiet"]

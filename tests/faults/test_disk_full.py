@@ -26,13 +26,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from faultkit import REPO, assert_one_line_error, assert_same_run, env, train_cmd
 
-from rfbench.benchmark.errors import CheckpointError, RfbenchError
-from rfbench.benchmark.io import atomic, atomic_write_json, load_checkpoint, load_state_dict_into, read_json, save_checkpoint
-from rfbench.benchmark.models import create_model
 from rfbench.benchmark.train.config import TrainConfig
 from rfbench.benchmark.train.trainer import train
-from faultkit import REPO, assert_one_line_error, assert_same_run, env, train_cmd
+from rfbench.core.errors import CheckpointError, RfbenchError
+from rfbench.core.io import atomic, atomic_write_json, load_checkpoint, load_state_dict_into, read_json, save_checkpoint
+from rfbench.models import create_model
 
 HAS_DEV_FULL = os.path.exists("/dev/full")
 

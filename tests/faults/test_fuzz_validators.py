@@ -2,7 +2,7 @@
 
 Every input must give either a valid object (whose every field then honours
 its declared type, range and choices, and is finite) or a one-line
-:class:`~rfbench.benchmark.errors.RfbenchError`; any other exception, or a message with
+:class:`~rfbench.core.errors.RfbenchError`; any other exception, or a message with
 a line break, is a bug.  The counts of inputs tried are printed at the end
 (run with ``-s``).
 """
@@ -22,10 +22,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rfbench.attacks.spec import check_specs
-from rfbench.benchmark.config import apply_overrides, dump_yaml, from_dict, load_yaml
-from rfbench.benchmark.errors import RfbenchError
 from rfbench.benchmark.eval.harness import EvalConfig
 from rfbench.benchmark.train.config import TrainConfig
+from rfbench.core.config import apply_overrides, dump_yaml, from_dict, load_yaml
+from rfbench.core.errors import RfbenchError
 
 REPO = Path(__file__).resolve().parents[2]
 FUZZ = settings(max_examples=250, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
@@ -252,7 +252,7 @@ CHECKPOINT_HEADS = [b"", b"\x80\x02", b"\x80\x04\x95", b"PK\x03\x04", b"\x80\x02
 @given(st.sampled_from(CHECKPOINT_HEADS), st.binary(max_size=600), st.sampled_from([".pt", ".safetensors"]))
 def test_checkpoint_bytes(tmp_path_factory, head, body, suffix):
     """Arbitrary bytes (some starting like a pickle, a zip, torch's legacy format or safetensors) as a checkpoint."""
-    from rfbench.benchmark.io import load_checkpoint
+    from rfbench.core.io import load_checkpoint
 
     TRIED["checkpoint files (random bytes)"] += 1
     path = tmp_path_factory.getbasetemp() / f"fuzz{suffix}"

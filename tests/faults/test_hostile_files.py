@@ -7,9 +7,9 @@ import os
 import pytest
 
 from rfbench.benchmark.cli import main
-from rfbench.benchmark.errors import RfbenchError
-from rfbench.benchmark.io import read_json
 from rfbench.benchmark.leaderboard.check import EntryError, check_flags, read_entry_file
+from rfbench.core.errors import RfbenchError
+from rfbench.core.io import read_json
 
 DEEP = "[" * 100_000 + "]" * 100_000
 

@@ -19,7 +19,7 @@ compared with the uninterrupted run, bit for bit:
   ``README.md`` pages, HTML pages, PNG plots): byte-identical.
 
 After each kill the lock files (``.OUT.rfbench.lock``, see
-``benchmark/io/lock.py``) must be free at once: a kill never blocks the rerun.
+``rfbench/core/io/lock.py``) must be free at once: a kill never blocks the rerun.
 
 ``--kill-count N`` (or ``RFBENCH_KILL_COUNT``) sets the number of kills,
 shared round-robin over the commands in the order of :data:`COMMANDS`; the
@@ -42,9 +42,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
-from rfbench.benchmark.io import load_checkpoint
 from faultkit import TIMING_KEYS, _assert_tensors_equal, env, eval_cmd, train_cmd
+
+from rfbench.core.io import load_checkpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tiny_runs import write_tiny_track  # noqa: E402
@@ -218,7 +218,7 @@ def test_the_comparison_sees_a_one_bit_change(tmp_path):
     """``assert_same_tree`` is not vacuous: one changed weight bit, flag or page byte is a failure."""
     import torch
 
-    from rfbench.benchmark.io import save_checkpoint
+    from rfbench.core.io import save_checkpoint
 
     a, b = tmp_path / "a", tmp_path / "b"
     for d in (a, b):

@@ -18,11 +18,25 @@ import signal
 import time
 
 import pytest
+from faultkit import (
+    CHECKPOINT_EVERY,
+    EPOCHS,
+    EVAL_BATCHES,
+    EVAL_LABELS,
+    N_BATCHES,
+    assert_same_eval,
+    assert_same_run,
+    check_eval_trace,
+    check_training_trace,
+    eval_cmd,
+    read_trace,
+    segment_of,
+    start,
+    train_cmd,
+    wait_until,
+)
 
-from rfbench.benchmark.io import load_checkpoint
-from faultkit import (CHECKPOINT_EVERY, EPOCHS, EVAL_BATCHES, EVAL_LABELS, N_BATCHES, assert_same_eval, assert_same_run,
-                      check_eval_trace, check_training_trace, eval_cmd, read_trace, segment_of, start, train_cmd,
-                      wait_until)
+from rfbench.core.io import load_checkpoint
 
 KILL_SEED = 2024
 # where each kill lands: a seeded random pause after a batch; in the middle of a checkpoint write

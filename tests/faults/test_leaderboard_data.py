@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from rfbench.benchmark.cli import main
-from rfbench.benchmark.errors import RfbenchError
 from rfbench.benchmark.leaderboard import EntryError, check_entry, load_track
+from rfbench.core.errors import RfbenchError
 
 REPO = Path(__file__).resolve().parents[2]
 TRACK = "fashion-mnist-linf"

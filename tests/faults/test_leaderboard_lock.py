@@ -8,11 +8,12 @@ import subprocess
 import sys
 
 from faultkit import assert_one_line_error
+
 from rfbench.benchmark.cli import main
 
 HOLD = ("import sys, time\n"
         "from pathlib import Path\n"
-        "from rfbench.benchmark.io.lock import exclusive_leaderboard\n"
+        "from rfbench.core.io.lock import exclusive_leaderboard\n"
         "with exclusive_leaderboard(Path(sys.argv[1])):\n"
         "    print('held', flush=True)\n"
         "    time.sleep(120)\n")

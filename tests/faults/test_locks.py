@@ -1,4 +1,4 @@
-"""One writer per output directory (``benchmark/io/lock.py``), and bad ``--out`` values answered in one line."""
+"""One writer per output directory (``rfbench/core/io/lock.py``), and bad ``--out`` values answered in one line."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ import subprocess
 import sys
 
 import pytest
-
 from faultkit import assert_one_line_error
+
 from rfbench.benchmark.cli import main
-from rfbench.benchmark.io.lock import DirectoryLockedError, exclusive_dir
+from rfbench.core.io.lock import DirectoryLockedError, exclusive_dir
 
 HOLD = ("import sys, time\n"
-        "from rfbench.benchmark.io.lock import exclusive_dir\n"
+        "from rfbench.core.io.lock import exclusive_dir\n"
         "with exclusive_dir(sys.argv[1]):\n"
         "    print('held', flush=True)\n"
         "    time.sleep(120)\n")

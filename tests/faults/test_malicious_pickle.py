@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from faultkit import assert_one_line_error, rfbench, train_cmd
 
 from rfbench.benchmark.cli import main
-from rfbench.benchmark.errors import CheckpointError
-from rfbench.benchmark.io import load_checkpoint, save_checkpoint
-from rfbench.benchmark.models import create_model
-from faultkit import assert_one_line_error, rfbench, train_cmd
+from rfbench.core.errors import CheckpointError
+from rfbench.core.io import load_checkpoint, save_checkpoint
+from rfbench.models import create_model
 
 
 class Exploit:
@@ -131,7 +131,7 @@ def test_user_code_runs_only_when_explicitly_allowed(tmp_path, capsys):
     marker = tmp_path / "MARKER-module-ran"
     user = tmp_path / "my_model.py"
     user.write_text(f"open({str(marker)!r}, 'w').write('ran')\n"
-                    "from rfbench.benchmark.models import create_model\n"
+                    "from rfbench.models import create_model\n"
                     "def build(num_classes, in_channels, mean, std):\n"
                     "    return create_model('smallcnn', num_classes, in_channels, mean, std, width=0.25)\n")
     args = ["eval", "--model", f"{user}:build", "--dataset", "fashion-mnist", "--n-per-class", "2", "--attack", "fgsm",

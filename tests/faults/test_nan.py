@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from rfbench.benchmark.io import load_checkpoint
 from faultkit import CHECKPOINT_EVERY, N_BATCHES, assert_one_line_error, rfbench, train_cmd
+
+from rfbench.core.io import load_checkpoint
 
 PLUGIN = Path(__file__).resolve().parent / "plugins" / "poisoned_defense.py"
 

@@ -15,8 +15,8 @@ import pytest
 import torch
 from torch import nn
 
-from rfbench.benchmark.errors import RfbenchError
 from rfbench.benchmark.eval import EvalConfig, SampleFlags, evaluate
+from rfbench.core.errors import RfbenchError
 
 DETERMINISTIC = ["fgsm", "pgd:steps=3,start=none"]  # no random start: any split gives the same answer
 

@@ -10,7 +10,7 @@ import torch
 
 from rfbench.benchmark.cli import main
 from rfbench.benchmark.eval import harness
-from rfbench.benchmark.models import create_model
+from rfbench.models import create_model
 
 
 def _eval(weights, out, *attacks, extra=()):
@@ -64,9 +64,9 @@ def test_bad_checkpoint_name_refused_before_training(tmp_path, capsys):
 
 
 def test_weight_average_checkpoint_names_are_accepted():
-    from rfbench.benchmark.errors import ConfigError
     from rfbench.benchmark.runner.config import RunConfig, resolve_run
     from rfbench.benchmark.runner.run import check_checkpoint_names
+    from rfbench.core.errors import ConfigError
 
     train = {"dataset": "fashion-mnist", "defense": "cfa", "defense_args": {"fawa": True}}
     check_checkpoint_names(resolve_run(RunConfig(train=train, checkpoints=["best", "fawa", "fawa-best"]), quiet=True))

@@ -13,10 +13,19 @@ import os
 import signal
 
 import pytest
+from faultkit import (
+    N_BATCHES,
+    assert_one_line_error,
+    assert_same_run,
+    check_training_trace,
+    read_trace,
+    segment_of,
+    start,
+    train_cmd,
+    wait_until,
+)
 
-from rfbench.benchmark.io import load_checkpoint
-from faultkit import (N_BATCHES, assert_one_line_error, assert_same_run, check_training_trace, read_trace,
-                      segment_of, start, train_cmd, wait_until)
+from rfbench.core.io import load_checkpoint
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ appended to that file, one line per event, *after* the event happened:
     <pid> eval-saving <b,...> / eval-saved <b,...>   flags.npz write (listing its finished batches) begins / is durable
 
 With ``RFBENCH_FAULT_SLOW_WRITE=1`` every checkpoint is written in two halves
-through the real :func:`rfbench.benchmark.io.atomic.atomic_write`, with
+through the real :func:`rfbench.core.io.atomic.atomic_write`, with
 ``<pid> half-written <name>`` and a pause in between: a test that kills the
 process on that line kills it in the middle of a checkpoint write, for certain.
 
@@ -123,7 +123,7 @@ def _install_slow_write() -> None:
     import time
     from pathlib import Path
 
-    from rfbench.benchmark.io import atomic, checkpoint
+    from rfbench.core.io import atomic, checkpoint
 
     def slow_write_bytes(path, data: bytes) -> None:
         with atomic.atomic_write(path, "wb") as fh:

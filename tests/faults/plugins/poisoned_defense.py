@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from rfbench.benchmark.config import choice, rng
+from rfbench.core.config import choice, in_range
 from rfbench.defenses.standard import PGDAT
 
 
@@ -17,8 +17,8 @@ class PoisonedAT(PGDAT):
 
     @dataclass
     class Config:
-        at_epoch: int = field(default=1, metadata=rng(1, None))
-        at_batch: int = field(default=1, metadata=rng(1, None))
+        at_epoch: int = field(default=1, metadata=in_range(1, None))
+        at_batch: int = field(default=1, metadata=in_range(1, None))
         what: str = field(default="loss", metadata=choice("loss", "logits"))
         value: str = field(default="nan", metadata=choice("nan", "inf"))
 
