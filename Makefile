@@ -8,7 +8,7 @@ TEST_STAMP := $(VENV)/.rfbench-test-installed
 DEMO_OUT ?= runs/demo
 SMOKE_OUT ?= runs/smoke
 
-.PHONY: demo test smoke install install-test clean-demo
+.PHONY: demo test lint smoke install install-test clean-demo
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ test: $(TEST_STAMP)
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests (exit 5): that is a failure" >&2; fi; \
 	exit $$status
 	$(MAKE) --no-print-directory smoke VENV=$(VENV)
+
+## lint: ruff (rules in pyproject.toml) and pyright in basic mode, held to pyright-baseline.json (which may only shrink)
+lint: $(TEST_STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python scripts/check_types.py
 
 ## smoke: every registered defense for a few steps on Fashion-MNIST, results validated, per-defense time printed
 smoke: $(STAMP)
