@@ -13,7 +13,20 @@ Specs (``pgd:steps=20``) and the threat model live in :mod:`rfbench.attacks.spec
 from rfbench.attacks.autoattack import AutoAttack
 from rfbench.attacks.core import eval_mode, frozen_params, pgd
 from rfbench.attacks.losses import LOSSES, make_loss
-from rfbench.attacks.named import CW, FGSM, LSA, PGD, Attack, TemperaturePGD
+from rfbench.attacks.named import (
+                                   CW,
+                                   FGSM,
+                                   LSA,
+                                   PGD,
+                                   Attack,
+                                   AttackConfig,
+                                   CWConfig,
+                                   IterativeConfig,
+                                   LSAConfig,
+                                   PGDConfig,
+                                   TemperaturePGD,
+                                   TemperaturePGDConfig,
+)
 from rfbench.attacks.registry import ATTACKS, list_attacks, register_attack
 from rfbench.attacks.spec import DEFAULT_SUITE, AttackSpec, Threat, build_attack, build_attacks, parse_spec
 
@@ -25,6 +38,12 @@ __all__ = [
     "LOSSES",
     "PGD",
     "Attack",
+    "AttackConfig",
+    "CWConfig",
+    "IterativeConfig",
+    "LSAConfig",
+    "PGDConfig",
+    "TemperaturePGDConfig",
     "AttackSpec",
     "AutoAttack",
     "TemperaturePGD",

@@ -46,7 +46,7 @@ from typing import Any, Iterator
 import torch
 
 from rfbench.attacks.core import frozen_params
-from rfbench.attacks.named import Attack, format_value
+from rfbench.attacks.named import Attack, AttackConfig, format_value
 from rfbench.attacks.registry import register_attack
 from rfbench.core.config import choice, in_range
 from rfbench.core.errors import ConfigError
@@ -120,8 +120,30 @@ def _routed(flags: dict[str, dict[str, Any]]) -> Iterator[None]:
         pkg.propagate = saved[1]
 
 
+@dataclass
+class AutoAttackConfig(AttackConfig):
+    """AutoAttack's settings (see :class:`AutoAttack`)."""
+
+    version: str = field(default="standard", metadata=choice("standard", "plus", "custom"))
+    attacks: list[str] = field(default_factory=list)
+    steps: int | None = field(default=None, metadata=in_range(1, None))
+    queries: int | None = field(default=None, metadata=in_range(1, None))
+    restarts: int | None = field(default=None, metadata=in_range(1, None))
+    targets: int | None = field(default=None, metadata=in_range(1, None))
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.version == "custom" and not self.attacks:
+            raise ConfigError(f"attack 'autoattack': version=custom needs attacks=A+B (from {'+'.join(AA_ATTACKS)})")
+        if self.version != "custom" and self.attacks:
+            raise ConfigError(f"attack 'autoattack': attacks= is only allowed with version=custom, not {self.version}")
+        bad = [a for a in self.attacks if a not in AA_ATTACKS]
+        if bad:
+            raise ConfigError(f"attack 'autoattack': unknown attack(s) {', '.join(bad)}; valid: {', '.join(AA_ATTACKS)}")
+
+
 @register_attack("autoattack")
-class AutoAttack(Attack):
+class AutoAttack(Attack[AutoAttackConfig]):
     """AutoAttack (Croce & Hein, ICML 2020) via pyautoattack: standard, plus, or a custom attack list.
 
     Arguments (``Config``): ``eps``, ``norm``, ``version``, ``attacks`` (custom
@@ -133,24 +155,7 @@ class AutoAttack(Attack):
     cascade = True
     label_keys = ("version", "attacks")
 
-    @dataclass
-    class Config(Attack.Config):
-        version: str = field(default="standard", metadata=choice("standard", "plus", "custom"))
-        attacks: list[str] = field(default_factory=list)
-        steps: int | None = field(default=None, metadata=in_range(1, None))
-        queries: int | None = field(default=None, metadata=in_range(1, None))
-        restarts: int | None = field(default=None, metadata=in_range(1, None))
-        targets: int | None = field(default=None, metadata=in_range(1, None))
-        seed: int = 0
-
-        def validate(self) -> None:
-            if self.version == "custom" and not self.attacks:
-                raise ConfigError(f"attack 'autoattack': version=custom needs attacks=A+B (from {'+'.join(AA_ATTACKS)})")
-            if self.version != "custom" and self.attacks:
-                raise ConfigError(f"attack 'autoattack': attacks= is only allowed with version=custom, not {self.version}")
-            bad = [a for a in self.attacks if a not in AA_ATTACKS]
-            if bad:
-                raise ConfigError(f"attack 'autoattack': unknown attack(s) {', '.join(bad)}; valid: {', '.join(AA_ATTACKS)}")
+    Config = AutoAttackConfig
 
     def base_label(self) -> str:
         what = format_value(self.cfg.attacks) if self.cfg.version == "custom" else self.cfg.version
@@ -164,8 +169,9 @@ class AutoAttack(Attack):
 
         c = self.cfg
         with _routed(self.flags if self.flags is not None else {}):
-            aa = PackageAA(_DefaultLayoutGrad(self.model), norm=NORM_NAMES[c.norm], eps=float(c.eps), version=c.version,
-                           attacks=list(c.attacks) if c.version == "custom" else None, device=device, seed=int(seed))
+            settings: dict[str, Any] = {"norm": NORM_NAMES[c.norm], "version": c.version,  # validated names
+                                        "attacks": list(c.attacks) if c.version == "custom" else None}
+            aa = PackageAA(_DefaultLayoutGrad(self.model), eps=float(c.eps), device=device, seed=int(seed), **settings)
         restarts = c.restarts if c.restarts is not None else (STANDARD_RESTARTS if c.version == "custom" else None)
         if c.steps is not None:
             aa.apgd = _apgd_copy(APGDAttack, aa.apgd, c.steps)

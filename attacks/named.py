@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -49,7 +49,23 @@ def format_value(v: Any, key: str = "") -> str:
     return str(v)
 
 
-class Attack:
+@dataclass
+class AttackConfig:
+    """Settings every attack has: the radius ``eps`` in the ``norm``, and an optional explicit ``label``."""
+
+    eps: float = field(default=8 / 255, metadata=in_range(0, None))
+    norm: str = field(default="linf", metadata=choice(*NORMS))
+    label: str | None = None  # explicit label, replacing the derived one
+
+    def __post_init__(self) -> None:
+        if self.norm == "linf" and isinstance(self.eps, (int, float)) and self.eps > 1:
+            raise ConfigError(f"'eps' must be in [0, 1] for the linf norm (images are in [0,1]), got {self.eps:g}")
+
+
+C = TypeVar("C", bound=AttackConfig)
+
+
+class Attack(Generic[C]):
     """Base class: an attack maps ``(x, y)`` to adversarial inputs inside the eps-ball and [0,1].
 
     Arguments:
@@ -61,7 +77,9 @@ class Attack:
             beyond the base label) are left out of the label.
         **kwargs: fields of the attack's ``Config``.
 
-    Subclasses set ``Config`` and implement :meth:`perturb` (and :meth:`base_label`).
+    Subclasses are generic in their config: ``class PGD(_Iterative[PGDConfig])`` with
+    ``Config = PGDConfig``, so a type checker sees ``self.cfg.steps``.  They implement
+    :meth:`perturb` (and :meth:`base_label`).
     ``cascade = True`` marks an expensive attack that the harness runs only on
     the points still robust after the cheaper ones.
     """
@@ -71,20 +89,12 @@ class Attack:
     threat_keys: ClassVar[tuple[str, ...]] = ("eps", "norm")  # filled from the threat model by a spec
     label_keys: ClassVar[tuple[str, ...]] = ()  # settings already shown by base_label()
     quiet_keys: ClassVar[tuple[str, ...]] = ("label", "early_stop", "seed")  # never in the label
-
-    @dataclass
-    class Config:
-        eps: float = field(default=8 / 255, metadata=in_range(0, None))
-        norm: str = field(default="linf", metadata=choice(*NORMS))
-        label: str | None = None  # explicit label, replacing the derived one
-
-        def __post_init__(self) -> None:
-            if self.norm == "linf" and isinstance(self.eps, (int, float)) and self.eps > 1:
-                raise ConfigError(f"'eps' must be in [0, 1] for the linf norm (images are in [0,1]), got {self.eps:g}")
+    Config: ClassVar[type[AttackConfig]] = AttackConfig  # the subclass's config type (its type parameter C)
+    cfg: C
 
     def __init__(self, model: torch.nn.Module, *, reference: dict[str, Any] | None = None, **kwargs: Any):
         self.model = model
-        self.cfg = from_dict(self.Config, kwargs, where=f"attack '{self.name}'")
+        self.cfg = cast(C, from_dict(self.Config, kwargs, where=f"attack '{self.name}'"))
         self.reference = dict(reference) if reference is not None else None
         self.autocast_dtype: torch.dtype | None = None
         self.flags: dict[str, dict[str, Any]] = {}  # warnings raised while attacking: id -> {message, count}
@@ -142,19 +152,26 @@ def _generator(x: torch.Tensor, seed: int | None) -> torch.Generator | None:
     return None if seed is None else torch.Generator(device=x.device).manual_seed(int(seed))
 
 
-class _Iterative(Attack):
+@dataclass
+class IterativeConfig(AttackConfig):
+    """Settings of the attacks that run the PGD core for ``steps`` steps."""
+
+    alpha: float = field(default=2 / 255, metadata=in_range(0, None))
+    steps: int = field(default=10, metadata=in_range(1, None))
+    restarts: int = field(default=1, metadata=in_range(1, None))
+    start: str = field(default="uniform", metadata=choice("uniform", "normal", "none"))
+    early_stop: bool = True  # freeze a sample at its first fooling iterate (same robust/not answer)
+
+
+IC = TypeVar("IC", bound=IterativeConfig)
+
+
+class _Iterative(Attack[IC]):
     """Shared parts of the attacks that run the PGD core for ``steps`` steps."""
 
     threat_keys = ("eps", "norm", "alpha", "steps")
     label_keys = ("steps",)
-
-    @dataclass
-    class Config(Attack.Config):
-        alpha: float = field(default=2 / 255, metadata=in_range(0, None))
-        steps: int = field(default=10, metadata=in_range(1, None))
-        restarts: int = field(default=1, metadata=in_range(1, None))
-        start: str = field(default="uniform", metadata=choice("uniform", "normal", "none"))
-        early_stop: bool = True  # freeze a sample at its first fooling iterate (same robust/not answer)
+    Config = IterativeConfig
 
     def loss_name(self) -> str:
         return "ce"
@@ -177,7 +194,7 @@ class _Iterative(Attack):
 
 
 @register_attack("fgsm")
-class FGSM(Attack):
+class FGSM(Attack[AttackConfig]):
     """FGSM (Goodfellow et al., ICLR 2015): one step of size eps along sign(∇ CE), no random start.
 
     Implemented as one PGD-core step with ``alpha = eps`` and no start; with
@@ -190,17 +207,20 @@ class FGSM(Attack):
                    autocast_dtype=self.autocast_dtype)
 
 
+@dataclass
+class PGDConfig(IterativeConfig):
+    loss: str = field(default="ce", metadata=choice("ce", "cw", "dlr", "kl"))
+    kappa: float = field(default=50.0, metadata=in_range(0, None))  # clamp of the cw margin
+
+
 @register_attack("pgd")
-class PGD(_Iterative):
+class PGD(_Iterative[PGDConfig]):
     """PGD (Madry et al., ICLR 2018): ``steps`` projected steps on a loss (ce, cw, dlr or kl) from a random start.
 
     Shape: ``x`` ``(B, C, H, W)`` in [0,1], ``y`` ``(B,)``; returns ``x_adv`` of the shape of ``x``.
     """
 
-    @dataclass
-    class Config(_Iterative.Config):
-        loss: str = field(default="ce", metadata=choice("ce", "cw", "dlr", "kl"))
-        kappa: float = field(default=50.0, metadata=in_range(0, None))  # clamp of the cw margin
+    Config = PGDConfig
 
     def loss_name(self) -> str:
         return self.cfg.loss
@@ -218,13 +238,16 @@ class PGD(_Iterative):
         return super().hidden_keys() | ({"kappa"} if self.cfg.loss != "cw" else set())
 
 
+@dataclass
+class CWConfig(IterativeConfig):
+    kappa: float = field(default=50.0, metadata=in_range(0, None))
+
+
 @register_attack("cw")
-class CW(_Iterative):
+class CW(_Iterative[CWConfig]):
     """CW-PGD: PGD on the Carlini-Wagner margin max_{j≠y} z_j − z_y clamped at −κ (Carlini & Wagner, S&P 2017, Eq. 6 form)."""
 
-    @dataclass
-    class Config(_Iterative.Config):
-        kappa: float = field(default=50.0, metadata=in_range(0, None))
+    Config = CWConfig
 
     def loss_name(self) -> str:
         return "cw"
@@ -233,8 +256,14 @@ class CW(_Iterative):
         return {"kappa": self.cfg.kappa}
 
 
+@dataclass
+class TemperaturePGDConfig(IterativeConfig):
+    T: float = field(default=1.0, metadata=in_range(1e-6, None))
+    tmode: str = field(default="scalar", metadata=choice("scalar", "confidence"))
+
+
 @register_attack("temperature-pgd")
-class TemperaturePGD(_Iterative):
+class TemperaturePGD(_Iterative[TemperaturePGDConfig]):
     """Temperature-PGD (Tian, Kuang, Jiang, Wu, Wang, KDD 2021, arXiv 2105.14240): PGD on CE(softmax(z/T), y).
 
     With sign steps, T changes the step's direction only: T < 1 focuses the
@@ -252,10 +281,7 @@ class TemperaturePGD(_Iterative):
     inventions = {"tmode=confidence": "the per-sample confidence temperature T_i = T ** p_y(x_i); "
                                       "the paper uses one scalar T"}
 
-    @dataclass
-    class Config(_Iterative.Config):
-        T: float = field(default=1.0, metadata=in_range(1e-6, None))
-        tmode: str = field(default="scalar", metadata=choice("scalar", "confidence"))
+    Config = TemperaturePGDConfig
 
     def loss_name(self) -> str:
         return "tce"
@@ -275,8 +301,14 @@ class TemperaturePGD(_Iterative):
         return f"{self.name}-{self.cfg.steps}-T{format_value(self.cfg.T)}{mode}"
 
 
+@dataclass
+class LSAConfig(IterativeConfig):
+    steps: int = field(default=20, metadata=in_range(1, None))
+    scale: float = field(default=10.0, metadata=in_range(1e-6, None))  # α: the logits' multiplier
+
+
 @register_attack("lsa")
-class LSA(TemperaturePGD):
+class LSA(_Iterative[LSAConfig]):
     """Logit-scaling attack (LSA): PGD on CE(α·z, y), as run by AT-BSL's released evaluation (Yue et al., CVPR 2024).
 
     The attack goes back to Carlini & Wagner's attack on defensive distillation
@@ -292,18 +324,13 @@ class LSA(TemperaturePGD):
 
     threat_keys = ("eps", "norm", "alpha")  # steps: the released 20, not the protocol's
     label_keys = ("steps", "scale")
-    inventions: dict[str, str] = {}
+    Config = LSAConfig
 
-    @dataclass
-    class Config(_Iterative.Config):
-        steps: int = field(default=20, metadata=in_range(1, None))
-        scale: float = field(default=10.0, metadata=in_range(1e-6, None))  # α: the logits' multiplier
+    def loss_name(self) -> str:
+        return "tce"
 
     def loss_kwargs(self) -> dict[str, Any]:
         return {"T": 1.0 / self.cfg.scale}
-
-    def aux(self, x, y):
-        return {}
 
     def base_label(self) -> str:
         return f"{self.name}-{self.cfg.steps}-x{format_value(self.cfg.scale)}"

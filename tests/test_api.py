@@ -453,7 +453,7 @@ def test_example_scripts_compile():
 @pytest.mark.parametrize("name", ["cifar10", "svhn", "stl10"])
 def test_torchvision_sets_test_only_skip_the_training_files(tmp_path, monkeypatch, name):
     """``test_only`` reads only the test files: a missing or unreadable training file does not matter."""
-    from tests.test_data_torchvision import make_cifar10, make_stl10, make_svhn
+    from test_data_torchvision import make_cifar10, make_stl10, make_svhn
 
     {"cifar10": make_cifar10, "svhn": make_svhn, "stl10": make_stl10}[name](tmp_path)
     full = load_dataset(name, root=str(tmp_path), val_per_class=1)

@@ -7,7 +7,9 @@ repository's top-level folders, and ``src/rfbench`` links to ``rfbench/`` (docs/
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -19,6 +21,7 @@ import pytest
 import rfbench
 
 ROOT = Path(__file__).resolve().parents[1]
+ROOTS = ("benchmark", "attacks", "defenses")  # the top-level code folders, linked inside rfbench/
 
 
 @pytest.mark.parametrize("name", sorted(rfbench._LAZY_MODULES))
@@ -84,7 +87,13 @@ def _wheel_from(source: Path, out: Path) -> Path:
 @pytest.mark.slow
 def test_a_wheel_and_an_sdist_install_and_run(tmp_path):
     """Both artefacts carry real files (no links), every subpackage and the web assets, and run outside the checkout."""
-    wheel = _wheel_from(ROOT, tmp_path / "wheel")
+    source = tmp_path / "checkout"  # a copy, so that the build leaves nothing in the working tree
+    source.mkdir()
+    for part in ("setup.py", "setup.cfg", "pyproject.toml", "README.md", "src", "rfbench", *ROOTS):
+        src = ROOT / part
+        (shutil.copytree(src, source / part, symlinks=True, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+         if src.is_dir() and not src.is_symlink() else shutil.copy2(src, source / part, follow_symlinks=False))
+    wheel = _wheel_from(source, tmp_path / "wheel")
     names = zipfile.ZipFile(wheel).namelist()
     for required in ("rfbench/attacks/core.py", "rfbench/defenses/base.py", "rfbench/benchmark/cli/__init__.py",
                      "rfbench/core/config.py", "rfbench/models/base.py", "rfbench/benchmark/leaderboard/web/style.css"):
@@ -95,7 +104,7 @@ def test_a_wheel_and_an_sdist_install_and_run(tmp_path):
 
     sdist_dir = tmp_path / "sdist"
     subprocess.run([sys.executable, "-c", f"from setuptools import build_meta as b; b.build_sdist({str(sdist_dir)!r})"],
-                   cwd=ROOT, check=True, capture_output=True, timeout=600)
+                   cwd=source, check=True, capture_output=True, timeout=600)
     (sdist,) = sdist_dir.glob("rfbench-*.tar.gz")
     with tarfile.open(sdist) as tar:
         members = tar.getmembers()
