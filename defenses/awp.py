@@ -13,7 +13,7 @@ github.com/csdongxian/AWP):
    the paper's Eq. 8/9 projection onto ‖v_l‖ ≤ γ‖w_l‖ with one ascent step that
    reaches the boundary), and added: w ← w + v;
 4. the defense's loss at w + v is back-propagated and the optimiser steps;
-5. the same v is subtracted (``on_batch_end``, called after the optimiser step):
+5. the same v is subtracted (the hook's ``after_optimizer_step``):
    w ← w − lr·∇L(w + v) (+ momentum, weight decay) exactly, v leaves nothing behind.
 
 The released proxy step is an SGD step without momentum or weight decay; its
@@ -29,46 +29,39 @@ epoch 10 of 200, i.e. 9 warm-up epochs: ``awp_warmup`` is that *fraction* of the
 training budget (9/200 = 0.045), so AWP starts at 0-based epoch
 ``round(awp_warmup·epochs)`` whatever the run length.
 
-Composability: ``with_awp(defense, gamma, warmup)`` turns a built defense of any class
-into its AWP version (the trainer does this for ``awp_gamma > 0`` in the run config:
-``rfbench train --defense cfa --awp-gamma 0.005``).  Defenses that keep the base
-``training_step`` (perturb, then loss) get exactly the algorithm above; a defense that
-overrides ``training_step`` (``standard``) has its whole step replayed on the proxy for
-the direction.
+Composability: AWP is a training hook, not a kind of defense.  :class:`WeightPerturbation`
+holds the algorithm; the trainer runs it through ``rfbench.benchmark.train.hooks.AWPHook`` for
+``awp_gamma > 0`` in the run config (``rfbench train --defense cfa --awp-gamma 0.005``) or for a
+defense whose :meth:`~rfbench.defenses.base.Defense.weight_perturbation` asks for it (``awp-at``,
+``awp-trades``).  Defenses that keep the base ``training_step`` (perturb, then loss) get exactly
+the algorithm above; a defense that overrides ``training_step`` (``standard``) has its whole step
+replayed on the proxy for the direction.
 
 Data-parallel training: every rank computes g_l on its shard; the gradients are
 averaged over ranks (all-reduce) before normalising, so every rank applies the same v
 (the released code runs ``nn.DataParallel``, i.e. the global batch).  The bare module's
 parameters are perturbed in place, so a ``torch.compile`` or DDP wrapper sees them.
-A batch skipped for a non-finite loss does not reach ``on_batch_end``; the pending v is
-then removed at the start of the next step or epoch hook (no optimiser step happened,
-so removing it restores w exactly).
+A batch skipped for a non-finite loss has its pending v removed by the hook's
+``step_skipped`` (no optimiser step happened, so removing it restores w exactly).
 """
 
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from rfbench.core.config import in_range
-from rfbench.defenses.base import Defense, EpochStats, LossOutput, TrainContext
+from rfbench.defenses.base import AWPSettings, Defense
 from rfbench.defenses.registry import register_defense
 from rfbench.defenses.standard import PGDAT
 from rfbench.defenses.trades import TRADES
 from rfbench.models.base import unwrap
 
 AWP_EPS = 1e-20  # added to ‖g_l‖, as released
-
-
-def bare_module(model: nn.Module) -> nn.Module:
-    """The eager module under DDP and ``torch.compile`` wrappers (parameters are shared)."""
-    model = unwrap(model)
-    return getattr(model, "_orig_mod", model)
 
 
 def perturbed_names(model: nn.Module) -> list[str]:
@@ -86,46 +79,45 @@ def awp_active(epoch: int, epochs: int, warmup: float) -> bool:
     return epoch >= round(warmup * epochs)
 
 
-class AWPMixin:
-    """Adds AWP around a defense's loss; see the module docstring.  Reads ``awp_gamma``/``awp_warmup``."""
+class WeightPerturbation:
+    """AWP's per-batch weight perturbation v (steps 2, 3 and 5 of the module docstring), for any defense.
 
-    awp_gamma: float = 5e-3
-    awp_warmup: float = 0.0
-    _awp_pending: list[tuple[torch.Tensor, torch.Tensor]] | None = None
-    _awp_proxy: nn.Module | None = None
+    The trainer drives it through a training hook (``rfbench.benchmark.train.hooks.AWPHook``):
+    :meth:`apply` after the defense's inner maximisation and before its loss, :meth:`remove`
+    after the optimiser step (or for a skipped batch, where no step happened).  It never
+    changes the defense's class; the defense only supplies its loss (or its whole step).
+    """
 
-    def _awp_remove(self) -> None:
-        if self._awp_pending:
+    def __init__(self, gamma: float, warmup: float = 0.0):
+        self.gamma, self.warmup = float(gamma), float(warmup)
+        self._pending: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._proxy: nn.Module | None = None
+
+    def active(self, epoch: int, epochs: int) -> bool:
+        return self.gamma > 0 and awp_active(epoch, epochs, self.warmup)
+
+    def remove(self) -> None:
+        """w ← w − v for the pending v (a no-op when nothing is pending)."""
+        if self._pending:
             with torch.no_grad():
-                for p, v in self._awp_pending:
+                for p, v in self._pending:
                     p.sub_(v)
-        self._awp_pending = None
+        self._pending = None
 
-    def _awp_step(self, model: nn.Module, x, y, pos, x_adv):
-        """The defense's loss (or whole step) on ``model``."""
-        if x_adv is None:
-            return super().training_step(model, x, y, pos)  # type: ignore[misc]
-        model.train()
-        return self.loss(model, x, y, x_adv)  # type: ignore[attr-defined]
-
-    def training_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, pos: torch.Tensor | None = None) -> LossOutput:
-        self._awp_remove()
-        own_step = not _uses_base_step(type(self))
-        x_adv = None if own_step else self.perturb(model, x, y)  # type: ignore[attr-defined]
-        if self.awp_gamma > 0 and awp_active(self.epoch, self.ctx.epochs, self.awp_warmup):  # type: ignore[attr-defined]
-            self._awp_apply(model, x, y, pos, x_adv)
-        return self._awp_step(model, x, y, pos, x_adv)
-
-    def _awp_apply(self, model, x, y, pos, x_adv) -> None:
-        bare = bare_module(model)
-        if self._awp_proxy is None:
-            self._awp_proxy = copy.deepcopy(bare)
-        proxy = self._awp_proxy
+    def apply(self, defense: Defense, model: nn.Module, x: torch.Tensor, y: torch.Tensor, pos: torch.Tensor | None,
+              x_adv: torch.Tensor | None) -> None:
+        """Compute v from the defense's loss at ``x_adv`` on a proxy copy (its whole step when ``x_adv`` is None,
+        i.e. a defense with its own ``training_step``) and add it to the bare module's weights."""
+        self.remove()
+        bare = unwrap(model, eager=True)
+        if self._proxy is None:
+            self._proxy = copy.deepcopy(bare)
+        proxy = self._proxy
         proxy.load_state_dict(bare.state_dict())
         proxy.train()
         names = perturbed_names(proxy)
         pp = dict(proxy.named_parameters())
-        loss = self._awp_step(proxy, x, y, pos, x_adv).loss
+        loss = (defense.training_step(proxy, x, y, pos) if x_adv is None else defense.loss(proxy, x, y, x_adv)).loss
         grads = list(torch.autograd.grad(loss, [pp[n] for n in names], allow_unused=True))
         grads = [torch.zeros_like(pp[n]) if g is None else g.detach() for n, g in zip(names, grads)]
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
@@ -139,52 +131,15 @@ class AWPMixin:
             grads = out
         bp = dict(bare.named_parameters())
         params = [bp[n] for n in names]
-        vs = awp_direction([p.detach() for p in params], grads, self.awp_gamma)
+        vs = awp_direction([p.detach() for p in params], grads, self.gamma)
         with torch.no_grad():
             for p, v in zip(params, vs):
                 p.add_(v)
-        self._awp_pending = list(zip(params, vs))
-
-    def on_batch_end(self, y: torch.Tensor, adv_logits: torch.Tensor | None) -> None:
-        self._awp_remove()  # after the optimiser step: w ← w − v
-        super().on_batch_end(y, adv_logits)  # type: ignore[misc]
-
-    def on_epoch_start(self, epoch: int) -> None:
-        self._awp_remove()
-        super().on_epoch_start(epoch)  # type: ignore[misc]
-
-    def on_epoch_end(self, stats: EpochStats) -> dict[str, Any]:
-        self._awp_remove()
-        return super().on_epoch_end(stats)  # type: ignore[misc]
-
-
-def _uses_base_step(cls: type) -> bool:
-    """True when the class below AWPMixin keeps the base perturb-then-loss ``training_step``."""
-    for k in cls.__mro__:
-        if k is AWPMixin:
-            continue
-        if "training_step" in vars(k):
-            return k is Defense
-    return True
-
-
-_AWP_CLASSES: dict[type, type] = {}
-
-
-def with_awp(defense: Defense, gamma: float, warmup: float = 0.0) -> Defense:
-    """Give a built defense AWP with ``gamma`` and ``warmup`` (fraction of the budget); returns it."""
-    cls = type(defense)
-    if not isinstance(defense, AWPMixin):
-        if cls not in _AWP_CLASSES:
-            _AWP_CLASSES[cls] = type(f"AWP{cls.__name__}", (AWPMixin, cls), {"name": cls.name})
-        defense.__class__ = _AWP_CLASSES[cls]
-    defense.awp_gamma = float(gamma)  # type: ignore[attr-defined]
-    defense.awp_warmup = float(warmup)  # type: ignore[attr-defined]
-    return defense
+        self._pending = list(zip(params, vs))
 
 
 @register_defense("awp-at")
-class AWPAT(AWPMixin, PGDAT):
+class AWPAT(PGDAT):
     """AT-AWP (Wu et al., NeurIPS 2020): PGD-AT with adversarial weight perturbation (γ = 5e-3, no warm-up)."""
 
     @dataclass
@@ -192,13 +147,12 @@ class AWPAT(AWPMixin, PGDAT):
         awp_gamma: float = field(default=5e-3, metadata=in_range(0, None))  # γ, the relative size per layer
         awp_warmup: float = field(default=0.0, metadata=in_range(0, 1))  # fraction of the budget before AWP starts
 
-    def __init__(self, cfg: Any, ctx: TrainContext):
-        super().__init__(cfg, ctx)
-        self.awp_gamma, self.awp_warmup = cfg.awp_gamma, cfg.awp_warmup
+    def weight_perturbation(self) -> AWPSettings:
+        return AWPSettings(self.cfg.awp_gamma, self.cfg.awp_warmup)
 
 
 @register_defense("awp-trades")
-class AWPTRADES(AWPMixin, TRADES):
+class AWPTRADES(TRADES):
     """TRADES-AWP (Wu et al., NeurIPS 2020): TRADES with AWP on the TRADES loss (γ = 5e-3, warm-up 9/200)."""
 
     @dataclass
@@ -206,6 +160,5 @@ class AWPTRADES(AWPMixin, TRADES):
         awp_gamma: float = field(default=5e-3, metadata=in_range(0, None))
         awp_warmup: float = field(default=0.045, metadata=in_range(0, 1))  # released: 9 of 200 epochs
 
-    def __init__(self, cfg: Any, ctx: TrainContext):
-        super().__init__(cfg, ctx)
-        self.awp_gamma, self.awp_warmup = cfg.awp_gamma, cfg.awp_warmup
+    def weight_perturbation(self) -> AWPSettings:
+        return AWPSettings(self.cfg.awp_gamma, self.cfg.awp_warmup)

@@ -102,6 +102,14 @@ class LossOutput:
     terms: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class AWPSettings:
+    """Adversarial weight perturbation a defense asks the trainer for (:mod:`rfbench.defenses.awp`):
+    γ, the relative size per layer, and the warm-up as a fraction of the training budget."""
+
+    gamma: float
+    warmup: float = 0.0
+
 
 @dataclass
 class EpochStats:
@@ -189,6 +197,16 @@ class Defense:
 
     def on_batch_end(self, y: torch.Tensor, adv_logits: torch.Tensor | None) -> None:
         """Called after each optimiser step.  Default: nothing."""
+
+    def weight_perturbation(self) -> AWPSettings | None:
+        """Adversarial weight perturbation the trainer should run around this defense's loss (a training
+        hook, :mod:`rfbench.defenses.awp`), or None.  Default: None (a run's ``awp_gamma`` may still ask)."""
+        return None
+
+    @classmethod
+    def has_own_training_step(cls) -> bool:
+        """True when the class overrides :meth:`training_step` (then the trainer cannot split perturb and loss)."""
+        return cls.training_step is not Defense.training_step
 
     # -- per epoch -------------------------------------------------------------
     def sample_order(self, epoch: int, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor | None:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from rfbench.benchmark.data import iterate_batches, load_dataset
 from rfbench.defenses import Threat, TrainContext, build_defense
-from rfbench.defenses.awp import awp_active, awp_direction, perturbed_names, with_awp
+from rfbench.defenses.awp import WeightPerturbation, awp_active, awp_direction, perturbed_names
 from rfbench.defenses.robustlt import classwise_eps_max, warmup_intensity
 from rfbench.defenses.taet import harl
 from rfbench.models import create_model
@@ -101,14 +101,21 @@ def test_awp_at_step_equals_naive_replay(bundle, batch):
     model = model_for(bundle)
     ctx = ctx_for(bundle.train_counts, epochs=3, seed=7)
     d = build_defense("awp-at", {"awp_gamma": 0.02}, ctx)
+    settings = d.weight_perturbation()
+    assert settings is not None and settings.gamma == 0.02
+    awp = WeightPerturbation(settings.gamma, settings.warmup)  # what the trainer's AWP hook runs
     ref_model = copy.deepcopy(model)
     x_adv = d.perturb(model, x, y)  # the same attack, replayed for the reference
     ctx.generator.manual_seed(7)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    out = d.training_step(model, x, y)
+    x_adv_step = d.perturb(model, x, y)  # the trainer's step: inner maximisation, the hook's before_loss, loss
+    awp.apply(d, model, x, y, None, x_adv_step)
+    model.train()
+    out = d.loss(model, x, y, x_adv_step)
     opt.zero_grad()
     out.loss.backward()
     opt.step()
+    awp.remove()  # the hook's after_optimizer_step
     d.on_batch_end(y, out.adv_logits)
     ref = _naive_awp_sgd_step(ref_model, x, y, x_adv, gamma=0.02, lr=0.05)
     for (n, p), (_, q) in zip(model.state_dict().items(), ref.state_dict().items()):
@@ -128,11 +135,13 @@ def test_awp_removal_restores_weights_without_a_step(bundle, batch):
     x, y = batch
     model = model_for(bundle)
     before = copy.deepcopy(model.state_dict())
-    d = with_awp(build_defense("standard", {}, ctx_for(bundle.train_counts)), gamma=0.01)
+    d = build_defense("standard", {}, ctx_for(bundle.train_counts))
+    awp = WeightPerturbation(gamma=0.01)
+    awp.apply(d, model, x, y, None, None)  # standard has its own training_step: replayed on the proxy
     d.training_step(model, x, y)
     moved = max(float((model.state_dict()[k] - before[k]).abs().max()) for k in before)
     assert moved > 0  # the loss was taken at w + v
-    d.on_batch_end(y, None)
+    awp.remove()  # what the hook does for a skipped batch (no optimizer step)
     for k in before:
         if before[k].is_floating_point():
             assert torch.allclose(model.state_dict()[k], before[k], atol=1e-7), k
@@ -200,8 +209,10 @@ def test_awp_run_option_wraps_any_defense(tmp_path):
             "val_per_class": 3, "val_steps": 1, "model_kwargs": {"width": 0.25}, "device": "cpu",
             "optimizer": "sgd", "lr": 0.05, "defense": "cb-at"}
     t = Trainer(TrainConfig(**tiny, awp_gamma=0.01, out=str(tmp_path / "awp")), quiet=True)
-    from rfbench.defenses.awp import AWPMixin
-    assert isinstance(t.defense, AWPMixin) and t.defense.name == "cb-at" and t.defense.awp_gamma == 0.01
+    from rfbench.benchmark.train.hooks import AWPHook
+    from rfbench.defenses.cb_at import ClassBalancedAT
+    assert [type(h) for h in t.hooks] == [AWPHook] and t.defense.name == "cb-at" and getattr(t.hooks[0], "settings").gamma == 0.01
+    assert type(t.defense) is ClassBalancedAT  # a hook, not a class swap
     w_awp = torch.load(train(TrainConfig(**tiny, awp_gamma=0.01, out=str(tmp_path / "a")), quiet=True)
                        / "checkpoint-last.pt", weights_only=True)["model"]
     w_plain = torch.load(train(TrainConfig(**tiny, out=str(tmp_path / "p")), quiet=True)

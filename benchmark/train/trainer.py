@@ -43,6 +43,7 @@ from rfbench.benchmark.train.distributed import (
     init_distributed,
     shard,
 )
+from rfbench.benchmark.train.hooks import Batch, TrainHook, training_hooks
 from rfbench.benchmark.train.loggers import ExperimentLoggers, check_available
 from rfbench.benchmark.train.runtime import (
     autocast_dtype,
@@ -205,48 +206,6 @@ class EpochAccumulator:
         }
 
 
-class TrainHook:
-    """An extension point of the training step; every method is a no-op by default.
-
-    The trainer calls, for each batch that is not skipped::
-
-        out = defense.training_step(model, x, y, pos)
-        out.loss.backward()
-        hook.before_optimizer_step(trainer, batch)      # gradients are in place
-        optimizer.step()
-        hook.after_optimizer_step(trainer, batch)       # weights are updated
-
-    Hooks run in the order of ``Trainer.hooks``, the same on every rank, and
-    see the bare module as ``trainer.module``.  A hook that keeps state must
-    save it through the defense or the checkpoint (resume is exact only for
-    what is saved).
-    """
-
-    def before_optimizer_step(self, trainer: "Trainer", batch: "Batch") -> None:
-        """After ``backward``, before ``optimizer.step()``."""
-
-    def after_optimizer_step(self, trainer: "Trainer", batch: "Batch") -> None:
-        """After ``optimizer.step()``, before the defense's ``on_batch_end``."""
-
-
-@dataclasses.dataclass
-class Batch:
-    """One training step's data: this rank's shard ``x, y, pos`` and, once stepped, the global-batch results."""
-
-    epoch: int
-    index: int  # 0-based batch index in the epoch
-    x: torch.Tensor
-    y: torch.Tensor
-    pos: torch.Tensor
-    n_global: int
-    out: LossOutput | None = None
-    # filled by the step: every rank's labels and adversarial logits, the global mean loss and terms
-    y_all: torch.Tensor | None = None
-    adv_all: torch.Tensor | None = None
-    loss: float = float("nan")
-    terms: dict[str, float] = dataclasses.field(default_factory=dict)
-
-
 class Trainer:
     """Trains one run described by a :class:`TrainConfig` into ``cfg.out``.
 
@@ -294,9 +253,6 @@ class Trainer:
             lr_milestones=resolve_milestones(cfg.milestones, cfg.milestone_fractions, cfg.epochs), averages=self.averages,
         )
         self.defense: Defense = build_defense(cfg.defense, cfg.defense_args, self.ctx)
-        if cfg.awp_gamma > 0:  # adversarial weight perturbation around any defense's loss
-            from rfbench.defenses.awp import with_awp
-            self.defense = with_awp(self.defense, cfg.awp_gamma, cfg.awp_warmup)
         model = self.defense.setup_model(build_model(cfg, self.bundle)).to(self.device)
         self.channels_last = self._choose_layout(model)
         if self.channels_last:
@@ -316,7 +272,7 @@ class Trainer:
         # a new size would compile the attack and training graphs again, dynamic-shaped (slower than the
         # one eager batch they serve).  Under DDP every rank must go through its wrapper: no fallback.
         self.eager_model = self.module if cfg.compile and not self.dist.enabled else None
-        self.hooks: list[TrainHook] = []  # before/after optimizer-step extension points (TrainHook)
+        self.hooks: list[TrainHook] = training_hooks(cfg, self.defense)  # extension points of the step (TrainHook)
         self.history: list[dict[str, Any]] = []
         self.best_score = float("-inf")
         self.start_epoch = 0
@@ -456,7 +412,7 @@ class Trainer:
             sharding = contextlib.nullcontext()
         model = self.model if self.eager_model is None or len(x) == self.cfg.batch_size else self.eager_model
         with sharding, torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
-            out = batch.out = self.defense.training_step(model, x, y, batch.pos)
+            out = batch.out = self._training_step(model, batch, x, y)
         # the step's one host read (and one collective under DDP): non-finite flag, loss and terms, summed over ranks
         terms = list(out.terms)
         finite = torch.isfinite(out.loss.detach()).all()
@@ -476,6 +432,8 @@ class Trainer:
                 raise NonFiniteLossError(f"{where}{saved}; rerun with --nan-policy skip-batch to skip such "
                                          "batches, or lower the learning rate")
             log.warning("%s: batch skipped (--nan-policy skip-batch)", where)
+            for hook in self.hooks:
+                hook.step_skipped(self, batch)
             return False
         scale = len(y) * info.world / batch.n_global  # makes DDP's gradient average the global-batch mean
         (out.loss * scale if info.enabled else out.loss).backward()
@@ -494,6 +452,24 @@ class Trainer:
         batch.terms = {k: status[2 + i] / batch.n_global for i, k in enumerate(terms)}
         self.defense.on_batch_end(batch.y_all, batch.adv_all)
         return True
+
+    def _training_step(self, model: nn.Module, batch: Batch, x: torch.Tensor, y: torch.Tensor) -> LossOutput:
+        """The defense's step; with hooks, its inner maximisation and its loss with ``before_loss`` between.
+
+        A defense with its own ``training_step`` cannot be split: its hooks' ``before_loss`` sees ``x_adv=None``.
+        """
+        d = self.defense
+        if not self.hooks:
+            return d.training_step(model, x, y, batch.pos)
+        if d.has_own_training_step():
+            for hook in self.hooks:
+                hook.before_loss(self, batch, model, x, y, None)
+            return d.training_step(model, x, y, batch.pos)
+        x_adv = d.perturb(model, x, y)
+        for hook in self.hooks:
+            hook.before_loss(self, batch, model, x, y, x_adv)
+        model.train()
+        return d.loss(model, x, y, x_adv)
 
     def _epoch_batches(self, epoch: int, done: int) -> tuple[Iterator, int]:
         """This epoch's global batches from batch ``done`` on (the defense's order or a uniform shuffle)."""

@@ -65,11 +65,20 @@ class RFModel(nn.Module):
         return (logits, f) if return_features else logits
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    """The module inside a DistributedDataParallel (or similar ``.module``) wrapper."""
-    while isinstance(model, nn.parallel.DistributedDataParallel):
-        model = model.module
-    return model
+def unwrap(model: nn.Module, *, eager: bool = False) -> nn.Module:
+    """The module inside a DistributedDataParallel wrapper; with ``eager=True`` also inside ``torch.compile``'s.
+
+    The parameters are shared with the wrappers.  A defense attacks ``unwrap(model)`` (the compiled
+    graph when the run compiles); code that needs the plain eager module (a ``deepcopy``, AWP's proxy)
+    takes ``unwrap(model, eager=True)``.
+    """
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif eager and isinstance(inner := getattr(model, "_orig_mod", None), nn.Module):
+            model = inner  # torch.compile's OptimizedModule
+        else:
+            return model
 
 
 ModelFactory = Callable[..., RFModel]
