@@ -451,7 +451,7 @@ def test_calibration_files_round_trip(tmp_path):
 def test_an_absent_class_reaches_cfa_and_dafa_as_nan_and_takes_their_absent_class_branch():
     """The trainer's epoch statistics give NaN (not 0) for a class with no training example this epoch;
     CFA keeps that class's previous t_k, DAFA counts its probabilities as uniform."""
-    from rfbench.benchmark.train.trainer import EpochAccumulator
+    from rfbench.benchmark.train.statistics import EpochAccumulator
 
     acc = EpochAccumulator(3, torch.device("cpu"))
     y = torch.tensor([0, 0, 1, 1])  # class 2 absent

@@ -211,7 +211,8 @@ def test_awp_run_option_wraps_any_defense(tmp_path):
     t = Trainer(TrainConfig(**tiny, awp_gamma=0.01, out=str(tmp_path / "awp")), quiet=True)
     from rfbench.benchmark.train.hooks import AWPHook
     from rfbench.defenses.cb_at import ClassBalancedAT
-    assert [type(h) for h in t.hooks] == [AWPHook] and t.defense.name == "cb-at" and getattr(t.hooks[0], "settings").gamma == 0.01
+    (hook,) = t.hooks
+    assert isinstance(hook, AWPHook) and t.defense.name == "cb-at" and hook.settings.gamma == 0.01
     assert type(t.defense) is ClassBalancedAT  # a hook, not a class swap
     w_awp = torch.load(train(TrainConfig(**tiny, awp_gamma=0.01, out=str(tmp_path / "a")), quiet=True)
                        / "checkpoint-last.pt", weights_only=True)["model"]

@@ -19,7 +19,8 @@ import torch
 
 from rfbench.attacks import build_attacks
 from rfbench.benchmark.train.config import TrainConfig
-from rfbench.benchmark.train.trainer import Batch, Trainer
+from rfbench.benchmark.train.hooks import Batch
+from rfbench.benchmark.train.trainer import Trainer
 from rfbench.core.threat import Threat
 from rfbench.models import create_model
 

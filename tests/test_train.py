@@ -8,7 +8,8 @@ import torch
 from rfbench.benchmark.train.config import TrainConfig
 from rfbench.benchmark.train.rundir import load_run_model
 from rfbench.benchmark.train.schedule import lr_at
-from rfbench.benchmark.train.trainer import NonFiniteLossError, Trainer, selection_score, train
+from rfbench.benchmark.train.statistics import selection_score
+from rfbench.benchmark.train.trainer import NonFiniteLossError, Trainer, train
 from rfbench.core.errors import ConfigError
 from rfbench.core.io import load_checkpoint
 
@@ -170,7 +171,7 @@ def test_lr_warmup_factor_by_hand():
 
 def test_trainer_warms_the_lr_up_per_step_across_epochs_and_the_schedule_still_applies(tmp_path):
     """5 batches per epoch, warm-up over 7 steps, lr x 0.1 from epoch 2: the rate of every step by hand."""
-    from rfbench.benchmark.train.trainer import TrainHook
+    from rfbench.benchmark.train.hooks import TrainHook
 
     seen = []
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from rfbench.benchmark.train.config import TrainConfig
-from rfbench.benchmark.train.trainer import load_bundle, train
+from rfbench.benchmark.train.data import load_bundle
+from rfbench.benchmark.train.trainer import train
 from rfbench.core.io import load_checkpoint
 
 TINY = dict(dataset="fashion-mnist", model="smallcnn", max_train_samples=192, val_per_class=5, steps=1,

@@ -27,9 +27,9 @@ def run(args: argparse.Namespace) -> int:
     from rfbench.benchmark.data import to_float
     from rfbench.benchmark.eval.calibrate import CalibrationConfig, fit_calibration, save_calibration
     from rfbench.benchmark.train.config import TrainConfig
+    from rfbench.benchmark.train.data import load_bundle
     from rfbench.benchmark.train.rundir import load_run_model
     from rfbench.benchmark.train.runtime import resolve_device
-    from rfbench.benchmark.train.trainer import load_bundle
     from rfbench.core.config import from_dict
     from rfbench.core.io.lock import prepare_out_dir
     from rfbench.core.threat import resolve_threat

@@ -29,11 +29,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from rfbench.benchmark.data import DataBundle, iterate_batches, load_dataset
-from rfbench.benchmark.data.subsets import stratified_subset
+from rfbench.benchmark.data import iterate_batches
 from rfbench.benchmark.eval.progress import DEFAULT_EVERY_S as PROGRESS_EVERY_S
 from rfbench.benchmark.eval.progress import format_duration
 from rfbench.benchmark.train.config import TrainConfig
+from rfbench.benchmark.train.data import images_on_device, load_bundle, threat_from
 from rfbench.benchmark.train.distributed import (
     ShardedGenerator,
     all_reduce_sum,
@@ -45,6 +45,7 @@ from rfbench.benchmark.train.distributed import (
 )
 from rfbench.benchmark.train.hooks import Batch, TrainHook, training_hooks
 from rfbench.benchmark.train.loggers import ExperimentLoggers, check_available
+from rfbench.benchmark.train.model import build_model, build_optimizer
 from rfbench.benchmark.train.runtime import (
     autocast_dtype,
     cached_channels_last,
@@ -55,6 +56,7 @@ from rfbench.benchmark.train.runtime import (
     use_channels_last,
 )
 from rfbench.benchmark.train.schedule import lr_at, resolve_milestones, warmup_factor
+from rfbench.benchmark.train.statistics import EpochAccumulator, selection_score
 from rfbench.benchmark.train.validate import validation_accuracy
 from rfbench.core.config import dump_yaml, to_dict
 from rfbench.core.errors import ConfigError, Interrupted, RfbenchError
@@ -66,11 +68,10 @@ from rfbench.core.io import (
     remove_stale_temps,
     save_checkpoint,
 )
-from rfbench.core.perclass import accuracy_from_counts, class_counts, nan_mean, nan_min
-from rfbench.core.threat import Threat, resolve_threat, warmup_eps
+from rfbench.core.perclass import nan_mean, nan_min
+from rfbench.core.threat import warmup_eps
 from rfbench.defenses import EpochStats, TrainContext, build_defense
 from rfbench.defenses.base import Defense, LossOutput
-from rfbench.models import create_model
 from rfbench.models.averaging import WeightAverages
 
 log = logging.getLogger(__name__)
@@ -82,128 +83,6 @@ RESUMABLE_KEYS = {"out", "device", "epochs", "checkpoint_every", "nan_policy", "
 
 class NonFiniteLossError(RfbenchError):
     """Training produced NaN or Inf."""
-
-
-def threat_from(cfg: TrainConfig, bundle: DataBundle) -> Threat:
-    """The training threat: the dataset's protocol values, then the config's (track/file, then CLI) values.
-
-    The one resolution rule, :func:`rfbench.core.threat.resolve_threat`.
-    """
-    return resolve_threat(bundle.threat, "train", norm=cfg.norm, eps=cfg.eps, alpha=cfg.alpha, steps=cfg.steps)
-
-
-def load_bundle(cfg: TrainConfig) -> DataBundle:
-    """The run's data: dataset, long-tail split, validation split, optional training subset."""
-    bundle = load_dataset(cfg.dataset, root=cfg.data_root, download=cfg.download, imbalance_ratio=cfg.imbalance_ratio,
-                          val_per_class=cfg.val_per_class, seed=cfg.seed, val_borrow=cfg.val_borrow)
-    if bundle.eval_only:
-        raise ConfigError(f"dataset '{cfg.dataset}' has no training split here; it can only be evaluated")
-    if cfg.augment != "none":
-        bundle.augment = dataclasses.replace(bundle.augment, policy=cfg.augment, num_ops=cfg.augment_ops,
-                                             magnitude=cfg.augment_magnitude, autoaugment_policy=cfg.augment_policy)
-        bundle.notes.append(f"augmentation: {cfg.augment} before the dataset's crop/flip")
-    if cfg.max_train_samples:
-        bundle.train = stratified_subset(bundle.train, cfg.max_train_samples, seed=cfg.seed)
-        bundle.notes.append(f"training subset: {len(bundle.train)} images (max_train_samples={cfg.max_train_samples})")
-    return bundle
-
-
-def images_on_device(ds, device: torch.device):
-    """``ds`` with its uint8 images moved to ``device``; labels and positions stay on the CPU.
-
-    Batches are then gathered on the device (``iterate_batches`` indexes the
-    images there); labels stay where the defenses' samplers and the
-    per-class counts expect them.
-    """
-    return dataclasses.replace(ds, x=ds.x.to(device))
-
-
-def build_model(cfg: TrainConfig, bundle: DataBundle) -> nn.Module:
-    """The registered model, sized for the dataset, with the dataset's normalisation inside.
-
-    Checked at once on one tiny forward of the dataset's image size (a SmallCNN for 28x28
-    given 32x32 images, integer logits or logits without gradient are one line, before any work).
-    """
-    from rfbench.benchmark.eval.model_checks import check_forward
-
-    model = create_model(cfg.model, num_classes=bundle.num_classes, in_channels=bundle.in_channels,
-                        mean=bundle.mean, std=bundle.std, model_kwargs=cfg.model_kwargs)
-    x = getattr(bundle.train, "x", None)
-    if torch.is_tensor(x) and len(x):
-        x = x[:2].cpu()
-        check_forward(model, x.float() / 255 if x.dtype == torch.uint8 else x.float(), bundle.num_classes)
-    return model
-
-
-def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                               weight_decay=cfg.weight_decay)
-    cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[cfg.optimizer]
-    return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-
-def selection_score(val_robust: list[float], rule: str) -> float:
-    """Checkpoint-selection metric on per-class validation robust accuracy."""
-    mean, worst = nan_mean(val_robust), nan_min(val_robust)  # a class without validation images (NaN) is left out
-    return {"mean": mean, "worst": worst, "mean+worst": mean + worst}[rule]
-
-
-class EpochAccumulator:
-    """Per-class statistics of the training adversarial examples over one epoch.
-
-    The training step makes no clean pass, so ``robust_acc`` here is the accuracy on the
-    training adversarial examples (CFA's t_k, Wei et al., CVPR 2023), not the
-    clean-and-adversarial robust accuracy that validation and evaluation report.
-    """
-
-    def __init__(self, num_classes: int, device: torch.device):
-        c = num_classes
-        self.pred_counts = torch.zeros(c, dtype=torch.long, device=device)
-        self.correct = torch.zeros(c, dtype=torch.long, device=device)
-        self.seen = torch.zeros(c, dtype=torch.long, device=device)
-        self.prob_sum = torch.zeros(c, c, dtype=torch.float64, device=device)
-        self.loss_sum = 0.0
-        self.terms: dict[str, float] = {}
-        self.batches = 0
-
-    @torch.no_grad()
-    def add(self, y: torch.Tensor, logits: torch.Tensor | None, loss: float, terms: dict[str, float]) -> None:
-        self.batches += 1
-        self.loss_sum += loss
-        for k, v in terms.items():
-            self.terms[k] = self.terms.get(k, 0.0) + float(v)
-        c = self.seen.numel()
-        self.seen += class_counts(y, c)
-        if logits is None:
-            return
-        logits = logits.detach().float()
-        pred = logits.argmax(1)
-        self.pred_counts += class_counts(pred, c)
-        self.correct += class_counts(y, c, pred == y)
-        self.prob_sum.index_add_(0, y, logits.softmax(1).double())  # per-class sums of the probability vectors
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"pred_counts": self.pred_counts, "correct": self.correct, "seen": self.seen,
-                "prob_sum": self.prob_sum, "loss_sum": self.loss_sum, "terms": dict(self.terms),
-                "batches": self.batches}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        for k in ("pred_counts", "correct", "seen", "prob_sum"):
-            getattr(self, k).copy_(state[k])
-        self.loss_sum, self.terms, self.batches = float(state["loss_sum"]), dict(state["terms"]), int(state["batches"])
-
-    def summary(self) -> dict[str, Any]:
-        """Per class: predictions, accuracy on the training adversarial examples and mean probabilities;
-        a class not seen this epoch is NaN (:mod:`rfbench.core.perclass`)."""
-        return {
-            "pred_counts": self.pred_counts.tolist(),
-            "robust_acc": accuracy_from_counts(self.correct, self.seen).tolist(),
-            "adv_probs": accuracy_from_counts(self.prob_sum, self.seen[:, None]).tolist(),
-            "loss": self.loss_sum / max(1, self.batches),
-            "terms": {k: v / max(1, self.batches) for k, v in self.terms.items()},
-        }
 
 
 class Trainer:
@@ -221,17 +100,27 @@ class Trainer:
     """
 
     def __init__(self, cfg: TrainConfig, quiet: bool = False, force: bool = False):
-        self.cfg = cfg
+        self.cfg, self.out, self.force = cfg, Path(cfg.out), force
+        self._setup_runtime(quiet)  # logger packages, process group, device, precision, seeds
+        self._setup_data()  # dataset and splits, images on the device, the training threat
+        self._setup_defense()  # random streams, the defense's context, the defense and its training hooks
+        self._setup_model()  # model (defense's head, memory layout, init weights), averages, optimizer, wrappers
+        self._setup_records()  # history, resume point, signals, experiment loggers
+
+    # -- setup, in this order: the order of the seeded draws is part of every run's arithmetic ----------
+    def _setup_runtime(self, quiet: bool) -> None:
+        cfg = self.cfg
         for name in cfg.logger:  # a missing logger package is reported before the data is loaded
             check_available(name)
-        self.out = Path(cfg.out)
-        self.force = force
         self.dist, self.device = init_distributed(resolve_device(cfg.device))
         self.quiet = quiet or not self.dist.main
         if not self.dist.main:  # one voice: rank 0 logs, the others only warn
             logging.getLogger().setLevel(logging.WARNING)
         self.amp = autocast_dtype(cfg.amp, self.device)
         self.seeds = seed_everything(cfg.seed)
+
+    def _setup_data(self) -> None:
+        cfg = self.cfg
         self.bundle = load_bundle(cfg)
         if self.device.type == "cuda":  # uint8 images held on the GPU: no host-to-device image copy per batch
             self.bundle.train = images_on_device(self.bundle.train, self.device)
@@ -239,6 +128,9 @@ class Trainer:
         self.threat = threat_from(cfg, self.bundle)  # the resolved training threat (immutable)
         self.eps_warmup = (cfg.eps_warmup_epochs if cfg.eps_warmup_epochs is not None
                            else self.bundle.threat.eps_warmup_epochs)
+
+    def _setup_defense(self) -> None:
+        cfg = self.cfg
         # independent streams: epoch order, augmentation, attack starts (each saved for exact resume)
         self.perm_gen = torch.Generator().manual_seed(cfg.seed)
         self.aug_gen = torch.Generator().manual_seed(cfg.seed + 2)
@@ -253,6 +145,10 @@ class Trainer:
             lr_milestones=resolve_milestones(cfg.milestones, cfg.milestone_fractions, cfg.epochs), averages=self.averages,
         )
         self.defense: Defense = build_defense(cfg.defense, cfg.defense_args, self.ctx)
+        self.hooks: list[TrainHook] = training_hooks(cfg, self.defense)  # extension points of the step (TrainHook)
+
+    def _setup_model(self) -> None:
+        cfg = self.cfg
         model = self.defense.setup_model(build_model(cfg, self.bundle)).to(self.device)
         self.channels_last = self._choose_layout(model)
         if self.channels_last:
@@ -272,15 +168,16 @@ class Trainer:
         # a new size would compile the attack and training graphs again, dynamic-shaped (slower than the
         # one eager batch they serve).  Under DDP every rank must go through its wrapper: no fallback.
         self.eager_model = self.module if cfg.compile and not self.dist.enabled else None
-        self.hooks: list[TrainHook] = training_hooks(cfg, self.defense)  # extension points of the step (TrainHook)
+
+    def _setup_records(self) -> None:
         self.history: list[dict[str, Any]] = []
         self.best_score = float("-inf")
         self.start_epoch = 0
         self.partial: dict[str, Any] | None = None  # mid-epoch state to resume from
         self._signal: int | None = None
         # experiment loggers (rank 0 only); a missing package fails here, before any training
-        self.loggers = ExperimentLoggers(cfg.logger if self.dist.main else [], self.out, classes=list(self.bundle.classes),
-                                         config=self._resolved())
+        self.loggers = ExperimentLoggers(self.cfg.logger if self.dist.main else [], self.out,
+                                         classes=list(self.bundle.classes), config=self._resolved())
 
     # -- checkpoints ------------------------------------------------------------
     def _resolved(self) -> dict[str, Any]:
