@@ -4,7 +4,8 @@ The trainer hands every defense the per-class statistics of :class:`~rfbench.def
 (validation accuracy under its own validation PGD).  Some methods specify a
 different measurement, which they take here with the same PGD core:
 
-* FRL (Xu et al., ICML 2021): per-class clean and robust accuracy under PGD-20;
+* FRL (Xu et al., ICML 2021): per-class clean and robust accuracy under PGD-20, the one measurement
+  :func:`rfbench.attacks.measure.clean_and_pgd_accuracy`;
 * WAT (Li & Liu, AAAI 2023): per-class mean TRADES loss CE + β·KL under the TRADES attack.
 
 ``loader`` is the trainer's ``TrainContext.val_loader(batch_size)``: an iterator
@@ -18,8 +19,8 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from rfbench.attacks.core import eval_mode, pgd
-from rfbench.core.perclass import per_class_accuracy, per_class_mean, robust
+from rfbench.attacks.core import eval_mode
+from rfbench.core.perclass import per_class_mean
 from rfbench.defenses.trades_terms import trades_perturb, trades_terms
 
 
@@ -27,37 +28,6 @@ def fill_missing(values: torch.Tensor, fallback: torch.Tensor | float) -> torch.
     """Replace NaN entries (classes with no sample) by ``fallback`` (a tensor of the same shape or a number)."""
     fb = fallback if torch.is_tensor(fallback) else torch.full_like(values, float(fallback))
     return torch.where(torch.isnan(values), fb.to(values), values)
-
-
-def val_pgd_accuracy(
-    model: nn.Module,
-    loader: Iterable,
-    *,
-    num_classes: int,
-    eps: float,
-    alpha: float,
-    steps: int,
-    norm: str = "linf",
-    generator: torch.Generator | None = None,
-    autocast_dtype: torch.dtype | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-class clean and robust accuracy (CE PGD, uniform start, BN in eval mode), each float64 ``(C,)``.
-
-    Robust = clean-correct and correct on the PGD point; NaN for a class without samples
-    (:mod:`rfbench.core.perclass`)."""
-    clean, rob, labels = [], [], []
-    with eval_mode(model):
-        for x, y, _ in loader:
-            with torch.no_grad(), torch.autocast(x.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                ok = model(x).argmax(1) == y
-            x_adv = pgd(model, x, y, eps=eps, alpha=alpha, steps=steps, norm=norm, loss="ce", start="uniform",
-                        generator=generator, autocast_dtype=autocast_dtype)
-            with torch.no_grad(), torch.autocast(x.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                rob.append(robust(ok, model(x_adv).argmax(1) == y).cpu())
-            clean.append(ok.cpu())
-            labels.append(y.cpu())
-    y_all = torch.cat(labels)
-    return per_class_accuracy(torch.cat(clean), y_all, num_classes), per_class_accuracy(torch.cat(rob), y_all, num_classes)
 
 
 def val_trades_loss(

@@ -41,9 +41,10 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from rfbench.attacks.measure import clean_and_pgd_accuracy
 from rfbench.core.config import choice, in_range
 from rfbench.defenses.base import Defense, EpochStats, LossOutput
-from rfbench.defenses.class_stats import fill_missing, val_pgd_accuracy
+from rfbench.defenses.class_stats import fill_missing
 from rfbench.defenses.registry import register_defense
 from rfbench.defenses.trades_terms import trades_attack_kwargs, trades_terms
 
@@ -158,10 +159,10 @@ class FRLReweight(Defense):
     # -- per-epoch update --------------------------------------------------------
     def _measure(self, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         c, t = self.cfg, self.ctx.threat
-        return val_pgd_accuracy(model, self.ctx.val_loader(c.val_batch_size), num_classes=self.ctx.num_classes,
-                                eps=t.eps, alpha=c.val_alpha if c.val_alpha is not None else t.alpha,
-                                steps=c.val_steps, norm=t.norm, generator=self.ctx.generator,
-                                autocast_dtype=self.ctx.autocast_dtype)
+        return clean_and_pgd_accuracy(model, self.ctx.val_loader(c.val_batch_size), num_classes=self.ctx.num_classes,
+                                      eps=t.eps, alpha=c.val_alpha if c.val_alpha is not None else t.alpha,
+                                      steps=c.val_steps, norm=t.norm, generator=self.ctx.generator,
+                                      autocast_dtype=self.ctx.autocast_dtype)
 
     def _initial_update(self, model: nn.Module) -> None:
         if self.ctx.val_loader is None:
