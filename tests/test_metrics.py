@@ -11,8 +11,10 @@ import torch
 from rfbench.attacks.spec import Threat
 from rfbench.benchmark.eval import checks as C
 from rfbench.benchmark.eval import metrics as M
+from rfbench.benchmark.eval.assemble import build_result
 from rfbench.benchmark.eval.flags import SampleFlags
-from rfbench.benchmark.eval.result import build_result, markdown_table, validate_result
+from rfbench.benchmark.eval.render import markdown_table
+from rfbench.benchmark.eval.result import validate_result
 from rfbench.core import perclass as P
 from rfbench.models import create_model
 

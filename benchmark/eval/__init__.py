@@ -8,6 +8,7 @@ Example::
 See ``docs/evaluation.md`` for the command line and the result schema.
 """
 
+from rfbench.benchmark.eval.assemble import build_result
 from rfbench.benchmark.eval.flags import SampleFlags
 from rfbench.benchmark.eval.harness import (
     AttackBallError,
@@ -17,11 +18,14 @@ from rfbench.benchmark.eval.harness import (
     evaluate_data,
     verify_in_ball,
 )
-from rfbench.benchmark.eval.result import SCHEMA, build_result, markdown_table, validate_result
+from rfbench.benchmark.eval.render import markdown_table
+from rfbench.benchmark.eval.result import SCHEMA, ClassSummary, EvalResult, validate_result
 
 __all__ = [
     "SCHEMA",
     "AttackBallError",
+    "ClassSummary",
+    "EvalResult",
     "EvalConfig",
     "EvalData",
     "SampleFlags",

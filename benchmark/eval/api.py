@@ -42,8 +42,9 @@ import pandas as pd
 import torch
 
 from rfbench.benchmark.eval.harness import EvalConfig, EvalData, evaluate_data
-from rfbench.benchmark.eval.result import markdown_table
-from rfbench.benchmark.eval.result import per_class_frame as _per_class_frame
+from rfbench.benchmark.eval.render import markdown_table
+from rfbench.benchmark.eval.render import per_class_frame as _per_class_frame
+from rfbench.benchmark.eval.result import EvalResult
 from rfbench.core.errors import ConfigError, RfbenchError
 from rfbench.core.io.atomic import atomic_write_text, read_json
 from rfbench.core.threat import OTHER_NORM_RATIO, Threat, ThreatDefaults, resolve_threat
@@ -53,21 +54,25 @@ DEFAULT_STEPS = 20
 
 @dataclass
 class Report:
-    """The result of an evaluation (the ``rfbench.result/2`` dictionary) with tables and plots.
+    """A view of an evaluation's result (:class:`~rfbench.benchmark.eval.result.EvalResult`) with tables and plots.
 
-    ``result`` is exactly what ``result.json`` holds; ``out`` the directory it was
-    written to (None for an in-memory evaluation).
+    ``result`` is the validated, frozen result (what ``result.json`` holds); ``out`` the
+    directory it was written to (None for an in-memory evaluation).  A plain dictionary
+    given as ``result`` is validated into one.
     """
 
-    result: dict[str, Any]
+    result: EvalResult
     out: Path | None = None
+
+    def __post_init__(self) -> None:
+        self.result = EvalResult.from_dict(self.result)
 
     @classmethod
     def load(cls, path: str | Path) -> "Report":
         """A report from a ``result.json`` (or the directory holding it)."""
         path = Path(path)
         path = path / "result.json" if path.is_dir() else path
-        return cls(read_json(path), path.parent)
+        return cls(EvalResult.from_dict(read_json(path)), path.parent)
 
     # -- tables (fractions) --------------------------------------------------------
     @property
@@ -128,13 +133,13 @@ class Report:
 
     # -- renderings --------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return self.result
+        return self.result.to_dict()
 
     def to_json(self, path: str | Path | None = None, indent: int = 2) -> str:
         """The result as JSON text (fractions); written atomically to ``path`` when given."""
         from rfbench.core.io.atomic import _jsonable
 
-        text = json.dumps(_jsonable(self.result), indent=indent, allow_nan=False)
+        text = json.dumps(_jsonable(self.result.to_dict()), indent=indent, allow_nan=False)
         if path is not None:
             atomic_write_text(path, text + "\n")
         return text

@@ -4,7 +4,7 @@ Example::
 
     from rfbench.benchmark.eval import EvalConfig, evaluate
     result = evaluate(model, bundle, EvalConfig(attacks=["pgd:steps=20", "cw"], n_per_class=100), "runs/demo/eval")
-    result["summary"]["worst_case"]["worst"]
+    result.summary["worst_case"].worst      # an EvalResult: typed fields, and the file's keys as a mapping
 
 The core is :func:`evaluate_data`: it works on tensors (an :class:`EvalData`: uint8
 or float [0,1] images, labels, class names) and a :class:`~rfbench.core.threat.Threat`,
@@ -50,13 +50,15 @@ from rfbench.attacks.named import Attack
 from rfbench.attacks.spec import DEFAULT_SUITE, build_attacks, sweep_base, t_sweep_specs
 from rfbench.benchmark.data.base import ArrayDataset, DataBundle, to_float
 from rfbench.benchmark.data.subsets import per_class_subset
+from rfbench.benchmark.eval.assemble import build_result
 from rfbench.benchmark.eval.checks import check_predictions, overall_verdict
 from rfbench.benchmark.eval.flags import SampleFlags
 from rfbench.benchmark.eval.metrics import class_weight_norms
 from rfbench.benchmark.eval.model_checks import check_model
 from rfbench.benchmark.eval.progress import DEFAULT_EVERY_S, EvalProgress
 from rfbench.benchmark.eval.provenance import dataset_description, portable_source, provenance, samples_digest
-from rfbench.benchmark.eval.result import build_result, write_outputs
+from rfbench.benchmark.eval.render import write_outputs
+from rfbench.benchmark.eval.result import EvalResult
 from rfbench.benchmark.train.runtime import (
     autocast_dtype,
     cached_channels_last,
@@ -386,8 +388,8 @@ def evaluate_data(
     imbalance_ratio: float | None = None,
     source: dict[str, Any] | None = None,
     callback: Callable[[int], None] | None = None,
-) -> dict[str, Any]:
-    """The harness core: evaluate ``model`` on ``data`` under ``threat``; the ``rfbench.result/2`` dictionary.
+) -> EvalResult:
+    """The harness core: evaluate ``model`` on ``data`` under ``threat``; the validated ``rfbench.result/2`` result.
 
     Writes the flag file (resumable), ``result.json``, the CSV and markdown tables
     (and the plots) only when ``out_dir`` is given; without it everything stays in
@@ -466,11 +468,12 @@ def evaluate_data(
     result["checks"]["model"] = model_check
     result["checks"]["predictions"] = check_predictions(flags.clean_pred, flags.y, num_classes)
     result["checks"]["overall"] = overall_verdict(result["checks"])
+    typed = EvalResult.from_dict(result)  # validated and frozen: what every caller and the files get
     if out_dir is not None:
-        write_outputs(result, out_dir, plot=cfg.plot)
+        write_outputs(typed, out_dir, plot=cfg.plot)
     if final_dir is not None:
         swap_in(out_dir, final_dir)
-    return result
+    return typed
 
 
 OUTPUT_FILES = (FLAGS_FILE, "result.json", "per_class.csv", "per_class.md", "per_class.png", "confusion_flow.png")
@@ -511,7 +514,7 @@ def evaluate(
     *,
     source: dict[str, Any] | None = None,
     callback: Callable[[int], None] | None = None,
-) -> dict[str, Any]:
+) -> EvalResult:
     """Evaluate ``model`` on ``bundle``'s test split at the dataset's protocol threat (``cfg.eps``/``cfg.norm`` applied).
 
     A thin layer over :func:`evaluate_data`; writes result.json, the CSV and the

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -25,17 +27,17 @@ def save_figure(fig, path: str | Path, dpi: int = 130) -> Path:
     return path
 
 
-def plot_per_class(result: dict, path: str | Path) -> Path:
+def plot_per_class(result: Mapping[str, Any], path: str | Path) -> Path:
     """Write :func:`per_class_figure` as a PNG."""
     return save_figure(per_class_figure(result), path)
 
 
-def plot_confusion_flow(result: dict, path: str | Path, name: str = "worst_case") -> Path:
+def plot_confusion_flow(result: Mapping[str, Any], path: str | Path, name: str = "worst_case") -> Path:
     """Write :func:`confusion_flow_figure` as a PNG."""
     return save_figure(confusion_flow_figure(result, name), path)
 
 
-def per_class_figure(result: dict):
+def per_class_figure(result: Mapping[str, Any]):
     """Clean vs worst-case robust accuracy per class, sorted from the weakest class, with 95% intervals.
 
     The per-attack accuracies are drawn as markers on the robust bar, so one
@@ -70,7 +72,7 @@ def per_class_figure(result: dict):
     return fig
 
 
-def confusion_flow_figure(result: dict, name: str = "worst_case"):
+def confusion_flow_figure(result: Mapping[str, Any], name: str = "worst_case"):
     """Heat map of the confusion flow: share of each true class's samples predicted as each class under attack.
 
     The diagonal (robust samples) is masked so the flow between classes is visible.

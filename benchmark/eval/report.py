@@ -27,7 +27,8 @@ import numpy as np
 import pandas as pd
 
 from rfbench.benchmark.eval import metrics as M
-from rfbench.benchmark.eval.result import column_title, validate_result
+from rfbench.benchmark.eval.render import column_title
+from rfbench.benchmark.eval.result import validate_result
 from rfbench.core.errors import RfbenchError
 from rfbench.core.io.atomic import read_json
 from rfbench.core.perclass import pct

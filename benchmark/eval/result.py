@@ -1,7 +1,9 @@
-"""The result of an evaluation (schema ``rfbench.result/2``) and its CSV and markdown renderings.
+"""The result of an evaluation: schema ``rfbench.result/2``, held by one frozen, validated type, :class:`EvalResult`.
 
-Built from the flag file only (:func:`build_result`), so every table can be
-recomputed without attacking again.  Keys:
+The harness returns it, ``result.json`` round-trips through it (:meth:`EvalResult.load`,
+:meth:`EvalResult.to_dict`), :class:`rfbench.Report` is a view of it and the leaderboard reads
+it.  It is assembled in :mod:`~rfbench.benchmark.eval.assemble` and rendered in
+:mod:`~rfbench.benchmark.eval.render`.  Keys:
 
 * ``schema``, ``dataset``, ``classes``, ``n_per_class`` (evaluated samples per class), ``threat``;
 * ``attacks``: full settings of each attack, in run order, with ``scope``
@@ -13,7 +15,7 @@ recomputed without attacking again.  Keys:
   [true, predicted]), ``cfps`` (name -> C), ``weight_norm``, ``groups`` (long-tailed sets),
   ``t_sweep`` (when Temperature-PGD ran at several T), ``checks``, ``provenance``, ``flags_file``;
 * ``robustbench``: the RobustBench-style block, kept apart from rfbench's own numbers
-  (:func:`robustbench_block`): ``convention``, ``clean_acc``, ``autoattack_acc`` (fractions, like
+  (:func:`~rfbench.benchmark.eval.robustbench_view.robustbench_block`): ``convention``, ``clean_acc``, ``autoattack_acc`` (fractions, like
   every accuracy in the file), ``autoattack_version``, ``autoattack_scope``, ``autoattack_package``,
   ``eps`` ("8/255"), ``threat_model``, ``architecture``, ``additional_data``;
 * ``inventions``: rfbench's own methods (not from a paper) that this result used, with their labels.
@@ -28,208 +30,134 @@ intervals, ``worst_ci95`` the Bonferroni-adjusted interval of the worst class.
 
 from __future__ import annotations
 
-import dataclasses
-import math
+import copy
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pandas as pd
-
-from rfbench.attacks.spec import Threat
-from rfbench.benchmark.eval import checks as checks_mod
-from rfbench.benchmark.eval import metrics as M
-from rfbench.benchmark.eval.flags import SampleFlags
-from rfbench.core.io.atomic import atomic_write_json, atomic_write_text
-from rfbench.core.perclass import class_counts, pct
-from rfbench.core.threat import NORM_NAMES, format_eps
+from rfbench.core.threat import Threat
 
 SCHEMA = "rfbench.result/2"
 REQUIRED_KEYS = ("schema", "classes", "n_per_class", "threat", "attacks", "per_class", "summary", "confusion",
                  "checks", "provenance", "robustbench", "flags_file")
-RB_CONVENTION = ("RobustBench-style fields (Croce et al., NeurIPS 2021 Datasets and Benchmarks), as fractions: "
-                 "clean_acc = clean accuracy over all evaluated images (not class-balanced); autoattack_acc = fraction "
-                 "clean-correct and robust to standard AutoAttack (only a version=standard run fills it; with "
-                 "scope 'survivors' it ran on the points robust to the attacks before it, so it is also robust to those)")
 SUMMARY_KEYS = ("mean", "worst", "worst_class", "gap", "std", "tail20")
 
 
-def at_threat(settings: dict[str, dict], threat: Threat) -> list[str]:
-    """Attack labels whose eps and norm are the evaluation's threat (the worst case is over these)."""
-    return [lab for lab, s in settings.items()
-            if s.get("norm") == threat.norm and math.isclose(float(s["eps"]), threat.eps, rel_tol=1e-9)]
+@dataclass(frozen=True)
+class ClassSummary:
+    """One name's per-class summary (fractions; class indices into ``classes``); ``worst_ci95`` is the
+    Bonferroni-adjusted Wilson interval of the worst class (:mod:`rfbench.core.perclass`)."""
+
+    mean: float | None
+    worst: float | None
+    worst_class: int | None
+    gap: float | None
+    std: float | None
+    tail20: float | None
+    best: float | None = None
+    best_class: int | None = None
+    nsd: float | None = None
+    worst_ci95: tuple[float | None, float | None] | None = None
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ClassSummary":
+        ci = d.get("worst_ci95")
+        return cls(**{k: d.get(k) for k in ("mean", "worst", "worst_class", "gap", "std", "tail20", "best",
+                                             "best_class", "nsd")},
+                   worst_ci95=tuple(ci) if ci is not None else None)  # type: ignore[arg-type]
 
 
-def attack_predictions(flags: SampleFlags, labels: list[str]) -> dict[str, np.ndarray]:
-    """Per attack, the adversarial prediction of every sample; where a cascade attack did not run
-    (the point was already broken), the prediction that broke it."""
-    out = {}
-    for i, lab in enumerate(labels):
-        a = flags.labels.index(lab)
-        ran = flags.ran[:, a]
-        out[lab] = flags.adv_pred[:, a] if ran.all() else np.where(ran, flags.adv_pred[:, a], flags.worst_case_pred(labels[:i]))
-    return out
+@dataclass(frozen=True)
+class EvalResult(Mapping[str, Any]):
+    """A validated ``rfbench.result/2`` result (frozen).
+
+    The typed fields are what code reads most; every key of the file stays readable as a mapping
+    (``result["confusion"]["clean"]``), each read a fresh copy, so nothing can change the result.
+    Build one with :meth:`from_dict` (which validates) or :meth:`load`; write it with :meth:`to_dict`.
+    """
+
+    classes: tuple[str, ...]
+    names: tuple[str, ...]
+    n_per_class: tuple[int, ...]
+    threat: Threat
+    attack_labels: tuple[str, ...]
+    worst_case_over: tuple[str, ...]
+    per_class: Mapping[str, tuple[float | None, ...]]
+    summary: Mapping[str, ClassSummary]
+    overall_check: str
+    _data: Mapping[str, Any] = field(repr=False, compare=False)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "EvalResult":
+        """Validate ``data`` (``ValueError`` naming the first problem) and freeze a copy of it."""
+        if isinstance(data, EvalResult):
+            return data
+        if not isinstance(data, Mapping):
+            raise ValueError(f"a result must be a JSON object, got {type(data).__name__}")
+        _check(data)
+        data = copy.deepcopy(dict(data))
+        names = tuple(data.get("names") or ["clean", *[a["label"] for a in data["attacks"]], "worst_case"])
+        t = data["threat"]
+        return cls(
+            classes=tuple(data["classes"]), names=names, n_per_class=tuple(int(n) for n in data["n_per_class"]),
+            threat=Threat(norm=t["norm"], eps=float(t["eps"]), steps=int(t["steps"]), alpha=float(t["alpha"])),
+            attack_labels=tuple(a["label"] for a in data["attacks"]),
+            worst_case_over=tuple(data.get("worst_case_over") or ()),
+            per_class={k: tuple(v) for k, v in data["per_class"].items()},
+            summary={k: ClassSummary.from_dict(v) for k, v in data["summary"].items()},
+            overall_check=str((data.get("checks") or {}).get("overall", "")),
+            _data=data,
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> "EvalResult":
+        """Read and validate a ``result.json``."""
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The file's JSON object (a fresh copy): ``EvalResult.from_dict(r.to_dict()) == r``."""
+        return copy.deepcopy(dict(self._data))
+
+    # -- the read-only mapping view of the file --------------------------------------
+    def __getitem__(self, key: str) -> Any:
+        return copy.deepcopy(self._data[key])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, EvalResult):
+            return self._data == other._data
+        return isinstance(other, Mapping) and self._data == dict(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def worst_class_name(self, name: str = "worst_case") -> str | None:
+        """The class with the lowest accuracy under ``name`` (the first of a tie), or None."""
+        k = self.summary[name].worst_class
+        return self.classes[k] if k is not None else None
 
 
-def t_sweep_summary(per_class: dict[str, np.ndarray], settings: dict[str, dict], robust: dict[str, np.ndarray],
-                    y: np.ndarray, classes: list[str]) -> dict[str, Any] | None:
-    """The strongest temperature of a Temperature-PGD sweep, and where it beats PGD of the same steps and eps."""
-    tp = [lab for lab, s in settings.items() if s["name"] == "temperature-pgd" and s.get("tmode", "scalar") == "scalar"]
-    if not tp:
-        return None
-    rows = sorted(({"T": settings[lab]["T"], "label": lab, "mean": float(np.nanmean(per_class[lab])),
-                    "worst": float(np.nanmin(per_class[lab]))} for lab in tp), key=lambda r: r["T"])
-    best = min(rows, key=lambda r: (r["mean"], r["worst"]))
-    out: dict[str, Any] = {"values": rows, "strongest_T": best["T"], "strongest_label": best["label"]}
-    s_best = settings[best["label"]]
-    pgd_labs = [lab for lab, s in settings.items() if s["name"] == "pgd" and s.get("loss", "ce") == "ce"
-                and all(s.get(k) == s_best.get(k) for k in ("steps", "norm", "restarts"))
-                and math.isclose(float(s["eps"]), float(s_best["eps"]))]
-    if pgd_labs:
-        ref = pgd_labs[0]
-        delta = per_class[best["label"]] - per_class[ref]
-        b = int((robust[ref] & ~robust[best["label"]]).sum())  # broken by T-PGD only
-        c = int((robust[best["label"]] & ~robust[ref]).sum())  # broken by PGD only
-        order = np.argsort(delta)
-        out["vs_pgd"] = {
-            "pgd": ref, "mean_delta": float(np.nanmean(delta)),
-            "worst_delta": float(np.nanmin(per_class[best["label"]]) - np.nanmin(per_class[ref])),
-            "per_class_delta": delta.tolist(), "broken_only_by_tpgd": b, "broken_only_by_pgd": c,
-            "mcnemar_z": (b - c) / math.sqrt(b + c) if b + c else 0.0,
-            "largest_drops": [{"class": int(k), "name": classes[k], "delta": float(delta[k])} for k in order[:3] if delta[k] < 0],
-        }
-    return out
+def as_result(result: Mapping[str, Any]) -> EvalResult:
+    """``result`` as a validated :class:`EvalResult` (itself when it already is one)."""
+    return EvalResult.from_dict(result)
 
 
-def _json_list(a: np.ndarray) -> list:
-    """``a.tolist()`` with NaN (an empty class) as ``None``, JSON's null."""
-    return np.where(np.isnan(a), None, a).tolist() if np.isnan(a).any() else a.tolist()
+def validate_result(result: Mapping[str, Any]) -> None:
+    """Raise ``ValueError`` naming the first problem if ``result`` does not follow ``rfbench.result/2``."""
+    EvalResult.from_dict(result)
 
 
-def is_standard_autoattack(s: dict) -> bool:
-    """AutoAttack as RobustBench runs it: ``version=standard`` with none of its counts overridden."""
-    return (s.get("name") == "autoattack" and s.get("version") == "standard"
-            and all(s.get(k) is None for k in ("steps", "queries", "restarts", "targets")))
-
-
-def robustbench_block(flags: SampleFlags, settings: dict[str, dict], threat: Threat, robust: dict[str, np.ndarray],
-                      worst_over: list[str], source: dict | None) -> dict[str, Any]:
-    """The RobustBench-style fields, apart from rfbench's per-class numbers (convention in :data:`RB_CONVENTION`)."""
-    aa = [lab for lab in worst_over if is_standard_autoattack(settings[lab])]
-    s = settings[aa[0]] if aa else {}
-    return {
-        "convention": RB_CONVENTION,
-        "clean_acc": float(flags.clean_correct.mean()),
-        "autoattack_acc": float(robust[aa[0]].mean()) if aa else None,
-        "autoattack_label": aa[0] if aa else None,
-        "autoattack_version": s.get("version"),
-        "autoattack_scope": s.get("scope"),
-        "autoattack_package": (s.get("effective") or {}).get("package"),
-        "eps": format_eps(threat.eps),
-        "threat_model": NORM_NAMES[threat.norm],
-        "architecture": (source or {}).get("architecture"),
-        "additional_data": (source or {}).get("additional_data"),
-    }
-
-
-def inventions_used(settings: dict[str, dict], source: dict | None) -> list[dict[str, str]]:
-    """rfbench's own methods (not from a paper) behind this result, each ``{label, invention}``: those of the
-    attacks, of the evaluated run's defense, and calibration (see ``rfbench list``)."""
-    from rfbench.attacks.registry import ATTACKS
-    from rfbench.core.registry import INVENTION_LABEL
-
-    out = [{"label": lab, "invention": note} for lab, s in settings.items() if s["name"] in ATTACKS
-           for note in ATTACKS.invention_notes(s["name"], s)]
-    source = source or {}
-    defense = source.get("defense")
-    if defense:
-        from rfbench.defenses import DEFENSES
-
-        if defense in DEFENSES:
-            args = (source.get("train_config") or {}).get("defense_args") or {}
-            cls = DEFENSES.get(defense)
-            defaults = {f.name: f.default for f in dataclasses.fields(cls.Config)} if dataclasses.is_dataclass(
-                getattr(cls, "Config", None)) else {}
-            out += [{"label": f"defense {defense}", "invention": note}
-                    for note in DEFENSES.invention_notes(defense, {**defaults, **args})]
-    if source.get("calibration"):
-        from rfbench.benchmark.eval.calibrate import CALIBRATION_NOTE
-
-        out.append({"label": "calibration", "invention": f"{INVENTION_LABEL}: {CALIBRATION_NOTE}"})
-    return out
-
-
-def build_result(
-    flags: SampleFlags,
-    *,
-    classes: list[str],
-    settings: dict[str, dict],
-    threat: Threat,
-    dataset: str,
-    train_counts: list[int] | None = None,
-    imbalance_ratio: float | None = None,
-    weight_norms: np.ndarray | None = None,
-    provenance: dict | None = None,
-    n_per_class_requested: int | None = None,
-    flags_file: str = "flags.npz",
-    source: dict | None = None,
-) -> dict[str, Any]:
-    """The ``rfbench.result/2`` dictionary from a (finished) flag file and the evaluation's context."""
-    if not flags.done.all():
-        raise ValueError("build_result needs a finished flag file")
-    C, y = len(classes), flags.y
-    labels = list(flags.labels)
-    worst_over = at_threat(settings, threat)
-    robust = {lab: flags.robust(lab) for lab in labels}
-    correct = {"clean": flags.clean_correct, **robust, "worst_case": flags.worst_case(worst_over)}
-    preds = {"clean": flags.clean_pred, **attack_predictions(flags, labels), "worst_case": flags.worst_case_pred(worst_over)}
-    per_class, ci, summary = {}, {}, {}
-    for name, ok in correct.items():
-        acc = M.per_class_accuracy(ok, y, C)
-        per_class[name], ci[name] = acc, M.per_class_intervals(ok, y, C)
-        summary[name] = {**M.summarize(acc), "worst_ci95": list(M.worst_class_interval(ok, y, C))}
-    groups = M.class_groups(train_counts, imbalance_ratio)
-    max_pert = {lab: float(np.nanmax(flags.pert[:, flags.labels.index(lab)])) if flags.ran[:, flags.labels.index(lab)].any() else None
-                for lab in labels}
-    n = len(y)
-    result: dict[str, Any] = {
-        "schema": SCHEMA,
-        "dataset": dataset,
-        "classes": list(classes),
-        "n_per_class": class_counts(y, C).tolist(),
-        "n_per_class_requested": n_per_class_requested,
-        "n_samples": n,
-        "threat": threat.to_dict(),
-        "attacks": [settings[lab] for lab in labels],
-        "worst_case_over": worst_over,
-        "names": list(correct),
-        "per_class": {k: _json_list(v) for k, v in per_class.items()},
-        "per_class_ci95": {k: _json_list(v) for k, v in ci.items()},
-        "summary": summary,
-        "boundary_error": _json_list(M.boundary_error(per_class["clean"], per_class["worst_case"])),
-        "confusion": {k: M.confusion_matrix(y, p, C).tolist() for k, p in preds.items()},
-        "cfps": {k: M.class_false_positive_score(y, p, C).tolist() for k, p in preds.items()},
-        "weight_norm": None,
-        "groups": None,
-        "t_sweep": t_sweep_summary(per_class, settings, robust, y, classes),
-        "checks": checks_mod.run_checks(robust, flags.clean_correct, y, C, settings, max_pert),
-        "flags_file": flags_file,
-        "provenance": provenance or {},
-        "robustbench": robustbench_block(flags, settings, threat, robust, worst_over, source),
-        "inventions": inventions_used(settings, source),
-    }
-    if weight_norms is not None and len(weight_norms) == C:
-        result["weight_norm"] = {
-            "per_class": [float(w) for w in weight_norms],
-            "pearson_with_clean": M.pearson(weight_norms, per_class["clean"]),
-            "pearson_with_worst_case": M.pearson(weight_norms, per_class["worst_case"]),
-        }
-    if groups:
-        result["groups"] = {"members": groups, **{k: M.group_means(v, groups) for k, v in per_class.items()}}
-    return result
-
-
-def validate_result(result: dict) -> None:
+def _check(result: Mapping[str, Any]) -> None:
     """Raise ``ValueError`` naming the first problem if ``result`` does not follow ``rfbench.result/2``."""
     missing = [k for k in REQUIRED_KEYS if k not in result]
     if missing:
@@ -263,70 +191,3 @@ def validate_result(result: dict) -> None:
     for key in ("eps", "norm", "steps", "alpha"):
         if key not in result["threat"]:
             raise ValueError(f"threat misses {key!r}")
-
-
-# -- renderings ---------------------------------------------------------------
-def per_class_frame(result: dict) -> pd.DataFrame:
-    """Per-class accuracies (fractions) by class, one column per name, plus boundary error and weight norm."""
-    df = pd.DataFrame({name: result["per_class"][name] for name in result["names"]})
-    df.insert(0, "n", result["n_per_class"])
-    df.insert(0, "class", result["classes"])
-    df["boundary_error"] = result["boundary_error"]
-    df["cfps_worst_case"] = result["cfps"]["worst_case"]
-    if result.get("weight_norm"):
-        df["weight_norm"] = result["weight_norm"]["per_class"]
-    return df
-
-
-CASCADE_NOTE = "AA on survivors"
-
-
-def column_title(result: dict, name: str) -> str:
-    """A table header: the name, plus ``(AA on survivors)`` for a cascade attack that ran on the survivors only."""
-    s = next((a for a in result.get("attacks", []) if a.get("label") == name), None)
-    return f"{name} ({CASCADE_NOTE})" if s and s.get("scope") == "survivors" else name
-
-
-def markdown_table(result: dict) -> str:
-    """The per-class table in percent (via :func:`~rfbench.core.perclass.pct`), with mean / worst / gap /
-    std / tail20 rows (for the terminal); an empty class shows as ``-``."""
-    names = result["names"]
-    rows = {c: [pct(v) for v in vals] for c, vals in zip(result["classes"], zip(*(result["per_class"][n] for n in names)))}
-    for key in SUMMARY_KEYS:
-        if key != "worst_class":
-            rows[key] = [pct(result["summary"][n][key]) for n in names]
-    df = pd.DataFrame.from_dict(rows, orient="index", columns=[column_title(result, n) for n in names])
-    df.index.name = "class"
-    table = df.to_markdown(colalign=("left", *["right"] * len(names)))
-    worst = result["summary"]["worst_case"]
-    lo, hi = worst["worst_ci95"]
-    foot = (f"\nworst case over {', '.join(result['worst_case_over']) or '(no attack)'}; worst class "
-            f"{result['classes'][worst['worst_class']]} at {pct(worst['worst'])}% (95% Wilson interval {pct(lo)}-{pct(hi)}); "
-            f"eps {result['robustbench']['eps']} ({result['threat']['norm']}); checks: {result['checks']['overall']}")
-    for inv in result.get("inventions") or []:
-        foot += f"\n{inv['label']}: {inv['invention']}"
-    ts = result.get("t_sweep")
-    if ts:
-        foot += f"\nT-PGD sweep: strongest T = {ts['strongest_T']:g} ({ts['strongest_label']})"
-        vs = ts.get("vs_pgd")
-        if vs:
-            drops = ", ".join(f"{d['name']} {pct(d['delta'], sign=True)}" for d in vs["largest_drops"]) or "none"
-            foot += (f"; vs {vs['pgd']}: mean {pct(vs['mean_delta'], sign=True)} points, worst class "
-                     f"{pct(vs['worst_delta'], sign=True)}; largest drops: {drops}")
-    return table + foot
-
-
-def write_outputs(result: dict, out_dir: str | Path, *, plot: bool = False) -> dict[str, Path]:
-    """Write ``result.json``, ``per_class.csv``, ``per_class.md`` (and the plots); return their paths."""
-    out_dir = Path(out_dir)
-    validate_result(result)
-    paths = {"json": out_dir / "result.json", "csv": out_dir / "per_class.csv", "md": out_dir / "per_class.md"}
-    atomic_write_json(paths["json"], result)
-    atomic_write_text(paths["csv"], per_class_frame(result).to_csv(index_label="class_index"))
-    atomic_write_text(paths["md"], markdown_table(result) + "\n")
-    if plot:
-        from rfbench.benchmark.eval.plots import plot_confusion_flow, plot_per_class
-
-        paths["per_class_png"] = plot_per_class(result, out_dir / "per_class.png")
-        paths["confusion_png"] = plot_confusion_flow(result, out_dir / "confusion_flow.png")
-    return paths

@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime
 import json
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from rfbench.benchmark.eval.provenance import git_sha, package_versions
+from rfbench.benchmark.eval.result import EvalResult
 from rfbench.core.io import atomic_write_json, atomic_write_text, read_json
 from rfbench.core.perclass import pct, to_percent
 
@@ -34,8 +36,8 @@ CHECKPOINT_KEYS = ("classes", "n_per_class", "worst_case_over", "per_class", "su
                    "threat", "flags_file")
 
 
-def checkpoint_block(result: dict[str, Any], result_rel: str) -> dict[str, Any]:
-    """What the run result keeps of one checkpoint's ``rfbench.result/2``."""
+def checkpoint_block(result: Mapping[str, Any], result_rel: str) -> dict[str, Any]:
+    """What the run result keeps of one checkpoint's ``rfbench.result/2`` (read as an :class:`EvalResult`)."""
     block = {"result": result_rel, **{k: result.get(k) for k in CHECKPOINT_KEYS}}
     block["attacks"] = [a["label"] for a in result["attacks"]]
     block["flags_file"] = str(Path(result_rel).parent / result["flags_file"])
@@ -57,7 +59,7 @@ def build_run_result(run_dir: Path, data: dict[str, Any], checkpoints: list[str]
     """The ``rfbench.run/1`` dictionary of a run whose training and evaluations are done."""
     train = _train_summary(run_dir / "train")
     pretrain = _train_summary(run_dir / "pretrain")
-    blocks = {which: checkpoint_block(read_json(run_dir / f"eval-{which}" / "result.json"), f"eval-{which}/result.json")
+    blocks = {which: checkpoint_block(EvalResult.load(run_dir / f"eval-{which}" / "result.json"), f"eval-{which}/result.json")
               for which in checkpoints}
     device = (train or {}).get("device", "cpu")
     accelerator = "cuda" if str(device).startswith("cuda") else "cpu"

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +89,7 @@ def _reuse_identical(run: ResolvedRun, which: str, model, evaluated: dict[str, s
     evaluated.setdefault(digest, which)
 
 
-def _eval_stage(run: ResolvedRun, which: str, bundles: dict[str, Any], evaluated: dict[str, str]) -> dict[str, Any]:
+def _eval_stage(run: ResolvedRun, which: str, bundles: dict[str, Any], evaluated: dict[str, str]) -> Mapping[str, Any]:
     from rfbench.benchmark.data import load_dataset
     from rfbench.benchmark.eval import evaluate
     from rfbench.benchmark.eval.models import data_args_from_run, from_run
