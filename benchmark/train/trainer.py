@@ -292,6 +292,7 @@ class Trainer:
             generator=self.sharded_gen or self.attack_gen,
             val_loader=lambda bs=512: iterate_batches(self.bundle.val, bs, device=self.device),
             lr_milestones=resolve_milestones(cfg.milestones, cfg.milestone_fractions, cfg.epochs), averages=self.averages,
+            fidelity=cfg.fidelity,
         )
         self.defense: Defense = build_defense(cfg.defense, cfg.defense_args, self.ctx)
         if cfg.awp_gamma > 0:  # adversarial weight perturbation around any defense's loss
