@@ -42,7 +42,7 @@ import torch
 from rfbench.attacks.losses import AttackLoss, make_loss
 from rfbench.core.threat import NORMS
 
-STARTS = ("uniform", "normal", "none")
+STARTS = ("uniform", "normal", "none", "uniform-positive")
 BN_MODES = ("eval", "train", "batch")  # batch norm during an attack; see bn_mode
 
 
@@ -135,7 +135,8 @@ def random_start(
     x: torch.Tensor, eps: float | torch.Tensor, norm: str, kind: str, std: float, generator: torch.Generator | None,
     clip: bool = True,
 ) -> torch.Tensor:
-    """The starting point: ``uniform`` in the eps-ball, ``normal`` (x + std·N(0,1)), or ``none``.
+    """The starting point: ``uniform`` in the eps-ball, ``normal`` (x + std·N(0,1)), ``none``, or
+    ``uniform-positive`` (x + eps·U[0,1), one-sided, as RoBal's release draws it; L∞ only).
 
     ``clip`` clamps it to [0,1]; without it the first gradient is taken at the
     unclipped point (as the TRADES-family releases do) and the first step's
@@ -145,6 +146,8 @@ def random_start(
         return x.clone()
     if kind == "normal":
         start = x + std * _draw(x, generator, lambda t, g: t.normal_(generator=g))
+    elif kind == "uniform-positive":
+        start = x + _uniform(x, 0.0, 1.0, generator) * eps
     elif norm == "linf":
         # scalar eps: uniform_(-eps, eps) exactly as torchattacks.PGD draws it
         noise = _uniform(x, -1.0, 1.0, generator) * eps if torch.is_tensor(eps) else _uniform(x, -eps, eps, generator)
@@ -258,7 +261,8 @@ def pgd(
         steps: number of ascent steps (FGSM is one step with ``alpha = eps`` and no start).
         norm: ``linf`` (sign steps) or ``l2`` (normalised-gradient steps).
         loss: a name from :data:`attacks.losses.LOSSES` or a callable; ``loss_kwargs`` configure it.
-        start: ``uniform`` (in the ball), ``normal`` (``x + start_std·N(0,1)``) or ``none``.
+        start: ``uniform`` (in the ball), ``normal`` (``x + start_std·N(0,1)``), ``none`` or
+            ``uniform-positive`` (``x + eps·U[0,1)``).
         start_clip: clamp the random start to [0,1] (``False``: the first gradient is taken at
             the unclipped start, as the TRADES-family releases do).
         start_eps: radius of a ``uniform`` start (default ``eps``; e.g. a base radius when
@@ -287,6 +291,8 @@ def pgd(
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
     if start not in STARTS:
         raise ValueError(f"start must be one of {STARTS}, got {start!r}")
+    if start == "uniform-positive" and norm != "linf":
+        raise ValueError("start 'uniform-positive' is an Linf start")
     if bn is not None and bn not in BN_MODES:
         raise ValueError(f"bn must be one of {BN_MODES}, got {bn!r}")
     loss_fn = make_loss(loss, **(loss_kwargs or {}))

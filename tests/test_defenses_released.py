@@ -102,6 +102,8 @@ def release_attack(model, x, y, loss_fn, *, start, bn, clip_start, seed=7, eps: 
     noise = torch.empty_like(x)
     if start == "normal":
         x_adv = x + 0.001 * noise.normal_(generator=g)
+    elif start == "one-sided":
+        x_adv = x + float(eps) * noise.uniform_(0, 1, generator=g)
     else:
         r = float(eps) if start_radius is None else float(start_radius)  # a scalar radius: uniform_(-r, r)
         x_adv = x + noise.uniform_(-r, r, generator=g)
@@ -295,8 +297,10 @@ def test_cfol_attack_and_exp3_replay(cnn, batch):
 
 
 def test_robal_attack_on_scale_one_cosines(cnn, batch):
-    """RoBal: CE-PGD on the cosine head's scale-1 logits (uniform start, clipped, eval mode) in both modes."""
+    """RoBal: CE-PGD on the cosine head's scale-1 logits (eval mode); the release's one-sided start
+    x + ε·U[0,1) under ``released``, the symmetric ball under ``paper``."""
     x, y = batch
+    xs = {}
     for fid in ("paper", "released"):
         d = build("robal", {}, ctx_for(fid, LT_COUNTS))
         torch.manual_seed(1)
@@ -307,9 +311,11 @@ def test_robal_attack_on_scale_one_cosines(cnn, batch):
             w = head.weight
             return F.normalize(feats, dim=1) @ (w / (w.norm(dim=1, keepdim=True) + 1 / 32)).t()
         net = _FeatureHead(model, cos_logits)
-        ref = release_attack(net, x, y, ce_sum(y), start="uniform", bn="eval", clip_start=True)
-        ours = d.perturb(model, x, y)
+        start = "one-sided" if fid == "released" else "uniform"
+        ref = release_attack(net, x, y, ce_sum(y), start=start, bn="eval", clip_start=True)
+        xs[fid] = ours = d.perturb(model, x, y)
         assert_same(ours, ref)
+    assert_differs(xs["paper"], xs["released"])
 
 
 class _FeatureHead(torch.nn.Module):
