@@ -70,7 +70,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from rfbench.attacks.core import pgd
+from rfbench.attacks.core import bn_mode, pgd
 from rfbench.core.threat import Threat
 from rfbench.models.averaging import WeightAverages
 from rfbench.models.base import unwrap
@@ -200,7 +200,9 @@ class Defense:
         t = self.ctx.threat
         eps, alpha = self.sample_eps(y)
         model = unwrap(model)  # attack the bare module: a DDP wrapper must only see the loss's forward
-        kwargs = {**self.attack_fidelity(y), **self.attack_kwargs(model, x, y)}
+        fidelity = self.attack_fidelity(y)
+        with bn_mode(model, fidelity["bn"]):  # attack_kwargs sees the model in the attack's mode
+            kwargs = {**fidelity, **self.attack_kwargs(model, x, y)}
         return pgd(model, x, y, eps=eps, alpha=alpha, steps=t.steps, norm=t.norm,
                    generator=self.ctx.generator, autocast_dtype=self.ctx.autocast_dtype, **kwargs)
 

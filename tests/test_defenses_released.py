@@ -538,3 +538,35 @@ def test_fidelity_is_a_train_config_field_and_reaches_the_defense():
     assert build("trades", {}, ctx_for("released")).attack_fidelity(torch.zeros(1))["start_clip"] is False
     assert build("trades", {}, ctx_for("paper")).attack_fidelity(torch.zeros(1)) == {"bn": "eval",
                                                                                               "start_clip": True}
+
+
+# --------------------------------------------------------------------------- the PGD core's options
+def test_core_bn_modes_restore_the_model_and_touch_running_statistics_as_named(cnn, batch):
+    x, y = batch
+    kw: dict[str, Any] = dict(eps=EPS, alpha=ALPHA, steps=2, generator=torch.Generator().manual_seed(1))
+    outs = {}
+    for mode in ("eval", "train", "batch"):
+        model = fresh(cnn)
+        before = bn_buffers(model)
+        kw["generator"] = torch.Generator().manual_seed(1)
+        outs[mode] = pgd(model, x, y, bn=mode, **kw)
+        assert not model.training  # the caller's mode comes back
+        assert all(m.track_running_stats for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+        changed = any(not torch.equal(p, q) for p, q in zip(before, bn_buffers(model)))
+        assert changed == (mode == "train")
+    assert_same(outs["train"], outs["batch"])  # the same batch statistics; only the bookkeeping differs
+    assert_differs(outs["eval"], outs["batch"])
+    with pytest.raises(ValueError):
+        pgd(cnn, x, y, bn="frozen", **kw)
+
+
+def test_core_start_clip_and_start_radius(cnn, batch):
+    x, y = batch
+    g = torch.Generator().manual_seed(2)
+    start = pgd(cnn, x, y, eps=EPS, alpha=ALPHA, steps=0, start="uniform", start_eps=0.02, start_clip=False, generator=g)
+    noise = torch.empty_like(x).uniform_(-0.02, 0.02, generator=torch.Generator().manual_seed(2))
+    assert_same(start, x + noise)  # unclipped: some pixels of the black background lie below 0
+    assert start.min() < 0
+    clipped = pgd(cnn, x, y, eps=EPS, alpha=ALPHA, steps=0, start="uniform", start_eps=0.02,
+                  generator=torch.Generator().manual_seed(2))
+    assert_same(clipped, (x + noise).clamp(0, 1))
