@@ -1,8 +1,10 @@
 """The one PGD core (Madry et al., ICLR 2018) behind every attack and every defense's inner maximisation.
 
 Pluggable parts: norm (``linf``, ``l2``), loss (:mod:`rfbench.attacks.losses`),
-random start (``uniform``, ``normal``, ``none``), restarts, per-sample early
-stop, and per-sample ``eps``/``alpha`` (tensors of shape ``(B,)``).
+random start (``uniform``, ``normal``, ``none``; clipped to [0,1] or not, and
+the radius of a uniform start), restarts, per-sample early stop, per-sample
+``eps``/``alpha`` (tensors of shape ``(B,)``) and the batch-norm mode during
+the attack (``bn``: see :data:`BN_MODES`).
 
 In float32 with ``loss='ce'`` and a uniform start the iterates are the same
 as ``torchattacks.PGD``'s for the same random stream: the same operations in
@@ -11,8 +13,11 @@ to [0,1]).
 
 Only the input gets a gradient: parameters are frozen for the duration of the
 attack (``requires_grad_(False)``), which skips the weight-gradient half of
-every backward.  The caller chooses the model's mode (defenses attack in
-``eval`` mode and update in ``train`` mode).
+every backward.  The model's mode is the caller's unless ``bn`` names one
+(:func:`bn_mode`): ``eval`` (running statistics), ``train`` (batch statistics,
+and every attack forward updates the running statistics, as released code that
+attacks in train mode does), or ``batch`` (batch statistics without touching the
+running statistics: train mode with ``track_running_stats=False``).
 
 Speed (``docs/performance.md``): without early stop the steps run on the
 whole batch with no per-step indexing; with early stop the fooled samples
@@ -37,7 +42,8 @@ import torch
 from rfbench.attacks.losses import AttackLoss, make_loss
 from rfbench.core.threat import NORMS
 
-STARTS = ("uniform", "normal", "none")
+STARTS = ("uniform", "normal", "none", "uniform-positive")
+BN_MODES = ("eval", "train", "batch")  # batch norm during an attack; see bn_mode
 
 
 @contextlib.contextmanager
@@ -56,11 +62,37 @@ def frozen_params(model: torch.nn.Module) -> Iterator[None]:
 @contextlib.contextmanager
 def eval_mode(model: torch.nn.Module) -> Iterator[None]:
     """Put ``model`` in eval mode (BN uses running statistics), restoring its mode afterwards."""
+    with bn_mode(model, "eval"):
+        yield
+
+
+@contextlib.contextmanager
+def bn_mode(model: torch.nn.Module, mode: str | None) -> Iterator[None]:
+    """Run the block with batch norm in ``mode``, restoring the model's mode (and BN flags) afterwards.
+
+    * ``eval``: ``model.eval()``, BN normalises with its running statistics;
+    * ``train``: ``model.train()``, BN normalises with the batch's statistics and
+      every forward updates the running statistics;
+    * ``batch``: ``model.train()`` with ``track_running_stats=False`` on every BN
+      layer: batch statistics, running statistics (and ``num_batches_tracked``) untouched;
+    * ``None``: the mode the caller set.
+    """
+    if mode is None:
+        yield
+        return
+    if mode not in BN_MODES:
+        raise ValueError(f"bn must be one of {BN_MODES}, got {mode!r}")
     was_training = model.training
-    model.eval()
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)] if mode == "batch" else []
+    tracked = [m.track_running_stats for m in norms]
+    model.train(mode != "eval")
+    for m in norms:
+        m.track_running_stats = False
     try:
         yield
     finally:
+        for m, t in zip(norms, tracked):
+            m.track_running_stats = t
         model.train(was_training)
 
 
@@ -100,21 +132,32 @@ def _uniform(x: torch.Tensor, low: float, high: float, generator) -> torch.Tenso
 
 
 def random_start(
-    x: torch.Tensor, eps: float | torch.Tensor, norm: str, kind: str, std: float, generator: torch.Generator | None
+    x: torch.Tensor, eps: float | torch.Tensor, norm: str, kind: str, std: float, generator: torch.Generator | None,
+    clip: bool = True,
 ) -> torch.Tensor:
-    """The starting point: ``uniform`` in the eps-ball, ``normal`` (x + std·N(0,1)), or ``none``; clipped to [0,1]."""
+    """The starting point: ``uniform`` in the eps-ball, ``normal`` (x + std·N(0,1)), ``none``, or
+    ``uniform-positive`` (x + eps·U[0,1), one-sided, as RoBal's release draws it; L∞ only).
+
+    ``clip`` clamps it to [0,1]; without it the first gradient is taken at the
+    unclipped point (as the TRADES-family releases do) and the first step's
+    projection brings the iterate back into [0,1].
+    """
     if kind == "none":
         return x.clone()
     if kind == "normal":
-        return (x + std * _draw(x, generator, lambda t, g: t.normal_(generator=g))).clamp(0, 1)
-    if norm == "linf":
+        start = x + std * _draw(x, generator, lambda t, g: t.normal_(generator=g))
+    elif kind == "uniform-positive":
+        start = x + _uniform(x, 0.0, 1.0, generator) * eps
+    elif norm == "linf":
         # scalar eps: uniform_(-eps, eps) exactly as torchattacks.PGD draws it
         noise = _uniform(x, -1.0, 1.0, generator) * eps if torch.is_tensor(eps) else _uniform(x, -eps, eps, generator)
-        return torch.clamp(x + noise, 0, 1)
-    d = _draw(x, generator, lambda t, g: t.normal_(generator=g))
-    n = _l2_norm(d)
-    r = _draw(n, generator, lambda t, g: t.uniform_(0, 1, generator=g))
-    return torch.clamp(x + d * (r / n * eps), 0, 1)
+        start = x + noise
+    else:
+        d = _draw(x, generator, lambda t, g: t.normal_(generator=g))
+        n = _l2_norm(d)
+        r = _draw(n, generator, lambda t, g: t.uniform_(0, 1, generator=g))
+        start = x + d * (r / n * eps)
+    return start.clamp(0, 1) if clip else start
 
 
 def _step(
@@ -144,6 +187,11 @@ def _sel(v: float | torch.Tensor, idx: torch.Tensor) -> float | torch.Tensor:
     return v[idx] if torch.is_tensor(v) else v
 
 
+def _at_least_float32(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in float32, or float64 when it is float64 (a float64 model keeps its precision)."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
 def _input_grad(
     model: torch.nn.Module, loss_fn: AttackLoss, xa: torch.Tensor, y: torch.Tensor, aux: dict[str, torch.Tensor],
     autocast_dtype: torch.dtype | None, return_logits: bool = False,
@@ -151,7 +199,7 @@ def _input_grad(
     """Gradient of the batch-mean loss with respect to the input only (the caller froze the parameters)."""
     with torch.autocast(xa.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
         logits = model(xa)
-        l = loss_fn(logits.float(), y, aux).mean()
+        l = loss_fn(_at_least_float32(logits), y, aux).mean()
     grad, = torch.autograd.grad(l, [xa])
     return (grad, logits.detach()) if return_logits else grad
 
@@ -194,6 +242,9 @@ def pgd(
     loss_kwargs: dict | None = None,
     start: str = "uniform",
     start_std: float = 0.001,
+    start_clip: bool = True,
+    start_eps: float | torch.Tensor | None = None,
+    bn: str | None = None,
     restarts: int = 1,
     early_stop: bool = False,
     aux: dict[str, torch.Tensor] | None = None,
@@ -204,13 +255,20 @@ def pgd(
     """Projected gradient ascent on ``loss`` inside the ``norm`` ball of radius ``eps`` around ``x``.
 
     Arguments:
-        model: maps inputs in [0,1] to logits; its mode is left as the caller set it.
+        model: maps inputs in [0,1] to logits; its mode is left as the caller set it unless ``bn`` is given.
         x, y: inputs in [0,1] ``(B,...)`` and labels ``(B,)``.
         eps, alpha: radius and step size, scalars or per-sample tensors ``(B,)``.
         steps: number of ascent steps (FGSM is one step with ``alpha = eps`` and no start).
         norm: ``linf`` (sign steps) or ``l2`` (normalised-gradient steps).
         loss: a name from :data:`attacks.losses.LOSSES` or a callable; ``loss_kwargs`` configure it.
-        start: ``uniform`` (in the ball), ``normal`` (``x + start_std·N(0,1)``) or ``none``.
+        start: ``uniform`` (in the ball), ``normal`` (``x + start_std·N(0,1)``), ``none`` or
+            ``uniform-positive`` (``x + eps·U[0,1)``).
+        start_clip: clamp the random start to [0,1] (``False``: the first gradient is taken at
+            the unclipped start, as the TRADES-family releases do).
+        start_eps: radius of a ``uniform`` start (default ``eps``; e.g. a base radius when
+            ``eps`` is per-class, as RobustLT's release draws it); the steps still project onto ``eps``.
+        bn: batch norm during the attack, one of :data:`BN_MODES` (:func:`bn_mode`), or
+            ``None`` to keep the caller's mode.
         restarts: independent runs; a sample counts as broken if any run breaks it.
         early_stop: freeze each sample at its first misclassified iterate (evaluation only:
             the "robust or not" answer is unchanged, and it is faster).
@@ -233,6 +291,10 @@ def pgd(
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
     if start not in STARTS:
         raise ValueError(f"start must be one of {STARTS}, got {start!r}")
+    if start == "uniform-positive" and norm != "linf":
+        raise ValueError("start 'uniform-positive' is an Linf start")
+    if bn is not None and bn not in BN_MODES:
+        raise ValueError(f"bn must be one of {BN_MODES}, got {bn!r}")
     loss_fn = make_loss(loss, **(loss_kwargs or {}))
     aux, shared_aux = aux or {}, shared_aux or {}
     x = x.detach()
@@ -244,12 +306,13 @@ def pgd(
     if both := sorted(set(aux) & set(shared_aux)):
         raise ValueError(f"{both} given both as per-sample aux and as shared_aux")
     eps_c, alpha_c = _as_col(eps, x), _as_col(alpha, x)
+    start_c = eps_c if start_eps is None else _as_col(start_eps, x)
     device_type = x.device.type
     best = x.clone()
     todo = torch.arange(b, device=x.device)  # samples not yet broken (across restarts)
     layout = torch.channels_last if x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last) \
         and not x.is_contiguous() else torch.contiguous_format
-    with frozen_params(model):
+    with frozen_params(model), bn_mode(model, bn):
         restarts = max(1, restarts)
         for restart in range(restarts):
             if todo.numel() == 0:
@@ -257,7 +320,8 @@ def pgd(
             whole = todo.numel() == b  # no gather needed while every sample is still in play
             xs, ys = (x, y) if whole else (x[todo].contiguous(memory_format=layout), y[todo])
             e, a = (eps_c, alpha_c) if whole else (_sel(eps_c, todo), _sel(alpha_c, todo))
-            x_adv = random_start(xs, e, norm, start, start_std, generator)
+            r = start_c if whole else _sel(start_c, todo)
+            x_adv = random_start(xs, r, norm, start, start_std, generator, clip=start_clip)
             if early_stop:
                 x_adv, broken = _early_stop_steps(model, loss_fn, xs, ys, x_adv, e, a, aux, shared_aux, todo, steps,
                                                   norm, autocast_dtype, layout)

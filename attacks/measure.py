@@ -30,12 +30,15 @@ def clean_and_pgd_accuracy(
     generator: torch.Generator | None = None,
     autocast_dtype: torch.dtype | None = None,
     channels_last: bool = False,
+    require_clean: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-class clean and PGD-``steps`` robust accuracy over ``batches`` of ``(x, y, ...)``, each float64 ``(C,)``.
 
     ``early_stop`` freezes a sample at its first fooling iterate (the trainer's validation uses it;
     it can only count more samples as fooled than the last iterate does).  ``channels_last`` feeds
     the batches in that memory format (for a model converted to it).  The model's mode is restored.
+    ``require_clean=False`` counts every sample correct on the PGD point, whatever its clean
+    prediction (what FRL's and CFA's releases count; rfbench's definition is the default).
     """
     clean_ok, robust_ok, labels = [], [], []
     with eval_mode(model):
@@ -49,7 +52,7 @@ def clean_and_pgd_accuracy(
             with torch.no_grad(), torch.autocast(x.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                 adv_ok = model(x_adv).argmax(1) == y
             clean_ok.append(ok.cpu())
-            robust_ok.append(robust(ok, adv_ok).cpu())
+            robust_ok.append((robust(ok, adv_ok) if require_clean else adv_ok).cpu())
             labels.append(y.cpu())
     empty = torch.zeros(0, dtype=torch.bool)
     y_all = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long)

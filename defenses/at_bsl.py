@@ -7,7 +7,8 @@ log of its class's training count before the softmax::
 
 AT-BSL applies it to the adversarial logits, L = (1/B) Σ_b BSL(z(x'_b), y_b),
 where x' comes from PGD-10 with a *plain* CE loss (no shift) started from
-``x + 0.001·N(0,1)``.  Evaluation uses the plain logits z: the shift exists
+``x + 0.001·N(0,1)`` (not clipped to [0,1] in the release, ``fidelity: released``;
+clipped under ``paper``).  Evaluation uses the plain logits z: the shift exists
 only inside the training loss, so :meth:`inference_model` is the identity.
 
 Recipe: ResNet-18, lr 0.1, wd 5e-4, batch 128, 100 epochs, lr ×0.1 at 75 and
@@ -41,6 +42,9 @@ def balanced_softmax_loss(logits: torch.Tensor, y: torch.Tensor, log_n: torch.Te
 @register_defense("at-bsl")
 class ATBSL(Defense):
     """AT-BSL (Yue et al., CVPR 2024): balanced softmax CE(z(x') + log n, y) on plain-CE PGD examples."""
+
+    # released code: the first gradient is taken at the unclipped start (docs/defenses.md)
+    released_attack = {"start_clip": False}
 
     @dataclass
     class Config:

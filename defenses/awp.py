@@ -23,11 +23,21 @@ gradient alone (what ``awp_direction`` computes).  RobustLT's re-implementation
 optimiser instead (momentum and weight decay enter the direction); that is not the
 original and is not reproduced.
 
-Released defaults: γ = 5e-3 for both; the PGD-AT version perturbs from the first
-epoch, the TRADES version (``trades_AWP/train_trades_cifar.py``) from its 1-based
-epoch 10 of 200, i.e. 9 warm-up epochs: ``awp_warmup`` is that *fraction* of the
-training budget (9/200 = 0.045), so AWP starts at 0-based epoch
-``round(awp_warmup·epochs)`` whatever the run length.
+Defaults per registered name, from the script it stands for:
+
+* ``awp-at`` (``AT_AWP/train_cifar10.py``, also ``train_cifar100.py`` and
+  ``train_svhn.py``): the release's ``--awp-gamma`` is 0.01 (its logs record
+  ``awp_size=0.01``), used under ``fidelity: released``; the paper's γ = 5e-3
+  under ``paper``.  AWP from the first epoch.  The release calls
+  ``model.train()`` before the next batch's ``attack_pgd``, so its attack runs
+  with BN in train mode (batch statistics; the running statistics absorb every
+  attack forward): ``released_attack`` ``bn: train``.  Its uniform start is clipped
+  to [0,1], as rfbench's.
+* ``awp-trades`` (``trades_AWP/train_trades_cifar.py``): γ = 5e-3 in both modes,
+  AWP from its 1-based epoch 10 of 200, i.e. 9 warm-up epochs: ``awp_warmup`` is
+  that *fraction* of the training budget (9/200 = 0.045), so AWP starts at 0-based
+  epoch ``round(awp_warmup·epochs)`` whatever the run length.  Its TRADES attack
+  takes the first gradient at the unclipped start (as TRADES', under ``released``).
 
 Composability: AWP is a training hook, not a kind of defense.  :class:`WeightPerturbation`
 holds the algorithm; the trainer runs it through ``rfbench.benchmark.train.hooks.AWPHook`` for
@@ -140,20 +150,26 @@ class WeightPerturbation:
 
 @register_defense("awp-at")
 class AWPAT(PGDAT):
-    """AT-AWP (Wu et al., NeurIPS 2020): PGD-AT with adversarial weight perturbation (γ = 5e-3, no warm-up)."""
+    """AT-AWP (Wu et al., NeurIPS 2020): PGD-AT with adversarial weight perturbation (γ = 5e-3 paper,
+    0.01 released; no warm-up)."""
+
+    released_attack = {"bn": "train"}  # train_cifar10.py attacks after model.train()
+    PAPER_GAMMA, RELEASED_GAMMA = 5e-3, 0.01
 
     @dataclass
     class Config:
-        awp_gamma: float = field(default=5e-3, metadata=in_range(0, None))  # γ, the relative size per layer
+        awp_gamma: float | None = field(default=None, metadata=in_range(0, None))  # γ per layer; None = 5e-3 (paper) / 0.01 (released)
         awp_warmup: float = field(default=0.0, metadata=in_range(0, 1))  # fraction of the budget before AWP starts
 
     def weight_perturbation(self) -> AWPSettings:
-        return AWPSettings(self.cfg.awp_gamma, self.cfg.awp_warmup)
+        default = self.RELEASED_GAMMA if self.released else self.PAPER_GAMMA
+        return AWPSettings(default if self.cfg.awp_gamma is None else self.cfg.awp_gamma, self.cfg.awp_warmup)
 
 
 @register_defense("awp-trades")
 class AWPTRADES(TRADES):
-    """TRADES-AWP (Wu et al., NeurIPS 2020): TRADES with AWP on the TRADES loss (γ = 5e-3, warm-up 9/200)."""
+    """TRADES-AWP (Wu et al., NeurIPS 2020): TRADES with AWP on the TRADES loss (γ = 5e-3 in paper and release,
+    warm-up 9/200)."""
 
     @dataclass
     class Config(TRADES.Config):

@@ -18,7 +18,9 @@ by the defense.  Override only what your method changes:
 
 * :meth:`Defense.perturb` -- the inner maximisation (default: the PGD core with
   the training threat model and per-sample ``eps``/``alpha`` from
-  :meth:`Defense.sample_eps`), run with BN in eval mode and frozen parameters;
+  :meth:`Defense.sample_eps`), run with frozen parameters, BN in eval mode and a
+  start clipped to [0,1] unless :meth:`Defense.attack_fidelity` (or
+  ``attack_kwargs``, which may return ``bn``, ``start_clip`` and ``start_eps``) says otherwise;
 * :meth:`Defense.loss` -- the training loss from model, batch and state;
 * :meth:`Defense.on_epoch_end` -- the per-epoch state update;
 * :meth:`Defense.on_train_start` -- a measurement of the starting weights;
@@ -29,6 +31,16 @@ by the defense.  Override only what your method changes:
   (by default every tensor, list, number and dict attribute named in ``state_keys``).
 
 Hyper-parameters are a dataclass (``Config``) with the paper's defaults.
+
+**Fidelity.**  ``ctx.fidelity`` is the run's ``fidelity`` (``paper`` or
+``released``, :data:`FIDELITIES`).  Under ``released`` a defense behaves as its
+authors' released code does (inner maximisation, BN mode during the attack,
+random start and its clipping, schedules, statistics, defaults); under
+``paper`` as the paper describes it.  A defense states its release's attack in
+the class attribute ``released_attack`` (keyword arguments of the PGD core:
+``bn``, ``start_clip``, ``start_eps``), which :meth:`Defense.attack_fidelity`
+applies in ``released`` mode; other differences read :attr:`Defense.released`.
+``docs/defenses.md`` lists every difference per method.
 
 Minimal example (a complete defense; ``--defense my_file:ClippedAT`` loads it)::
 
@@ -58,10 +70,13 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from rfbench.attacks.core import eval_mode, pgd
+from rfbench.attacks.core import bn_mode, pgd
 from rfbench.core.threat import Threat
 from rfbench.models.averaging import WeightAverages
 from rfbench.models.base import unwrap
+
+FIDELITIES = ("paper", "released")
+PAPER_ATTACK: dict[str, Any] = {"bn": "eval", "start_clip": True}  # rfbench's attack unless a release differs
 
 
 @dataclass
@@ -75,6 +90,7 @@ class TrainContext:
     * ``generator``: the attack randomness; pass it to ``pgd(generator=...)``
       unchanged (in data-parallel training it is a
       :class:`~rfbench.benchmark.train.distributed.ShardedGenerator`).
+    * ``fidelity``: ``paper`` or ``released`` (the run config's ``fidelity``; see the module docstring).
     * ``averages``: the trainer's weight-averaging facility
       (:class:`~rfbench.models.averaging.WeightAverages`); request a
       named average in ``__init__``, update it in ``on_epoch_end`` or
@@ -91,6 +107,7 @@ class TrainContext:
     val_loader: Any = None  # callable(batch_size) -> iterator of (x, y, pos) over the validation split
     lr_milestones: list[int] = field(default_factory=list)
     averages: WeightAverages = field(default_factory=WeightAverages)
+    fidelity: str = "paper"
 
 
 @dataclass
@@ -145,6 +162,8 @@ class Defense:
         pass
 
     state_keys: ClassVar[tuple[str, ...]] = ()
+    # the release's inner maximisation where it differs from PAPER_ATTACK (pgd keyword arguments)
+    released_attack: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, cfg: Any, ctx: TrainContext):
         self.cfg = cfg
@@ -160,7 +179,17 @@ class Defense:
         """The model to evaluate (e.g. with a logit adjustment).  Default: ``model`` itself."""
         return model
 
+    @property
+    def released(self) -> bool:
+        """True when the run reproduces the released code (``fidelity: released``)."""
+        return self.ctx.fidelity == "released"
+
     # -- per batch -------------------------------------------------------------
+    def attack_fidelity(self, y: torch.Tensor) -> dict[str, Any]:
+        """BN mode and start clipping of the inner maximisation: :data:`PAPER_ATTACK`, updated by
+        ``released_attack`` under ``fidelity: released``."""
+        return {**PAPER_ATTACK, **(self.released_attack if self.released else {})}
+
     def sample_eps(self, y: torch.Tensor) -> tuple[float | torch.Tensor, float | torch.Tensor]:
         """Per-sample ``(eps, alpha)`` for the inner maximisation.  Default: the threat model's scalars."""
         return self.ctx.threat.eps, self.ctx.threat.alpha
@@ -170,7 +199,7 @@ class Defense:
         return {"loss": "ce", "start": "uniform"}
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The inner maximisation: the PGD core, BN in eval mode, parameters frozen.
+        """The inner maximisation: the PGD core with :meth:`attack_fidelity` (BN mode, start clipping), parameters frozen.
 
         Subclasses that run their own attack should call ``unwrap(model)`` first
         (see :func:`rfbench.models.base.unwrap`), and compute loss-side features
@@ -179,10 +208,11 @@ class Defense:
         t = self.ctx.threat
         eps, alpha = self.sample_eps(y)
         model = unwrap(model)  # attack the bare module: a DDP wrapper must only see the loss's forward
-        with eval_mode(model):
-            return pgd(model, x, y, eps=eps, alpha=alpha, steps=t.steps, norm=t.norm,
-                       generator=self.ctx.generator, autocast_dtype=self.ctx.autocast_dtype,
-                       **self.attack_kwargs(model, x, y))
+        fidelity = self.attack_fidelity(y)
+        with bn_mode(model, fidelity["bn"]):  # attack_kwargs sees the model in the attack's mode
+            kwargs = {**fidelity, **self.attack_kwargs(model, x, y)}
+        return pgd(model, x, y, eps=eps, alpha=alpha, steps=t.steps, norm=t.norm,
+                   generator=self.ctx.generator, autocast_dtype=self.ctx.autocast_dtype, **kwargs)
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor) -> LossOutput:
         """The training loss.  Default: CE on the adversarial examples (PGD-AT)."""

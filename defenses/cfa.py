@@ -30,10 +30,22 @@ the weights after epoch ``e`` when ``e ≥ fawa_start``.  By default the start i
 fraction of the budget, ``fawa_start_fraction`` = 50/200 (the paper's epoch 50 of 200),
 i.e. round(0.25·epochs); an absolute ``fawa_start`` in the config wins.
 
-The released code's defaults differ from the paper (FAWA threshold 0.24, decay
-0.88, CCM/CCR only from epoch 10, checkpoints selected on the test set).
-rfbench uses the paper's values; ``released_defaults: true`` switches the three
-numbers (selection stays on the validation split).
+The released code differs from the paper.  ``fidelity: paper`` (the default) uses the
+paper's values; ``fidelity: released`` runs the release:
+
+* defaults: FAWA threshold 0.24, decay 0.88, CCM/CCR only from epoch 10, and λ1 = 0.5
+  for every base (the paper's 0.3 for TRADES is not in the code);
+* the attack (``attack.py``, called after ``train.py``'s ``model.train()``) runs with
+  BN in train mode (batch statistics; each attack forward updates the running
+  statistics) and takes its first gradient at the unclipped start x + 0.001·N(0,1);
+* FAWA has no start epoch: it averages from the first epoch whose worst-class
+  validation robust accuracy reaches the threshold, and that accuracy counts every
+  validation sample correct under PGD-10 whatever its clean prediction (measured
+  here with :func:`~rfbench.attacks.measure.clean_and_pgd_accuracy`).
+
+``released_defaults`` (``None`` = follow the fidelity) switches only the three
+numbers.  Checkpoints are selected on the validation split in both modes (the
+release selects on the test set).
 """
 
 from __future__ import annotations
@@ -45,6 +57,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from rfbench.attacks.measure import clean_and_pgd_accuracy
 from rfbench.core.config import choice, in_range
 from rfbench.core.errors import ConfigError
 from rfbench.defenses.base import Defense, EpochStats, LossOutput
@@ -57,6 +70,8 @@ log = logging.getLogger(__name__)
 PAPER = {"fawa_decay": 0.85, "fawa_threshold": 0.2, "class_adaptive_start": 0}
 RELEASED = {"fawa_decay": 0.88, "fawa_threshold": 0.24, "class_adaptive_start": 10}
 CCM_LAMBDA = {"pgd-at": 0.5, "trades": 0.3}
+RELEASED_CCM_LAMBDA = 0.5  # the release's one default for every base
+RELEASE_VAL_STEPS = 10  # the release's FAWA validation attack: PGD-10
 
 
 def cfa_class_eps(train_robust_acc: torch.Tensor, eps: float, lam: float) -> torch.Tensor:
@@ -80,21 +95,24 @@ def fawa_accepts(val_robust_acc: list[float] | torch.Tensor, epoch: int, thresho
 class CFA(Defense):
     """CFA (Wei et al., CVPR 2023): class-wise eps (CCM), class-wise β (CCR, TRADES) and the FAWA weight average."""
 
+    # released code: attack in train mode, first gradient at the unclipped start (docs/defenses.md)
+    released_attack = {"bn": "train", "start_clip": False}
+
     @dataclass
     class Config:
         base: str = field(default="pgd-at", metadata=choice("pgd-at", "trades"))
         beta: float = field(default=6.0, metadata=in_range(0, None))  # TRADES β (base: trades)
         ccm: bool = True
-        ccm_lambda: float | None = None  # λ1; None = 0.5 (pgd-at) / 0.3 (trades)
+        ccm_lambda: float | None = None  # λ1; None = 0.5 (pgd-at) / 0.3 (trades); released: 0.5 for both
         ccr: bool | None = None  # CCR; None = on for base trades (it needs the TRADES KL term)
         ccr_lambda: float = field(default=0.5, metadata=in_range(0, None))  # β_k = (ccr_lambda + t_k)·β
         class_adaptive_start: int | None = None  # first epoch of CCM/CCR; None = 0 (paper) / 10 (released)
         fawa: bool = True
         fawa_decay: float | None = field(default=None, metadata=in_range(0, 1))  # None = 0.85 (paper) / 0.88
         fawa_threshold: float | None = field(default=None, metadata=in_range(0, 1))  # None = 0.2 (paper) / 0.24
-        fawa_start: int | None = field(default=None, metadata=in_range(0, None))  # first epoch (0-based) FAWA may absorb; None = from the fraction
+        fawa_start: int | None = field(default=None, metadata=in_range(0, None))  # first epoch (0-based) FAWA may absorb; None = from the fraction (paper) / 0 (released)
         fawa_start_fraction: float = field(default=50 / 200, metadata=in_range(0, 1))  # of the budget (paper: 50 of 200)
-        released_defaults: bool = False  # take the released code's values for the None fields above
+        released_defaults: bool | None = None  # the released code's threshold, decay, start; None = follow the fidelity
 
     state_keys = ("t", "fawa_updates")
 
@@ -102,11 +120,13 @@ class CFA(Defense):
         super().__init__(cfg, ctx)
         if cfg.ccr and cfg.base != "trades":
             raise ConfigError("defense 'cfa': 'ccr: true' needs 'base: trades' (CCR re-weights the TRADES KL term)")
-        defaults = RELEASED if cfg.released_defaults else PAPER
+        use_released = self.released if cfg.released_defaults is None else cfg.released_defaults
+        defaults = RELEASED if use_released else PAPER
         self.fawa_decay = defaults["fawa_decay"] if cfg.fawa_decay is None else cfg.fawa_decay
         self.fawa_threshold = defaults["fawa_threshold"] if cfg.fawa_threshold is None else cfg.fawa_threshold
         self.adaptive_start = defaults["class_adaptive_start"] if cfg.class_adaptive_start is None else cfg.class_adaptive_start
-        self.ccm_lambda = CCM_LAMBDA[cfg.base] if cfg.ccm_lambda is None else cfg.ccm_lambda
+        lam = RELEASED_CCM_LAMBDA if self.released else CCM_LAMBDA[cfg.base]
+        self.ccm_lambda = lam if cfg.ccm_lambda is None else cfg.ccm_lambda
         self.use_ccr = cfg.base == "trades" and cfg.ccr is not False
         self.t: torch.Tensor | None = None  # per-class training robust accuracy of the last epoch
         self.fawa_updates = 0
@@ -126,7 +146,9 @@ class CFA(Defense):
 
     def attack_kwargs(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
         if self.cfg.base == "trades":
-            return trades_attack_kwargs(model, x, self.ctx.autocast_dtype)
+            return trades_attack_kwargs(model, x, self.ctx.autocast_dtype, bn=self.attack_fidelity(y)["bn"])
+        if self.released:  # attack.py: x + 0.001·N(0,1) for its PGD too
+            return {"loss": "ce", "start": "normal", "start_std": 0.001}
         return super().attack_kwargs(model, x, y)
 
     def class_beta(self) -> torch.Tensor:
@@ -161,10 +183,27 @@ class CFA(Defense):
             out.update(self._fawa_step(stats))
         return out
 
+    def fawa_start(self) -> int:
+        """First 0-based epoch FAWA may absorb: ``fawa_start``, else 0 (released) or round(fraction·epochs) (paper)."""
+        if self.cfg.fawa_start is not None:
+            return self.cfg.fawa_start
+        return 0 if self.released else round(self.cfg.fawa_start_fraction * self.ctx.epochs)
+
+    def _fawa_val_acc(self, stats: EpochStats) -> list[float] | torch.Tensor:
+        """Per-class validation accuracy of FAWA's gate: the trainer's robust accuracy (paper), or under
+        ``released`` PGD-10 accuracy counting every sample correct under attack, whatever its clean prediction."""
+        if not self.released or self.ctx.val_loader is None or stats.model is None:
+            return stats.val_robust_acc
+        t = self.ctx.threat
+        _, adv = clean_and_pgd_accuracy(stats.model, self.ctx.val_loader(512), num_classes=self.ctx.num_classes,
+                                        eps=t.eps, alpha=t.alpha, steps=RELEASE_VAL_STEPS, norm=t.norm,
+                                        generator=self.ctx.generator, autocast_dtype=self.ctx.autocast_dtype,
+                                        require_clean=False)
+        return adv
+
     def _fawa_step(self, stats: EpochStats) -> dict[str, Any]:
         avg = self.ctx.averages
-        start = self.cfg.fawa_start if self.cfg.fawa_start is not None else round(self.cfg.fawa_start_fraction * self.ctx.epochs)
-        accepted = fawa_accepts(stats.val_robust_acc, stats.epoch, self.fawa_threshold, start)
+        accepted = fawa_accepts(self._fawa_val_acc(stats), stats.epoch, self.fawa_threshold, self.fawa_start())
         if accepted and self.fawa_updates > 0:
             avg.ema(self.fawa, self.fawa_decay)
         elif accepted or self.fawa_updates == 0:

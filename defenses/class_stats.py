@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from rfbench.attacks.core import eval_mode
-from rfbench.core.perclass import per_class_mean
+from rfbench.core.perclass import class_counts, per_class_mean
 from rfbench.defenses.trades_terms import trades_perturb, trades_terms
 
 
@@ -42,15 +42,27 @@ def val_trades_loss(
     norm: str = "linf",
     generator: torch.Generator | None = None,
     autocast_dtype: torch.dtype | None = None,
+    start_clip: bool = True,
+    release_batch: int | None = None,
 ) -> torch.Tensor:
-    """Per-class mean of CE(z(x), y) + β·KL(p(x) ‖ p(x')) with x' from the TRADES attack, float64 ``(C,)``."""
+    """Per-class mean of CE(z(x), y) + β·KL(p(x) ‖ p(x')) with x' from the TRADES attack, float64 ``(C,)``.
+
+    ``release_batch = b`` normalises as WAT's release does instead: class k's summed
+    cost over ⌈n/b⌉·b (batches times batch size, where the n validation images were
+    meant), i.e. the class mean times n_k/(⌈n/b⌉·b).  ``start_clip`` as in
+    :func:`rfbench.attacks.core.pgd`.
+    """
     losses, labels = [], []
     with eval_mode(model):
         for x, y, _ in loader:
             x_adv = trades_perturb(model, x, y, eps=eps, alpha=alpha, steps=steps, norm=norm,
-                                   generator=generator, autocast_dtype=autocast_dtype)
+                                   generator=generator, autocast_dtype=autocast_dtype, start_clip=start_clip)
             with torch.no_grad(), torch.autocast(x.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                 ce, kl = trades_terms(model(x), model(x_adv), y)
             losses.append((ce + beta * kl).cpu())
             labels.append(y.cpu())
-    return per_class_mean(torch.cat(losses), torch.cat(labels), num_classes).cpu()
+    values, y_all = torch.cat(losses), torch.cat(labels)
+    if release_batch is None:
+        return per_class_mean(values, y_all, num_classes).cpu()
+    seen = -(-len(y_all) // release_batch) * release_batch  # batches × batch size
+    return (class_counts(y_all, num_classes, values.double()) / seen).cpu()

@@ -16,7 +16,9 @@
 
 Paper vs code: the released code's weight formula was corrected in Sep 2024
 (rfbench implements the paper's rule above), and its PGD-AT variant ignores the
-class margins (a bug; rfbench's DAFA is the TRADES variant only).
+class margins (a bug; rfbench's DAFA is the TRADES variant only).  The release's
+TRADES attack (``losses.py``) takes its first gradient at the unclipped start
+x + 0.001·N(0,1): ``fidelity: released`` does the same, ``paper`` clips it.
 """
 
 from __future__ import annotations
@@ -53,6 +55,9 @@ def dafa_weights(p: torch.Tensor, lam: float, floor: float = DEFAULT_FLOOR) -> t
 class DAFA(Defense):
     """DAFA (Lee et al., ICLR 2024): TRADES warm-up, then fixed class weights on eps, step and natural CE."""
 
+    # released code: the first gradient is taken at the unclipped start (docs/defenses.md)
+    released_attack = {"start_clip": False}
+
     @dataclass
     class Config:
         warmup_epochs: int | None = field(default=None, metadata=in_range(1, None))  # absolute; None = from the fraction
@@ -82,7 +87,7 @@ class DAFA(Defense):
         return t.eps * w, t.alpha * w
 
     def attack_kwargs(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
-        return trades_attack_kwargs(model, x, self.ctx.autocast_dtype)
+        return trades_attack_kwargs(model, x, self.ctx.autocast_dtype, bn=self.attack_fidelity(y)["bn"])
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor) -> LossOutput:
         clean_logits, adv_logits = model(x), model(x_adv)  # two passes: BN sees each batch apart, as in TRADES

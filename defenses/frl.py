@@ -30,6 +30,20 @@ next epoch).  ``val_source='own'`` (default) measures PGD-20 itself on the
 validation split (eps and step of the training threat model, uniform start);
 ``'trainer'`` reuses :class:`EpochStats`' validation numbers, which use the
 trainer's ``val_steps`` (set ``val_steps: 20`` to match).
+
+Released code (``fidelity: released``; ``utils_frl.py``/``utils_frl2.py``), where it
+differs from the paper (``paper``, the default):
+
+* the TRADES attack takes its first gradient at the unclipped start x + 0.001·N(0,1);
+* the rates: ``if now_epoch % 40 == 0`` halves rate1 -- the λ0 and λ1 steps --
+  *before* 1-based epoch 40 (so the update for 0-based epoch e uses
+  0.5^⌊(e+1)/40⌋), and rate2, which drives λ2 and the RWRM margins, is never
+  halved; ``paper`` halves every rate from epoch 41 (0.5^⌊e/40⌋);
+* RWRM's attack step is max(ε over the batch's samples)/4, not the maximum over
+  all classes;
+* the boundary error b_i counts every validation sample correct under attack,
+  whatever its clean prediction (``paper``: robust = clean-correct and correct
+  under attack).
 """
 
 from __future__ import annotations
@@ -85,6 +99,9 @@ def frl_eps_multiplier(lam2: torch.Tensor, scale: float = 2.0, low: float = 0.98
 class FRLReweight(Defense):
     """FRL-RW (Xu et al., ICML 2021): TRADES fine-tuning with per-class natural and boundary weights."""
 
+    # released code: the first gradient is taken at the unclipped start (docs/defenses.md)
+    released_attack = {"start_clip": False}
+
     remargin: ClassVar[bool] = False
     default_tau: ClassVar[float] = 0.1
 
@@ -134,11 +151,13 @@ class FRLReweight(Defense):
         if not self.remargin:
             return t.eps, t.alpha
         class_eps = t.eps * self.eps_multiplier()
-        alpha = float(class_eps.max()) / self.cfg.step_divisor
+        # paper: the largest class radius; released: the largest radius among the batch's samples
+        largest = class_eps[y.cpu()].max() if self.released else class_eps.max()
+        alpha = float(largest) / self.cfg.step_divisor
         return class_eps.to(device=y.device, dtype=torch.float32)[y], alpha
 
     def attack_kwargs(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
-        return trades_attack_kwargs(model, x, self.ctx.autocast_dtype)
+        return trades_attack_kwargs(model, x, self.ctx.autocast_dtype, bn=self.attack_fidelity(y)["bn"])
 
     # -- loss --------------------------------------------------------------------
     def on_train_start(self, model: nn.Module) -> None:
@@ -162,7 +181,7 @@ class FRLReweight(Defense):
         return clean_and_pgd_accuracy(model, self.ctx.val_loader(c.val_batch_size), num_classes=self.ctx.num_classes,
                                       eps=t.eps, alpha=c.val_alpha if c.val_alpha is not None else t.alpha,
                                       steps=c.val_steps, norm=t.norm, generator=self.ctx.generator,
-                                      autocast_dtype=self.ctx.autocast_dtype)
+                                      autocast_dtype=self.ctx.autocast_dtype, require_clean=not self.released)
 
     def _initial_update(self, model: nn.Module) -> None:
         if self.ctx.val_loader is None:
@@ -172,6 +191,16 @@ class FRLReweight(Defense):
         clean, robust = self._measure(model)
         self._initial_log = self.update(clean, robust, epoch=0)
 
+    def rate_decays(self, epoch: int) -> tuple[float, float]:
+        """Factors of (the λ0 and λ1 steps, the λ2 step) in the update for 0-based epoch ``epoch``.
+
+        paper: both 0.5^⌊e/k⌋ (k = ``rate_halve_every``); released: 0.5^⌊(e+1)/k⌋ and 1.
+        """
+        k = self.cfg.rate_halve_every
+        if self.released:
+            return 0.5 ** ((epoch + 1) // k), 1.0
+        return 0.5 ** (epoch // k), 0.5 ** (epoch // k)
+
     def update(self, clean_acc: torch.Tensor, robust_acc: torch.Tensor, epoch: int) -> dict[str, Any]:
         """One FRL multiplier update from per-class validation accuracies, for the epoch ``epoch`` about to run."""
         c = self.cfg
@@ -179,11 +208,11 @@ class FRLReweight(Defense):
         clean_acc = fill_missing(clean_acc.double(), float(torch.nanmean(clean_acc.double())))
         robust_acc = fill_missing(robust_acc.double(), float(torch.nanmean(robust_acc.double())))
         gamma0, gamma1 = frl_violations(clean_acc, robust_acc, self.tau_clean, self.tau_boundary)
-        decay = 0.5 ** (epoch // c.rate_halve_every)
+        decay, margin_decay = self.rate_decays(epoch)
         self.lam0 = frl_multiplier_step(self.lam0, gamma0, c.rate_clean * decay, c.budget)
         self.lam1 = frl_multiplier_step(self.lam1, gamma1, c.rate_boundary * decay, c.budget)
         if self.remargin:
-            self.lam2 = self.lam2 + c.rate_margin * decay * gamma1
+            self.lam2 = self.lam2 + c.rate_margin * margin_decay * gamma1
         self.updates += 1
         out = {"lambda_natural": self.lam0.tolist(), "lambda_boundary": self.lam1.tolist(),
                "frl_val_clean_acc": clean_acc.tolist(), "frl_val_robust_acc": robust_acc.tolist()}

@@ -7,8 +7,9 @@ Training objective (Wang et al., ICLR 2020, the MART objective)::
 
 with x' from CE-PGD (sign steps, BN in eval mode).  β = 5 for ResNet-18
 (lr 0.01, wd 3.5e-3) and β = 6 for WRN-34-10 (lr 0.1, wd 7e-4).  The official
-code starts the attack from ``x + 0.001·N(0,1)`` (``start: normal``); ε, step and
-steps come from the run's threat model.
+code starts the attack from ``x + 0.001·N(0,1)`` (``start: normal``), not clipped to
+[0,1] (``fidelity: released``; ``paper`` clips it); ε, step and steps come from the run's
+threat model.
 
 As in the official code, neither p(x) in the KL nor the weight (1 − p_y(x)) is
 detached.  The official code adds 1e-12 inside the logarithms and uses
@@ -48,6 +49,9 @@ def mart_terms(clean_logits: torch.Tensor, adv_logits: torch.Tensor, y: torch.Te
 @register_defense("mart")
 class MART(Defense):
     """MART (Wang et al., ICLR 2020): boosted CE on x' plus β·KL weighted by 1 − p_y(x); CE-PGD inner max."""
+
+    # released code: the first gradient is taken at the unclipped start (docs/defenses.md)
+    released_attack = {"start_clip": False}
 
     @dataclass
     class Config:

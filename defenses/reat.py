@@ -8,7 +8,8 @@ last epoch's training adversarial examples the model *predicted as* class i
 (a_i = n_i in epoch 0).  With β_i = (n_i−1)/n_i the effective number is
 E_i = (1 − β_i^{a_i})/(1 − β_i), and w_i ∝ 1/(E_i + 1e-5), normalised to sum to
 C (the 1e-5, as released, keeps a class that nobody predicted finite).  The
-inner maximisation (PGD-10, uniform start, BN in eval mode) maximises a
+inner maximisation (PGD-10, uniform start x + U(−ε, ε) -- not clipped to [0,1] under
+``fidelity: released``, as ``loss_functions.py`` -- BN in eval mode) maximises a
 class-weighted CE.  Two versions (``rbl``):
 
 * ``"released"``: w_y·CE(z, y) per sample (attack loss ``wce``).  *Trap*: with
@@ -126,6 +127,9 @@ def _tail_penalty(features: torch.Tensor, y: torch.Tensor, omega: torch.Tensor, 
 @register_defense("reat")
 class REAT(Defense):
     """REAT (Li et al. 2023): RBL-weighted PGD, balanced softmax on x', plus the TAIL feature penalty."""
+
+    # released code (loss_functions.py): x + U(-eps, eps), the first gradient taken before any clipping
+    released_attack = {"start_clip": False}
 
     inventions = {"rbl=logit-adjusted": "the logit-adjusted RBL attack loss CE(z - log w, y); the paper and its "
                                         "code weight the CE (rbl=released)"}

@@ -26,15 +26,16 @@ the rest as "N".  Any value can be overridden; ``None`` takes the variant's.
 
 Differences from the released code (github.com/wutong16/Adversarial_Long-Tail):
 
-* **Learning-rate bug.**  The released ``adjust_learning_rate`` multiplies the
+* **Learning-rate bug** (a release bug, not reproduced in either fidelity).  The released ``adjust_learning_rate`` multiplies the
   *current* lr by the cumulative decay at every epoch, so from its (1-based)
   epoch 60 on the decay compounds: lr 1e-2 at epoch 60, 1e-3 at 61, 1e-4 at
   62, ... and training effectively freezes at about epoch 62 of 80.  rfbench
   uses the trainer's correct MultiStepLR (×0.1 at 60 and 75, 0-based epochs, so
   60 epochs at the full rate where the release had 59), so our epochs 62-80
   really train: expect numbers that differ from the paper's for that reason.
-* The released attack starts from ``x + ε·U[0,1)`` (a one-sided start); we use
-  the symmetric uniform start in the ε-ball of the PGD core.
+* The released attack starts from ``x + ε·U[0,1)`` (a one-sided start):
+  ``fidelity: released`` does the same (start ``uniform-positive``, clipped to [0,1]);
+  ``paper`` uses the symmetric uniform start in the ε-ball of the PGD core.
 * The released loss runs the adversarial forward twice (once for the margin
   CE, once for the KL); we run it once, which changes only the BN running
   statistics' update count.
@@ -132,6 +133,10 @@ def margin_logits(cos: torch.Tensor, y: torch.Tensor, margins: torch.Tensor, s: 
 @register_defense("robal")
 class RoBal(Defense):
     """RoBal (Wu et al., CVPR 2021): cosine head, class-aware margin and bias, TRADES-style KL, post-hoc bias."""
+
+    def attack_kwargs(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
+        """CE-PGD on the scale-1 cosines; the release's one-sided start x + ε·U[0,1) under ``fidelity: released``."""
+        return {"loss": "ce", "start": "uniform-positive" if self.released else "uniform"}
 
     @dataclass
     class Config:

@@ -22,6 +22,13 @@ TAET); rfbench registers the PGD-AT version.  The paper's text could not be read
 the formulas above are the released code's, and α, β are configurable.
 The trainer's own ``eps_warmup_epochs`` (if set) multiplies in on top of this ramp
 (ε here is the trainer's current ε); leave it at 0 for the released behaviour.
+
+**The release's attack** (``fidelity: released``).  ``core/methods/utils.py`` puts the
+model in ``train()`` with ``track_running_stats=False`` on its BN layers (despite an
+"eval" comment): BN normalises with the batch's statistics and the running statistics
+are not updated (``bn: batch`` of the PGD core).  It draws the random start in the
+*base*-ε ball, x + U(−ε, ε), not in the class-wise ball; the steps project onto the
+class-wise ball.  ``paper`` attacks with BN in eval mode from a start in the class-wise ball.
 """
 
 from __future__ import annotations
@@ -55,6 +62,8 @@ def warmup_intensity(epoch: int, epochs: int, beta: float) -> float:
 class RobustLT(Defense):
     """RobustLT on PGD-AT: class-wise ε (larger for the tail) ramped from 0 over the first β of the budget."""
 
+    released_attack = {"bn": "batch"}  # train() with track_running_stats=False: batch statistics, no update
+
     @dataclass
     class Config:
         alpha: float = field(default=0.3, metadata=in_range(0, 1))  # share of ε redistributed towards the tail
@@ -67,6 +76,13 @@ class RobustLT(Defense):
         """This epoch's per-class ε_i (from the trainer's current ε)."""
         k = warmup_intensity(self.epoch, self.ctx.epochs, self.cfg.beta)
         return [e * k for e in classwise_eps_max(self.ctx.train_counts, self.ctx.threat.eps, self.cfg.alpha)]
+
+    def attack_fidelity(self, y: torch.Tensor) -> dict[str, Any]:
+        """Adds the release's start in the base-ε ball under ``fidelity: released``."""
+        out = super().attack_fidelity(y)
+        if self.released:
+            out["start_eps"] = self.ctx.threat.eps
+        return out
 
     def sample_eps(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         t = self.ctx.threat

@@ -8,7 +8,7 @@ and ``core/methods/taet.py`` of zhang-lilin/RobustLT, which runs it on CIFAR-10-
 * **Stabilisation phase** (the first ``stabilisation`` fraction of the budget; released:
   40 of 100 epochs, so 0.4): standard training, CE on the clean inputs, no attack.
 * **Stratified equalisation phase**: CE-PGD adversarial examples (start x + 0.001·N(0,1),
-  BN in eval mode) and the hierarchical adversarial robustness loss (HARL) on them.  With
+  not clipped to [0,1] under ``fidelity: released`` as in ``HARL.py``, BN in eval mode) and the hierarchical adversarial robustness loss (HARL) on them.  With
   ℓ_b = CE(z(x'_b), y_b) and the per-class batch means L_c = Σ_{b: y_b=c} ℓ_b /
   (|{b: y_b=c}| + 1e-10) for every class c (a class absent from the batch has L_c = 0)::
 
@@ -70,6 +70,9 @@ def harl(per_sample: torch.Tensor, y: torch.Tensor, num_classes: int, alpha: flo
 @register_defense("taet")
 class TAET(Defense):
     """TAET: clean-CE stabilisation, then CE-PGD with the hierarchical equalisation loss (HARL)."""
+
+    # released code: the first gradient is taken at the unclipped start (docs/defenses.md)
+    released_attack = {"start_clip": False}
 
     @dataclass
     class Config:

@@ -6,7 +6,9 @@ Training objective (Zhang et al., ICML 2019, the TRADES objective)::
     x' = argmax_{‖x'−x‖≤ε} KL( softmax z(x) ‖ softmax z(x') ),
 
 β = 6.  The inner maximisation starts from ``x + 0.001·N(0,1)`` and takes
-sign steps (CIFAR recipe: ε 0.031, step 0.007, 10 steps).  In rfbench ε, step
+sign steps (CIFAR recipe: ε 0.031, step 0.007, 10 steps).  Under ``fidelity: paper``
+the start is clipped to [0,1] (an image); under ``released`` the first gradient is
+taken at the unclipped start, as ``trades.py`` does.  In rfbench ε, step
 and the number of steps come from the run's threat model (``ctx.threat``, the
 dataset protocol), never from this module.
 
@@ -48,6 +50,9 @@ class TRADES(Defense):
     The maths lives in :mod:`rfbench.defenses.trades_terms`, shared with FRL, CFA, WAT and DAFA.
     """
 
+    # released code: the first gradient is taken at the unclipped start (docs/defenses.md)
+    released_attack = {"start_clip": False}
+
     @dataclass
     class Config:
         beta: float = field(default=6.0, metadata=in_range(0, None))  # weight of the KL term
@@ -56,7 +61,8 @@ class TRADES(Defense):
 
     def attack_kwargs(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
         """KL attack against the clean prediction, computed once (eval mode), from x + 0.001·N(0,1)."""
-        return trades_attack_kwargs(model, x, self.ctx.autocast_dtype, start_std=self.cfg.start_std)
+        return trades_attack_kwargs(model, x, self.ctx.autocast_dtype, start_std=self.cfg.start_std,
+                                    bn=self.attack_fidelity(y)["bn"])
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor) -> LossOutput:
         logits = model(x)

@@ -30,21 +30,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rfbench.attacks.core import eval_mode, pgd
+from rfbench.attacks.core import bn_mode, pgd
 
 TRADES_START_STD = 0.001  # x' starts at x + 0.001·N(0, I)
 
 
 @torch.no_grad()
-def clean_probs(model: nn.Module, x: torch.Tensor, autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """``softmax z(x)`` with BN in eval mode, float32, no gradient: the KL target of the inner maximisation.
+def clean_probs(model: nn.Module, x: torch.Tensor, autocast_dtype: torch.dtype | None = None,
+                bn: str = "eval") -> torch.Tensor:
+    """``softmax z(x)`` with BN in mode ``bn`` (default eval), float32, no gradient: the KL target of the inner maximisation.
 
     Computed once per batch; the official code recomputes this forward at every
-    attack step, where (eval mode) it is the same tensor each time.
+    attack step, where (eval mode, or batch statistics of the same clean batch) it is the
+    same tensor each time.  Under ``bn="train"`` this one forward updates the BN running
+    statistics once, where a per-step recomputation would update them at every step.
     """
-    with eval_mode(model), torch.autocast(x.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+    with bn_mode(model, bn), torch.autocast(x.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
         logits = model(x)
-    return F.softmax(logits.float(), dim=1)
+    return F.softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=1)
 
 
 def kl_per_sample(clean_logits: torch.Tensor, adv_logits: torch.Tensor) -> torch.Tensor:
@@ -55,16 +58,17 @@ def kl_per_sample(clean_logits: torch.Tensor, adv_logits: torch.Tensor) -> torch
 
 
 def trades_attack_kwargs(model: nn.Module, x: torch.Tensor, autocast_dtype: torch.dtype | None = None,
-                         start_std: float = TRADES_START_STD) -> dict:
+                         start_std: float = TRADES_START_STD, bn: str = "eval") -> dict:
     """Arguments of :func:`rfbench.attacks.core.pgd` for the TRADES inner maximisation (Zhang et al. 2019, Eq. 5).
 
-    KL(p(x) ‖ p(x')) against the clean probabilities (BN in eval mode), normal start ``x + start_std·N(0,1)``.
+    KL(p(x) ‖ p(x')) against the clean probabilities (BN in mode ``bn``, the attack's), normal start
+    ``x + start_std·N(0,1)``.
     """
     return {
         "loss": "kl",
         "start": "normal",
         "start_std": start_std,
-        "aux": {"clean_probs": clean_probs(model, x, autocast_dtype)},
+        "aux": {"clean_probs": clean_probs(model, x, autocast_dtype, bn)},
     }
 
 
@@ -79,11 +83,12 @@ def trades_perturb(
     norm: str = "linf",
     generator: torch.Generator | None = None,
     autocast_dtype: torch.dtype | None = None,
+    start_clip: bool = True,
 ) -> torch.Tensor:
-    """The TRADES adversarial examples ``x'`` (BN in eval mode; ``eps``/``alpha`` may be per-sample ``(B,)``)."""
-    with eval_mode(model):
-        return pgd(model, x, y, eps=eps, alpha=alpha, steps=steps, norm=norm, generator=generator,
-                   autocast_dtype=autocast_dtype, **trades_attack_kwargs(model, x, autocast_dtype))
+    """The TRADES adversarial examples ``x'`` (BN in eval mode; ``eps``/``alpha`` may be per-sample ``(B,)``;
+    ``start_clip=False`` takes the first gradient at the unclipped start, as the release does)."""
+    return pgd(model, x, y, eps=eps, alpha=alpha, steps=steps, norm=norm, generator=generator, bn="eval",
+               start_clip=start_clip, autocast_dtype=autocast_dtype, **trades_attack_kwargs(model, x, autocast_dtype))
 
 
 def trades_terms(clean_logits: torch.Tensor, adv_logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -16,6 +16,14 @@ to C, so the uniform starting point of Hedge would be C/(C+1), not the stated
 1; with ``C+1`` the uniform point is exactly 1.  ``"C"`` (default) follows the
 paper's formula; ``"C+1"`` is the reading under which "start at 1" is the Hedge
 prior.  Either way the weights of the first epoch are 1, as specified.
+
+Released code (``fidelity: released``): the TRADES attack (``attack_generator.py``)
+takes its first gradient at the unclipped start x + 0.001·N(0,1), and the
+validation cost of class k is its *summed* cost divided by (validation batches ×
+batch size 128) = 24·128 = 3,072 on 3,000 validation images, not a mean
+(:func:`~rfbench.defenses.class_stats.val_trades_loss` with ``release_batch``):
+against a division by the 3,000 images the effective η is 0.1·3000/3072 = 0.0977.
+``paper`` uses the per-class mean cost.
 """
 
 from __future__ import annotations
@@ -50,6 +58,10 @@ def wat_losses_with_mean(class_losses: torch.Tensor) -> torch.Tensor:
 class WAT(Defense):
     """WAT (Li & Liu, AAAI 2023): TRADES with Hedge weights over the C classes plus the mean loss."""
 
+    # released code: the first gradient is taken at the unclipped start (docs/defenses.md)
+    released_attack = {"start_clip": False}
+    release_val_batch = 128  # the release's validation batch size, which its cost normalisation uses
+
     @dataclass
     class Config:
         beta: float = field(default=6.0, metadata=in_range(0, None))
@@ -66,7 +78,7 @@ class WAT(Defense):
         self.weights = torch.ones(c + 1, dtype=torch.float64)
 
     def attack_kwargs(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
-        return trades_attack_kwargs(model, x, self.ctx.autocast_dtype)
+        return trades_attack_kwargs(model, x, self.ctx.autocast_dtype, bn=self.attack_fidelity(y)["bn"])
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor) -> LossOutput:
         clean_logits, adv_logits = model(x), model(x_adv)  # two passes: BN sees each batch apart, as in TRADES
@@ -84,7 +96,8 @@ class WAT(Defense):
         class_losses = val_trades_loss(stats.model, self.ctx.val_loader(self.cfg.val_batch_size),
                                        num_classes=self.ctx.num_classes, beta=self.cfg.beta, eps=t.eps,
                                        alpha=t.alpha, steps=t.steps, norm=t.norm, generator=self.ctx.generator,
-                                       autocast_dtype=self.ctx.autocast_dtype)
+                                       autocast_dtype=self.ctx.autocast_dtype, start_clip=not self.released,
+                                       release_batch=self.release_val_batch if self.released else None)
         class_losses = fill_missing(class_losses, float(torch.nanmean(class_losses)))
         self.cum_losses = self.cum_losses + wat_losses_with_mean(class_losses)
         c = self.ctx.num_classes

@@ -23,6 +23,7 @@ import os
 import statistics
 import sys
 import time
+from typing import Any
 
 import _common as C
 import torch
@@ -71,7 +72,7 @@ class Point:
         if precision.endswith("+CL"):
             self.model = self.model.to(memory_format=torch.channels_last)
             self.x = self.x.contiguous(memory_format=torch.channels_last)
-        self.kw = dict(eps=8 / 255, alpha=2 / 255, steps=1,
+        self.kw: dict[str, Any] = dict(eps=8 / 255, alpha=2 / 255, steps=1,
                        autocast_dtype=torch.bfloat16 if precision.startswith("bf16") else None)
         self.device = device
         self.samples: list[float] = []

@@ -14,6 +14,7 @@ import hashlib
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -21,7 +22,7 @@ import torch.distributed as dist
 from rfbench.benchmark.train.config import TrainConfig
 from rfbench.benchmark.train.trainer import Trainer
 
-TINY = dict(dataset="fashion-mnist", model="smallcnn", model_kwargs={"width": 0.25}, epochs=2, max_train_samples=200,
+TINY: dict[str, Any] = dict(dataset="fashion-mnist", model="smallcnn", model_kwargs={"width": 0.25}, epochs=2, max_train_samples=200,
             val_per_class=4, steps=2, val_steps=1, batch_size=50, lr=0.01, optimizer="sgd", device="cpu", seed=3)
 
 

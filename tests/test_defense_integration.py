@@ -15,6 +15,8 @@ is what broke CFA under ``--compile`` (FAWA indexed the wrapper's
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 
@@ -26,7 +28,7 @@ from rfbench.benchmark.train.trainer import Trainer
 from rfbench.core.io import load_checkpoint
 from rfbench.defenses import list_defenses
 
-TINY = dict(dataset="fashion-mnist", model="smallcnn", model_kwargs={"width": 0.25}, max_train_samples=100,
+TINY: dict[str, Any] = dict(dataset="fashion-mnist", model="smallcnn", model_kwargs={"width": 0.25}, max_train_samples=100,
             val_per_class=2, steps=1, val_steps=1, batch_size=50, lr=0.01, device="cpu", seed=1)
 
 

@@ -157,6 +157,21 @@ def test_changed_training_budget_is_rejected(board):
     _rejects(board, data, "train_config.epochs is 3 but track fashion-mnist-linf fixes it to 1")
 
 
+def test_fidelity_is_recorded_and_one_per_track(board):
+    """The run's fidelity reaches result.json and the entry; a track runs every entry with one fidelity."""
+    run = json.loads((board["run_dir"] / "result.json").read_text())
+    assert run["fidelity"] == "paper" and board["entry"]["defense"]["fidelity"] == "paper"
+    assert board["entry"]["train_config"]["fidelity"] == "paper"
+    data = copy.deepcopy(board["entry"])
+    data["train_config"]["fidelity"] = "released"
+    _rejects(board, data, "defense.fidelity is 'paper' but the run trained with fidelity 'released'")
+    data["defense"]["fidelity"] = "released"
+    _rejects(board, data, "track fashion-mnist-linf runs every entry with fidelity 'paper'")
+    old = copy.deepcopy(board["entry"])  # an entry from before the switch: no fidelity anywhere, i.e. paper
+    del old["defense"]["fidelity"], old["train_config"]["fidelity"]
+    _check(board, old)
+
+
 def test_misplaced_entry_is_rejected(board):
     _rejects(board, copy.deepcopy(board["entry"]), "id 'pgd-at-s0' must be the file name", name="other.json")
     data = copy.deepcopy(board["entry"])

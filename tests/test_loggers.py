@@ -3,6 +3,7 @@
 import importlib.util
 import json
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import pytest
@@ -15,7 +16,7 @@ from rfbench.benchmark.train.trainer import train
 from rfbench.core.errors import ConfigError
 
 HAVE_MLFLOW = importlib.util.find_spec("mlflow") is not None
-TINY = dict(dataset="fashion-mnist", model="smallcnn", max_train_samples=320, val_per_class=10, steps=1,
+TINY: dict[str, Any] = dict(dataset="fashion-mnist", model="smallcnn", max_train_samples=320, val_per_class=10, steps=1,
             val_steps=1, batch_size=64, optimizer="adam", lr=1e-3, weight_decay=0.0, device="cpu", seed=3)
 
 

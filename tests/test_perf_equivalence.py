@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import shutil
+from typing import Any
 
 import pytest
 import torch
@@ -126,7 +127,7 @@ def test_bf16_attack_robust_accuracy_is_within_tolerance_of_fp32(fmnist_cnn, tes
         model.load_state_dict(fmnist_cnn.state_dict())
         model = model.eval().to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
-    kw = dict(eps=EPS, alpha=ALPHA, steps=STEPS)
+    kw: dict[str, Any] = dict(eps=EPS, alpha=ALPHA, steps=STEPS)
     fp32 = pgd(fmnist_cnn, x, y, generator=torch.Generator().manual_seed(7), **kw)
     bf16 = pgd(model, x, y, generator=torch.Generator().manual_seed(7), autocast_dtype=torch.bfloat16, **kw)
     assert bf16.dtype == torch.float32 and (bf16 - x).abs().max() <= EPS + 1e-6
@@ -153,7 +154,7 @@ def test_channels_last_matches_contiguous_to_float_tolerance(fmnist_cnn, test_po
     # other, equal, input in the other layout; observed relative difference 5e-4
     g0, g1 = grads[0][1], grads[1][1]
     assert float((g1 - g0).norm() / g0.norm()) < 5e-3
-    kw = dict(eps=EPS, alpha=ALPHA, steps=STEPS)
+    kw: dict[str, Any] = dict(eps=EPS, alpha=ALPHA, steps=STEPS)
     a = pgd(fmnist_cnn, x, y, generator=torch.Generator().manual_seed(3), **kw)
     b = pgd(cl, x_cl, y, generator=torch.Generator().manual_seed(3), **kw)
     assert b.is_contiguous(memory_format=torch.channels_last)  # the core keeps the caller's layout
@@ -279,7 +280,7 @@ def test_trainer_follows_the_measured_layout_and_a_resumed_run_keeps_it(tmp_path
     assert not Trainer(cfg, quiet=True, force=True).channels_last  # --force starts over and asks again
 
 
-TINY = dict(dataset="fashion-mnist", model="smallcnn", model_kwargs={"width": 0.5}, max_train_samples=256,
+TINY: dict[str, Any] = dict(dataset="fashion-mnist", model="smallcnn", model_kwargs={"width": 0.5}, max_train_samples=256,
             val_per_class=10, steps=2, val_steps=2, batch_size=64, optimizer="sgd", lr=0.05, weight_decay=0.0,
             device="cpu", seed=3, epochs=1)
 
@@ -315,7 +316,7 @@ def test_compile_switch_compiles_the_training_model_only(tmp_path):
 def test_compiled_model_attack_matches_eager(fmnist_cnn, test_points):
     x, y = test_points[0][:64], test_points[1][:64]
     compiled = torch.compile(fmnist_cnn)
-    kw = dict(eps=EPS, alpha=ALPHA, steps=3)
+    kw: dict[str, Any] = dict(eps=EPS, alpha=ALPHA, steps=3)
     a = pgd(fmnist_cnn, x, y, generator=torch.Generator().manual_seed(6), **kw)
     b = pgd(compiled, x, y, generator=torch.Generator().manual_seed(6), **kw)
     assert float((a == b).float().mean()) > 0.99

@@ -8,7 +8,8 @@ listing all of them.  What is checked:
 2. it belongs where it is: ``id`` is the file name, ``track`` the directory;
 3. the track's protocol: dataset, model, threat (norm, eps), the attack suite,
    the test-set size per class, the ranked checkpoint, and the training keys the
-   track fixes (``fixed_train``, with the defense's preset applied);
+   track fixes (``fixed_train``, with the defense's preset applied), and the
+   fidelity (``paper`` or ``released``): one for every entry of a track;
 4. internal consistency: each per-class accuracy is a count out of that class's
    test images; the worst case is at most the clean accuracy and every attack it
    covers; every summary equals the one recomputed from its per-class vector
@@ -128,6 +129,13 @@ def check_protocol(entry: Entry, track: Track) -> list[str]:
         if not _close(entry.train_config.get(key), expected.get(key)):
             problems.append(f"train_config.{key} is {_fmt(entry.train_config.get(key))} but track {track.id} fixes it "
                             f"to {_fmt(expected.get(key))}")
+    # one fidelity per track (an entry from before the switch existed trained as ``paper``)
+    trained = entry.train_config.get("fidelity", "paper")
+    if trained != entry.defense.fidelity:
+        problems.append(f"defense.fidelity is '{entry.defense.fidelity}' but the run trained with fidelity '{trained}'")
+    if trained != expected.get("fidelity", "paper"):
+        problems.append(f"the run trained with fidelity '{trained}' but track {track.id} runs every entry with "
+                        f"fidelity '{expected.get('fidelity', 'paper')}'")
     if entry.train_config.get("defense") != entry.defense.name:
         problems.append(f"defense.name is '{entry.defense.name}' but the run trained '{entry.train_config.get('defense')}'")
     if entry.train_config.get("seed") != entry.seed:

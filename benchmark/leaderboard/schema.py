@@ -16,7 +16,7 @@ these dataclasses and never executed or imported.  Fields::
 
     schema, id, track, name, seed, dataset, model, classes,
     threat: {norm, eps},
-    defense: {name, args, code (repo-relative path or https URL), paper},
+    defense: {name, args, code (repo-relative path or https URL), paper, fidelity (paper | released)},
     evaluations: {best: {epoch, selected_by, attacks, worst_case_over, n_per_class,
                          per_class: {clean|attack|worst_case: [C fractions]},
                          summary: {name: {mean, worst, worst_class, best, best_class, gap, std, nsd, tail20}},
@@ -154,6 +154,8 @@ class DefenseInfo:
     code: str  # repo-relative path of the defense's source, or an https URL
     args: dict[str, Any] = field(default_factory=dict)
     paper: str = ""
+    # the run's TrainConfig.fidelity; entries written before the switch existed trained as ``paper``
+    fidelity: str = field(default="paper", metadata=choice("paper", "released"))
 
 
 @dataclass

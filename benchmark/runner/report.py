@@ -71,6 +71,7 @@ def build_run_result(run_dir: Path, data: dict[str, Any], checkpoints: list[str]
         "name": data.get("name"),
         "defense": cfg.get("defense"),
         "defense_args": cfg.get("defense_args", {}),
+        "fidelity": cfg.get("fidelity", "paper"),
         "seed": cfg.get("seed"),
         "dataset": (train or {}).get("dataset", cfg.get("dataset")),
         "model": cfg.get("model"),

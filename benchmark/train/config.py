@@ -35,6 +35,9 @@ class TrainConfig:
     defense_args: dict[str, Any] = field(default_factory=dict)
     awp_gamma: float = field(default=0.0, metadata=in_range(0, None))  # AWP (defenses/awp.py) on any defense; 0 = off
     awp_warmup: float = field(default=0.0, metadata=in_range(0, 1))  # fraction of the budget before AWP starts
+    # paper = the method as its paper describes it (rfbench's default); released = as its authors' code runs it
+    # (attack BN mode, random start and its clipping, schedules, statistics, defaults: docs/defenses.md)
+    fidelity: str = field(default="paper", metadata=choice("paper", "released"))
     # threat model of the training attack
     norm: str | None = field(default=None, metadata=choice("linf", "l2"))
     eps: float | None = field(default=None, metadata=in_range(0, 1))

@@ -49,7 +49,8 @@ def load_run_model(run_dir: str | Path, which: str = "best", device: str | torch
         raise RfbenchError(f"{path} has no model description (meta/config); it was not written by rfbench train")
     cfg = from_dict(TrainConfig, config, where=f"{path} config")
     ctx = TrainContext(num_classes=meta["num_classes"], train_counts=meta["train_counts"],
-                       threat=Threat(**meta["threat"]), epochs=cfg.epochs, device=torch.device(device))
+                       threat=Threat(**meta["threat"]), epochs=cfg.epochs, device=torch.device(device),
+                       fidelity=cfg.fidelity)
     defense = build_defense(cfg.defense, cfg.defense_args, ctx)
     model = create_model(cfg.model, num_classes=meta["num_classes"], in_channels=meta["in_channels"],
                          mean=meta["mean"], std=meta["std"], model_kwargs=cfg.model_kwargs)

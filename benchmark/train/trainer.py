@@ -143,6 +143,7 @@ class Trainer:
             generator=self.sharded_gen or self.attack_gen,
             val_loader=lambda bs=512: iterate_batches(self.bundle.val, bs, device=self.device),
             lr_milestones=resolve_milestones(cfg.milestones, cfg.milestone_fractions, cfg.epochs), averages=self.averages,
+            fidelity=cfg.fidelity,
         )
         self.defense: Defense = build_defense(cfg.defense, cfg.defense_args, self.ctx)
         self.hooks: list[TrainHook] = training_hooks(cfg, self.defense)  # extension points of the step (TrainHook)

@@ -23,6 +23,7 @@ import sys
 import tempfile
 import types
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -85,7 +86,7 @@ def test_enospc_on_a_checkpoint_keeps_the_previous_checkpoint_loadable(tmp_path,
 
 @pytest.mark.skipif(not HAS_DEV_FULL, reason="needs /dev/full")
 def test_training_on_a_full_disk_stops_cleanly_and_resumes_exactly(tmp_path, full_disk):
-    tiny = dict(max_train_samples=160, val_per_class=5, steps=1, val_steps=1, batch_size=32, optimizer="adam",
+    tiny: dict[str, Any] = dict(max_train_samples=160, val_per_class=5, steps=1, val_steps=1, batch_size=32, optimizer="adam",
                 lr=1e-3, weight_decay=0.0, device="cpu", seed=5, model_kwargs={"width": 0.25}, checkpoint_every=2)
     straight = train(TrainConfig(**tiny, epochs=2, out=str(tmp_path / "straight")), quiet=True)
     out = tmp_path / "run"
