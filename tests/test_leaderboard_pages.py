@@ -220,3 +220,79 @@ def test_committed_pages_match_a_fresh_build(tmp_path):
             continue
         fresh = root / page.relative_to(REPO)
         assert fresh.read_text() == page.read_text(), f"{page.relative_to(REPO)} is stale: run rfbench leaderboard build"
+
+
+# -- in a real browser ---------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_browser_search_and_sort_on_every_column(tmp_path):
+    """Chromium: every column header sorts (its first direction), the search box filters rows and says how many."""
+    import functools
+    import http.server
+    import threading
+
+    from test_leaderboard_html import CHROMIUM, CHROMIUM_ARGS, QuietHandler, _browser
+
+    sync_playwright = _browser()
+    root = _fork(tmp_path)
+    out = root / "site"
+    assert main(["leaderboard", "build", "--root", str(root), "--html", str(out)]) == 0
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(out)))
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{srv.server_address[1]}"
+    problems = []
+    table = f"rank-{TRACK}"
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 1600, "height": 900})
+                page.on("console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else None)
+                page.on("pageerror", lambda e: problems.append(str(e)))
+                page.goto(f"{url}/index.html")
+                # the index carries the numbers of its Markdown twin
+                top = track_table(collect(find_track(TRACK, root), root)).rows[0].ranked
+                assert f"{100 * top.worst:.1f}" in page.text_content("#tracks")
+                page.goto(f"{url}/{TRACK}/index.html")
+                heads = page.eval_on_selector_all(f"#{table} thead th", "hs => hs.map(h => h.textContent.trim())")
+                assert {"Paper", "Architecture", "Extra data"} <= set(heads)
+                n = page.locator(f"#{table} tbody tr").count()
+                for col in [*range(1, len(heads)), 0]:  # the rank column last: it starts sorted
+                    name = heads[col]
+                    page.locator(f"#{table} thead th:nth-child({col + 1}) button").click()
+                    first = page.get_attribute(f"#{table} thead th:nth-child({col + 1})", "data-sortable")
+                    assert page.get_attribute(f"#{table} thead th:nth-child({col + 1})", "aria-sort") == first, name
+                    keys = page.eval_on_selector_all(f"#{table} tbody tr",
+                                                     f"rows => rows.map(r => r.cells[{col}].getAttribute('data-sort'))")
+                    nums = [float(k) for k in keys] if all(re.fullmatch(r"-?[0-9.e-]+", k) for k in keys) else None
+                    values = nums if nums is not None else [k.lower() for k in keys]
+                    assert values == sorted(values, reverse=first == "descending"), name
+                page.fill(f"#{table}-search", "distance-aware")
+                visible = page.locator(f"#{table} tbody tr:not([hidden])")
+                assert visible.count() == 1 and "dafa-s0" in visible.first.text_content()
+                assert f"1 of {n} rows shown." in page.text_content(f"#{table}-status")
+                page.fill(f"#{table}-search", "pgd-at madry")  # every word must match
+                assert page.locator(f"#{table} tbody tr:not([hidden])").count() == 3
+                page.fill(f"#{table}-search", "")
+                assert page.locator(f"#{table} tbody tr:not([hidden])").count() == n
+            finally:
+                browser.close()
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert not problems, problems
+
+
+def test_papers_agree_with_the_defense_registry():
+    """Each paper belongs to a registered defense, and its first author, venue and year are those its docstrings cite."""
+    import sys
+
+    from rfbench.defenses.papers import PAPERS
+    from rfbench.defenses.registry import DEFENSES
+
+    for name, paper in PAPERS.items():
+        cls = DEFENSES.get(name)
+        cited = DEFENSES.describe(name) + (sys.modules[cls.__module__].__doc__ or "")
+        assert paper.authors.split()[0] in cited, name
+        assert str(paper.year) in cited, name
+        assert paper.venue == "arXiv" or paper.venue in cited, name
+        assert paper.url.startswith("https://"), name
