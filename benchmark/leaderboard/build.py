@@ -7,8 +7,10 @@ track's ranked checkpoint; entries that are not significantly different share
 a rank group (:mod:`rfbench.benchmark.leaderboard.ranking`, whose ``RULE`` is
 printed on every page).  Every entry is checked first; an entry that fails its
 check is listed as rejected, never ranked; an entry identical to another is
-listed as such, never ranked.  ``--html DIR`` also writes the static web
-leaderboard (:mod:`rfbench.benchmark.leaderboard.html`).
+listed as such, never ranked.  The tables are the row model of
+:mod:`rfbench.benchmark.leaderboard.rows` (rows by rank group, then by the number
+shown), every submitted string escaped by :mod:`rfbench.benchmark.leaderboard.text`.
+``--html DIR`` also writes the static web leaderboard (:mod:`rfbench.benchmark.leaderboard.html`).
 """
 
 from __future__ import annotations

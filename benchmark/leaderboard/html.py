@@ -1,8 +1,9 @@
 """``rfbench leaderboard build --html DIR``: the leaderboards as a static web site.
 
-``DIR/index.html`` lists the tracks; ``DIR/<track>/index.html`` is a track's
-ranked table (rank groups, the worst-class interval, sortable
-columns), its per-class heat map and its unranked (identical) and rejected
+``DIR/index.html`` lists the tracks with their numbers; ``DIR/<track>/index.html`` is a track's
+ranked table (the row model of :mod:`~rfbench.benchmark.leaderboard.rows`, rendered by the
+autoescaping Jinja2 template ``web/table.html.j2``: rank groups, the worst-class interval, paper,
+architecture and extra data, a sort button on every column and a search box), its per-class heat map and its unranked (identical) and rejected
 entries; ``DIR/<track>/<entry>.html`` shows one entry (per-class accuracies of
 every attack on every checkpoint, with intervals), next to a copy of the
 entry's JSON.
@@ -187,11 +188,11 @@ def _templates() -> "jinja2.Environment":
 
 
 def render_table(table_id: str, columns: Sequence[Column], rows: Sequence[dict[str, Cell]], *, caption: str,
-                 what: str, page: Callable[[str], str], row_head: str, badges: Sequence[str] = (),
+                 what: str, hint: str, page: Callable[[str], str], row_head: str, badges: Sequence[str] = (),
                  bands: Sequence[int] = (), sorted_first: bool = True) -> str:
     """A sortable, searchable table of the row model (``web/table.html.j2``, autoescaped)."""
     return _templates().get_template("table.html.j2").render(
-        id=table_id, columns=columns, rows=rows, caption=caption, what=what, page=page, row_head=row_head,
+        id=table_id, columns=columns, rows=rows, caption=caption, what=what, hint=hint, page=page, row_head=row_head,
         badges=set(badges), bands=list(bands), sorted_first=sorted_first)
 
 
@@ -204,7 +205,8 @@ def ranking_table(board: "TrackBoard") -> str:
             band, prev = 1 - band, row.group
         bands.append(band)
     return render_table(f"rank-{board.track.id}", table.columns, [r.cells for r in table.rows],
-                        caption=table.caption, what="entries", page=lambda eid: f"{eid}.html", row_head="entry",
+                        caption=table.caption, what="entries", hint="defense, paper, class, ...",
+                        page=lambda eid: f"{eid}.html", row_head="entry",
                         badges=("rank_worst", "rank_tail20"), bands=bands)
 
 
@@ -338,6 +340,7 @@ def entry_html(board: "TrackBoard", row: RankedEntry) -> str:
 def index_html(boards: Sequence["TrackBoard"]) -> str:
     columns, rows = index_table(boards)
     table = render_table("tracks", columns, [r.cells for r in rows], caption="Tracks", what="tracks",
+                         hint="dataset, defense, ...",
                          page=lambda tid: f"{tid}/index.html", row_head="track")
     body = ("<h1>rfbench leaderboards</h1>"
             "<p>Adversarially trained models compared on their <strong>weakest class</strong>: each track ranks its "

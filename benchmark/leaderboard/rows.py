@@ -37,9 +37,9 @@ STANDARD_AUTOATTACK = "autoattack-standard"
 #: the one-line explanation of a rank group, printed beside every ranked table
 RANK_GROUP_LINE = (
     "Rank group = 1 + the number of entries significantly better on that metric (paired per-image test, seed "
-    "spread included), so entries that are not significantly different share a group; rows are ordered by the "
-    "worst-class group, then by the worst-class number, and an entry may sit in a lower group than one with a "
-    "slightly smaller number when its per-image results are noisier against the others."
+    "spread included): entries not significantly different share a group, so one group can span several points "
+    "and a noisier entry can sit a group lower than one with a slightly smaller number. Rows: by worst-class "
+    "group, then by the worst-class number."
 )
 
 
