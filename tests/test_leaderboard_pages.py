@@ -192,10 +192,9 @@ def test_heat_map_draws_hostile_names_and_classes(hostile, tmp_path):
     board = collect(find_track(TRACK, hostile["root"]), hostile["root"])
     board.entries[0].classes = [MATH_BOMB, "$\\evilmacro{$", "c" * 2_000_000] + board.entries[0].classes[3:]
     out = plot_heatmap(board, tmp_path / "h.png")
-    from PIL import Image
+    import matplotlib.image
 
-    with Image.open(out) as im:
-        w, h = im.size
+    h, w = matplotlib.image.imread(out).shape[:2]
     assert w < 4000 and h < 4000, (w, h)
 
 
@@ -251,7 +250,7 @@ def test_browser_search_and_sort_on_every_column(tmp_path):
                 page.goto(f"{url}/index.html")
                 # the index carries the numbers of its Markdown twin
                 top = track_table(collect(find_track(TRACK, root), root)).rows[0].ranked
-                assert f"{100 * top.worst:.1f}" in page.text_content("#tracks")
+                assert f"{100 * top.worst:.1f}" in (page.text_content("#tracks") or "")
                 page.goto(f"{url}/{TRACK}/index.html")
                 heads = page.eval_on_selector_all(f"#{table} thead th", "hs => hs.map(h => h.textContent.trim())")
                 assert {"Paper", "Architecture", "Extra data"} <= set(heads)
@@ -268,8 +267,8 @@ def test_browser_search_and_sort_on_every_column(tmp_path):
                     assert values == sorted(values, reverse=first == "descending"), name
                 page.fill(f"#{table}-search", "distance-aware")
                 visible = page.locator(f"#{table} tbody tr:not([hidden])")
-                assert visible.count() == 1 and "dafa-s0" in visible.first.text_content()
-                assert f"1 of {n} rows shown." in page.text_content(f"#{table}-status")
+                assert visible.count() == 1 and "dafa-s0" in (visible.first.text_content() or "")
+                assert f"1 of {n} rows shown." in (page.text_content(f"#{table}-status") or "")
                 page.fill(f"#{table}-search", "pgd-at madry")  # every word must match
                 assert page.locator(f"#{table} tbody tr:not([hidden])").count() == 3
                 page.fill(f"#{table}-search", "")
