@@ -128,6 +128,24 @@ def test_optional_columns_appear_when_an_entry_has_them():
     assert " - |" in other
 
 
+def test_weights_links_and_audits_show_when_recorded():
+    """An https weights link becomes a link on both pages; a javascript: one is never a link; audits get a column."""
+    board = collect(find_track(TRACK, REPO), REPO)
+    assert board.ranking is not None
+    rows = {r.entry.id: r for r in board.ranking.ranked}
+    rows["dafa-s0"].entry.provenance = dict(rows["dafa-s0"].entry.provenance, checkpoint_url="https://example.org/w.pt")
+    rows["wat-s0"].entry.provenance = dict(rows["wat-s0"].entry.provenance, checkpoint_url="javascript:alert(1)")
+    rows["dafa-s0"].audited = True  # type: ignore[attr-defined]
+    table = track_table(board)
+    keys = [c.key for c in table.columns]
+    assert "checkpoint" in keys and "audited" in keys
+    md, web = track_page(board), track_html(board)
+    assert "[weights](https://example.org/w.pt)" in md and "javascript" not in md
+    assert '<a href="https://example.org/w.pt" rel="noopener noreferrer">weights</a>' in web and "javascript" not in web
+    dafa = next(line for line in md.splitlines() if "[dafa-s0](dafa-s0.json)" in line)
+    assert dafa.rstrip(" |").endswith("yes")
+
+
 # -- the index has numbers on both pages ---------------------------------------------------------------------------
 def test_index_pages_show_the_same_numbers():
     boards = [collect(t, REPO) for t in (find_track(TRACK, REPO),)]
