@@ -1,4 +1,4 @@
-"""RobustLT ("Taming the Long Tail: Rebalancing Adversarial Training via Adaptive Perturbation",
+"""RobustLT (Zhang, Guo, Li, Shi & Liu, "Taming the Long Tail: Rebalancing Adversarial Training via Adaptive Perturbation",
 CVPR 2026, arXiv 2605.13395), on PGD-AT, as released (zhang-lilin/RobustLT,
 ``core/methods/robustlt.py``; configs ``configs/cifar10lf/robustlt_*.yaml``).
 

@@ -96,7 +96,8 @@ def test_a_wheel_and_an_sdist_install_and_run(tmp_path):
     wheel = _wheel_from(source, tmp_path / "wheel")
     names = zipfile.ZipFile(wheel).namelist()
     for required in ("rfbench/attacks/core.py", "rfbench/defenses/base.py", "rfbench/benchmark/cli/__init__.py",
-                     "rfbench/core/config.py", "rfbench/models/base.py", "rfbench/benchmark/leaderboard/web/style.css"):
+                     "rfbench/core/config.py", "rfbench/models/base.py", "rfbench/benchmark/leaderboard/web/style.css",
+                     "rfbench/benchmark/leaderboard/web/table.html.j2"):
         assert required in names, required
     got = _install_and_smoke(wheel, tmp_path / "site-wheel")
     assert Path(got["file"]).resolve().is_relative_to(tmp_path / "site-wheel")
@@ -113,3 +114,4 @@ def test_a_wheel_and_an_sdist_install_and_run(tmp_path):
     (unpacked,) = (tmp_path / "unpacked").iterdir()
     got = _install_and_smoke(_wheel_from(unpacked, tmp_path / "wheel2"), tmp_path / "site-sdist")
     assert Path(got["file"]).resolve().is_relative_to(tmp_path / "site-sdist") and "style.css" in got["web"]
+    assert "table.html.j2" in got["web"]

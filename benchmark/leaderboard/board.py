@@ -74,3 +74,15 @@ def leaders_text(board: TrackBoard, key: str, most: int = 4) -> str:
     if len(first) > most:
         return f"{len(first)} of {len(board.entries)} entries tie"
     return ", ".join(f"{e.name} ({e.id})" for e in first)
+
+
+def unverified_items(board: TrackBoard) -> list[tuple[str, str]]:
+    """``(entry, reason)`` of the entries a board lists but never ranks for want of verification, if it keeps any."""
+    items = getattr(board, "unverified", None) or {}
+    if isinstance(items, dict):
+        return [(str(k), str(v)) for k, v in items.items()]
+    out = []
+    for item in items:
+        entry = getattr(item, "entry", item)
+        out.append((str(getattr(entry, "id", entry)), str(getattr(item, "reason", "") or "not verified")))
+    return out

@@ -7,20 +7,26 @@ track's ranked checkpoint; entries that are not significantly different share
 a rank group (:mod:`rfbench.benchmark.leaderboard.ranking`, whose ``RULE`` is
 printed on every page).  Every entry is checked first; an entry that fails its
 check is listed as rejected, never ranked; an entry identical to another is
-listed as such, never ranked.  ``--html DIR`` also writes the static web
-leaderboard (:mod:`rfbench.benchmark.leaderboard.html`).
+listed as such, never ranked.  The tables are the row model of
+:mod:`rfbench.benchmark.leaderboard.rows` (rows by rank group, then by the number
+shown), every submitted string escaped by :mod:`rfbench.benchmark.leaderboard.text`.
+``--html DIR`` also writes the static web leaderboard (:mod:`rfbench.benchmark.leaderboard.html`).
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Callable, Sequence
+from urllib.parse import quote
 
-import pandas as pd
+from tabulate import tabulate
 
-from rfbench.benchmark.leaderboard.board import TrackBoard, collect, cost_text, leaders_text, noise_text
+from rfbench.benchmark.leaderboard.board import TrackBoard, collect, noise_text, unverified_items
 from rfbench.benchmark.leaderboard.ranking import RULE
+from rfbench.benchmark.leaderboard.rows import RANK_GROUP_LINE, Cell, Column, index_table, track_table
 from rfbench.benchmark.leaderboard.schema import list_tracks
+from rfbench.benchmark.leaderboard.text import CLASS_CHARS, md_code, md_text, one_line
 from rfbench.core.io import atomic_write_text
 from rfbench.core.perclass import pct, to_percent
 
@@ -29,36 +35,28 @@ log = logging.getLogger(__name__)
 HEATMAP = "heatmap.png"
 
 
-def ranking_frame(board: TrackBoard) -> pd.DataFrame:
-    """The ranked table (percentages): rank groups, worst-class robust with its Wilson interval and class,
-    worst-20% robust, mean robust, clean, gap, last checkpoint, cost."""
-    ck = board.track.info.protocol.checkpoint
-    rows = []
-    for r in board.ranking.ranked if board.ranking else []:
-        e = r.entry
-        ev = e.evaluation(ck)
-        wc, clean = ev.summary["worst_case"], ev.summary["clean"]
-        last = e.evaluations.get("last") if ck != "last" else None
-        row = {
-            "rank: worst": r.ranks["worst"],
-            "rank: worst 20%": r.ranks["tail20"],
-            "entry": f"[{e.id}]({e.id}.json)",
-            "defense": e.name,
-            "worst-class robust": pct(r.worst),
-            "95% interval": f"{pct(r.worst_ci[0])}-{pct(r.worst_ci[1])}",
-            "weakest class": e.classes[r.worst_class],
-            "worst-20% robust": pct(r.tail20),
-            "mean robust": pct(wc["mean"]),
-            "clean": pct(clean["mean"]),
-            "gap": pct(wc["gap"]),
-        }
-        if last is not None:
-            row["last: worst / mean"] = (f"{pct(last.summary['worst_case']['worst'])} / "
-                                         f"{pct(last.summary['worst_case']['mean'])}")
-        row["GPU-h"] = cost_text(e)
-        row["seed"] = e.seed
-        rows.append(row)
-    return pd.DataFrame(rows)
+def md_cell(cell: Cell, page: Callable[[str], str]) -> str:
+    """One cell as Markdown: escaped text, a link when the cell has one (its target quoted, never markup)."""
+    text = md_text(cell.text, cell.limit)
+    target = page(cell.page) if cell.page is not None else cell.href
+    if target:
+        text = f"[{text}]({quote(target, safe=':/?=&#%.-_~+')})"
+    if cell.detail:
+        text += f" ({md_text(cell.detail)})"
+    return text
+
+
+def md_table(columns: Sequence[Column], rows: Sequence[dict[str, Cell]], page: Callable[[str], str]) -> str:
+    """A pipe table of the row model (numeric columns right-aligned)."""
+    body = [[md_cell(r[c.key], page) if c.key in r else "-" for c in columns] for r in rows]
+    return tabulate(body, headers=[c.md_label for c in columns], tablefmt="pipe", disable_numparse=True,
+                    colalign=["right" if c.numeric else "left" for c in columns])
+
+
+def ranking_markdown(board: TrackBoard) -> str:
+    """The ranked table of a track in Markdown (percentages), from :func:`track_table`."""
+    table = track_table(board)
+    return md_table(table.columns, [r.cells for r in table.rows], lambda eid: f"{eid}.json")
 
 
 def plot_heatmap(board: TrackBoard, path: Path) -> Path:
@@ -72,21 +70,24 @@ def plot_heatmap(board: TrackBoard, path: Path) -> Path:
     from rfbench.benchmark.eval.plots import save_figure
 
     ck = board.track.info.protocol.checkpoint
-    classes = board.entries[0].classes
-    frac = np.array([e.evaluation(ck).per_class["worst_case"] for e in board.entries], dtype=float)
+    table = track_table(board)
+    entries = [row.entry for row in table.rows]
+    classes = [one_line(c, CLASS_CHARS) for c in entries[0].classes]
+    frac = np.array([e.evaluation(ck).per_class["worst_case"] for e in entries], dtype=float)
     m = to_percent(frac)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.75 * len(classes) + 3), 0.42 * len(board.entries) + 2.0))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.75 * len(classes) + 3), 0.42 * len(entries) + 2.0))
     im = ax.imshow(m, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto")
     if len(classes) <= 20:
         for i in range(m.shape[0]):
             for j in range(m.shape[1]):
                 dark = m[i, j] < 15 or m[i, j] > 85  # the ends of the colour map are dark
                 ax.text(j, i, pct(frac[i, j], 0), ha="center", va="center", fontsize=7, color="white" if dark else "black")
-    ax.set_xticks(range(len(classes)), classes, rotation=40, ha="right", fontsize=8)
-    ranks = [r.ranks["worst"] for r in board.ranking.ranked] if board.ranking else range(1, len(board.entries) + 1)
-    ax.set_yticks(range(len(board.entries)), [f"{k}. {e.name} ({e.id})" for k, e in zip(ranks, board.entries)], fontsize=8)
-    ax.set_title(f"{board.track.info.title}\nper-class robust accuracy (%, worst case over the track's attacks, "
-                 f"{ck} checkpoint)", fontsize=9)
+    # submitted names are text, never mathtext: parse_math=False on every label that holds one
+    ax.set_xticks(range(len(classes)), classes, rotation=40, ha="right", fontsize=8, parse_math=False)
+    ax.set_yticks(range(len(entries)), [one_line(f"{row.group}. {row.entry.name} ({row.entry.id})") for row in table.rows],
+                  fontsize=8, parse_math=False)
+    ax.set_title(f"{one_line(board.track.info.title, None)}\nper-class robust accuracy (%, worst case over the track's "
+                 f"attacks, {ck} checkpoint)", fontsize=9, parse_math=False)
     fig.colorbar(im, ax=ax, label="robust accuracy (%)")
     return save_figure(fig, path, dpi=120)
 
@@ -108,41 +109,33 @@ def track_page(board: TrackBoard) -> str:
     ]
     if t.reference:
         lines.append(f"- **Published numbers for this setting:** {t.reference}")
-    lines += ["", "Ranked by rank group of the worst-class robust accuracy, then of the worst-20% robust accuracy "
-              "(worst case over all attacks). Accuracies in percent; 95% interval = interval of the worst-class "
-              "accuracy (Bonferroni-adjusted Wilson intervals, see the rule below); gap = best minus worst class; GPU-h = training + evaluation time on a GPU (0 for CPU runs, "
-              "their CPU hours in brackets).", "", RULE, ""]
+    lines += ["", "Ranked by rank group of the worst-class robust accuracy, then by the worst-class robust accuracy "
+              "itself (worst case over all attacks). Accuracies in percent; 95% interval = interval of the worst-class "
+              "accuracy (Bonferroni-adjusted Wilson intervals, see the rule below); gap = best minus worst class; "
+              "paper, architecture and extra data (training data beyond the track's own training set) as RobustBench "
+              "lists them; GPU-h = training + evaluation time on a GPU (0 for CPU runs, their CPU hours in brackets).",
+              "", RULE, ""]
     if board.entries:
-        lines += [noise_text(board), "", ranking_frame(board).to_markdown(index=False, floatfmt=".1f"), "",
+        lines += [noise_text(board), "", f"**Rank groups:** {RANK_GROUP_LINE}", "", ranking_markdown(board), "",
                   f"![per-class heat map]({HEATMAP})", ""]
     else:
         lines += ["No entries yet.", ""]
     if board.ranking and board.ranking.identical:
         lines += ["Not ranked, identical to another entry (the same per-sample predictions on the ranked checkpoint):", ""]
-        lines += [f"- [{r.entry.id}]({r.entry.id}.json) ({r.entry.name}): identical to {r.identical_to}"
-                  for r in board.ranking.identical] + [""]
+        lines += [f"- [{md_text(r.entry.id)}]({quote(r.entry.id)}.json) ({md_text(r.entry.name)}): identical to "
+                  f"{md_text(r.identical_to)}" for r in board.ranking.identical] + [""]
+    unverified = unverified_items(board)
+    if unverified:
+        lines += ["Listed, not ranked (not verified against per-sample evidence):", ""]
+        lines += [f"- {md_code(name)}: {md_text(why, None)}" for name, why in unverified] + [""]
     if board.rejected:
         lines += ["Rejected entries (failed `rfbench leaderboard check`):", ""]
-        lines += [f"- `{name}`: {why}" for name, why in board.rejected.items()] + [""]
+        lines += [f"- {md_code(name)}: {md_text(why, None)}" for name, why in board.rejected.items()] + [""]
     return "\n".join(lines)
 
 
 def index_page(boards: list[TrackBoard]) -> str:
-    rows = []
-    for b in boards:
-        t = b.track.info
-        leader = b.entries[0] if b.entries else None
-        ck = t.protocol.checkpoint
-        rows.append({
-            "track": f"[{t.id}]({t.id}/README.md)",
-            "setting": t.title,
-            "hardware": t.hardware.upper(),
-            "entries": len(b.entries),
-            "rank 1 (worst class)": leaders_text(b, "worst"),
-            "rank 1 (worst 20%)": leaders_text(b, "tail20"),
-            "top worst-class robust": pct(leader.evaluation(ck).summary["worst_case"]["worst"]) if leader else "-",
-            "its mean robust": pct(leader.evaluation(ck).summary["worst_case"]["mean"]) if leader else "-",
-        })
+    columns, rows = index_table(boards)
     return "\n".join([
         "# rfbench leaderboards", "",
         "Adversarially trained models compared on their **weakest class**: each track ranks entries by the "
@@ -152,8 +145,8 @@ def index_page(boards: list[TrackBoard]) -> str:
         "per-class vectors and the per-sample flags). Pages are generated by `rfbench leaderboard build`; "
         "do not edit them by hand. To add a defense, see [SUBMITTING.md](SUBMITTING.md). "
         "`rfbench leaderboard build --html DIR` writes the same boards as a static web site.", "",
-        pd.DataFrame(rows).to_markdown(index=False) if rows else "No tracks.", "",
-        "## How entries are ranked", "", RULE, "",
+        md_table(columns, [r.cells for r in rows], lambda tid: f"{tid}/README.md") if rows else "No tracks.", "",
+        "## How entries are ranked", "", RANK_GROUP_LINE, "", RULE, "",
     ])
 
 

@@ -1,8 +1,9 @@
 """``rfbench leaderboard build --html DIR``: the leaderboards as a static web site.
 
-``DIR/index.html`` lists the tracks; ``DIR/<track>/index.html`` is a track's
-ranked table (rank groups, the worst-class interval, sortable
-columns), its per-class heat map and its unranked (identical) and rejected
+``DIR/index.html`` lists the tracks with their numbers; ``DIR/<track>/index.html`` is a track's
+ranked table (the row model of :mod:`~rfbench.benchmark.leaderboard.rows`, rendered by the
+autoescaping Jinja2 template ``web/table.html.j2``: rank groups, the worst-class interval, paper,
+architecture and extra data, a sort button on every column and a search box), its per-class heat map and its unranked (identical) and rejected
 entries; ``DIR/<track>/<entry>.html`` shows one entry (per-class accuracies of
 every attack on every checkpoint, with intervals), next to a copy of the
 entry's JSON.
@@ -19,23 +20,37 @@ an entry is HTML-escaped: entries are untrusted data.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import html
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 import numpy as np
+from markupsafe import Markup
 
-from rfbench.benchmark.leaderboard.board import leaders_text, noise_text
+from rfbench.benchmark.leaderboard.board import noise_text, unverified_items
 from rfbench.benchmark.leaderboard.paths import is_url
 from rfbench.benchmark.leaderboard.ranking import RULE, RankedEntry
+from rfbench.benchmark.leaderboard.rows import (
+    RANK_GROUP_LINE,
+    Cell,
+    Column,
+    entry_facts,
+    index_table,
+    ordered_entries,
+    track_table,
+)
+from rfbench.benchmark.leaderboard.text import CLASS_CHARS, MAX_CHARS, NAME_CHARS, one_line
 from rfbench.core.errors import RfbenchError
 from rfbench.core.io import atomic_write_bytes, atomic_write_text
 from rfbench.core.perclass import pct as _pct
 from rfbench.core.perclass import wilson_interval
 
 if TYPE_CHECKING:
+    import jinja2
+
     from rfbench.benchmark.leaderboard.board import TrackBoard
     from rfbench.benchmark.leaderboard.schema import Entry
 
@@ -148,10 +163,6 @@ def _td(text: str, sort: object = None, *, num: bool = False, cls: str = "") -> 
     return f"<td{attrs}>{text}</td>"
 
 
-def _rank_badge(r: int) -> str:
-    return f'<span class="rank{" r1" if r == 1 else ""}">{r}</span>'
-
-
 def _cost(e: "Entry") -> tuple[str, float]:
     c = e.cost
     if c.gpu_hours is not None:
@@ -164,65 +175,45 @@ def entry_file(e: "Entry") -> str:
     return f"{e.id}.html"
 
 
+@functools.lru_cache(maxsize=1)
+def _templates() -> "jinja2.Environment":
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(WEB)), autoescape=True, undefined=jinja2.StrictUndefined,
+                             trim_blocks=False, lstrip_blocks=False)
+    env.filters["cut"] = lambda text, limit=MAX_CHARS: one_line(text, limit)
+    env.filters["sortkey"] = lambda v: one_line(v, NAME_CHARS) if isinstance(v, str) else v
+    env.globals["ci_svg"] = lambda lo, hi, point: Markup(ci_svg(lo, hi, point))
+    return env
+
+
+def render_table(table_id: str, columns: Sequence[Column], rows: Sequence[dict[str, Cell]], *, caption: str,
+                 what: str, hint: str, page: Callable[[str], str], row_head: str, badges: Sequence[str] = (),
+                 bands: Sequence[int] = (), sorted_first: bool = True) -> str:
+    """A sortable, searchable table of the row model (``web/table.html.j2``, autoescaped)."""
+    return _templates().get_template("table.html.j2").render(
+        id=table_id, columns=columns, rows=rows, caption=caption, what=what, hint=hint, page=page, row_head=row_head,
+        badges=set(badges), bands=list(bands), sorted_first=sorted_first)
+
+
 def ranking_table(board: "TrackBoard") -> str:
-    """The sortable ranked table of a track."""
-    ck = board.track.info.protocol.checkpoint
-    head = [
-        _th("Rank: worst class", sort="ascending", num=True, aria_sort="ascending"),
-        _th("Rank: worst 20%", sort="ascending", num=True),
-        _th("Entry", sort="ascending"), _th("Defense", sort="ascending"), _th("Seed", sort="ascending", num=True),
-        _th("Worst-class robust (%)", sort="descending", num=True), _th("95% interval (%)", sort="descending"),
-        _th("Weakest class", sort="ascending"), _th("Worst-20% robust (%)", sort="descending", num=True),
-        _th("Mean robust (%)", sort="descending", num=True), _th("Clean (%)", sort="descending", num=True),
-        _th("Gap (%)", sort="ascending", num=True),
-    ]
-    has_last = ck != "last"
-    if has_last:
-        head.append(_th("Last checkpoint: worst / mean (%)", sort="descending"))
-    head.append(_th("Cost", sort="ascending", num=True))
-    rows = []
-    prev, band = None, 1
-    for r in board.ranking.ranked:
-        e = r.entry
-        ev = e.evaluation(ck)
-        wc, clean = ev.summary["worst_case"], ev.summary["clean"]
-        if r.ranks["worst"] != prev:
-            band, prev = 1 - band, r.ranks["worst"]
-        cells = [
-            _td(_rank_badge(r.ranks["worst"]), r.ranks["worst"], num=True),
-            _td(_rank_badge(r.ranks["tail20"]), r.ranks["tail20"], num=True),
-            f'<th scope="row" data-sort="{_esc(e.id)}"><a href="{_esc(entry_file(e))}">{_esc(e.id)}</a></th>',
-            _td(_esc(e.name)), _td(str(e.seed), e.seed, num=True),
-            _td(_pct(r.worst), r.worst, num=True),
-            _td(ci_svg(*r.worst_ci, r.worst) + f"{_pct(r.worst_ci[0])}&ndash;{_pct(r.worst_ci[1])}"
-                f'<span class="sr-only"> ({r.worst_count} of {r.worst_n} images)</span>', r.worst_ci[0], cls="nowrap"),
-            _td(_esc(e.classes[r.worst_class])),
-            _td(_pct(r.tail20), r.tail20, num=True),
-            _td(_pct(wc["mean"]), wc["mean"], num=True), _td(_pct(clean["mean"]), clean["mean"], num=True),
-            _td(_pct(wc["gap"]), wc["gap"], num=True),
-        ]
-        if has_last:
-            last = e.evaluations.get("last")
-            if last is not None:
-                lw = last.summary["worst_case"]
-                cells.append(_td(f"{_pct(lw['worst'])} / {_pct(lw['mean'])}", lw["worst"]))
-            else:
-                cells.append(_td("-", ""))
-        text, hours = _cost(e)
-        cells.append(_td(text, hours, num=True))
-        rows.append(f'<tr class="{"g-odd" if band else "g-even"}">' + "".join(cells) + "</tr>")
-    tid = f"rank-{board.track.id}"
-    return (f'<div class="scroll"><table class="sortable" id="{_esc(tid)}">\n'
-            f"<caption>Ranked entries of {_esc(board.track.info.title)} (the {_esc(ck)} checkpoint). "
-            "Sort by any column with its header button.</caption>\n"
-            f"<thead><tr>{''.join(head)}</tr></thead>\n<tbody>\n" + "\n".join(rows) + "\n</tbody></table></div>\n"
-            f'<p id="{_esc(tid)}-status" class="sr-only" aria-live="polite"></p>\n')
+    """The ranked table of a track (the row model of :func:`~rfbench.benchmark.leaderboard.rows.track_table`)."""
+    table = track_table(board)
+    bands, prev, band = [], None, 1
+    for row in table.rows:  # alternate the background per rank group
+        if row.group != prev:
+            band, prev = 1 - band, row.group
+        bands.append(band)
+    return render_table(f"rank-{board.track.id}", table.columns, [r.cells for r in table.rows],
+                        caption=table.caption, what="entries", hint="defense, paper, class, ...",
+                        page=lambda eid: f"{eid}.html", row_head="entry",
+                        badges=("rank_worst", "rank_tail20"), bands=bands)
 
 
 def heat_table(rows: Iterable[tuple[str, str, Sequence[float]]], classes: Sequence[str], caption: str,
                row_head: str = "Entry") -> str:
     """Per-class accuracies as a table of coloured cells; ``rows`` are (label HTML, sort key, values)."""
-    head = _th(row_head) + "".join(_th(_esc(c), num=True) for c in classes)
+    head = _th(row_head) + "".join(_th(_esc(one_line(c, CLASS_CHARS)), num=True) for c in classes)
     body = []
     for label, _, values in rows:
         cells = "".join(
@@ -255,22 +246,29 @@ def track_html(board: "TrackBoard") -> str:
     parts = [f"<h1>{_esc(t.title)}</h1>", f"<p>{_esc(t.description.strip())}</p>", protocol_list(board),
              f'<p class="rule">{_esc(RULE)}</p>']
     if board.ranking and board.entries:
-        parts += [f'<p class="note">{_esc(noise_text(board))}</p>', "<h2>Ranking</h2>", ranking_table(board),
+        parts += [f'<p class="note">{_esc(noise_text(board))}</p>', "<h2>Ranking</h2>",
+                  f'<p class="note"><strong>Rank groups:</strong> {_esc(RANK_GROUP_LINE)}</p>', ranking_table(board),
                   "<h2>Per-class robust accuracy</h2>",
-                  heat_table([(f'<a href="{_esc(entry_file(r.entry))}">{_esc(r.entry.id)}</a>', r.entry.id,
-                               r.entry.evaluation(ck).per_class["worst_case"]) for r in board.ranking.ranked],
+                  heat_table([(f'<a href="{_esc(entry_file(e))}">{_esc(e.id)}</a>', e.id,
+                               e.evaluation(ck).per_class["worst_case"]) for e in ordered_entries(board)],
                              board.entries[0].classes,
                              f"Worst-case robust accuracy per class (%), entries in ranked order, {ck} checkpoint")]
     else:
         parts.append("<p>No entries yet.</p>")
     if board.ranking and board.ranking.identical:
-        items = "".join(f'<li><a href="{_esc(entry_file(r.entry))}">{_esc(r.entry.id)}</a> ({_esc(r.entry.name)}): '
+        items = "".join(f'<li><a href="{_esc(entry_file(r.entry))}">{_esc(r.entry.id)}</a> ({_esc(one_line(r.entry.name))}): '
                         f"identical to {_esc(r.identical_to)}</li>" for r in board.ranking.identical)
         parts += ["<h2>Not ranked: identical to another entry</h2>",
                   "<p>These entries have the same per-sample predictions on the ranked checkpoint as the entry "
                   f"named: one result counted twice.</p><ul>{items}</ul>"]
+    unverified = unverified_items(board)
+    if unverified:
+        items = "".join(f"<li><code>{_esc(one_line(name))}</code>: {_esc(one_line(why, None))}</li>"
+                        for name, why in unverified)
+        parts += ["<h2>Listed, not ranked: not verified</h2>", f"<ul>{items}</ul>"]
     if board.rejected:
-        items = "".join(f"<li><code>{_esc(name)}</code>: {_esc(why)}</li>" for name, why in board.rejected.items())
+        items = "".join(f"<li><code>{_esc(one_line(name))}</code>: {_esc(one_line(why, None))}</li>"
+                        for name, why in board.rejected.items())
         parts += ["<h2>Rejected entries</h2>", f"<p>They failed <code>rfbench leaderboard check</code>.</p><ul>{items}</ul>"]
     return page(t.title, "\n".join(parts), crumbs=[("Leaderboards", "../index.html"), (t.id, None)])
 
@@ -286,13 +284,26 @@ def entry_html(board: "TrackBoard", row: RankedEntry) -> str:
     code = (f'<a href="{_esc(e.defense.code)}" rel="noopener noreferrer">{_esc(e.defense.code)}</a>'
             if is_url(e.defense.code) else f"<code>{_esc(e.defense.code)}</code>")
     cost_text, _ = _cost(e)
-    meta = [("Defense", _esc(e.defense.name)), ("Paper", _esc(e.defense.paper or "-")), ("Code", code),
+    facts = entry_facts(e, t.protocol.dataset)
+    paper = facts["paper"]
+    paper_html = _esc(one_line(paper.text, NAME_CHARS))
+    if paper.href:
+        paper_html = f'<a href="{_esc(paper.href)}" rel="noopener noreferrer">{paper_html}</a>'
+    if paper.detail:
+        paper_html += f" ({_esc(paper.detail)})"
+    weights = facts.get("checkpoint")
+    meta = [("Defense", _esc(one_line(e.defense.name, NAME_CHARS))), ("Paper", paper_html),
+            ("Architecture", _esc(one_line(facts["architecture"].text, NAME_CHARS))),
+            ("Extra data", _esc(facts["extra_data"].text)),
+            ("Checkpoint", f'<a href="{_esc(weights.href)}" rel="noopener noreferrer">{_esc(weights.href)}</a>'
+             if weights and weights.href else "not published"),
+            ("Code", code),
             ("Defense arguments", f"<code>{_esc(json.dumps(e.defense.args, sort_keys=True))}</code>"),
             ("Seed", _esc(e.seed)), ("Standing", standing), ("Cost", _esc(f"{cost_text} on {e.cost.device}")),
             ("Submitted", _esc(e.submitted or "-")),
             ("Command", f"<code>{_esc(e.provenance.get('command', '-'))}</code>"),
             ("Data", f'<a href="{_esc(e.id)}.json">{_esc(e.id)}.json</a> (the entry as committed)')]
-    parts = [f"<h1>{_esc(e.name)} <small>({_esc(e.id)})</small></h1>",
+    parts = [f"<h1>{_esc(one_line(e.name, NAME_CHARS))} <small>({_esc(e.id)})</small></h1>",
              '<dl class="meta">' + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in meta) + "</dl>"]
     for which, ev in e.evaluations.items():
         names = ["clean", *ev.attacks, "worst_case"]
@@ -322,30 +333,20 @@ def entry_html(board: "TrackBoard", row: RankedEntry) -> str:
             + _th("Images", sort="ascending", num=True) + _th("95% interval (%)", sort="ascending")
             + "</tr></thead><tbody>" + "".join(rows) + f'</tbody></table></div><p id="{_esc(tid)}-status" '
             'class="sr-only" aria-live="polite"></p>')
-    return page(f"{e.name} ({e.id}) on {t.id}", "\n".join(parts),
+    return page(f"{one_line(e.name)} ({e.id}) on {t.id}", "\n".join(parts),
                 crumbs=[("Leaderboards", "../index.html"), (t.id, "index.html"), (e.id, None)])
 
 
 def index_html(boards: Sequence["TrackBoard"]) -> str:
-    rows = []
-    for b in boards:
-        t = b.track.info
-        first = lambda key: _esc(leaders_text(b, key))  # noqa: E731
-        n = len(b.entries)
-        rows.append(f'<tr><th scope="row" data-sort="{_esc(t.id)}"><a href="{_esc(t.id)}/index.html">{_esc(t.id)}</a></th>'
-                    + _td(_esc(t.title)) + _td(_esc(t.hardware.upper())) + _td(str(n), n, num=True)
-                    + _td(first("worst")) + _td(first("tail20")) + "</tr>")
-    table = ('<div class="scroll"><table class="sortable" id="tracks"><caption>Tracks</caption><thead><tr>'
-             + _th("Track", sort="ascending", aria_sort="ascending") + _th("Setting", sort="ascending")
-             + _th("Hardware", sort="ascending") + _th("Ranked entries", sort="descending", num=True)
-             + _th("Rank 1: worst class") + _th("Rank 1: worst 20%")
-             + "</tr></thead><tbody>" + "".join(rows) + '</tbody></table></div>'
-             '<p id="tracks-status" class="sr-only" aria-live="polite"></p>')
+    columns, rows = index_table(boards)
+    table = render_table("tracks", columns, [r.cells for r in rows], caption="Tracks", what="tracks",
+                         hint="dataset, defense, ...",
+                         page=lambda tid: f"{tid}/index.html", row_head="track")
     body = ("<h1>rfbench leaderboards</h1>"
             "<p>Adversarially trained models compared on their <strong>weakest class</strong>: each track ranks its "
             "entries by the worst-class robust accuracy under the worst case over its attack suite, and by the mean "
             "of its worst 20% of classes, in rank groups.</p>" + table
-            + f'<h2>How entries are ranked</h2><p class="rule">{_esc(RULE)}</p>')
+            + f'<h2>How entries are ranked</h2><p class="note">{_esc(RANK_GROUP_LINE)}</p><p class="rule">{_esc(RULE)}</p>')
     return page("rfbench leaderboards", body)
 
 

@@ -1,4 +1,5 @@
 // rfbench static leaderboard: sortable tables (progressive enhancement, keyboard-usable buttons, aria-sort)
+// and a search box per table that hides the rows not containing every word typed
 (function () {
   "use strict";
   function key(cell) {
@@ -27,6 +28,23 @@
     var live = document.getElementById(table.id + "-status");
     if (live) { live.textContent = "Sorted by " + th.textContent.trim() + ", " + dir + "."; }
   }
+  function filter(input) {
+    var table = document.getElementById(input.getAttribute("data-filter"));
+    if (!table) { return; }
+    var words = input.value.toLowerCase().split(/\s+/).filter(function (w) { return w !== ""; });
+    var rows = table.tBodies[0].rows, shown = 0;
+    Array.prototype.forEach.call(rows, function (row) {
+      var text = row.textContent.toLowerCase();
+      var hit = words.every(function (w) { return text.indexOf(w) !== -1; });
+      row.hidden = !hit;
+      if (hit) { shown += 1; }
+    });
+    var live = document.getElementById(table.id + "-status");
+    if (live) { live.textContent = shown + " of " + rows.length + " rows shown."; }
+  }
+  Array.prototype.forEach.call(document.querySelectorAll("input[data-filter]"), function (input) {
+    input.addEventListener("input", function () { filter(input); });
+  });
   Array.prototype.forEach.call(document.querySelectorAll("table.sortable"), function (table) {
     var heads = table.tHead.rows[0].cells;
     Array.prototype.forEach.call(heads, function (th, col) {
