@@ -18,7 +18,7 @@ Recipe: ResNet-18, lr 0.1, wd 5e-4, batch 128, 100 epochs, lr ×0.1 at 75 and
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -39,18 +39,23 @@ def balanced_softmax_loss(logits: torch.Tensor, y: torch.Tensor, log_n: torch.Te
     return F.cross_entropy(logits.float() + log_n.to(logits.device)[None, :], y, reduction=reduction)
 
 
+@dataclass
+class ATBSLConfig:
+    """The settings of :class:`ATBSL`, with their registered defaults."""
+
+    start_std: float = field(default=0.001, metadata=in_range(0, None))  # attack start x + std·N(0,1)
+
+
 @register_defense("at-bsl")
-class ATBSL(Defense):
+class ATBSL(Defense[ATBSLConfig]):
     """AT-BSL (Yue et al., CVPR 2024): balanced softmax CE(z(x') + log n, y) on plain-CE PGD examples."""
 
     # released code: the first gradient is taken at the unclipped start (docs/defenses.md)
     released_attack = {"start_clip": False}
 
-    @dataclass
-    class Config:
-        start_std: float = field(default=0.001, metadata=in_range(0, None))  # attack start x + std·N(0,1)
+    Config = ATBSLConfig
 
-    def __init__(self, cfg: Any, ctx: TrainContext):
+    def __init__(self, cfg: ATBSLConfig, ctx: TrainContext):
         super().__init__(cfg, ctx)
         self.log_n = log_counts(ctx.train_counts, ctx.device)
 

@@ -67,8 +67,7 @@ from torch import nn
 from rfbench.core.config import in_range
 from rfbench.defenses.base import AWPSettings, Defense
 from rfbench.defenses.registry import register_defense
-from rfbench.defenses.standard import PGDAT
-from rfbench.defenses.trades import TRADES
+from rfbench.defenses.trades import TRADES, TRADESConfig
 from rfbench.models.base import unwrap
 
 AWP_EPS = 1e-20  # added to ‖g_l‖, as released
@@ -148,33 +147,43 @@ class WeightPerturbation:
         self._pending = list(zip(params, vs))
 
 
+@dataclass
+class AWPATConfig:
+    """The settings of :class:`AWPAT`, with their registered defaults."""
+
+    awp_gamma: float | None = field(default=None, metadata=in_range(0, None))  # γ per layer; None = 5e-3 (paper) / 0.01 (released)
+    awp_warmup: float = field(default=0.0, metadata=in_range(0, 1))  # fraction of the budget before AWP starts
+
+
 @register_defense("awp-at")
-class AWPAT(PGDAT):
+class AWPAT(Defense[AWPATConfig]):
     """AT-AWP (Wu et al., NeurIPS 2020): PGD-AT with adversarial weight perturbation (γ = 5e-3 paper,
     0.01 released; no warm-up)."""
 
     released_attack = {"bn": "train"}  # train_cifar10.py attacks after model.train()
     PAPER_GAMMA, RELEASED_GAMMA = 5e-3, 0.01
 
-    @dataclass
-    class Config:
-        awp_gamma: float | None = field(default=None, metadata=in_range(0, None))  # γ per layer; None = 5e-3 (paper) / 0.01 (released)
-        awp_warmup: float = field(default=0.0, metadata=in_range(0, 1))  # fraction of the budget before AWP starts
+    Config = AWPATConfig
 
     def weight_perturbation(self) -> AWPSettings:
         default = self.RELEASED_GAMMA if self.released else self.PAPER_GAMMA
         return AWPSettings(default if self.cfg.awp_gamma is None else self.cfg.awp_gamma, self.cfg.awp_warmup)
 
 
+@dataclass
+class AWPTRADESConfig(TRADESConfig):
+    """The settings of :class:`AWPTRADES`, with their registered defaults."""
+
+    awp_gamma: float = field(default=5e-3, metadata=in_range(0, None))
+    awp_warmup: float = field(default=0.045, metadata=in_range(0, 1))  # released: 9 of 200 epochs
+
+
 @register_defense("awp-trades")
-class AWPTRADES(TRADES):
+class AWPTRADES(TRADES[AWPTRADESConfig]):
     """TRADES-AWP (Wu et al., NeurIPS 2020): TRADES with AWP on the TRADES loss (γ = 5e-3 in paper and release,
     warm-up 9/200)."""
 
-    @dataclass
-    class Config(TRADES.Config):
-        awp_gamma: float = field(default=5e-3, metadata=in_range(0, None))
-        awp_warmup: float = field(default=0.045, metadata=in_range(0, 1))  # released: 9 of 200 epochs
+    Config = AWPTRADESConfig
 
     def weight_perturbation(self) -> AWPSettings:
         return AWPSettings(self.cfg.awp_gamma, self.cfg.awp_warmup)

@@ -65,7 +65,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import torch
 from torch import nn
@@ -152,20 +152,31 @@ class EpochStats:
     model: nn.Module | None = None
 
 
-class Defense:
-    """Base class: PGD-AT (Madry et al., ICLR 2018) unless a subclass overrides a hook."""
+@dataclass
+class DefenseConfig:
+    """A defense without settings (the base of none in particular: any dataclass can be a defense's config)."""
+
+
+C = TypeVar("C")
+
+
+class Defense(Generic[C]):
+    """Base class: PGD-AT (Madry et al., ICLR 2018) unless a subclass overrides a hook.
+
+    Generic in its config: ``class TRADES(Defense[TRADESConfig])`` with ``Config = TRADESConfig``, so
+    a type checker sees ``self.cfg.beta``.  A plugin may keep the older nested form (a ``Config``
+    dataclass inside the class); then ``cfg`` is untyped for the checker, and everything else works alike.
+    """
 
     name: ClassVar[str] = "defense"
-
-    @dataclass
-    class Config:
-        pass
+    Config: ClassVar[type[Any]] = DefenseConfig
+    cfg: C
 
     state_keys: ClassVar[tuple[str, ...]] = ()
     # the release's inner maximisation where it differs from PAPER_ATTACK (pgd keyword arguments)
     released_attack: ClassVar[dict[str, Any]] = {}
 
-    def __init__(self, cfg: Any, ctx: TrainContext):
+    def __init__(self, cfg: C, ctx: TrainContext):
         self.cfg = cfg
         self.ctx = ctx
         self.epoch = 0
@@ -278,5 +289,6 @@ class Defense:
                 setattr(self, k, v.to(cur.device) if torch.is_tensor(v) and torch.is_tensor(cur) else v)
 
     def __repr__(self) -> str:
-        params = ", ".join(f"{f.name}={getattr(self.cfg, f.name)!r}" for f in dataclasses.fields(self.cfg))
+        cfg: Any = self.cfg  # a dataclass instance (its type is the subclass's parameter)
+        params = ", ".join(f"{f.name}={getattr(cfg, f.name)!r}" for f in dataclasses.fields(cfg))
         return f"{type(self).__name__}({params})"

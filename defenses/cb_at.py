@@ -48,19 +48,24 @@ def class_balanced_weights(counts: Sequence[int], beta: float = 0.9999) -> list[
     return inverse_normalised([effective_number(n, beta) for n in counts])
 
 
+@dataclass
+class ClassBalancedATConfig:
+    """The settings of :class:`ClassBalancedAT`, with their registered defaults."""
+
+    beta: float = field(default=0.9999, metadata=in_range(0, 1))  # overlap parameter β of E_n, < 1
+    deferred: bool = False  # DRW: uniform weights until the first lr milestone
+
+
 @register_defense("cb-at")
-class ClassBalancedAT(Defense):
+class ClassBalancedAT(Defense[ClassBalancedATConfig]):
     """PGD-AT with the adversarial CE weighted by effective-number class weights (Cui et al., CVPR 2019).
 
     ``deferred`` switches the weights on at the first lr milestone (DRW, Cao et al. 2019).
     """
 
-    @dataclass
-    class Config:
-        beta: float = field(default=0.9999, metadata=in_range(0, 1))  # overlap parameter β of E_n, < 1
-        deferred: bool = False  # DRW: uniform weights until the first lr milestone
+    Config = ClassBalancedATConfig
 
-    def __init__(self, cfg: Any, ctx: TrainContext):
+    def __init__(self, cfg: ClassBalancedATConfig, ctx: TrainContext):
         super().__init__(cfg, ctx)
         if cfg.beta >= 1:
             raise ConfigError(f"defense 'cb-at': 'beta' must be < 1, got {cfg.beta}")

@@ -91,32 +91,37 @@ def fawa_accepts(val_robust_acc: list[float] | torch.Tensor, epoch: int, thresho
     return epoch >= start and acc.numel() > 0 and float(acc.min()) >= threshold
 
 
+@dataclass
+class CFAConfig:
+    """The settings of :class:`CFA`, with their registered defaults."""
+
+    base: str = field(default="pgd-at", metadata=choice("pgd-at", "trades"))
+    beta: float = field(default=6.0, metadata=in_range(0, None))  # TRADES β (base: trades)
+    ccm: bool = True
+    ccm_lambda: float | None = None  # λ1; None = 0.5 (pgd-at) / 0.3 (trades); released: 0.5 for both
+    ccr: bool | None = None  # CCR; None = on for base trades (it needs the TRADES KL term)
+    ccr_lambda: float = field(default=0.5, metadata=in_range(0, None))  # β_k = (ccr_lambda + t_k)·β
+    class_adaptive_start: int | None = None  # first epoch of CCM/CCR; None = 0 (paper) / 10 (released)
+    fawa: bool = True
+    fawa_decay: float | None = field(default=None, metadata=in_range(0, 1))  # None = 0.85 (paper) / 0.88
+    fawa_threshold: float | None = field(default=None, metadata=in_range(0, 1))  # None = 0.2 (paper) / 0.24
+    fawa_start: int | None = field(default=None, metadata=in_range(0, None))  # first epoch (0-based) FAWA may absorb; None = from the fraction (paper) / 0 (released)
+    fawa_start_fraction: float = field(default=50 / 200, metadata=in_range(0, 1))  # of the budget (paper: 50 of 200)
+    released_defaults: bool | None = None  # the released code's threshold, decay, start; None = follow the fidelity
+
+
 @register_defense("cfa")
-class CFA(Defense):
+class CFA(Defense[CFAConfig]):
     """CFA (Wei et al., CVPR 2023): class-wise eps (CCM), class-wise β (CCR, TRADES) and the FAWA weight average."""
 
     # released code: attack in train mode, first gradient at the unclipped start (docs/defenses.md)
     released_attack = {"bn": "train", "start_clip": False}
 
-    @dataclass
-    class Config:
-        base: str = field(default="pgd-at", metadata=choice("pgd-at", "trades"))
-        beta: float = field(default=6.0, metadata=in_range(0, None))  # TRADES β (base: trades)
-        ccm: bool = True
-        ccm_lambda: float | None = None  # λ1; None = 0.5 (pgd-at) / 0.3 (trades); released: 0.5 for both
-        ccr: bool | None = None  # CCR; None = on for base trades (it needs the TRADES KL term)
-        ccr_lambda: float = field(default=0.5, metadata=in_range(0, None))  # β_k = (ccr_lambda + t_k)·β
-        class_adaptive_start: int | None = None  # first epoch of CCM/CCR; None = 0 (paper) / 10 (released)
-        fawa: bool = True
-        fawa_decay: float | None = field(default=None, metadata=in_range(0, 1))  # None = 0.85 (paper) / 0.88
-        fawa_threshold: float | None = field(default=None, metadata=in_range(0, 1))  # None = 0.2 (paper) / 0.24
-        fawa_start: int | None = field(default=None, metadata=in_range(0, None))  # first epoch (0-based) FAWA may absorb; None = from the fraction (paper) / 0 (released)
-        fawa_start_fraction: float = field(default=50 / 200, metadata=in_range(0, 1))  # of the budget (paper: 50 of 200)
-        released_defaults: bool | None = None  # the released code's threshold, decay, start; None = follow the fidelity
+    Config = CFAConfig
 
     state_keys = ("t", "fawa_updates")
 
-    def __init__(self, cfg: Any, ctx):
+    def __init__(self, cfg: CFAConfig, ctx):
         super().__init__(cfg, ctx)
         if cfg.ccr and cfg.base != "trades":
             raise ConfigError("defense 'cfa': 'ccr: true' needs 'base: trades' (CCR re-weights the TRADES KL term)")

@@ -73,20 +73,25 @@ def sample_by_class(labels: torch.Tensor, probs: torch.Tensor, num: int, generat
     return by_class[starts[cls] + within].cpu()
 
 
+@dataclass
+class CFOLConfig:
+    """The settings of :class:`CFOL`, with their registered defaults."""
+
+    eta: float = field(default=5e-6, metadata=in_range(0, None))  # Exp3 step
+    uniform_mix: float = field(default=0.5, metadata=in_range(0, 1))  # γ of γ·uniform + (1−γ)·softmax(w)
+
+
 @register_defense("cfol")
-class CFOL(Defense):
+class CFOL(Defense[CFOLConfig]):
     """CFOL-AT (Pethick et al., TMLR 2023): PGD-AT with an Exp3 class sampler focusing on the failing classes."""
 
     reweight: ClassVar[bool] = False
 
-    @dataclass
-    class Config:
-        eta: float = field(default=5e-6, metadata=in_range(0, None))  # Exp3 step
-        uniform_mix: float = field(default=0.5, metadata=in_range(0, 1))  # γ of γ·uniform + (1−γ)·softmax(w)
+    Config = CFOLConfig
 
     state_keys = ("w", "q")
 
-    def __init__(self, cfg: Any, ctx):
+    def __init__(self, cfg: CFOLConfig, ctx):
         super().__init__(cfg, ctx)
         c = ctx.num_classes
         self.w = torch.zeros(c, dtype=torch.float64, device=ctx.device)  # on the device: no host copy per batch

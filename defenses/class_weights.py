@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -27,18 +26,23 @@ from rfbench.defenses.base import Defense, LossOutput
 from rfbench.defenses.registry import register_defense
 
 
+@dataclass
+class ClassWeightsConfig:
+    """The settings of :class:`ClassWeights`, with their registered defaults."""
+
+    weights: list[float] = field(default_factory=list)  # one positive weight per class; [] = all 1
+
+
 @register_defense("class-weights")
-class ClassWeights(Defense):
+class ClassWeights(Defense[ClassWeightsConfig]):
     """PGD-AT with fixed per-class weights on the adversarial CE (weights from the config, one per class)."""
 
     inventions = {"": "fixed per-class CE weights on PGD-AT; Tian et al. (KDD 2021) suggest training-side help "
                       "for the weakest class without giving a form"}
 
-    @dataclass
-    class Config:
-        weights: list[float] = field(default_factory=list)  # one positive weight per class; [] = all 1
+    Config = ClassWeightsConfig
 
-    def __init__(self, cfg: Any, ctx):
+    def __init__(self, cfg: ClassWeightsConfig, ctx):
         super().__init__(cfg, ctx)
         c = ctx.num_classes
         if not cfg.weights:

@@ -51,24 +51,29 @@ def dafa_weights(p: torch.Tensor, lam: float, floor: float = DEFAULT_FLOOR) -> t
     return (1.0 + lam * (gain - loss)).clamp(min=floor)
 
 
+@dataclass
+class DAFAConfig:
+    """The settings of :class:`DAFA`, with their registered defaults."""
+
+    warmup_epochs: int | None = field(default=None, metadata=in_range(1, None))  # absolute; None = from the fraction
+    warmup_fraction: float = field(default=70 / 110, metadata=in_range(0, 1))  # of the budget (paper: 70 of 110)
+    lam: float = field(default=1.0, metadata=in_range(0, None))  # 1.0 CIFAR-10; 1.5 CIFAR-100 / STL-10
+    beta: float = field(default=6.0, metadata=in_range(0, None))
+    weight_floor: float = field(default=DEFAULT_FLOOR, metadata=in_range(1e-6, None))
+
+
 @register_defense("dafa")
-class DAFA(Defense):
+class DAFA(Defense[DAFAConfig]):
     """DAFA (Lee et al., ICLR 2024): TRADES warm-up, then fixed class weights on eps, step and natural CE."""
 
     # released code: the first gradient is taken at the unclipped start (docs/defenses.md)
     released_attack = {"start_clip": False}
 
-    @dataclass
-    class Config:
-        warmup_epochs: int | None = field(default=None, metadata=in_range(1, None))  # absolute; None = from the fraction
-        warmup_fraction: float = field(default=70 / 110, metadata=in_range(0, 1))  # of the budget (paper: 70 of 110)
-        lam: float = field(default=1.0, metadata=in_range(0, None))  # 1.0 CIFAR-10; 1.5 CIFAR-100 / STL-10
-        beta: float = field(default=6.0, metadata=in_range(0, None))
-        weight_floor: float = field(default=DEFAULT_FLOOR, metadata=in_range(1e-6, None))
+    Config = DAFAConfig
 
     state_keys = ("weights", "probs")
 
-    def __init__(self, cfg: Any, ctx):
+    def __init__(self, cfg: DAFAConfig, ctx):
         super().__init__(cfg, ctx)
         self.weights: torch.Tensor | None = None  # W, fixed once computed
         self.probs: torch.Tensor | None = None  # the recorded p_i(j)

@@ -95,8 +95,31 @@ def frl_eps_multiplier(lam2: torch.Tensor, scale: float = 2.0, low: float = 0.98
     return torch.exp(scale * lam2.double()).clamp(low, high)
 
 
+@dataclass
+class FRLReweightConfig:
+    """The settings of :class:`FRLReweight`, with their registered defaults."""
+
+    beta: float = field(default=1.5, metadata=in_range(0, None))  # TRADES β of the fine-tuning loss
+    tau_clean: float | None = None  # τ1; None = 0.1 (RW) / 0.07 (RWRM)
+    tau_boundary: float | None = None  # τ2; None = 0.1 (RW) / 0.07 (RWRM)
+    rate_clean: float = field(default=0.05, metadata=in_range(0, None))  # λ0 step
+    rate_boundary: float = field(default=0.1, metadata=in_range(0, None))  # λ1 step
+    rate_margin: float = field(default=0.2, metadata=in_range(0, None))  # λ2 step (RWRM)
+    rate_halve_every: int = field(default=40, metadata=in_range(1, None))  # epochs between rate halvings
+    budget: float = field(default=0.5, metadata=in_range(0, None))  # Σλ ≤ budget
+    margin_scale: float = 2.0  # eps multiplier exp(margin_scale·λ2)
+    margin_min: float = field(default=0.98, metadata=in_range(0, None))
+    margin_max: float = field(default=3.0, metadata=in_range(0, None))
+    step_divisor: float = field(default=4.0, metadata=in_range(0, None))  # RWRM step = max(eps_k)/step_divisor
+    val_source: str = field(default="own", metadata=choice("own", "trainer"))
+    val_steps: int = field(default=20, metadata=in_range(1, None))  # PGD steps of the own measurement
+    val_alpha: float | None = None  # step of the own measurement; None = the training threat's step
+    val_batch_size: int = field(default=256, metadata=in_range(1, None))
+    initial_update: bool = True  # update λ from the initial (pre-trained) model before epoch 0
+
+
 @register_defense("frl-rw")
-class FRLReweight(Defense):
+class FRLReweight(Defense[FRLReweightConfig]):
     """FRL-RW (Xu et al., ICML 2021): TRADES fine-tuning with per-class natural and boundary weights."""
 
     # released code: the first gradient is taken at the unclipped start (docs/defenses.md)
@@ -105,29 +128,11 @@ class FRLReweight(Defense):
     remargin: ClassVar[bool] = False
     default_tau: ClassVar[float] = 0.1
 
-    @dataclass
-    class Config:
-        beta: float = field(default=1.5, metadata=in_range(0, None))  # TRADES β of the fine-tuning loss
-        tau_clean: float | None = None  # τ1; None = 0.1 (RW) / 0.07 (RWRM)
-        tau_boundary: float | None = None  # τ2; None = 0.1 (RW) / 0.07 (RWRM)
-        rate_clean: float = field(default=0.05, metadata=in_range(0, None))  # λ0 step
-        rate_boundary: float = field(default=0.1, metadata=in_range(0, None))  # λ1 step
-        rate_margin: float = field(default=0.2, metadata=in_range(0, None))  # λ2 step (RWRM)
-        rate_halve_every: int = field(default=40, metadata=in_range(1, None))  # epochs between rate halvings
-        budget: float = field(default=0.5, metadata=in_range(0, None))  # Σλ ≤ budget
-        margin_scale: float = 2.0  # eps multiplier exp(margin_scale·λ2)
-        margin_min: float = field(default=0.98, metadata=in_range(0, None))
-        margin_max: float = field(default=3.0, metadata=in_range(0, None))
-        step_divisor: float = field(default=4.0, metadata=in_range(0, None))  # RWRM step = max(eps_k)/step_divisor
-        val_source: str = field(default="own", metadata=choice("own", "trainer"))
-        val_steps: int = field(default=20, metadata=in_range(1, None))  # PGD steps of the own measurement
-        val_alpha: float | None = None  # step of the own measurement; None = the training threat's step
-        val_batch_size: int = field(default=256, metadata=in_range(1, None))
-        initial_update: bool = True  # update λ from the initial (pre-trained) model before epoch 0
+    Config = FRLReweightConfig
 
     state_keys = ("lam0", "lam1", "lam2", "updates")
 
-    def __init__(self, cfg: Any, ctx):
+    def __init__(self, cfg: FRLReweightConfig, ctx):
         super().__init__(cfg, ctx)
         c = ctx.num_classes
         self.lam0 = torch.zeros(c, dtype=torch.float64)

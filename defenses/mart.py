@@ -46,18 +46,23 @@ def mart_terms(clean_logits: torch.Tensor, adv_logits: torch.Tensor, y: torch.Te
     return bce, kl_per_sample(clean_logits, adv_logits) * (1.0 - p_true)
 
 
+@dataclass
+class MARTConfig:
+    """The settings of :class:`MART`, with their registered defaults."""
+
+    beta: float = field(default=5.0, metadata=in_range(0, None))  # 5 for ResNet-18, 6 for WRN-34-10
+    start: str = field(default="normal", metadata=choice("normal", "uniform"))  # official: x + 0.001·N(0,1)
+    start_std: float = field(default=0.001, metadata=in_range(0, None))
+
+
 @register_defense("mart")
-class MART(Defense):
+class MART(Defense[MARTConfig]):
     """MART (Wang et al., ICLR 2020): boosted CE on x' plus β·KL weighted by 1 − p_y(x); CE-PGD inner max."""
 
     # released code: the first gradient is taken at the unclipped start (docs/defenses.md)
     released_attack = {"start_clip": False}
 
-    @dataclass
-    class Config:
-        beta: float = field(default=5.0, metadata=in_range(0, None))  # 5 for ResNet-18, 6 for WRN-34-10
-        start: str = field(default="normal", metadata=choice("normal", "uniform"))  # official: x + 0.001·N(0,1)
-        start_std: float = field(default=0.001, metadata=in_range(0, None))
+    Config = MARTConfig
 
     def attack_kwargs(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
         return {"loss": "ce", "start": self.cfg.start, "start_std": self.cfg.start_std}

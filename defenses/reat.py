@@ -124,8 +124,17 @@ def _tail_penalty(features: torch.Tensor, y: torch.Tensor, omega: torch.Tensor, 
     return (per_anchor * is_anchor).sum() / is_anchor.sum().clamp_min(1.0)
 
 
+@dataclass
+class REATConfig:
+    """The settings of :class:`REAT`, with their registered defaults."""
+
+    variant: str = field(default="released", metadata=choice("released", "per-pair"))  # TAIL reading
+    rbl: str = field(default="released", metadata=choice(*RBL_LOSSES))  # attack loss: wce or la-ce
+    tail_weight: float = field(default=1.0, metadata=in_range(0, None))  # λ in BSL + λ·TAIL
+
+
 @register_defense("reat")
-class REAT(Defense):
+class REAT(Defense[REATConfig]):
     """REAT (Li et al. 2023): RBL-weighted PGD, balanced softmax on x', plus the TAIL feature penalty."""
 
     # released code (loss_functions.py): x + U(-eps, eps), the first gradient taken before any clipping
@@ -134,15 +143,11 @@ class REAT(Defense):
     inventions = {"rbl=logit-adjusted": "the logit-adjusted RBL attack loss CE(z - log w, y); the paper and its "
                                         "code weight the CE (rbl=released)"}
 
-    @dataclass
-    class Config:
-        variant: str = field(default="released", metadata=choice("released", "per-pair"))  # TAIL reading
-        rbl: str = field(default="released", metadata=choice(*RBL_LOSSES))  # attack loss: wce or la-ce
-        tail_weight: float = field(default=1.0, metadata=in_range(0, None))  # λ in BSL + λ·TAIL
+    Config = REATConfig
 
     state_keys = ("pred_counts",)
 
-    def __init__(self, cfg: Any, ctx: TrainContext):
+    def __init__(self, cfg: REATConfig, ctx: TrainContext):
         super().__init__(cfg, ctx)
         self.pred_counts: list[int] = [int(n) for n in ctx.train_counts]  # a_i = n_i in epoch 0
         self.log_n = log_counts(ctx.train_counts, ctx.device)

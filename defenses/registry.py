@@ -10,7 +10,7 @@ never implicit (an entry JSON cannot name code to run).
 from __future__ import annotations
 
 import importlib.metadata
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 from rfbench.core.config import from_dict
 from rfbench.core.errors import ConfigError, UnknownNameError
@@ -22,12 +22,16 @@ DEFENSES: Registry[type[Defense]] = Registry("defense")
 ENTRY_POINT_GROUP = "rfbench.defenses"
 
 
-def register_defense(name: str):
-    """Class decorator: register a :class:`Defense` subclass under ``name``."""
+D = TypeVar("D", bound=type[Defense])
 
-    def deco(cls: type[Defense]) -> type[Defense]:
+
+def register_defense(name: str) -> Callable[[D], D]:
+    """Class decorator: register a :class:`Defense` subclass under ``name`` (the class itself is returned)."""
+
+    def deco(cls: D) -> D:
         cls.name = name
-        return DEFENSES.register(name)(cls)
+        DEFENSES.register(name)(cls)
+        return cls
 
     return deco
 

@@ -46,10 +46,8 @@ Differences from the released code (github.com/wutong16/Adversarial_Long-Tail):
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -130,30 +128,52 @@ def margin_logits(cos: torch.Tensor, y: torch.Tensor, margins: torch.Tensor, s: 
     return s * (cos - shift) + tau_b * log_pi.to(cos.device)[None, :]
 
 
+@dataclass
+class RoBalConfig:
+    """The settings of :class:`RoBal`, with their registered defaults."""
+
+    variant: str = field(default="N", metadata=choice("N", "R"))
+    m: float | None = None  # base margin (None: the variant's value)
+    s: float | None = field(default=None, metadata=in_range(0, None))  # training scale of the cosines
+    tau_b: float | None = None  # training logit bias τ_b·log π
+    tau_m: float | None = None  # class-aware margin strength
+    beta_reg: float | None = field(default=None, metadata=in_range(0, None))  # weight of the KL term
+    tau_p: float | None = None  # post-hoc inference bias −τ_p·log π
+    gamma: float = field(default=1 / 32, metadata=in_range(0, None))  # cosine head's weight-norm offset
+    inference_scale: float = field(default=10.0, metadata=in_range(0, None))  # scale of the cosines at inference
+
+
+@dataclass(frozen=True)
+class RoBalParams:
+    """RoBal's numbers once the variant has filled every setting left at None (what the maths reads)."""
+
+    variant: str
+    m: float
+    s: float
+    tau_b: float
+    tau_m: float
+    beta_reg: float
+    tau_p: float
+
+    @classmethod
+    def resolve(cls, cfg: RoBalConfig) -> "RoBalParams":
+        given = {k: getattr(cfg, k) for k in VARIANTS[cfg.variant]}
+        return cls(variant=cfg.variant, **{k: VARIANTS[cfg.variant][k] if v is None else float(v) for k, v in given.items()})
+
+
 @register_defense("robal")
-class RoBal(Defense):
+class RoBal(Defense[RoBalConfig]):
     """RoBal (Wu et al., CVPR 2021): cosine head, class-aware margin and bias, TRADES-style KL, post-hoc bias."""
 
     def attack_kwargs(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
         """CE-PGD on the scale-1 cosines; the release's one-sided start x + ε·U[0,1) under ``fidelity: released``."""
         return {"loss": "ce", "start": "uniform-positive" if self.released else "uniform"}
 
-    @dataclass
-    class Config:
-        variant: str = field(default="N", metadata=choice("N", "R"))
-        m: float | None = None  # base margin (None: the variant's value)
-        s: float | None = field(default=None, metadata=in_range(0, None))  # training scale of the cosines
-        tau_b: float | None = None  # training logit bias τ_b·log π
-        tau_m: float | None = None  # class-aware margin strength
-        beta_reg: float | None = field(default=None, metadata=in_range(0, None))  # weight of the KL term
-        tau_p: float | None = None  # post-hoc inference bias −τ_p·log π
-        gamma: float = field(default=1 / 32, metadata=in_range(0, None))  # cosine head's weight-norm offset
-        inference_scale: float = field(default=10.0, metadata=in_range(0, None))  # scale of the cosines at inference
+    Config = RoBalConfig
 
-    def __init__(self, cfg: Any, ctx: TrainContext):
+    def __init__(self, cfg: RoBalConfig, ctx: TrainContext):
         super().__init__(cfg, ctx)
-        # the config with every None replaced by the variant's value
-        self.resolved = dataclasses.replace(cfg, **{k: v for k, v in VARIANTS[cfg.variant].items() if getattr(cfg, k) is None})
+        self.resolved = RoBalParams.resolve(cfg)  # every None replaced by the variant's value
         p = self.resolved
         self.margins = class_margins(ctx.train_counts, p.m, p.tau_m, p.s).to(ctx.device)
         self.log_pi = log_prior(ctx.train_counts).to(ctx.device)

@@ -58,18 +58,23 @@ def warmup_intensity(epoch: int, epochs: int, beta: float) -> float:
     return min(epoch / (beta * epochs), 1.0) if beta > 0 else 1.0
 
 
+@dataclass
+class RobustLTConfig:
+    """The settings of :class:`RobustLT`, with their registered defaults."""
+
+    alpha: float = field(default=0.3, metadata=in_range(0, 1))  # share of ε redistributed towards the tail
+    beta: float = field(default=0.8, metadata=in_range(0, 1))  # fraction of the budget of the ε ramp
+
+
 @register_defense("robustlt")
-class RobustLT(Defense):
+class RobustLT(Defense[RobustLTConfig]):
     """RobustLT on PGD-AT: class-wise ε (larger for the tail) ramped from 0 over the first β of the budget."""
 
     released_attack = {"bn": "batch"}  # train() with track_running_stats=False: batch statistics, no update
 
-    @dataclass
-    class Config:
-        alpha: float = field(default=0.3, metadata=in_range(0, 1))  # share of ε redistributed towards the tail
-        beta: float = field(default=0.8, metadata=in_range(0, 1))  # fraction of the budget of the ε ramp
+    Config = RobustLTConfig
 
-    def __init__(self, cfg: Any, ctx: TrainContext):
+    def __init__(self, cfg: RobustLTConfig, ctx: TrainContext):
         super().__init__(cfg, ctx)
 
     def classwise_eps(self) -> list[float]:

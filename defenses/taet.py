@@ -32,7 +32,6 @@ accuracy (``benchmark/eval/metrics.py``), so no new metric is needed.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -67,23 +66,28 @@ def harl(per_sample: torch.Tensor, y: torch.Tensor, num_classes: int, alpha: flo
     return terms
 
 
+@dataclass
+class TAETConfig:
+    """The settings of :class:`TAET`, with their registered defaults."""
+
+    stabilisation: float = field(default=0.4, metadata=in_range(0, 1))  # fraction of the budget (released 40/100)
+    alpha: float = field(default=0.1, metadata=in_range(0, None))  # weight of the class-mean loss
+    beta: float = field(default=0.1, metadata=in_range(0, None))  # weight of the class-loss variance
+    gamma: float = field(default=0.1, metadata=in_range(0, None))  # weight of Σ q_c²
+    start_std: float = field(default=0.001, metadata=in_range(0, None))  # attack start x + std·N(0,1)
+    absent_classes: str = field(default="released", metadata=choice("released", "skip"))
+
+
 @register_defense("taet")
-class TAET(Defense):
+class TAET(Defense[TAETConfig]):
     """TAET: clean-CE stabilisation, then CE-PGD with the hierarchical equalisation loss (HARL)."""
 
     # released code: the first gradient is taken at the unclipped start (docs/defenses.md)
     released_attack = {"start_clip": False}
 
-    @dataclass
-    class Config:
-        stabilisation: float = field(default=0.4, metadata=in_range(0, 1))  # fraction of the budget (released 40/100)
-        alpha: float = field(default=0.1, metadata=in_range(0, None))  # weight of the class-mean loss
-        beta: float = field(default=0.1, metadata=in_range(0, None))  # weight of the class-loss variance
-        gamma: float = field(default=0.1, metadata=in_range(0, None))  # weight of Σ q_c²
-        start_std: float = field(default=0.001, metadata=in_range(0, None))  # attack start x + std·N(0,1)
-        absent_classes: str = field(default="released", metadata=choice("released", "skip"))
+    Config = TAETConfig
 
-    def __init__(self, cfg: Any, ctx: TrainContext):
+    def __init__(self, cfg: TAETConfig, ctx: TrainContext):
         super().__init__(cfg, ctx)
 
     def stabilising(self, epoch: int | None = None) -> bool:

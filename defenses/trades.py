@@ -33,6 +33,7 @@ it is off by default and offered only to reproduce CFA's numbers.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -43,8 +44,20 @@ from rfbench.defenses.registry import register_defense
 from rfbench.defenses.trades_terms import trades_attack_kwargs, trades_terms
 
 
+@dataclass
+class TRADESConfig:
+    """The settings of :class:`TRADES`, with their registered defaults."""
+
+    beta: float = field(default=6.0, metadata=in_range(0, None))  # weight of the KL term
+    start_std: float = field(default=0.001, metadata=in_range(0, None))  # random start x + std·N(0,1)
+    normalize_by_one_plus_beta: bool = False  # CFA's non-standard division of the loss by (1+β)
+
+
+TC = TypeVar("TC", bound=TRADESConfig)
+
+
 @register_defense("trades")
-class TRADES(Defense):
+class TRADES(Defense[TC]):
     """TRADES (Zhang et al., ICML 2019): CE(z(x), y) + β·KL(p(x) ‖ p(x')), KL inner maximisation.
 
     The maths lives in :mod:`rfbench.defenses.trades_terms`, shared with FRL, CFA, WAT and DAFA.
@@ -53,11 +66,7 @@ class TRADES(Defense):
     # released code: the first gradient is taken at the unclipped start (docs/defenses.md)
     released_attack = {"start_clip": False}
 
-    @dataclass
-    class Config:
-        beta: float = field(default=6.0, metadata=in_range(0, None))  # weight of the KL term
-        start_std: float = field(default=0.001, metadata=in_range(0, None))  # random start x + std·N(0,1)
-        normalize_by_one_plus_beta: bool = False  # CFA's non-standard division of the loss by (1+β)
+    Config = TRADESConfig
 
     def attack_kwargs(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
         """KL attack against the clean prediction, computed once (eval mode), from x + 0.001·N(0,1)."""

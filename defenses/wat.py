@@ -54,24 +54,29 @@ def wat_losses_with_mean(class_losses: torch.Tensor) -> torch.Tensor:
     return torch.cat([class_losses, class_losses.mean().reshape(1)])
 
 
+@dataclass
+class WATConfig:
+    """The settings of :class:`WAT`, with their registered defaults."""
+
+    beta: float = field(default=6.0, metadata=in_range(0, None))
+    eta: float = field(default=0.1, metadata=in_range(0, None))  # Hedge learning rate
+    normaliser: str = field(default="C", metadata=choice("C", "C+1"))  # w = N·softmax(η·Σc)
+    val_batch_size: int = field(default=256, metadata=in_range(1, None))
+
+
 @register_defense("wat")
-class WAT(Defense):
+class WAT(Defense[WATConfig]):
     """WAT (Li & Liu, AAAI 2023): TRADES with Hedge weights over the C classes plus the mean loss."""
 
     # released code: the first gradient is taken at the unclipped start (docs/defenses.md)
     released_attack = {"start_clip": False}
     release_val_batch = 128  # the release's validation batch size, which its cost normalisation uses
 
-    @dataclass
-    class Config:
-        beta: float = field(default=6.0, metadata=in_range(0, None))
-        eta: float = field(default=0.1, metadata=in_range(0, None))  # Hedge learning rate
-        normaliser: str = field(default="C", metadata=choice("C", "C+1"))  # w = N·softmax(η·Σc)
-        val_batch_size: int = field(default=256, metadata=in_range(1, None))
+    Config = WATConfig
 
     state_keys = ("cum_losses", "weights")
 
-    def __init__(self, cfg: Any, ctx):
+    def __init__(self, cfg: WATConfig, ctx):
         super().__init__(cfg, ctx)
         c = ctx.num_classes
         self.cum_losses = torch.zeros(c + 1, dtype=torch.float64)
