@@ -136,7 +136,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                           "layouts get identity (those models take unnormalised [0,1] images; kuangliu's training script "
                           "normalises outside the model, so use 'dataset' for its checkpoints); timm:NAME gets timm's "
                           "pretrained_cfg mean/std. identity: none; dataset: the dataset's mean/std")
-    src.add_argument("--allow-code", action="store_true", help="allow --model file.py:factory to run the Python code in that file")
+    src.add_argument("--allow-code", action="store_true", help="allow --model file.py:factory, and a file.py:Class defense named in the "
+                     "--run directory's config.yaml, to run the Python code in that file")
     src.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE", help="keyword argument of the model factory (repeatable)")
     data = p.add_argument_group("data")
     data.add_argument("--dataset", help="dataset name (default for --run: the run's dataset)")

@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from rfbench.benchmark.cli import HelpFormatter
+    from rfbench.benchmark.cli import HelpFormatter, add_allow_code
 
     p = sub.add_parser("train", help="train a model with a defense", description=__doc__, epilog=EPILOG,
                        formatter_class=HelpFormatter)
@@ -97,5 +97,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, applied last")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--force", action="store_true", help="start over even if the run directory holds a checkpoint")
+    add_allow_code(p, "--config or a resumed run directory")
     add_config_flags(p, TrainConfig, HELP)
     p.set_defaults(func=run)
