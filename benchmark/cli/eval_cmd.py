@@ -37,7 +37,8 @@ examples:
 A killed evaluation resumes batch by batch when the same command is run again (same --out).
 Progress: a bar naming the running attack, with images/s and ETA, on a terminal; otherwise a log line
 every --progress-every seconds.  --out exists from the start, flags.npz from the first finished batch.
-Only the test split is read.
+Only the test split is read.  The table's last line names any sanity check that failed or warned;
+--strict makes that exit status 1.
 """
 
 
@@ -110,6 +111,11 @@ def run(args: argparse.Namespace) -> int:
         result = evaluate(model, bundle, cfg, out, source=source)
     print(markdown_table(result))
     print(f"results in {out}/ (result.json, per_class.csv, flags.npz{', plots' if cfg.plot else ''})", file=sys.stderr)
+    if args.strict and result["checks"]["overall"] != "pass":
+        from rfbench.benchmark.eval.summary_line import checks_text
+
+        print(f"rfbench: {checks_text(result['checks'])} (--strict: exit status 1)", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -164,6 +170,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     run_g.add_argument("--plot", action="store_true", default=S, help="write per_class.png and confusion_flow.png")
     run_g.add_argument("--overwrite", action="store_true", default=S, help="replace the evaluation in --out by a new one (the old files stay until the new one is complete)")
     run_g.add_argument("--quiet", action="store_true", default=S, help="no progress bar or info messages")
+    run_g.add_argument("--strict", action="store_true", help="exit with status 1 when a sanity check of the result "
+                       "fails or warns (the table's last line names it; result.json's 'checks' has the details)")
     run_g.add_argument("--progress-every", dest="progress_every", type=float, default=S, metavar="S",
                        help="when stderr is not a terminal, log progress (attack, images/s, ETA) every S seconds; "
                             "0 = only at the end [default: 30]")

@@ -110,8 +110,8 @@ def track_page(board: TrackBoard) -> str:
         lines.append(f"- **Published numbers for this setting:** {t.reference}")
     lines += ["", "Ranked by rank group of the worst-class robust accuracy, then of the worst-20% robust accuracy "
               "(worst case over all attacks). Accuracies in percent; 95% interval = interval of the worst-class "
-              "accuracy (Bonferroni-adjusted Wilson intervals, see the rule below); gap = best minus worst class; GPU-h = training + evaluation time on a GPU (0 for CPU runs, "
-              "their CPU hours in brackets).", "", RULE, ""]
+              "accuracy (simultaneous: Bonferroni-adjusted Wilson intervals, see the rule below); gap = best minus worst class; "
+              "GPU-h = wall-clock hours of training + evaluation on a GPU (0 for CPU runs, their wall-clock hours in brackets).", "", RULE, ""]
     if board.entries:
         lines += [noise_text(board), "", ranking_frame(board).to_markdown(index=False, floatfmt=".1f"), "",
                   f"![per-class heat map]({HEATMAP})", ""]
