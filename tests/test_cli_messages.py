@@ -160,3 +160,14 @@ def test_refusals_name_flags_of_the_command_that_prints_them(tiny_run, tmp_path,
         capsys.readouterr()
         assert main(argv) == 2, argv
         assert_flags_exist(words, capsys.readouterr().err)
+
+
+def test_every_flag_has_help_text():
+    """``--help`` explains every flag (not only its default)."""
+    bare = []
+    for words, parser in commands().items():
+        for action in parser._actions:
+            text = re.sub(r"\s*\[default:.*?\]\s*$", "", action.help or "").strip()
+            if action.option_strings and action.help is not argparse.SUPPRESS and not text:
+                bare.append(f"rfbench {words} {'/'.join(action.option_strings)}")
+    assert not bare, "flags without help text: " + ", ".join(bare)

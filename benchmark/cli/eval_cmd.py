@@ -164,7 +164,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     run_g.add_argument("--batch-size", dest="batch_size", type=int, default=S, help="evaluation batch size [default: 256]")
     run_g.add_argument("--device", default=S, help="auto, cpu, cuda or cuda:N [default: auto]")
     run_g.add_argument("--amp", choices=["off", "bf16"], default=S, help="bf16 autocast for attack steps (predictions stay fp32) [default: off]")
-    run_g.add_argument("--channels-last", dest="channels_last", choices=["auto", "on", "off"], default=S, help="[default: auto = on for CUDA]")
+    run_g.add_argument("--channels-last", dest="channels_last", choices=["auto", "on", "off"], default=S, help="channels-last memory format for the attacks: on, off, or auto "
+                       "[default: auto = on for CUDA]")
     run_g.add_argument("--seed", type=int, default=S, help="seed of the attacks' randomness [default: 0]")
     run_g.add_argument("--out", metavar="DIR", help="output directory [default: RUN/eval-WHICH, or runs/eval]")
     run_g.add_argument("--plot", action="store_true", default=S, help="write per_class.png and confusion_flow.png")

@@ -47,6 +47,12 @@ HELP = {
     "weight_decay": "weight decay",
     "schedule": "learning-rate schedule",
     "milestones": "epochs at which a multistep schedule multiplies the lr by gamma",
+    "milestone_fractions": "the multistep milestones as fractions of --epochs, e.g. 0.5,0.75 (used when --milestones "
+                           "is empty; 100 epochs at 0.75,0.9 decay at epochs 75 and 90)",
+    "awp_gamma": "adversarial weight perturbation (AWP, Wu et al., NeurIPS 2020) around any defense: the relative "
+                 "size gamma of the weight perturbation (the papers use 0.005); 0 = off",
+    "awp_warmup": "AWP starts after this fraction of the epochs (TRADES-AWP: 9/200 = 0.045; 0 = from the start)",
+    "checkpoint_every": "also save a resumable checkpoint every N batches inside an epoch (0 = at epoch ends only)",
     "gamma": "multistep decay factor",
     "lr_warmup_iters": "linear learning-rate warm-up over the first N optimiser steps (0 = off)",
     "val_steps": "PGD steps of the per-epoch validation attack",
