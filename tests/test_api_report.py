@@ -49,3 +49,18 @@ def test_ipython_shows_the_plot_as_png(report):
     shell = interactiveshell.InteractiveShell.instance()
     data, _ = shell.display_formatter.format(report.plot())
     assert "image/png" in data
+
+
+def test_the_shipped_notebook_shows_its_plot():
+    """The example notebook is stored executed: its plot cell ends with ``report.plot()`` and holds the image."""
+    import json
+    from pathlib import Path
+
+    nb = json.loads((Path(__file__).resolve().parents[1] / "examples" / "evaluate_your_model.ipynb").read_text())
+    cells = [c for c in nb["cells"] if c["cell_type"] == "code" and "report.plot()" in "".join(c["source"])]
+    assert cells, "the notebook has no plot cell"
+    last_line = "".join(cells[0]["source"]).strip().splitlines()[-1]
+    assert last_line.startswith("report.plot()"), "the plot must be the cell's last expression to be displayed"
+    outputs = cells[0].get("outputs", [])
+    assert any("image/png" in o.get("data", {}) for o in outputs)
+    assert not any("<Figure" in "".join(o.get("text", "")) for o in outputs if o.get("output_type") == "stream")

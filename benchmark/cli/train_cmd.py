@@ -18,7 +18,8 @@ HELP = {
     "data_root": "directory holding the dataset files (default: the dataset's usual places)",
     "download": "let torchvision download missing files",
     "imbalance_ratio": "long-tail ratio rho = head/tail count (50: the tail class has 1/50 of the head's images)",
-    "val_per_class": "validation images held out per class (default: 2%% of the largest class, at least 20)",
+    "val_per_class": "validation images held out per class (default: 2%% of the largest class, at least 20; with "
+                     "--max-train-samples, 2%% of the largest class of a subset that size)",
     "val_borrow": "long-tailed sets: validation images borrowed from the head class are removed from training, "
                   "or shared with it",
     "eps_warmup_epochs": "ramp the training eps linearly over this many epochs (default: the dataset's protocol; "
