@@ -109,3 +109,12 @@ def test_submitted_entry_takes_the_paper_from_the_registry(tmp_path):
     entry = json.loads(submit(run_dir, load_track(track_path), root, code="https://example.org/dafa.py").read_text())
     assert entry["defense"]["paper"] == "Lee et al., ICLR 2024"
     assert entry["provenance"]["defense"]["config"]["beta"] == 6.0
+
+
+def test_committed_entries_record_portable_commands():
+    repo = Path(__file__).resolve().parents[1]
+    entries = sorted((repo / "leaderboards").glob("*/*.json"))
+    assert entries
+    for path in entries:
+        command = json.loads(path.read_text())["provenance"]["command"]
+        assert command.startswith("rfbench ") and " /" not in command and "=/" not in command, (path.name, command)
