@@ -118,3 +118,11 @@ def test_committed_entries_record_portable_commands():
     for path in entries:
         command = json.loads(path.read_text())["provenance"]["command"]
         assert command.startswith("rfbench ") and " /" not in command and "=/" not in command, (path.name, command)
+
+
+def test_committed_entries_cite_the_registry_paper():
+    repo = Path(__file__).resolve().parents[1]
+    for path in sorted((repo / "leaderboards").glob("*/*.json")):
+        defense = json.loads(path.read_text())["defense"]
+        if registry_paper(defense["name"]):
+            assert defense["paper"] == registry_paper(defense["name"]), path.name
