@@ -31,12 +31,14 @@ demo: $(STAMP)
 	$(BIN)/rfbench train --config configs/demo.yaml --out $(DEMO_OUT)
 	$(BIN)/rfbench eval --run $(DEMO_OUT) --n-per-class 300 --out $(DEMO_OUT)/eval
 
-## test: install the test dependencies if needed, run the test suite, then the smoke benchmark of every defense
+## test: install the test dependencies if needed, run the test suite, then the smoke benchmark of every defense; prints the total time
 test: $(TEST_STAMP)
-	@$(BIN)/python -m pytest -q; status=$$?; \
+	@start=$$(date +%s); \
+	$(BIN)/python -m pytest -q; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "pytest collected no tests (exit 5): that is a failure" >&2; fi; \
+	if [ $$status -eq 0 ]; then $(MAKE) --no-print-directory smoke VENV=$(VENV); status=$$?; fi; \
+	echo "make test: $$([ $$status -eq 0 ] && echo passed || echo FAILED) in $$(( $$(date +%s) - start )) s (tests, then smoke)"; \
 	exit $$status
-	$(MAKE) --no-print-directory smoke VENV=$(VENV)
 
 ## lint: ruff (rules in pyproject.toml) and pyright in basic mode, held to pyright-baseline.json (which may only shrink)
 lint: $(TEST_STAMP)

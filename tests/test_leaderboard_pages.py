@@ -98,7 +98,7 @@ def test_columns_without_values_are_dropped_and_papers_come_from_the_registry():
     assert "last" not in keys and "autoattack" not in keys and "checkpoint" not in keys and "audited" not in keys
     assert {"paper", "architecture", "extra_data"} <= set(keys)
     dafa = next(r for r in table.rows if r.entry.id == "dafa-s0")
-    assert dafa.entry.defense.paper == ""  # the entry names no paper: the registry gives it
+    assert dafa.entry.defense.paper == "Lee et al., ICLR 2024"  # submit records the registry's citation
     assert dafa.cells["paper"].href == "https://arxiv.org/abs/2401.12532"
     assert dafa.cells["paper"].detail == "Lee et al., ICLR 2024"
     assert dafa.cells["architecture"].text == "cnn3" and dafa.cells["extra_data"].text == "no"

@@ -71,24 +71,49 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-#: subcommands whose parser defines ``--allow-code`` itself; for the others the flag is read here
-_OWN_ALLOW_CODE = {"eval"}
 #: flags and overrides whose value, typed by the user, names code that may be imported
 _CODE_FLAGS = ("--defense", "--model")
 _CODE_OVERRIDES = ("defense=", "model=")
 
 
-def _code_permissions(argv: list[str]) -> list[str]:
-    """Record which code the command line names (see ``benchmark.plugins``); return argv for the parser.
+def command_parser(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.ArgumentParser:
+    """The (sub)parser that parses the command ``argv`` names (``rfbench leaderboard check`` -> its parser)."""
+    tokens = iter(argv)
+    while True:
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subs:
+            return parser
+        nxt = next((t for t in tokens if t in subs[0].choices), None)
+        if nxt is None:
+            return parser
+        parser = subs[0].choices[nxt]
+
+
+def option_strings(parser: argparse.ArgumentParser) -> set[str]:
+    """Every ``--flag`` a parser accepts."""
+    return {o for a in parser._actions for o in a.option_strings}
+
+
+def add_allow_code(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--allow-code`` for a command that may meet ``file.py:Class`` / ``module:Class`` in ``what`` (its files)."""
+    parser.add_argument("--allow-code", action="store_true",
+                        help=f"allow a file.py:Class or module:Class named in {what} to run (it EXECUTES that code; "
+                             "code typed after --defense/--model on this command line is allowed without it)")
+
+
+def _code_permissions(argv: list[str], parser: argparse.ArgumentParser) -> list[str]:
+    """Record which code the command line names (see ``rfbench.core.plugins``); return argv for the parser.
 
     A ``file.py:Class`` or ``module:Class`` typed after ``--defense``/``--model``
-    (or as a ``defense=...`` override) may be imported; ``--allow-code`` allows
-    any target, including one named inside a config, grid, track or run directory.
+    (or as a ``defense=...`` override) may be imported; ``--allow-code`` (on the
+    commands that define it) allows any target, including one named inside a
+    config, grid, track or run directory.
     """
     from rfbench.core.plugins import allow_code, reset_allowed_code
 
-    reset_allowed_code()  # each command starts with no permission
     head = argv[: argv.index("--")] if "--" in argv else argv
+    flags = option_strings(command_parser(parser, head))
+    reset_allowed_code([f for f in _CODE_FLAGS if f in flags])  # each command starts with no permission
     named = []
     for i, tok in enumerate(head):
         if tok in _CODE_FLAGS and i + 1 < len(head):
@@ -100,17 +125,14 @@ def _code_permissions(argv: list[str]) -> list[str]:
             if tok.startswith(key):
                 named.append(tok[len(key):])
     allow_code([t for t in named if ":" in t])
-    if "--allow-code" in head:
+    if "--allow-code" in head and "--allow-code" in flags:
         allow_code(everything=True)
-        command = next((t for t in head if t in SUBCOMMANDS), None)
-        if command not in _OWN_ALLOW_CODE:
-            argv = [t for i, t in enumerate(argv) if not (t == "--allow-code" and i < len(head))]
     return argv
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    argv = _code_permissions(list(sys.argv[1:] if argv is None else argv))
+    argv = _code_permissions(list(sys.argv[1:] if argv is None else argv), parser)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

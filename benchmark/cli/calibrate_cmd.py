@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from rfbench.benchmark.cli import HelpFormatter
+    from rfbench.benchmark.cli import HelpFormatter, add_allow_code
     from rfbench.benchmark.cli.config_args import _number
 
     p = sub.add_parser("calibrate", help="fit a post-hoc per-class logit calibration for the worst class (rfbench's own invention)",
@@ -98,4 +98,5 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--passes", type=int, default=6, help="coordinate-ascent passes per fit")
     p.add_argument("--batch-size", type=int, default=256, help="attack batch size")
     p.add_argument("--seed", type=int, default=0, help="seed of the attacks' random starts")
+    add_allow_code(p, "the run directory's config.yaml")
     p.set_defaults(func=run)

@@ -37,7 +37,8 @@ examples:
 A killed evaluation resumes batch by batch when the same command is run again (same --out).
 Progress: a bar naming the running attack, with images/s and ETA, on a terminal; otherwise a log line
 every --progress-every seconds.  --out exists from the start, flags.npz from the first finished batch.
-Only the test split is read.
+Only the test split is read.  The table's last line names any sanity check that failed or warned;
+--strict makes that exit status 1.
 """
 
 
@@ -110,6 +111,11 @@ def run(args: argparse.Namespace) -> int:
         result = evaluate(model, bundle, cfg, out, source=source)
     print(markdown_table(result))
     print(f"results in {out}/ (result.json, per_class.csv, flags.npz{', plots' if cfg.plot else ''})", file=sys.stderr)
+    if args.strict and result["checks"]["overall"] != "pass":
+        from rfbench.benchmark.eval.summary_line import checks_text
+
+        print(f"rfbench: {checks_text(result['checks'])} (--strict: exit status 1)", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -136,7 +142,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                           "layouts get identity (those models take unnormalised [0,1] images; kuangliu's training script "
                           "normalises outside the model, so use 'dataset' for its checkpoints); timm:NAME gets timm's "
                           "pretrained_cfg mean/std. identity: none; dataset: the dataset's mean/std")
-    src.add_argument("--allow-code", action="store_true", help="allow --model file.py:factory to run the Python code in that file")
+    src.add_argument("--allow-code", action="store_true", help="allow --model file.py:factory, and a file.py:Class defense named in the "
+                     "--run directory's config.yaml, to run the Python code in that file")
     src.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE", help="keyword argument of the model factory (repeatable)")
     data = p.add_argument_group("data")
     data.add_argument("--dataset", help="dataset name (default for --run: the run's dataset)")
@@ -157,12 +164,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     run_g.add_argument("--batch-size", dest="batch_size", type=int, default=S, help="evaluation batch size [default: 256]")
     run_g.add_argument("--device", default=S, help="auto, cpu, cuda or cuda:N [default: auto]")
     run_g.add_argument("--amp", choices=["off", "bf16"], default=S, help="bf16 autocast for attack steps (predictions stay fp32) [default: off]")
-    run_g.add_argument("--channels-last", dest="channels_last", choices=["auto", "on", "off"], default=S, help="[default: auto = on for CUDA]")
+    run_g.add_argument("--channels-last", dest="channels_last", choices=["auto", "on", "off"], default=S, help="channels-last memory format for the attacks: on, off, or auto "
+                       "[default: auto = on for CUDA]")
     run_g.add_argument("--seed", type=int, default=S, help="seed of the attacks' randomness [default: 0]")
     run_g.add_argument("--out", metavar="DIR", help="output directory [default: RUN/eval-WHICH, or runs/eval]")
     run_g.add_argument("--plot", action="store_true", default=S, help="write per_class.png and confusion_flow.png")
     run_g.add_argument("--overwrite", action="store_true", default=S, help="replace the evaluation in --out by a new one (the old files stay until the new one is complete)")
     run_g.add_argument("--quiet", action="store_true", default=S, help="no progress bar or info messages")
+    run_g.add_argument("--strict", action="store_true", help="exit with status 1 when a sanity check of the result "
+                       "fails or warns (the table's last line names it; result.json's 'checks' has the details)")
     run_g.add_argument("--progress-every", dest="progress_every", type=float, default=S, metavar="S",
                        help="when stderr is not a terminal, log progress (attack, images/s, ETA) every S seconds; "
                             "0 = only at the end [default: 30]")

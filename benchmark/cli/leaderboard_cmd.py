@@ -138,7 +138,7 @@ def run_compare(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from rfbench.benchmark.cli import HelpFormatter
+    from rfbench.benchmark.cli import HelpFormatter, add_allow_code
 
     p = sub.add_parser("leaderboard", help="check, submit and build leaderboard entries", description=__doc__,
                        epilog=EPILOG, formatter_class=HelpFormatter)
@@ -168,10 +168,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--name", help="display name (default: the defense name)")
     s.add_argument("--code", help="where the defense's code lives: a repository path or an https:// URL "
                    "(default: the source file of a defense inside this repository)")
-    s.add_argument("--paper", help="citation of the method")
+    s.add_argument("--paper", help="citation of the method (default: the paper `rfbench list defenses` cites for a "
+                   "registered defense)")
     s.add_argument("--force", action="store_true", help="replace an existing entry with the same id")
     s.add_argument("--allow-identical", action="store_true", help="submit even if the run's per-sample predictions "
                    "equal a committed entry's (the page then lists it unranked, as identical to that entry)")
+    add_allow_code(s, "the run (a file.py:Class or module:Class defense: the track check resolves its Config)")
     common(s)
     s.set_defaults(func=run_submit)
 

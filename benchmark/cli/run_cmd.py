@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from rfbench.benchmark.cli import HelpFormatter
+    from rfbench.benchmark.cli import HelpFormatter, add_allow_code
 
     p = sub.add_parser("run", help="train, select and evaluate one run from a run config or track",
                        description=__doc__, epilog=EPILOG, formatter_class=HelpFormatter)
@@ -69,4 +69,5 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", metavar="DIR", help="run directory (default: the config's out, else runs/<name>/<defense>-s<seed>)")
     p.add_argument("--force", action="store_true", help="start over even if the run directory holds a finished run")
     p.add_argument("--quiet", action="store_true", help="no progress bars or info messages")
+    add_allow_code(p, "CONFIG.yaml (train.defense)")
     p.set_defaults(func=run)

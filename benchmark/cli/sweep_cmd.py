@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from rfbench.benchmark.cli import HelpFormatter
+    from rfbench.benchmark.cli import HelpFormatter, add_allow_code
     from rfbench.benchmark.runner.executors import EXECUTORS
 
     p = sub.add_parser("sweep", help="run a grid of runs (locally or on Ray) and summarise over seeds",
@@ -73,4 +73,5 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", metavar="DIR", help="output directory (default: the grid's out)")
     p.add_argument("--force", action="store_true", help="rerun finished runs")
     p.add_argument("--quiet", action="store_true", help="no progress bars or info messages")
+    add_allow_code(p, "GRID.yaml or its base config")
     p.set_defaults(func=run)

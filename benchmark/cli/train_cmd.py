@@ -18,7 +18,8 @@ HELP = {
     "data_root": "directory holding the dataset files (default: the dataset's usual places)",
     "download": "let torchvision download missing files",
     "imbalance_ratio": "long-tail ratio rho = head/tail count (50: the tail class has 1/50 of the head's images)",
-    "val_per_class": "validation images held out per class (default: 2%% of the largest class, at least 20)",
+    "val_per_class": "validation images held out per class (default: 2%% of the largest class, at least 20; with "
+                     "--max-train-samples, 2%% of the largest class of a subset that size)",
     "val_borrow": "long-tailed sets: validation images borrowed from the head class are removed from training, "
                   "or shared with it",
     "eps_warmup_epochs": "ramp the training eps linearly over this many epochs (default: the dataset's protocol; "
@@ -47,6 +48,12 @@ HELP = {
     "weight_decay": "weight decay",
     "schedule": "learning-rate schedule",
     "milestones": "epochs at which a multistep schedule multiplies the lr by gamma",
+    "milestone_fractions": "the multistep milestones as fractions of --epochs, e.g. 0.5,0.75 (used when --milestones "
+                           "is empty; 100 epochs at 0.75,0.9 decay at epochs 75 and 90)",
+    "awp_gamma": "adversarial weight perturbation (AWP, Wu et al., NeurIPS 2020) around any defense: the relative "
+                 "size gamma of the weight perturbation (the papers use 0.005); 0 = off",
+    "awp_warmup": "AWP starts after this fraction of the epochs (TRADES-AWP: 9/200 = 0.045; 0 = from the start)",
+    "checkpoint_every": "also save a resumable checkpoint every N batches inside an epoch (0 = at epoch ends only)",
     "gamma": "multistep decay factor",
     "lr_warmup_iters": "linear learning-rate warm-up over the first N optimiser steps (0 = off)",
     "val_steps": "PGD steps of the per-epoch validation attack",
@@ -89,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from rfbench.benchmark.cli import HelpFormatter
+    from rfbench.benchmark.cli import HelpFormatter, add_allow_code
 
     p = sub.add_parser("train", help="train a model with a defense", description=__doc__, epilog=EPILOG,
                        formatter_class=HelpFormatter)
@@ -97,5 +104,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, applied last")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--force", action="store_true", help="start over even if the run directory holds a checkpoint")
+    add_allow_code(p, "--config or a resumed run directory")
     add_config_flags(p, TrainConfig, HELP)
     p.set_defaults(func=run)

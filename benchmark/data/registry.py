@@ -138,13 +138,20 @@ def load_raw(name: str, opts: DataOptions | None = None) -> RawSplits:
     return DATASETS.get(name)(opts)
 
 
-def validation_size(counts: list[int], fraction: float, minimum: int) -> int:
+def validation_size(counts: list[int], fraction: float, minimum: int, budget: int | None = None) -> int:
     """Images per class in the balanced validation split: ``max(minimum, round(fraction·n_max))``.
 
     ``counts`` are the full training set's class sizes; for a balanced dataset
-    this is the protocol's "2% of each class, at least 20".
+    this is the protocol's "2% of each class, at least 20".  With ``budget`` (a
+    run's ``max_train_samples``) smaller than the training set, ``n_max`` is the
+    largest class of a stratified subset of ``budget`` images, so a quick run does
+    not validate on more images than it trains on (Fashion-MNIST with 1,000
+    training images: 20 per class, not 120).
     """
-    return max(minimum, int(round(fraction * max(counts))))
+    n_max = max(counts)
+    if budget is not None and 0 < budget < sum(counts):
+        n_max = n_max * budget / sum(counts)
+    return max(minimum, int(round(fraction * n_max)))
 
 
 def load_dataset(
@@ -159,6 +166,7 @@ def load_dataset(
     seed: int = 0,
     val_borrow: str = "remove",
     test_only: bool = False,
+    train_budget: int | None = None,
 ) -> DataBundle:
     """Load ``name`` as a :class:`DataBundle` with train, balanced validation and test splits.
 
@@ -166,7 +174,8 @@ def load_dataset(
     generator (:func:`~rfbench.benchmark.data.longtail.longtail_indices`); a ``-lt``
     name implies ρ = 50 unless given.  The validation split holds
     ``val_per_class`` images of every class (default: 2% of the largest
-    class, at least ``val_min``), drawn with ``seed``; ``val_borrow`` says
+    class, at least ``val_min``; with ``train_budget``, the run's ``max_train_samples``,
+    of the largest class of a subset that size: :func:`validation_size`), drawn with ``seed``; ``val_borrow`` says
     whether validation images a long-tailed class had to take from its own
     selected images leave training (``"remove"``) or stay in it
     (``"share"``); see :func:`~rfbench.benchmark.data.longtail.balanced_validation`.
@@ -209,7 +218,8 @@ def load_dataset(
         )
     else:
         selected = np.arange(len(labels))
-    per_class = val_per_class if val_per_class is not None else validation_size(raw.train.counts(), val_fraction, val_min)
+    per_class = val_per_class if val_per_class is not None else validation_size(raw.train.counts(), val_fraction, val_min,
+                                                                                     train_budget)
     train_pos, val_pos, val_notes = balanced_validation(
         labels, selected, c, per_class, seed=seed, borrow=val_borrow if imbalance_ratio is not None else "remove"
     )

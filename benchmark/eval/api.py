@@ -6,7 +6,7 @@ called on tensors instead of a registered dataset::
     import rfbench
     report = rfbench.evaluate(model, x_test, y_test, eps=8/255, attacks=["pgd", "cw"])
     report.per_class                 # pandas DataFrame: one row per class, fractions
-    report.worst_case                # {'class': 'cat', 'accuracy': 0.41, 'ci95': [...], ...}
+    report.worst_case                # {'class': 'cat', 'tied': ['cat'], 'accuracy': 0.41, 'ci95': [...], ...}
     print(report.to_markdown())
 
     # standard AutoAttack per class, as AutoAttack's run_standard_evaluation would run it
@@ -26,16 +26,25 @@ called on tensors instead of a registered dataset::
 * ``out``: a directory; only then are files written (``result.json``, tables, the
   per-sample flag file), and a call with the same arguments resumes a killed one.
 
+Progress (the attack running, images/s, ETA; see :mod:`rfbench.benchmark.eval.progress`) is logged
+through :mod:`logging`.  When the program has configured no logging (the root logger has no
+handler, and neither has the ``rfbench`` logger), the call installs, for its own duration, a
+handler on the ``rfbench`` logger that writes INFO lines to stderr, so a script run as
+``python my_eval.py 2> err`` shows that it is working; ``quiet=True`` silences it.
+
 Returns a :class:`Report`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -45,11 +54,34 @@ from rfbench.benchmark.eval.harness import EvalConfig, EvalData, evaluate_data
 from rfbench.benchmark.eval.render import markdown_table
 from rfbench.benchmark.eval.render import per_class_frame as _per_class_frame
 from rfbench.benchmark.eval.result import EvalResult
+from rfbench.benchmark.eval.summary_line import checks_text
 from rfbench.core.errors import ConfigError, RfbenchError
 from rfbench.core.io.atomic import atomic_write_text, read_json
+from rfbench.core.perclass import worst_classes
 from rfbench.core.threat import OTHER_NORM_RATIO, Threat, ThreatDefaults, resolve_threat
 
 DEFAULT_STEPS = 20
+
+
+@contextlib.contextmanager
+def default_logging(quiet: bool) -> Iterator[None]:
+    """INFO lines of the ``rfbench`` loggers to stderr while the block runs, unless ``quiet`` or the
+    program configured logging itself (a handler on the root or the ``rfbench`` logger)."""
+    logger = logging.getLogger("rfbench")
+    if quiet or logging.getLogger().handlers or logger.handlers:
+        yield
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    level = logger.level
+    logger.addHandler(handler)
+    if level == logging.NOTSET or level > logging.INFO:
+        logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 @dataclass
@@ -82,12 +114,33 @@ class Report:
 
     @property
     def per_class(self) -> pd.DataFrame:
-        """One row per class: ``class``, ``n``, clean, every attack, worst case, boundary error, ... (fractions)."""
-        return _per_class_frame(self.result)
+        """One row per class, indexed by class name (``report.per_class.loc["Shirt"]``); fractions.
+
+        Columns (``docs/evaluation.md``, "Per-class columns"):
+
+        * ``class``: the class name (also the index); ``n``: its number of evaluated images;
+        * ``clean``, one column per attack, ``worst_case``: accuracy of the class, clean, under
+          that attack, and robust to every attack of the worst case at once (per sample);
+        * ``boundary_error``: ``clean - worst_case``, the share of the class's images that are
+          classified correctly but not robustly (Zhang et al., ICML 2019, the boundary error of TRADES);
+        * ``cfps_worst_case``: class false-positive score under the worst case: of all the images
+          misclassified under attack, the share predicted as this class (the columns sum to 1 when
+          anything is misclassified; a high value: the class the attacks push images into);
+        * ``weight_norm`` (only for a model with a linear head found by rfbench): the L2 norm
+          ``||w_k||`` of the class's weight vector in that last layer (Tian et al., "Intriguing
+          class-wise properties", 2021: weak classes tend to have small norms).
+        """
+        df = _per_class_frame(self.result)
+        df.index = pd.Index(self.result["classes"])
+        return df
 
     @property
     def summary(self) -> pd.DataFrame:
-        """One row per name: mean (balanced), worst, worst class, best, gap, std, nsd, tail20, worst-class 95% CI."""
+        """One row per name: mean (balanced), worst, worst class, best, gap, std, nsd, tail20, and the worst
+        class's simultaneous 95% interval ``worst_ci95_lo``/``_hi`` (Wilson, Bonferroni-adjusted over the
+        classes: it covers the minimum over the classes, so it is wider than that class's own interval in
+        :attr:`intervals`).  ``worst_class`` names the first class at the minimum; :attr:`worst_case`
+        lists every tied class."""
         rows = []
         for name in self.names:
             s = dict(self.result["summary"][name])
@@ -100,7 +153,9 @@ class Report:
 
     @property
     def intervals(self) -> pd.DataFrame:
-        """Per-class 95% intervals (as the result computes them): columns ``(name, "lo")`` and ``(name, "hi")``, one row per class."""
+        """Each class's own 95% Wilson interval (not adjusted for the number of classes): columns
+        ``(name, "lo")`` and ``(name, "hi")``, one row per class.  The interval of the *worst* class in
+        :attr:`summary` and :attr:`worst_case` is the simultaneous (Bonferroni) one, which is wider."""
         cols = {}
         for name in self.names:
             ci = np.asarray(self.result["per_class_ci95"][name], dtype=float)
@@ -111,9 +166,13 @@ class Report:
 
     @property
     def worst_case(self) -> dict[str, Any]:
-        """The weakest class under the worst case over the attacks: its name, accuracy and 95% interval."""
+        """The weakest class under the worst case over the attacks: its name, accuracy, every class tied
+        with it (``tied``), and ``ci95``, the simultaneous 95% interval of the minimum over the classes
+        (Wilson, Bonferroni-adjusted; :mod:`rfbench.core.perclass`)."""
         s = self.result["summary"]["worst_case"]
+        tied = worst_classes(self.result["per_class"]["worst_case"]) or [s["worst_class"]]
         return {"class": self.result["classes"][s["worst_class"]], "class_index": s["worst_class"],
+                "tied": [self.result["classes"][k] for k in tied],
                 "accuracy": s["worst"], "ci95": list(s["worst_ci95"]), "mean": s["mean"], "gap": s["gap"],
                 "over": list(self.result["worst_case_over"])}
 
@@ -151,7 +210,9 @@ class Report:
     def plot(self, path: str | Path | None = None, kind: str = "per_class"):
         """``per_class`` bars (clean vs worst case, 95% intervals) or the ``confusion`` flow; the matplotlib figure.
 
-        With ``path`` the figure is written as a PNG (and closed) and the path returned.
+        The figure displays itself as an image as a notebook cell's last expression (it is made
+        outside pyplot, so no ``<Figure ...>`` text and no second copy). With ``path`` it is written
+        as a PNG and the path returned.
         """
         from rfbench.benchmark.eval import plots
 
@@ -163,10 +224,11 @@ class Report:
 
     def __repr__(self) -> str:
         w = self.worst_case
+        worst = (f"worst class {w['class']} {w['accuracy']:.3f}" if len(w["tied"]) == 1
+                 else f"{len(w['tied'])} classes tie as the worst at {w['accuracy']:.3f}")
         return (f"Report({self.result.get('dataset')}, {self.result['n_samples']} samples, {len(self.result['classes'])} "
                 f"classes, eps {self.result['threat']['eps_str']} {self.result['threat']['norm']}: clean {self.clean_accuracy:.3f}, "
-                f"robust {self.robust_accuracy:.3f}, worst class {w['class']} {w['accuracy']:.3f}; "
-                f"checks {self.result['checks']['overall']})")
+                f"robust {self.robust_accuracy:.3f}, {worst}; {checks_text(self.result['checks'])})")
 
     def _repr_markdown_(self) -> str:  # Jupyter
         return self.to_markdown()
@@ -261,7 +323,8 @@ def evaluate(
     names = _class_names(classes, model, xs, resolve_device(device))
     data = EvalData(xs, ys, names)
     src = {"kind": "python", "name": type(model).__name__, "architecture": type(model).__name__, **(source or {})}
-    result = evaluate_data(model, data, threat, cfg, out, dataset=dataset, train_counts=train_counts, source=src)
+    with default_logging(quiet):
+        result = evaluate_data(model, data, threat, cfg, out, dataset=dataset, train_counts=train_counts, source=src)
     return Report(result, Path(out) if out is not None else None)
 
 

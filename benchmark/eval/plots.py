@@ -1,4 +1,9 @@
-"""Plots of a result (matplotlib, Agg backend): per-class bars and the confusion-flow heat map."""
+"""Plots of a result (matplotlib): per-class bars and the confusion-flow heat map.
+
+The figures are built with matplotlib's object-oriented API, outside pyplot: no backend is
+selected or changed (a notebook keeps its inline backend), nothing is left open in pyplot, and a
+:class:`ReportFigure` shows itself as an image when it is a notebook cell's last expression.
+"""
 
 from __future__ import annotations
 
@@ -8,22 +13,31 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from rfbench.core.io.atomic import atomic_write_bytes  # noqa: E402
-from rfbench.core.perclass import pct, to_percent  # noqa: E402
+from rfbench.core.io.atomic import atomic_write_bytes
+from rfbench.core.perclass import pct, to_percent
 
 
-def save_figure(fig, path: str | Path, dpi: int = 130) -> Path:
-    """Write ``fig`` as a PNG atomically (a killed run never leaves half an image) and close it."""
-    path = Path(path)
+class ReportFigure(Figure):
+    """A matplotlib figure that Jupyter/IPython displays as a PNG (``_repr_png_``)."""
+
+    def _repr_png_(self) -> bytes:
+        return png_bytes(self)
+
+
+def png_bytes(fig: Figure, dpi: int = 130) -> bytes:
+    """``fig`` rendered as PNG bytes."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    return buf.getvalue()
+
+
+def save_figure(fig: Figure, path: str | Path, dpi: int = 130) -> Path:
+    """Write ``fig`` as a PNG atomically (a killed run never leaves half an image)."""
+    path = Path(path)
+    atomic_write_bytes(path, png_bytes(fig, dpi))
     return path
 
 
@@ -51,7 +65,8 @@ def per_class_figure(result: Mapping[str, Any]):
     order = np.argsort(np.nan_to_num(robust, nan=np.inf), kind="stable")
     x = np.arange(len(classes))
     w = 0.38
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.7 * len(classes) + 2), 4.2))
+    fig = ReportFigure(figsize=(max(6.0, 0.7 * len(classes) + 2), 4.2))
+    ax = fig.subplots()
     for off, acc, ci, lab, color in ((-w / 2, clean, ci_c, "clean", "#9ecae1"), (w / 2, robust, ci_r, "robust (worst case)", "#de2d26")):
         a, c = acc[order], ci[order]
         err = np.vstack([a - c[:, 0], c[:, 1] - a]).clip(min=0)
@@ -82,7 +97,8 @@ def confusion_flow_figure(result: Mapping[str, Any], name: str = "worst_case"):
     rows = m.sum(axis=1, keepdims=True)
     share = np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)
     flow = np.ma.masked_array(share, mask=np.eye(len(classes), dtype=bool))
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.55 * len(classes) + 2.5), max(4.2, 0.5 * len(classes) + 1.5)))
+    fig = ReportFigure(figsize=(max(5.0, 0.55 * len(classes) + 2.5), max(4.2, 0.5 * len(classes) + 1.5)))
+    ax = fig.subplots()
     cmap = matplotlib.colormaps["Reds"].with_extremes(bad="#d9d9d9")  # grey: the hidden diagonal
     im = ax.imshow(to_percent(flow), cmap=cmap, vmin=0)
     if len(classes) <= 20:

@@ -74,7 +74,7 @@ def provenance(*, cfg: dict, source: dict, device: torch.device, wall_time: floa
         "device": device_name(device),
         "wall_time_s": round(wall_time, 2),
         "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(sys.argv),
+        "command": portable_command(sys.argv),
         "model": source,
     }
 
@@ -162,3 +162,84 @@ def samples_digest(data: Any) -> dict[str, Any]:
         "images_sha256": _sha(x.view(-1).view(torch.uint8).numpy().tobytes()),
         "images_dtype": str(x.dtype).removeprefix("torch."),
     }
+
+
+# -- commands and defenses, as another machine can read them ------------------------------------------
+#: what stands for a directory outside the repository and the working directory in a recorded command
+ELSEWHERE = "<path>"
+
+
+def _portable_path(text: str, bases: list[Path]) -> str:
+    """An absolute path made relative to the first of ``bases`` that holds it, else ``<path>/NAME``."""
+    p = Path(text)
+    for base in bases:
+        try:
+            return p.resolve().relative_to(base.resolve()).as_posix() or "."
+        except ValueError:
+            continue
+    return f"{ELSEWHERE}/{p.name}"
+
+
+def portable_token(token: str, bases: list[Path]) -> str:
+    """One command-line word with its absolute paths made portable (``--out=/x/y``, ``/x/f.py:Class`` too)."""
+    if token.startswith("--") and "=" in token:
+        flag, value = token.split("=", 1)
+        return f"{flag}={portable_token(value, bases)}"
+    if "=" in token and not token.startswith("/"):  # key=value override
+        key, value = token.split("=", 1)
+        return f"{key}={portable_token(value, bases)}" if value.startswith("/") else token
+    head, sep, tail = token.rpartition(":")
+    if sep and head.startswith("/") and tail and "/" not in tail:  # /abs/file.py:Class
+        return f"{_portable_path(head, bases)}:{tail}"
+    return _portable_path(token, bases) if token.startswith("/") else token
+
+
+def portable_command(argv: list[str] | str, bases: list[Path] | None = None) -> str:
+    """The command as the user would retype it elsewhere: ``rfbench`` for the program (whatever path
+    ran it: ``.../bin/rfbench``, ``.../rfbench/__main__.py``, ``-m rfbench``), absolute paths relative to
+    the repository or the working directory (``bases``, default both), and ``<path>/NAME`` for a path
+    outside them."""
+    words = argv.split() if isinstance(argv, str) else list(argv)
+    bases = bases if bases is not None else [REPO_ROOT.parent if REPO_ROOT.name == "src" else REPO_ROOT, Path.cwd()]
+    if words and (Path(words[0]).name in ("rfbench", "__main__.py", "-m") or words[0].endswith("python")):
+        words = words[1:]
+        if words and words[0] in ("-m", "rfbench"):
+            words = words[1:] if words[0] == "rfbench" else words[2:]
+    return " ".join(["rfbench", *(portable_token(w, bases) for w in words)])
+
+
+def defense_provenance(defense: str, args: dict[str, Any] | None) -> dict[str, Any]:
+    """What an entry needs to say which defense ran: its resolved ``Config`` (every hyper-parameter, the
+    defaults filled in), the paper the registry cites, and, for a plugin (``file.py:Class``,
+    ``module:Class`` or an installed entry point), the sha256 of the file that defines it.
+
+    The defense class is imported, so call this only where the command line allowed that (as in
+    ``rfbench run``, which trained it)."""
+    import dataclasses
+
+    from rfbench.core.config import from_dict
+    from rfbench.defenses import DEFENSES
+    from rfbench.defenses.registry import get_defense_class
+
+    cls = get_defense_class(defense)
+    cfg = from_dict(cls.Config, dict(args or {}), where=f"defense '{defense}'")
+    out: dict[str, Any] = {"config": dataclasses.asdict(cfg), "paper": registry_paper(defense)}
+    if defense not in DEFENSES:
+        source = inspect.getsourcefile(cls)
+        if source:
+            out["code_file"] = Path(source).name
+            out["code_sha256"] = hashlib.sha256(Path(source).read_bytes()).hexdigest()
+    return out
+
+
+def registry_paper(defense: str) -> str:
+    """The paper a registered defense's description cites (``DAFA (Lee et al., ICLR 2024)`` -> ``Lee et al.,
+    ICLR 2024``); empty for one that cites none (or is not registered)."""
+    import re
+
+    from rfbench.defenses import DEFENSES
+
+    if defense not in DEFENSES:
+        return ""
+    m = re.search(r"\(([^()]*?\b(?:19|20)\d{2}\b[^()]*)\)", DEFENSES.describe(defense).split(" [")[0])
+    return re.sub(r",\s*Eq\..*$", "", m.group(1)).strip() if m else ""

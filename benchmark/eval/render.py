@@ -9,6 +9,7 @@ from typing import Any
 import pandas as pd
 
 from rfbench.benchmark.eval.result import SUMMARY_KEYS, as_result
+from rfbench.benchmark.eval.summary_line import summary_line
 from rfbench.core.io.atomic import atomic_write_json, atomic_write_text
 from rfbench.core.perclass import pct
 
@@ -45,11 +46,7 @@ def markdown_table(result: Mapping[str, Any]) -> str:
     df = pd.DataFrame.from_dict(rows, orient="index", columns=[column_title(result, n) for n in names])
     df.index.name = "class"
     table = df.to_markdown(colalign=("left", *["right"] * len(names)))
-    worst = result["summary"]["worst_case"]
-    lo, hi = worst["worst_ci95"]
-    foot = (f"\nworst case over {', '.join(result['worst_case_over']) or '(no attack)'}; worst class "
-            f"{result['classes'][worst['worst_class']]} at {pct(worst['worst'])}% (95% Wilson interval {pct(lo)}-{pct(hi)}); "
-            f"eps {result['robustbench']['eps']} ({result['threat']['norm']}); checks: {result['checks']['overall']}")
+    foot = "\n" + summary_line(result)
     for inv in result.get("inventions") or []:
         foot += f"\n{inv['label']}: {inv['invention']}"
     ts = result.get("t_sweep")

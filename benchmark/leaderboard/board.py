@@ -44,7 +44,7 @@ def cost_text(e: Entry) -> str:
     c = e.cost
     if c.gpu_hours is not None:
         return f"{c.gpu_hours:.2f}"
-    return f"0 (CPU {(c.train_seconds + c.eval_seconds) / 3600:.2f} h)"
+    return f"0 (CPU {(c.train_seconds + c.eval_seconds) / 3600:.2f} h wall-clock)"
 
 
 def noise_text(board: TrackBoard) -> str:

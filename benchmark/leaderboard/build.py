@@ -111,9 +111,10 @@ def track_page(board: TrackBoard) -> str:
         lines.append(f"- **Published numbers for this setting:** {t.reference}")
     lines += ["", "Ranked by rank group of the worst-class robust accuracy, then by the worst-class robust accuracy "
               "itself (worst case over all attacks). Accuracies in percent; 95% interval = interval of the worst-class "
-              "accuracy (Bonferroni-adjusted Wilson intervals, see the rule below); gap = best minus worst class; "
-              "paper, architecture and extra data (training data beyond the track's own training set) as RobustBench "
-              "lists them; GPU-h = training + evaluation time on a GPU (0 for CPU runs, their CPU hours in brackets).",
+              "accuracy (simultaneous: Bonferroni-adjusted Wilson intervals, see the rule below); gap = best minus worst "
+              "class; paper, architecture and extra data (training data beyond the track's own training set) as "
+              "RobustBench lists them; GPU-h = wall-clock hours of training + evaluation on a GPU (0 for CPU runs, "
+              "their wall-clock hours in brackets).",
               "", RULE, ""]
     if board.entries:
         lines += [noise_text(board), "", f"**Rank groups:** {RANK_GROUP_LINE}", "", ranking_markdown(board), "",

@@ -168,7 +168,7 @@ def _cost(e: "Entry") -> tuple[str, float]:
     if c.gpu_hours is not None:
         return f"{c.gpu_hours:.2f} GPU-h", c.gpu_hours
     hours = (c.train_seconds + c.eval_seconds) / 3600
-    return f"{hours:.2f} CPU-h", hours
+    return f"{hours:.2f} h wall-clock (CPU)", hours
 
 
 def entry_file(e: "Entry") -> str:
@@ -328,7 +328,8 @@ def entry_html(board: "TrackBoard", row: RankedEntry) -> str:
         tid = f"ci-{which}"
         parts.append(
             f'<div class="scroll"><table class="sortable" id="{_esc(tid)}"><caption>Worst-case robust accuracy per '
-            f"class with its Wilson 95% interval, {_esc(which)} checkpoint</caption><thead><tr>"
+            f"class with that class's own 95% Wilson interval (the track page gives the worst class the simultaneous, "
+            f"Bonferroni-adjusted interval, which is wider), {_esc(which)} checkpoint</caption><thead><tr>"
             + _th("Class", sort="ascending") + _th("Robust (%)", sort="ascending", num=True)
             + _th("Images", sort="ascending", num=True) + _th("95% interval (%)", sort="ascending")
             + "</tr></thead><tbody>" + "".join(rows) + f'</tbody></table></div><p id="{_esc(tid)}-status" '

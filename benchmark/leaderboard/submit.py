@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from rfbench.benchmark.eval.provenance import defense_provenance, portable_command, registry_paper
 from rfbench.benchmark.leaderboard.check import check_entry, check_entry_file
 from rfbench.benchmark.leaderboard.paths import is_url
 from rfbench.benchmark.leaderboard.schema import ENTRY_SCHEMA, SUMMARY_FIELDS, Entry, EntryError, Track
@@ -24,6 +25,7 @@ from rfbench.benchmark.runner.config import slug
 from rfbench.benchmark.runner.report import RUN_SCHEMA
 from rfbench.core.errors import ConfigError, RfbenchError
 from rfbench.core.io import atomic_write_bytes, atomic_write_json, read_json
+from rfbench.defenses import DEFENSES
 
 log = logging.getLogger(__name__)
 
@@ -31,15 +33,35 @@ LOCAL_KEYS = ("out", "init")  # machine-local paths, not part of an entry
 
 
 def defense_code_path(defense: str, root: Path) -> str:
-    """Repository-relative source file of a defense (built-in or a plugin file inside the repository)."""
-    from rfbench.defenses.registry import get_defense_class
+    """Repository-relative source file of a defense (built-in or a plugin file inside the repository).
 
-    source = inspect.getsourcefile(get_defense_class(defense))
-    path = Path(source).resolve() if source else None
+    A ``file.py:Class`` plugin is located by its path, never imported (submitting runs no code)."""
+    from rfbench.defenses.registry import _entry_points, get_defense_class
+
+    where = defense.rpartition(":")[0]
+    if defense not in DEFENSES and defense not in _entry_points() and ":" in defense:
+        if not (where.endswith(".py") or "/" in where):
+            raise ConfigError(f"defense '{defense}' is a module, which submit does not import to find its file; "
+                              "pass --code PATH-or-https://... (where reviewers can read it)")
+        path = Path(where).expanduser().resolve()
+    else:
+        source = inspect.getsourcefile(get_defense_class(defense))
+        path = Path(source).resolve() if source else None
     if path is None or not path.is_relative_to(root.resolve()):
         raise ConfigError(f"the code of defense '{defense}' is outside the repository ({path}); "
                           "pass --code https://... (where reviewers can read it)")
     return path.relative_to(root.resolve()).as_posix()
+
+
+def entry_provenance(run: dict[str, Any], defense: str, args: dict[str, Any] | None, root: Path) -> dict[str, Any]:
+    """The entry's portable ``command`` (no path of the submitter's machine) and ``defense`` record: the
+    resolved Config, the registry's paper and a plugin file's sha256 (:func:`defense_provenance`), as the
+    run recorded them, or worked out here for a registered defense (a run from before they were recorded)."""
+    record = run.get("defense_provenance")
+    if record is None and defense in DEFENSES:
+        record = defense_provenance(defense, args)
+    command = run.get("provenance", {}).get("command")
+    return {"command": portable_command(command, [root]) if command else None, "defense": record}
 
 
 def _evaluation(block: dict[str, Any], flags_rel: str) -> dict[str, Any]:
@@ -88,12 +110,13 @@ def entry_from_run(run_dir: Path, track: Track, root: Path, *, entry_id: str | N
         "model": train_cfg["model"],
         "classes": list(first["classes"]),
         "threat": {"norm": first["threat"]["norm"], "eps": first["threat"]["eps"]},
-        "defense": {"name": defense, "code": code, "args": train_cfg.get("defense_args", {}), "paper": paper,
-                    "fidelity": train_cfg.get("fidelity", "paper")},
+        "defense": {"name": defense, "code": code, "args": train_cfg.get("defense_args", {}),
+                    "paper": paper or registry_paper(defense), "fidelity": train_cfg.get("fidelity", "paper")},
         "evaluations": {w: _evaluation(b, flags_rel[w]) for w, b in blocks.items()},
         "cost": {k: run["cost"][k] for k in ("accelerator", "device", "train_seconds", "eval_seconds", "gpu_hours")},
         "train_config": {k: v for k, v in train_cfg.items() if k not in LOCAL_KEYS},
-        "provenance": {**run["provenance"], "run_config": run_config, "stages": run.get("stages", {}),
+        "provenance": {**run["provenance"], **entry_provenance(run, defense, train_cfg.get("defense_args"), root),
+                       "run_config": run_config, "stages": run.get("stages", {}),
                        "pretrained": run.get("pretrain") is not None},
         "submitted": datetime.date.today().isoformat(),
     }

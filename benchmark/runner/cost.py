@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from rfbench.benchmark.data.longtail import longtail_counts
+from rfbench.benchmark.data.registry import validation_size
 
 #: forward GFLOP per image (performance.md, "Work counts")
 FORWARD_GFLOP = {"resnet18": 1.11, "preact_resnet18": 1.11, "wrn28_10": 10.5, "wrn34_10": 13.3}
@@ -140,7 +141,7 @@ def dataset_sizes(name: str, imbalance_ratio: float | None, max_train: int | Non
     rho = imbalance_ratio or (50.0 if name.endswith("-lt") else None)
     per_class = n_train // c
     counts = longtail_counts(per_class, c, rho) if rho else [per_class] * c
-    val = val_per_class or max(20, round(0.02 * max(counts)))
+    val = val_per_class or validation_size(counts, 0.02, 20, max_train)
     train = sum(counts) - (0 if rho else c * val)
     if max_train:
         train = min(train, max_train)

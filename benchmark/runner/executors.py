@@ -22,13 +22,15 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from tqdm.auto import tqdm
 
-from rfbench.benchmark.runner.config import ResolvedRun
 from rfbench.core.errors import RfbenchError
 from rfbench.core.registry import Registry
+
+if TYPE_CHECKING:
+    from rfbench.benchmark.runner.config import ResolvedRun
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from rfbench.benchmark.eval.provenance import git_sha, package_versions
+from rfbench.benchmark.eval.provenance import defense_provenance, git_sha, package_versions, portable_command
 from rfbench.benchmark.eval.result import EvalResult
 from rfbench.core.io import atomic_write_json, atomic_write_text, read_json
 from rfbench.core.perclass import pct, to_percent
@@ -72,6 +72,7 @@ def build_run_result(run_dir: Path, data: dict[str, Any], checkpoints: list[str]
         "defense": cfg.get("defense"),
         "defense_args": cfg.get("defense_args", {}),
         "fidelity": cfg.get("fidelity", "paper"),
+        "defense_provenance": defense_provenance(cfg["defense"], cfg.get("defense_args")) if cfg.get("defense") else None,
         "seed": cfg.get("seed"),
         "dataset": (train or {}).get("dataset", cfg.get("dataset")),
         "model": cfg.get("model"),
@@ -83,7 +84,7 @@ def build_run_result(run_dir: Path, data: dict[str, Any], checkpoints: list[str]
                  "train_seconds": round(train_s, 2), "eval_seconds": round(eval_s, 2),
                  "gpu_hours": round((train_s + eval_s) / 3600, 4) if accelerator == "cuda" else None},
         "stages": stages,
-        "provenance": {"code": git_sha(), "packages": package_versions(), "command": " ".join(sys.argv),
+        "provenance": {"code": git_sha(), "packages": package_versions(), "command": portable_command(sys.argv),
                        "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")},
     }
 

@@ -18,7 +18,7 @@ class TrainConfig:
     data_root: str | None = None  # local root; None = the dataset's default places
     download: bool = False  # let torchvision download when files are missing
     imbalance_ratio: float | None = field(default=None, metadata=in_range(1, None))  # ρ (head/tail); NAME-lt implies 50
-    val_per_class: int | None = field(default=None, metadata=in_range(1, None))  # default: 2% of the largest class, >= 20
+    val_per_class: int | None = field(default=None, metadata=in_range(1, None))  # default: 2% of the largest class (of max_train_samples, if set), >= 20
     val_borrow: str = field(default="remove", metadata=choice("remove", "share"))  # LT head-class validation images
     max_train_samples: int | None = field(default=None, metadata=in_range(1, None))  # stratified subset, for quick runs
     # augmentation policy on top of the dataset's crop/flip (benchmark/data/augment.py; AT-BSL's RA / AuA)

@@ -19,7 +19,8 @@ from rfbench.core.threat import Threat, resolve_threat
 def load_bundle(cfg: TrainConfig) -> DataBundle:
     """The run's data: dataset, long-tail split, validation split, optional training subset."""
     bundle = load_dataset(cfg.dataset, root=cfg.data_root, download=cfg.download, imbalance_ratio=cfg.imbalance_ratio,
-                          val_per_class=cfg.val_per_class, seed=cfg.seed, val_borrow=cfg.val_borrow)
+                          val_per_class=cfg.val_per_class, seed=cfg.seed, val_borrow=cfg.val_borrow,
+                          train_budget=cfg.max_train_samples)
     if bundle.eval_only:
         raise ConfigError(f"dataset '{cfg.dataset}' has no training split here; it can only be evaluated")
     if cfg.augment != "none":

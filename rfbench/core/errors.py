@@ -34,11 +34,17 @@ def one_line(text: str) -> str:
 
 
 class UnknownNameError(RfbenchError, KeyError):
-    """A registry lookup failed; the message lists the valid names."""
+    """A registry lookup failed; the message suggests the closest valid names and lists them all."""
 
     def __init__(self, kind: str, name: str, valid: list[str]):
+        import difflib
+
         self.kind, self.name, self.valid = kind, name, list(valid)
-        super().__init__(f"unknown {kind} '{name}'; valid {kind}s: {', '.join(self.valid) or '(none)'}")
+        lower = {v.lower(): v for v in self.valid}
+        close = difflib.get_close_matches(str(name), self.valid, n=3) or [
+            lower[c] for c in difflib.get_close_matches(str(name).lower(), list(lower), n=3)]
+        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        super().__init__(f"unknown {kind} '{name}'; valid {kind}s: {', '.join(self.valid) or '(none)'}{hint}")
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return self.args[0]

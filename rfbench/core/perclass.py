@@ -181,3 +181,17 @@ def to_percent(x: Any) -> Any:
     """Fractions → percentage numbers, for plots and tables that format numbers themselves
     (same scaling as :func:`pct`; NaN stays NaN)."""
     return np.asanyarray(x, dtype=float) * 100  # a masked array stays masked
+
+
+# -- what an interval is, in words (every rendering uses these) ----------------------------------------
+#: a per-class interval: :func:`wilson_interval` at :data:`LEVEL`, for that class alone
+CLASS_INTERVAL_LABEL = "95% Wilson interval"
+#: the worst class's interval: :func:`worst_class_interval` (Bonferroni over the classes, so it covers ``min_k p_k``)
+WORST_INTERVAL_LABEL = "simultaneous 95% interval: Wilson, Bonferroni-adjusted over the classes"
+
+
+def worst_classes(values: Any, tol: float = 1e-12) -> list[int]:
+    """The indices of every class at the minimum (ties included), among the classes that have samples."""
+    a = np.asarray(values, dtype=float)
+    m = nan_min(a)
+    return [] if math.isnan(m) else [int(k) for k in np.flatnonzero(np.abs(a - m) <= tol)]

@@ -21,6 +21,8 @@ from rfbench.core.errors import ConfigError
 
 _ALLOWED: set[str] = set()
 _ALLOW_ALL = False
+#: the flags of the running command that name code (``--defense``, ``--model``); refusals suggest only these
+_NAMING_FLAGS: set[str] = set()
 
 
 def allow_code(targets: list[str] | tuple[str, ...] = (), *, everything: bool = False) -> None:
@@ -30,11 +32,18 @@ def allow_code(targets: list[str] | tuple[str, ...] = (), *, everything: bool = 
     _ALLOW_ALL = _ALLOW_ALL or everything
 
 
-def reset_allowed_code() -> None:
-    """Forget every permission (for tests and for library callers between commands)."""
+def reset_allowed_code(naming_flags: tuple[str, ...] | list[str] = ()) -> None:
+    """Forget every permission (for tests and for library callers between commands).
+
+    ``naming_flags``: the flags of the command about to run that can name code
+    (e.g. ``("--defense",)`` for ``rfbench train``), so a refusal suggests only a flag
+    that command has.
+    """
     global _ALLOW_ALL
     _ALLOWED.clear()
     _ALLOW_ALL = False
+    _NAMING_FLAGS.clear()
+    _NAMING_FLAGS.update(naming_flags)
 
 
 def code_allowed(target: str) -> bool:
@@ -48,9 +57,9 @@ def import_target(target: str, kind: str) -> Any:
     if not sep or not where or not attr:
         raise ConfigError(f"{kind} '{target}': expected path/to/file.py:NAME or package.module:NAME")
     if not code_allowed(target):
+        naming = f" (or name it with --{kind} {target})" if f"--{kind}" in _NAMING_FLAGS else ""
         raise ConfigError(f"{kind} '{target}' is neither registered nor an installed plugin, and importing it would "
-                          f"run code that was not named on the command line; pass --allow-code (or name it with "
-                          f"--{kind} {target}) to run it")
+                          f"run code that was not named on the command line; pass --allow-code{naming} to run it")
     try:
         if where.endswith(".py") or "/" in where:
             path = Path(where).expanduser().resolve()
