@@ -39,9 +39,10 @@ def _flags(items: list[str], default_ckpt: str) -> dict[str, Path]:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from rfbench.benchmark.leaderboard import EntryError, check_entry_file, leaderboards_root
+    from rfbench.benchmark.leaderboard import check_entry_file, leaderboards_root
     from rfbench.benchmark.leaderboard.check import read_entry_file
     from rfbench.benchmark.leaderboard.schema import find_track
+    from rfbench.core.errors import RfbenchError
 
     root = leaderboards_root(args.root)
     paths = [Path(p) for p in args.entries] or sorted((root / "leaderboards").glob("*/*.json"))
@@ -50,6 +51,7 @@ def run_check(args: argparse.Namespace) -> int:
         return 2
     failed, passed = 0, []
     for path in paths:
+        notes: list[str] = []
         try:
             flags = None
             if args.flags:
@@ -57,13 +59,15 @@ def run_check(args: argparse.Namespace) -> int:
                 track_id = data.get("track") if isinstance(data, dict) else None
                 ck = find_track(track_id, root).info.protocol.checkpoint if isinstance(track_id, str) else "best"
                 flags = _flags(args.flags, ck)
-            entry = check_entry_file(path, root, flags=flags, check_code=args.check_code)
+            entry = check_entry_file(path, root, flags=flags, check_code=args.check_code, notes=notes)
             passed.append(entry)
-            print(f"ok      {path} ({entry.track}, {entry.name})")
-        except EntryError as exc:
+            print(f"{'unverif' if notes else 'ok     '} {path} ({entry.track}, {entry.name})")
+            for note in notes:
+                print(f"        - {note}")
+        except RfbenchError as exc:  # an EntryError, or a track named by --flags that does not exist
             failed += 1
-            print(f"REJECT  {exc.where}")
-            for problem in exc.problems:
+            print(f"REJECT  {getattr(exc, 'where', path)}")
+            for problem in getattr(exc, "problems", [str(exc)]):
                 print(f"        - {problem}")
     for note in identical_notes(passed, root):
         print(f"note    {note}")
@@ -73,6 +77,7 @@ def run_check(args: argparse.Namespace) -> int:
 
 def identical_notes(entries: list, root: Path) -> list[str]:
     """One line per checked entry whose per-sample predictions equal another's on its track (shown unranked)."""
+    from rfbench.benchmark.leaderboard.history import first_added
     from rfbench.benchmark.leaderboard.ranking import duplicates, entry_data
     from rfbench.benchmark.leaderboard.schema import find_track
 
@@ -83,7 +88,8 @@ def identical_notes(entries: list, root: Path) -> list[str]:
     for track_id, members in sorted(by_track.items()):
         track = find_track(track_id, root)
         data = [entry_data(e, track.info.protocol.checkpoint, root) for e in members]
-        for eid, ref in sorted(duplicates(data, track.info.baselines).items()):
+        order = first_added(track.path.parent, root)
+        for eid, ref in sorted(duplicates(data, track.info.baselines, order).items()):
             notes.append(f"{track_id}/{eid} is identical to {ref} (the same per-sample predictions): "
                          "the page lists it unranked")
     return notes

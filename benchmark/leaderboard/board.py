@@ -7,7 +7,7 @@ The Markdown pages (:mod:`rfbench.benchmark.leaderboard.build`) and the web lead
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rfbench.benchmark.leaderboard.check import check_entry_file
@@ -24,20 +24,31 @@ class TrackBoard:
     entries: list[Entry]  # ranked, in table order (identical entries excluded)
     rejected: dict[str, str]  # file name -> reason
     ranking: Ranking | None = None  # rank groups, intervals, identical entries (None: no entry)
+    unverified: dict[str, str] = field(default_factory=dict)  # entry id -> what could not be verified on this machine
 
 
 def collect(track: Track, root: Path) -> TrackBoard:
-    entries, rejected = [], {}
+    """Check every entry of ``track`` in isolation (a rejected one is one line in ``rejected``), then rank the rest."""
+    from rfbench.benchmark.leaderboard.history import first_added
+
+    entries, rejected, unverified = [], {}, {}
     for path in sorted(track.path.parent.glob("*.json")):
+        notes: list[str] = []
         try:
-            entries.append(check_entry_file(path, root))
+            entry = check_entry_file(path, root, notes=notes)
         except EntryError as exc:
             rejected[path.name] = "; ".join(exc.problems)
             log.warning("rejected %s: %s", path, rejected[path.name])
+            continue
+        entries.append(entry)
+        if notes:
+            unverified[entry.id] = "; ".join(notes)
     if not entries:
-        return TrackBoard(track=track, entries=[], rejected=rejected)
-    ranking = rank(entries, track.info.protocol.checkpoint, root, baselines=track.info.baselines)
-    return TrackBoard(track=track, entries=[r.entry for r in ranking.ranked], rejected=rejected, ranking=ranking)
+        return TrackBoard(track=track, entries=[], rejected=rejected, unverified=unverified)
+    ranking = rank(entries, track.info.protocol.checkpoint, root, baselines=track.info.baselines,
+                   order=first_added(track.path.parent, root))
+    return TrackBoard(track=track, entries=[r.entry for r in ranking.ranked], rejected=rejected, ranking=ranking,
+                      unverified=unverified)
 
 
 def cost_text(e: Entry) -> str:

@@ -8,9 +8,12 @@ The rule (rfbench's own; stated on every leaderboard page by :data:`RULE`):
    entry has no flag file) are one result counted twice.  One of them stays
    ranked, the *reference*: the entry of a track baseline (``track.baselines``,
    in that order), else of the defense with the most entries on the track, else
-   the earliest submitted, else the smallest id.  The others are shown as
-   "identical to X" and are not ranked.  ``rfbench leaderboard submit`` refuses
-   a new one (:func:`identical_to`).
+   the smallest id.  The others are shown as
+   "identical to X" and are not ranked.  The reference is the entry that entered
+   the repository first (:func:`rfbench.benchmark.leaderboard.history.first_added`,
+   from git history: never from a field the submitter writes); among entries
+   added by the same commit, or when there is no history, the rules above
+   decide.  ``rfbench leaderboard submit`` refuses a new one (:func:`identical_to`).
 2. **Two ranked metrics**, both on the worst case over the track's attacks:
    the worst-class robust accuracy, and the mean of the worst 20% of classes
    (``tail20``, :func:`rfbench.benchmark.eval.metrics.tail_mean`), so that a
@@ -101,7 +104,7 @@ class EntryData:
 
 def entry_data(entry: Entry, checkpoint: str, root: Path, flags_path: Path | None = None) -> EntryData:
     """Load the ranked checkpoint's flags of ``entry`` (``flags_path``, else its flag file inside ``root``, if readable)."""
-    from rfbench.benchmark.eval.flags import SampleFlags
+    from rfbench.benchmark.leaderboard.evidence import read_flags
     from rfbench.core.errors import RfbenchError
 
     ev = entry.evaluation(checkpoint)
@@ -110,7 +113,8 @@ def entry_data(entry: Entry, checkpoint: str, root: Path, flags_path: Path | Non
     flags = None
     if flags_path is not None or ev.flags_file is not None:
         try:
-            flags = SampleFlags.load(flags_path or safe_repo_path(ev.flags_file, root, "flags_file"))
+            path = flags_path or safe_repo_path(ev.flags_file, root, "flags_file")
+            flags = read_flags(Path(path), sum(ev.n_per_class), len(ev.attacks))  # bounded by the checked counts
         except (RfbenchError, UnsafePathError):
             flags = None
     if flags is not None and sorted(flags.labels) == sorted(ev.attacks):
@@ -134,13 +138,19 @@ def entry_data(entry: Entry, checkpoint: str, root: Path, flags_path: Path | Non
 
 
 # -- identical entries -------------------------------------------------------------------------------------------
-def _reference_key(e: Entry, baselines: Sequence[str], n_entries: dict[str, int]) -> tuple:
+def _reference_key(e: Entry, baselines: Sequence[str], n_entries: dict[str, int], order: dict[str, int]) -> tuple:
     base = baselines.index(e.defense.name) if e.defense.name in baselines else len(baselines)
-    return (base, -n_entries.get(e.defense.name, 0), e.submitted or "9999", e.id)
+    return (order.get(e.id, math.inf), base, -n_entries.get(e.defense.name, 0), e.id)
 
 
-def duplicates(data: Sequence[EntryData], baselines: Sequence[str] = ()) -> dict[str, str]:
-    """``{entry id: id of the reference entry it is identical to}`` for every non-reference member of a group."""
+def duplicates(data: Sequence[EntryData], baselines: Sequence[str] = (),
+               order: dict[str, int] | None = None) -> dict[str, str]:
+    """``{entry id: id of the reference entry it is identical to}`` for every non-reference member of a group.
+
+    ``order`` gives each entry's position in the repository's history (:mod:`~rfbench.benchmark.leaderboard.history`):
+    the first one is the reference, a later one the copy.
+    """
+    order = order or {}
     n_entries: dict[str, int] = {}
     for d in data:
         n_entries[d.entry.defense.name] = n_entries.get(d.entry.defense.name, 0) + 1
@@ -151,7 +161,7 @@ def duplicates(data: Sequence[EntryData], baselines: Sequence[str] = ()) -> dict
     for members in groups.values():
         if len(members) < 2:
             continue
-        ref = min(members, key=lambda d: _reference_key(d.entry, baselines, n_entries))
+        ref = min(members, key=lambda d: _reference_key(d.entry, baselines, n_entries, order))
         out.update({d.id: ref.id for d in members if d is not ref})
     return out
 
@@ -276,10 +286,14 @@ def _row(d: EntryData, checkpoint: str) -> RankedEntry:
 
 def rank(entries: Sequence[Entry], checkpoint: str, root: Path, *, baselines: Sequence[str] = (),
          n_boot: int = N_BOOT, seed: int = BOOT_SEED,
-         loader: Callable[[Entry, str, Path], EntryData] = entry_data) -> Ranking:
-    """Rank groups of a track's (checked) entries on ``checkpoint`` by the rule in the module docstring."""
+         loader: Callable[[Entry, str, Path], EntryData] = entry_data,
+         order: dict[str, int] | None = None) -> Ranking:
+    """Rank groups of a track's (checked) entries on ``checkpoint`` by the rule in the module docstring.
+
+    ``order``: each entry's position in the repository's history (who was first among identical entries).
+    """
     data = [loader(e, checkpoint, root) for e in entries]
-    dup = duplicates(data, baselines)
+    dup = duplicates(data, baselines, order)
     live = [d for d in data if d.id not in dup]
     rows = {d.id: _row(d, checkpoint) for d in data}
     for eid, ref in dup.items():

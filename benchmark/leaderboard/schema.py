@@ -40,7 +40,14 @@ from rfbench.core.config import choice, from_dict, in_range
 from rfbench.core.errors import ConfigError, RfbenchError
 
 ENTRY_SCHEMA = "rfbench.entry/1"
-ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}$")
+#: the one pattern of entry ids (the file name); matched whole, so a trailing newline is no id
+ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
+ID_RULE = "letters, digits and . _ + - (starting with a letter or digit, at most 100)"
+
+
+def valid_id(text: object) -> bool:
+    """Whether ``text`` is an entry id (:data:`ID_PATTERN`, the whole string)."""
+    return isinstance(text, str) and ID_PATTERN.fullmatch(text) is not None
 SUMMARY_FIELDS = ("mean", "worst", "worst_class", "best", "best_class", "gap", "std", "nsd", "tail20")
 
 
@@ -92,11 +99,14 @@ class Track:
         return self.info.id
 
     def train_config_for(self, defense: str) -> dict[str, Any]:
-        """The track's full training config (every TrainConfig key) when ``defense`` runs, its preset applied."""
+        """The track's full training config (every TrainConfig key) when ``defense`` runs, its preset applied.
+
+        ``defense`` is data here (an entry's name): it is never imported, so a plugin's name needs no ``--allow-code``.
+        """
         from rfbench.benchmark.runner.config import resolve_run
         from rfbench.core.config import to_dict
 
-        return to_dict(resolve_run(self.run, defense=defense, out="track-run").train)
+        return to_dict(resolve_run(self.run, defense=defense, out="track-run", runs_code=False).train)
 
 
 def load_track(path: str | Path) -> Track:
@@ -232,6 +242,6 @@ def parse_entry(data: Any, where: str) -> Entry:
         entry.evaluations = {k: from_dict(Evaluation, v, where=f"entry.evaluations.{k}") for k, v in entry.evaluations.items()}
     except ConfigError as exc:
         raise EntryError(where, [f"schema: {exc}"]) from None
-    if not ID_PATTERN.match(entry.id):
-        raise EntryError(where, [f"id '{entry.id}' must be letters, digits and . _ + - (at most 100)"])
+    if not valid_id(entry.id):
+        raise EntryError(where, [f"id {entry.id[:120]!r} must be {ID_RULE}"])
     return entry

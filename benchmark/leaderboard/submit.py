@@ -19,7 +19,15 @@ import yaml
 
 from rfbench.benchmark.leaderboard.check import check_entry, check_entry_file
 from rfbench.benchmark.leaderboard.paths import is_url
-from rfbench.benchmark.leaderboard.schema import ENTRY_SCHEMA, SUMMARY_FIELDS, Entry, EntryError, Track
+from rfbench.benchmark.leaderboard.schema import (
+    ENTRY_SCHEMA,
+    ID_RULE,
+    SUMMARY_FIELDS,
+    Entry,
+    EntryError,
+    Track,
+    valid_id,
+)
 from rfbench.benchmark.runner.config import slug
 from rfbench.benchmark.runner.report import RUN_SCHEMA
 from rfbench.core.errors import ConfigError, RfbenchError
@@ -70,6 +78,8 @@ def entry_from_run(run_dir: Path, track: Track, root: Path, *, entry_id: str | N
     train_cfg = yaml.safe_load((run_dir / "train" / "config.yaml").read_text(encoding="utf-8"))
     defense = train_cfg["defense"]
     entry_id = entry_id or f"{slug(defense)}-s{train_cfg['seed']}"
+    if not valid_id(entry_id):
+        raise ConfigError(f"--id {entry_id[:120]!r}: an entry id is {ID_RULE}")
     code = code or defense_code_path(defense, root)
     if ":" in code and not is_url(code):
         raise ConfigError(f"--code must be a repository-relative path or an https:// URL, got '{code}'")
