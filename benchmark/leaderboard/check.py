@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,8 @@ from rfbench.core.perclass import class_counts, per_class_accuracy
 TOL = 1e-9
 #: the most test images a class may list (a larger count is hostile, not an evaluation)
 MAX_COUNT = 10**9
+#: what a defense name may look like; it is data: never imported by check or build, whether known here or not
+DEFENSE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:/+-]{0,199}")
 
 
 def read_entry_file(path: str | Path) -> Any:
@@ -138,6 +141,9 @@ def check_protocol(entry: Entry, track: Track) -> list[str]:
         if not _close(entry.train_config.get(key), expected.get(key)):
             problems.append(f"train_config.{key} is {_fmt(entry.train_config.get(key))} but track {track.id} fixes it "
                             f"to {_fmt(expected.get(key))}")
+    if not DEFENSE_NAME.fullmatch(entry.defense.name):
+        problems.append(f"defense.name {entry.defense.name[:120]!r} is not a defense name (a registered name, an "
+                        "installed plugin's name, package.module:Class or path/file.py:Class; at most 200 characters)")
     if entry.train_config.get("defense") != entry.defense.name:
         problems.append(f"defense.name is '{entry.defense.name}' but the run trained '{entry.train_config.get('defense')}'")
     if entry.train_config.get("seed") != entry.seed:
