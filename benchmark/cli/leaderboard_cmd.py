@@ -15,13 +15,17 @@ examples:
   rfbench leaderboard build                    (leaderboards/README.md, <track>/README.md, <track>/heatmap.png)
   rfbench leaderboard build --html site        (also the static web leaderboard: site/index.html, offline)
   rfbench leaderboard check --check-code       (CI in the rfbench repository: defense.code must exist too)
+  rfbench leaderboard audit leaderboards/fashion-mnist-linf/trades-s0.json --checkpoint runs/.../checkpoint-best.pt
+                                               (re-run a random sample of the evaluation with the checkpoint)
   rfbench leaderboard compare runs/fashion-mnist-linf/pgd-at-s1 --track fashion-mnist-linf
                                                (does a rerun reproduce the committed entries within seed noise?)
 
-Entries are JSON data (schema rfbench.entry/1), never code: check validates the schema,
-the track's protocol (eps, attacks, test-set size, fixed training keys), recomputes every
-summary from the per-class vectors and the per-class vectors from the per-sample flag
-file, and rejects paths that leave the repository.  Entries whose per-sample predictions
+Entries are JSON data (schema rfbench.entry/1), never code: check and build import nothing an
+entry names (a plugin defense is a name).  check validates the schema, the track's protocol
+(eps, attacks, test-set size, fixed training keys), requires the per-sample flag file to cover
+exactly the track's test images with the dataset's labels, recomputes every per-class vector
+from it and every summary from those, and rejects paths that leave the repository.  Each entry
+is checked in isolation: a rejected one is one line and the others are still checked and built.  Entries whose per-sample predictions
 equal another entry's are listed unranked ("identical to X"); submit refuses them unless
 --allow-identical.  submit and build write only into a directory holding leaderboards/
 (the current one, or --root).  See leaderboards/SUBMITTING.md.
@@ -143,6 +147,19 @@ def run_compare(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def run_audit(args: argparse.Namespace) -> int:
+    from rfbench.benchmark.leaderboard import find_track, leaderboards_root
+    from rfbench.benchmark.leaderboard.audit import audit_entry, write_record
+    from rfbench.benchmark.leaderboard.schema import writable_root
+
+    root = writable_root(args.root) if args.record else leaderboards_root(args.root)
+    report = audit_entry(args.entry, args.checkpoint, root, seed=args.seed, device=args.device)
+    print(report.text())
+    if args.record:
+        print(f"wrote {write_record(report, find_track(report.track, root))}", file=sys.stderr)
+    return 0 if report.passed else 1
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from rfbench.benchmark.cli import HelpFormatter
 
@@ -187,6 +204,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "page per track and per entry; works offline, no external assets)")
     common(b)
     b.set_defaults(func=run_build)
+
+    a = lsub.add_parser("audit", help="re-run a seeded random sample of an entry's evaluation with its checkpoint",
+                        epilog=EPILOG, formatter_class=HelpFormatter,
+                        description="Re-run whole evaluation batches, drawn at random until they hold at least "
+                        "max(100, 5%) of the entry's test images, with the submitted checkpoint, the track's attacks "
+                        "and the harness's per-batch seeds, and compare every image with the entry's flags. Refused "
+                        "when the checkpoint's sha256 is not the one the entry records. Exit status 1 when an image "
+                        "the flags call correct or robust falls. See docs/leaderboard-threat-model.md.")
+    a.add_argument("entry", metavar="ENTRY.json", help="the entry file")
+    a.add_argument("--checkpoint", required=True, metavar="FILE", help="the checkpoint the entry was evaluated with "
+                   "(checkpoint-best.pt of its run)")
+    a.add_argument("--seed", type=int, help="seed of the sample (default: random, printed so the audit can be replayed)")
+    a.add_argument("--device", default="cpu", help="device to re-run on (default cpu; the track's hardware)")
+    a.add_argument("--record", action="store_true", help="write the result to leaderboards/<track>/audits/<id>.json "
+                   "(what a track with require_audit ranks by)")
+    common(a)
+    a.set_defaults(func=run_audit)
 
     m = lsub.add_parser("compare", help="does a rerun reproduce the committed entries of its defense?", epilog=EPILOG,
                         formatter_class=HelpFormatter,

@@ -25,13 +25,16 @@ class TrackBoard:
     rejected: dict[str, str]  # file name -> reason
     ranking: Ranking | None = None  # rank groups, intervals, identical entries (None: no entry)
     unverified: dict[str, str] = field(default_factory=dict)  # entry id -> what could not be verified on this machine
+    audited: dict[str, str] = field(default_factory=dict)  # entry id -> its passing audit, in one line
+    held: dict[str, str] = field(default_factory=dict)  # entry id -> why it is valid but not ranked (awaits an audit)
 
 
 def collect(track: Track, root: Path) -> TrackBoard:
     """Check every entry of ``track`` in isolation (a rejected one is one line in ``rejected``), then rank the rest."""
+    from rfbench.benchmark.leaderboard.audit import passing_record
     from rfbench.benchmark.leaderboard.history import first_added
 
-    entries, rejected, unverified = [], {}, {}
+    entries, rejected, unverified, audited, held = [], {}, {}, {}, {}
     for path in sorted(track.path.parent.glob("*.json")):
         notes: list[str] = []
         try:
@@ -40,15 +43,21 @@ def collect(track: Track, root: Path) -> TrackBoard:
             rejected[path.name] = "; ".join(exc.problems)
             log.warning("rejected %s: %s", path, rejected[path.name])
             continue
-        entries.append(entry)
         if notes:
             unverified[entry.id] = "; ".join(notes)
+        audit = passing_record(entry, track, root)
+        if audit is not None:
+            audited[entry.id] = audit
+        elif track.info.require_audit:
+            held[entry.id] = "not ranked until `rfbench leaderboard audit` passes (this track requires it)"
+            continue
+        entries.append(entry)
     if not entries:
-        return TrackBoard(track=track, entries=[], rejected=rejected, unverified=unverified)
+        return TrackBoard(track=track, entries=[], rejected=rejected, unverified=unverified, audited=audited, held=held)
     ranking = rank(entries, track.info.protocol.checkpoint, root, baselines=track.info.baselines,
                    order=first_added(track.path.parent, root))
     return TrackBoard(track=track, entries=[r.entry for r in ranking.ranked], rejected=rejected, ranking=ranking,
-                      unverified=unverified)
+                      unverified=unverified, audited=audited, held=held)
 
 
 def cost_text(e: Entry) -> str:

@@ -39,8 +39,10 @@ from rfbench.benchmark.leaderboard.evidence import (
     DatasetUnavailable,
     ExpectedSubset,
     FlagFileError,
+    check_headers,
     expected_subset,
-    read_flags,
+    load_checked,
+    read_headers,
 )
 from rfbench.benchmark.leaderboard.paths import UnsafePathError, is_url, safe_repo_path
 from rfbench.benchmark.leaderboard.schema import (
@@ -209,8 +211,8 @@ def check_evaluation(which: str, ev: Evaluation, classes: list[str]) -> list[str
     return problems
 
 
-def check_flags(which: str, ev: Evaluation, flags_path: Path, track: Track,
-                expected: ExpectedSubset | None) -> list[str]:
+def check_flags(which: str, ev: Evaluation, flags_path: Path, track: Track | None = None,
+                expected: ExpectedSubset | None = None) -> list[str]:
     """The per-class vectors of ``ev`` recomputed from a per-sample flag file on exactly the track's test images.
 
     The file is inspected before it is read (:func:`~rfbench.benchmark.leaderboard.evidence.read_flags`): its
@@ -218,9 +220,13 @@ def check_flags(which: str, ev: Evaluation, flags_path: Path, track: Track,
     flags must list exactly the track's test images, with the dataset's labels.
     """
     at = f"evaluations.{which}"
-    n = len(expected.index) if expected is not None else track.info.protocol.test_size or sum(ev.n_per_class)
+    flags_path = Path(flags_path)
     try:
-        flags = read_flags(Path(flags_path), n, len(ev.attacks))
+        headers = read_headers(flags_path)  # before the entry's own numbers are trusted for anything
+        n = (len(expected.index) if expected is not None
+             else (track.info.protocol.test_size if track is not None else None) or sum(ev.n_per_class))
+        check_headers(headers, flags_path.name, n, len(ev.attacks))
+        flags = load_checked(flags_path)
     except FlagFileError as exc:
         return [f"{at}.flags_file: {exc}"]
     C = len(ev.n_per_class)
@@ -237,7 +243,7 @@ def check_flags(which: str, ev: Evaluation, flags_path: Path, track: Track,
                                f"0..{C - 1}" + (" (or -1)" if low else "")]
     if len(np.unique(flags.index)) != len(flags.index):
         problems.append(f"{at}.flags_file lists a test image twice")
-    if expected is not None:
+    if expected is not None and track is not None:
         if not np.array_equal(np.sort(flags.index), expected.index):
             extra = np.setdiff1d(flags.index, expected.index)
             return problems + [f"{at}.flags_file: the evaluated images are not the track's test subset ("
@@ -329,6 +335,8 @@ def check_entry(
         if len(ev.n_per_class) != len(entry.classes):
             problems.append(f"evaluations.{which}.n_per_class has {len(ev.n_per_class)} classes, classes lists {len(entry.classes)}")
             continue
+        if ev.checkpoint_sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", ev.checkpoint_sha256):
+            problems.append(f"evaluations.{which}.checkpoint_sha256 is not a sha256 (64 lowercase hex digits)")
         if ev.checks == "fail":
             problems.append(f"evaluations.{which}: the evaluation's sanity checks failed; such a result cannot be ranked")
         own = check_evaluation(which, ev, entry.classes)

@@ -55,10 +55,19 @@ def _shapes(n: int, a: int) -> dict[str, tuple[int, ...]]:
             "success": (n, a), "pert": (n, a), "labels": (a,), "meta": ()}
 
 
-def inspect_flags(path: Path, n: int, a: int) -> None:
-    """Raise :class:`FlagFileError` unless ``path`` is a bounded flag file of ``n`` images and ``a`` attacks.
+@dataclass(frozen=True)
+class Member:
+    """What a flag file's member declares: its ``.npy`` shape and dtype, and its uncompressed size in the zip."""
 
-    Reads only the zip directory and the ``.npy`` headers.
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    file_size: int
+
+
+def read_headers(path: Path) -> dict[str, Member]:
+    """Every member's ``.npy`` header of the flag file ``path``; reads only the zip directory and the headers.
+
+    :class:`FlagFileError` when it is not a regular file, not a zip of ``.npy`` arrays, or lacks a member.
     """
     try:
         st = path.stat()
@@ -66,7 +75,7 @@ def inspect_flags(path: Path, n: int, a: int) -> None:
         raise FlagFileError(f"cannot read {path}: {exc.strerror or exc}") from None
     if not stat.S_ISREG(st.st_mode):  # a FIFO or a device would block or never end
         raise FlagFileError(f"{path} is not a regular file")
-    shapes = _shapes(n, a)
+    out: dict[str, Member] = {}
     try:
         with zipfile.ZipFile(path) as z:
             infos = {i.filename.removesuffix(".npy"): i for i in z.infolist()}
@@ -81,34 +90,49 @@ def inspect_flags(path: Path, n: int, a: int) -> None:
                     version = np.lib.format.read_magic(fp)
                     read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
                             else np.lib.format.read_array_header_2_0)
-                    shape, fortran, dtype = read(fp, max_header_size=HEADER_SLACK)
-                if dtype.kind not in KINDS[name] or dtype.hasobject:
-                    raise FlagFileError(f"{path.name}: '{name}' has dtype {dtype}, expected kind {KINDS[name]}")
-                if tuple(shape) != shapes[name]:
-                    raise FlagFileError(f"{path.name}: '{name}' has shape {tuple(shape)}, but the track evaluates "
-                                        f"{n} images with {a} attacks, so it must be {shapes[name]}")
-                limit = {"labels": MAX_LABEL_CHARS, "meta": MAX_META_CHARS}.get(name)
-                if limit is not None and dtype.itemsize > 4 * limit:
-                    raise FlagFileError(f"{path.name}: '{name}' holds text longer than {limit} characters")
-                size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-                if info.file_size > size + HEADER_SLACK:
-                    raise FlagFileError(f"{path.name}: '{name}' inflates to {info.file_size} bytes, more than its "
-                                        f"shape {tuple(shape)} of {dtype} takes")
+                    shape, _, dtype = read(fp, max_header_size=HEADER_SLACK)
+                out[name] = Member(shape=tuple(shape), dtype=dtype, file_size=info.file_size)
     except FlagFileError:
         raise
     except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError, NotImplementedError) as exc:
         raise FlagFileError(f"corrupt flag file {path.name}: {exc}") from None
+    return out
 
 
-def read_flags(path: Path, n: int, a: int) -> SampleFlags:
-    """The flags of ``path`` once :func:`inspect_flags` admits them (a corrupt file is a :class:`FlagFileError`)."""
-    inspect_flags(path, n, a)
+def check_headers(headers: dict[str, Member], name_of_file: str, n: int, a: int) -> None:
+    """:class:`FlagFileError` unless every member has the shape of ``n`` images and ``a`` attacks, a plain dtype,
+    and a declared size that its shape accounts for (so nothing inflates beyond it)."""
+    shapes = _shapes(n, a)
+    for name, m in headers.items():
+        if m.dtype.kind not in KINDS[name] or m.dtype.hasobject:
+            raise FlagFileError(f"{name_of_file}: '{name}' has dtype {m.dtype}, expected kind {KINDS[name]}")
+        if m.shape != shapes[name]:
+            raise FlagFileError(f"{name_of_file}: '{name}' has shape {m.shape}, but the track evaluates "
+                                f"{n} images with {a} attacks, so it must be {shapes[name]}")
+        limit = {"labels": MAX_LABEL_CHARS, "meta": MAX_META_CHARS}.get(name)
+        if limit is not None and m.dtype.itemsize > 4 * limit:
+            raise FlagFileError(f"{name_of_file}: '{name}' holds text longer than {limit} characters")
+        size = int(np.prod(m.shape, dtype=np.int64)) * m.dtype.itemsize
+        if m.file_size > size + HEADER_SLACK:
+            raise FlagFileError(f"{name_of_file}: '{name}' inflates to {m.file_size} bytes, more than its "
+                                f"shape {m.shape} of {m.dtype} takes")
+
+
+def load_checked(path: Path) -> SampleFlags:
+    """Read a flag file whose headers :func:`check_headers` admitted."""
     try:
         return SampleFlags.load(path)
     except RfbenchError as exc:
         raise FlagFileError(str(exc)) from None
     except (zipfile.BadZipFile, EOFError, ValueError, OSError) as exc:  # a CRC or stream error while reading
         raise FlagFileError(f"corrupt flag file {path.name}: {type(exc).__name__}: {exc}") from None
+
+
+def read_flags(path: Path, n: int, a: int) -> SampleFlags:
+    """The flags of ``path`` if it holds ``n`` images and ``a`` attacks (:class:`FlagFileError` otherwise),
+    checked before anything is decompressed or allocated."""
+    check_headers(read_headers(path), path.name, n, a)
+    return load_checked(path)
 
 
 # -- the track's test subset -----------------------------------------------------------------------------------------

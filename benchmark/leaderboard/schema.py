@@ -20,7 +20,9 @@ these dataclasses and never executed or imported.  Fields::
     evaluations: {best: {epoch, selected_by, attacks, worst_case_over, n_per_class,
                          per_class: {clean|attack|worst_case: [C fractions]},
                          summary: {name: {mean, worst, worst_class, best, best_class, gap, std, nsd, tail20}},
-                         checks, flags_file (repo-relative .npz or null)}, last: {...}},
+                         checks, flags_file (repo-relative .npz, required),
+                         checkpoint_sha256 (of the evaluated checkpoint file; absent in older entries)},
+                   last: {...}},
     cost: {accelerator, device, train_seconds, eval_seconds, gpu_hours (null on CPU)},
     train_config: {the run's resolved TrainConfig},
     provenance: {code, packages, command, finished_at, run_config}, submitted,
@@ -86,6 +88,8 @@ class TrackInfo:
     baselines: list[str] = field(default_factory=lambda: ["standard", "pgd-at", "trades"])
     # the protocol version: a change of recipe or evaluation bumps it; entries of another version are refused
     version: int = field(default=1, metadata=in_range(1, None))
+    # rank only entries with a passing `rfbench leaderboard audit` record (leaderboards/<track>/audits/<id>.json)
+    require_audit: bool = False
 
 
 @dataclass
@@ -177,6 +181,7 @@ class Evaluation:
     selected_by: str = ""
     checks: str = field(default="pass", metadata=choice("pass", "warn", "fail"))
     flags_file: str | None = None
+    checkpoint_sha256: str | None = None  # of the evaluated checkpoint file (``rfbench leaderboard audit`` needs it)
 
 
 @dataclass
