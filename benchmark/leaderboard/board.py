@@ -55,7 +55,8 @@ def collect(track: Track, root: Path) -> TrackBoard:
     if not entries:
         return TrackBoard(track=track, entries=[], rejected=rejected, unverified=unverified, audited=audited, held=held)
     ranking = rank(entries, track.info.protocol.checkpoint, root, baselines=track.info.baselines,
-                   order=first_added(track.path.parent, root))
+                   order=first_added(track.path.parent, root), primary=track.info.primary_metric,
+                   tail_classes=track.info.tail_classes)
     return TrackBoard(track=track, entries=[r.entry for r in ranking.ranked], rejected=rejected, ranking=ranking,
                       unverified=unverified, audited=audited, held=held)
 
@@ -79,6 +80,18 @@ def noise_text(board: TrackBoard) -> str:
                    (("worst", "worst class"), ("tail20", "worst 20%")))
     return (f"Seed spread (pooled standard deviation over the seeds of {', '.join(r.seed_settings)}, in points): "
             f"{sd}.")
+
+
+def primary_text(board: TrackBoard) -> str:
+    """What the table sorts by first, and why, for a track whose primary metric is not the worst class."""
+    t = board.track.info
+    if t.primary_metric == "worst":
+        return ""
+    names = board.entries[0].classes if board.entries else []
+    tail = ", ".join(names[c] if c < len(names) else str(c) for c in t.tail_classes)
+    what = {"tail20": "the mean robust accuracy of the worst 20% of classes",
+            "tail": f"the mean robust accuracy of the tail classes ({tail})"}
+    return f"Primary metric: {what[t.primary_metric]}. {t.primary_reason.strip()}".strip()
 
 
 def leaders(board: TrackBoard, key: str = "worst") -> list[Entry]:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from rfbench.benchmark.leaderboard.board import TrackBoard, collect, cost_text, leaders_text, noise_text
+from rfbench.benchmark.leaderboard.board import TrackBoard, collect, cost_text, leaders_text, noise_text, primary_text
 from rfbench.benchmark.leaderboard.ranking import RULE
 from rfbench.benchmark.leaderboard.schema import list_tracks
 from rfbench.core.io import atomic_write_text
@@ -39,7 +39,8 @@ def ranking_frame(board: TrackBoard) -> pd.DataFrame:
         ev = e.evaluation(ck)
         wc, clean = ev.summary["worst_case"], ev.summary["clean"]
         last = e.evaluations.get("last") if ck != "last" else None
-        row = {
+        row = {"rank: tail": r.ranks["tail"]} if "tail" in r.ranks else {}
+        row |= {
             "rank: worst": r.ranks["worst"],
             "rank: worst 20%": r.ranks["tail20"],
             "entry": f"[{e.id}]({e.id}.json)",
@@ -48,6 +49,7 @@ def ranking_frame(board: TrackBoard) -> pd.DataFrame:
             "95% interval": f"{pct(r.worst_ci[0])}-{pct(r.worst_ci[1])}",
             "weakest class": e.classes[r.worst_class],
             "worst-20% robust": pct(r.tail20),
+            **({"tail-classes robust": pct(r.tail)} if r.tail is not None else {}),
             "mean robust": pct(wc["mean"]),
             "clean": pct(clean["mean"]),
             "gap": pct(wc["gap"]),
@@ -83,7 +85,8 @@ def plot_heatmap(board: TrackBoard, path: Path) -> Path:
                 dark = m[i, j] < 15 or m[i, j] > 85  # the ends of the colour map are dark
                 ax.text(j, i, pct(frac[i, j], 0), ha="center", va="center", fontsize=7, color="white" if dark else "black")
     ax.set_xticks(range(len(classes)), classes, rotation=40, ha="right", fontsize=8)
-    ranks = [r.ranks["worst"] for r in board.ranking.ranked] if board.ranking else range(1, len(board.entries) + 1)
+    first = board.track.info.primary_metric
+    ranks = [r.ranks[first] for r in board.ranking.ranked] if board.ranking else range(1, len(board.entries) + 1)
     ax.set_yticks(range(len(board.entries)), [f"{k}. {e.name} ({e.id})" for k, e in zip(ranks, board.entries)], fontsize=8)
     ax.set_title(f"{board.track.info.title}\nper-class robust accuracy (%, worst case over the track's attacks, "
                  f"{ck} checkpoint)", fontsize=9)
@@ -108,6 +111,8 @@ def track_page(board: TrackBoard) -> str:
     ]
     if t.reference:
         lines.append(f"- **Published numbers for this setting:** {t.reference}")
+    if primary_text(board):
+        lines += ["", primary_text(board) + " The table sorts by its rank group first."]
     lines += ["", "Ranked by rank group of the worst-class robust accuracy, then of the worst-20% robust accuracy "
               "(worst case over all attacks). Accuracies in percent; 95% interval = interval of the worst-class "
               "accuracy (Bonferroni-adjusted Wilson intervals, see the rule below); gap = best minus worst class; GPU-h = training + evaluation time on a GPU (0 for CPU runs, "

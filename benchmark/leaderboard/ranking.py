@@ -17,7 +17,10 @@ The rule (rfbench's own; stated on every leaderboard page by :data:`RULE`):
 2. **Two ranked metrics**, both on the worst case over the track's attacks:
    the worst-class robust accuracy, and the mean of the worst 20% of classes
    (``tail20``, :func:`rfbench.benchmark.eval.metrics.tail_mean`), so that a
-   single class stuck near 0 does not decide everything.
+   single class stuck near 0 does not decide everything.  A track may name a
+   third, primary one (``primary_metric: tail``): the mean over its tail classes
+   (``tail_classes``), ranked by the same test and sorted by first; the track's
+   page says which classes and why (``primary_reason``).
 3. **Significance of a difference.**  For entries ``i`` and ``j`` and a metric
    ``m``, ``d = m_i - m_j``.  Its test-set variance ``v_test`` is the variance
    of ``d`` over a *paired*, class-stratified bootstrap of the test images:
@@ -66,8 +69,10 @@ from rfbench.core.perclass import worst_class_interval_from_counts
 Z95 = 1.959963984540054
 N_BOOT = 2000
 BOOT_SEED = 0
-#: (key, heading) of the ranked metrics, in the order the table sorts by
+#: (key, heading) of the ranked metrics, in the order the table sorts by unless the track names another first
 METRICS = (("worst", "worst-class robust"), ("tail20", "worst-20% robust"))
+#: a long-tailed track's primary metric (``primary_metric: tail``): the mean over its tail classes
+TAIL_METRIC = ("tail", "tail-classes robust")
 
 RULE = (
     "Rank groups (rfbench's rule): the ranked metrics are the worst-class robust accuracy and the mean of the worst "
@@ -172,9 +177,12 @@ def identical_to(new: EntryData, committed: Sequence[EntryData]) -> EntryData | 
 
 
 # -- significance and rank groups --------------------------------------------------------------------------------
-def metric_value(acc: np.ndarray, key: str) -> np.ndarray:
-    """``worst`` (min over classes) or ``tail20`` (mean of the worst ceil(0.2 C) classes) along the last axis."""
+def metric_value(acc: np.ndarray, key: str, tail_classes: Sequence[int] = ()) -> np.ndarray:
+    """``worst`` (min over classes), ``tail20`` (mean of the worst ceil(0.2 C) classes) or ``tail`` (mean over
+    ``tail_classes``) along the last axis."""
     acc = np.asarray(acc, dtype=float)
+    if key == "tail":
+        return acc[..., list(tail_classes)].mean(axis=-1)
     if key == "worst":
         return acc.min(axis=-1)
     if key == "tail20":
@@ -257,6 +265,7 @@ class RankedEntry:
     ranks: dict[str, int] = field(default_factory=dict)  # metric key -> rank group (absent when unranked)
     identical_to: str | None = None
     paired: bool = True  # its flags were used (False: resampled from per-class counts)
+    tail: float | None = None  # mean robust accuracy of the track's tail classes (a long-tailed track ranking by it)
 
 
 @dataclass
@@ -271,7 +280,7 @@ class Ranking:
         return next(r for r in self.ranked + self.identical if r.entry.id == entry_id)
 
 
-def _row(d: EntryData, checkpoint: str) -> RankedEntry:
+def _row(d: EntryData, checkpoint: str, tail_classes: Sequence[int] = ()) -> RankedEntry:
     s = d.entry.evaluation(checkpoint).summary["worst_case"]
     k = int(s["worst_class"])
     n = d.n_per_class[k]
@@ -280,22 +289,26 @@ def _row(d: EntryData, checkpoint: str) -> RankedEntry:
     count = int(k_all[k])
     return RankedEntry(entry=d.entry, worst=float(s["worst"]), worst_class=k, worst_count=count, worst_n=n,
                        worst_ci=worst_class_interval_from_counts(k_all, n_all), tail20=float(s["tail20"]),
-                       mean=float(s["mean"]),
-                       paired=d.index is not None)
+                       mean=float(s["mean"]), paired=d.index is not None,
+                       tail=float(metric_value(d.per_class, "tail", tail_classes)) if tail_classes else None)
 
 
 def rank(entries: Sequence[Entry], checkpoint: str, root: Path, *, baselines: Sequence[str] = (),
          n_boot: int = N_BOOT, seed: int = BOOT_SEED,
          loader: Callable[[Entry, str, Path], EntryData] = entry_data,
-         order: dict[str, int] | None = None) -> Ranking:
+         order: dict[str, int] | None = None, primary: str = "worst",
+         tail_classes: Sequence[int] = ()) -> Ranking:
     """Rank groups of a track's (checked) entries on ``checkpoint`` by the rule in the module docstring.
 
     ``order``: each entry's position in the repository's history (who was first among identical entries).
+    ``primary``: the metric the table sorts by first (``tail`` needs ``tail_classes``).
     """
+    metrics = [k for k, _ in METRICS] + ([TAIL_METRIC[0]] if primary == "tail" else [])
+    sort_keys = [primary] + [k for k in metrics if k != primary]
     data = [loader(e, checkpoint, root) for e in entries]
     dup = duplicates(data, baselines, order)
     live = [d for d in data if d.id not in dup]
-    rows = {d.id: _row(d, checkpoint) for d in data}
+    rows = {d.id: _row(d, checkpoint, tail_classes) for d in data}
     for eid, ref in dup.items():
         rows[eid].identical_to = ref
     seed_sd: dict[str, float] = {}
@@ -305,15 +318,16 @@ def rank(entries: Sequence[Entry], checkpoint: str, root: Path, *, baselines: Se
         counts[s] = counts.get(s, 0) + 1
     if live:
         boot = bootstrap_class_accuracies(live, n_boot=n_boot, seed=seed)
-        for key, _ in METRICS:
+        for key in metrics:
             values = np.array([getattr(rows[d.id], key) for d in live])
             var = pooled_seed_variance({d.id: float(v) for d, v in zip(live, values)}, setting_of)
             seed_sd[key] = math.sqrt(var)
-            ranks = rank_groups(significantly_better(values, metric_value(boot, key), var))
+            ranks = rank_groups(significantly_better(values, metric_value(boot, key, tail_classes), var))
             for d, r in zip(live, ranks):
                 rows[d.id].ranks[key] = r
     ranked = sorted((rows[d.id] for d in live),
-                    key=lambda r: (*(r.ranks[k] for k, _ in METRICS), -r.worst, -r.tail20, -r.mean, r.entry.id))
+                    key=lambda r: (*(r.ranks[k] for k in sort_keys), *(-getattr(r, k) for k in sort_keys), -r.mean,
+                                   r.entry.id))
     identical = sorted((rows[eid] for eid in dup), key=lambda r: r.entry.id)
     multi = sorted({s[0] for s, n in counts.items() if n >= 2})
     return Ranking(ranked=ranked, identical=identical, seed_sd=seed_sd, seed_settings=multi, n_boot=n_boot)

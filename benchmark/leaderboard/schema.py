@@ -90,6 +90,11 @@ class TrackInfo:
     version: int = field(default=1, metadata=in_range(1, None))
     # rank only entries with a passing `rfbench leaderboard audit` record (leaderboards/<track>/audits/<id>.json)
     require_audit: bool = False
+    # the metric the table sorts by first (ranking.METRICS keys): worst class, worst 20% of classes, or the mean
+    # over ``tail_classes`` (a long-tailed track's tail group); ``primary_reason`` says on the page why
+    primary_metric: str = field(default="worst", metadata=choice("worst", "tail20", "tail"))
+    tail_classes: list[int] = field(default_factory=list)
+    primary_reason: str = ""
 
 
 @dataclass
@@ -120,6 +125,8 @@ def load_track(path: str | Path) -> Track:
     if not run.track:
         raise ConfigError(f"{path}: not a track (no 'track:' section)")
     info = from_dict(TrackInfo, run.track, where=f"{path} track")
+    if info.primary_metric == "tail" and not info.tail_classes:
+        raise ConfigError(f"{path}: primary_metric 'tail' needs tail_classes (the class indices of the tail group)")
     if info.id != path.parent.name:
         raise ConfigError(f"{path}: track id '{info.id}' must be the name of its directory '{path.parent.name}'")
     return Track(info=info, run=run, path=path)
