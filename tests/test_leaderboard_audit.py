@@ -73,6 +73,9 @@ def test_the_sample_is_whole_batches_holding_at_least_100_images_or_5_percent():
     b = sample_batches(5000, 64, 3)
     assert len(b) == 4 and len(set(b)) == 4  # 4 x 64 = 256 >= 250
     assert {tuple(sample_batches(5000, 500, s)) for s in range(20)} != {(0,)}  # the seed moves the sample
+    assert len(sample_batches(5000, 500, 0, fraction=0.5)) == 5
+    with pytest.raises(RfbenchError, match="--fraction"):
+        sample_batches(5000, 500, 0, fraction=0.01)
 
 
 def test_an_honest_entry_passes_and_its_record_marks_it_audited(runs, repo, capsys):

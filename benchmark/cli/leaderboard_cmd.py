@@ -153,7 +153,8 @@ def run_audit(args: argparse.Namespace) -> int:
     from rfbench.benchmark.leaderboard.schema import writable_root
 
     root = writable_root(args.root) if args.record else leaderboards_root(args.root)
-    report = audit_entry(args.entry, args.checkpoint, root, seed=args.seed, device=args.device)
+    report = audit_entry(args.entry, args.checkpoint, root, seed=args.seed, device=args.device,
+                         fraction=args.fraction)
     print(report.text())
     if args.record:
         print(f"wrote {write_record(report, find_track(report.track, root))}", file=sys.stderr)
@@ -216,6 +217,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--checkpoint", required=True, metavar="FILE", help="the checkpoint the entry was evaluated with "
                    "(checkpoint-best.pt of its run)")
     a.add_argument("--seed", type=int, help="seed of the sample (default: random, printed so the audit can be replayed)")
+    a.add_argument("--fraction", type=float, default=0.05, help="re-run at least this fraction of the test images "
+                   "(and at least 100; default 0.05)")
     a.add_argument("--device", default="cpu", help="device to re-run on (default cpu; the track's hardware)")
     a.add_argument("--record", action="store_true", help="write the result to leaderboards/<track>/audits/<id>.json "
                    "(what a track with require_audit ranks by)")

@@ -9,7 +9,7 @@ compares, image by image (``docs/leaderboard-threat-model.md``):
    the ranked checkpoint); another file is refused;
 2. a seeded random sample of the evaluation's batches is drawn (whole batches of
    the track's ``eval.batch_size``, until at least ``max(100, 5%)`` of the test
-   images are in it; the seed is random unless given, and printed);
+   images are in it, or ``fraction`` instead of 5%; the seed is random unless given, and printed);
 3. the entry's flag file, with the sampled batches cleared, is handed to the
    evaluation harness (:func:`rfbench.benchmark.eval.harness.evaluate`) as an
    unfinished evaluation: the harness resumes exactly those batches, with the
@@ -88,9 +88,11 @@ class AuditReport:
         return line
 
 
-def sample_batches(n: int, batch_size: int, seed: int) -> list[int]:
-    """Whole batches drawn at random (``seed``) until they hold at least ``max(100, 5%)`` of the ``n`` images."""
-    need = min(n, max(MIN_IMAGES, math.ceil(MIN_FRACTION * n)))
+def sample_batches(n: int, batch_size: int, seed: int, fraction: float = MIN_FRACTION) -> list[int]:
+    """Whole batches drawn at random (``seed``) until they hold at least ``max(100, fraction·n)`` of the ``n`` images."""
+    if not MIN_FRACTION <= fraction <= 1:
+        raise RfbenchError(f"--fraction must be between {MIN_FRACTION} and 1, got {fraction}")
+    need = min(n, max(MIN_IMAGES, math.ceil(fraction * n)))
     n_batches = (n + batch_size - 1) // batch_size
     chosen, images = [], 0
     for b in np.random.default_rng(seed).permutation(n_batches).tolist():
@@ -107,7 +109,7 @@ def _outcomes(flags, attacks: list[str]) -> np.ndarray:
 
 
 def audit_entry(entry_path: str | Path, checkpoint: str | Path, root: Path, *, seed: int | None = None,
-                device: str = "cpu") -> AuditReport:
+                device: str = "cpu", fraction: float = MIN_FRACTION) -> AuditReport:
     """Re-run a seeded random sample of ``entry_path``'s evaluation with ``checkpoint`` (see the module docstring)."""
     from rfbench.benchmark.data import load_dataset
     from rfbench.benchmark.eval import evaluate
@@ -134,7 +136,7 @@ def audit_entry(entry_path: str | Path, checkpoint: str | Path, root: Path, *, s
     run = resolve_run(track.run, defense=entry.defense.name, out="audit", runs_code=False)
     cfg = dataclasses.replace(run.eval, device=device, quiet=True, plot=False, overwrite=False)
     seed = secrets.randbits(31) if seed is None else int(seed)
-    batches = sample_batches(len(original.y), cfg.batch_size, seed)
+    batches = sample_batches(len(original.y), cfg.batch_size, seed, fraction)
     rows = np.concatenate([np.arange(b * cfg.batch_size, min((b + 1) * cfg.batch_size, len(original.y)))
                            for b in batches])
     with tempfile.TemporaryDirectory(prefix="rfbench-audit-") as tmp:

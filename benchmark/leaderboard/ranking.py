@@ -5,7 +5,7 @@ The rule (rfbench's own; stated on every leaderboard page by :data:`RULE`):
 1. **Identical entries.** Two entries of a track whose per-sample predictions on
    the ranked checkpoint are equal (the clean prediction and every attack's
    adversarial prediction of every test image; the per-class vectors when an
-   entry has no flag file) are one result counted twice.  One of them stays
+   entry's flag file cannot be read) are one result counted twice.  One of them stays
    ranked, the *reference*: the entry of a track baseline (``track.baselines``,
    in that order), else of the defense with the most entries on the track, else
    the smallest id.  The others are shown as
