@@ -280,10 +280,28 @@ def test_one_hostile_entry_rejects_only_itself(repo, kind, capsys):
     assert set(board.rejected) == {path.name} and sorted(e.id for e in board.entries) == sorted(KEEP)
 
 
+def test_a_deflate_bomb_is_refused_without_inflating_it(repo):
+    """400 MB of zeros behind a 5000-label header: refused from the headers, peak traced memory stays small."""
+    import tracemalloc
+
+    path = HOSTILE["deflate-bomb"](repo)
+    check_entry_file(_track_dir(repo) / "pgd-at-s0.json", repo)  # imports and the (cached) dataset read, first
+    tracemalloc.start()
+    try:
+        assert "'y' inflates to" in _problems(path, repo)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # numpy and zipfile buffers are traced; inflating the bomb would need 400 MB. The entry reader's bounded read
+    # (read(64 MiB + 1)) briefly reserves its 64 MiB limit, so the bound asserted is 100 MB.
+    assert peak < 100 * 2**20, peak
+
+
 def test_all_hostile_entries_at_once_still_build_every_page(repo, capsys):
     for make in HOSTILE.values():
         make(repo)
-    assert main(["leaderboard", "build", "--root", str(repo)]) == 0
+    assert main(["leaderboard", "build", "--html", str(repo / "site"), "--root", str(repo)]) == 0
+    assert (repo / "site" / "index.html").is_file()
     page = (_track_dir(repo) / "README.md").read_text()
     assert "pgd-at-s0" in page and "dafa-s0" in page
     assert main(["leaderboard", "check", "--root", str(repo)]) == 1
