@@ -327,3 +327,21 @@ def test_a_plugin_defense_is_data_checked_and_ranked_without_allow_code(repo, ca
     assert main(["leaderboard", "build", "--root", str(repo)]) == 0
     assert "plugin-s0" in (_track_dir(repo) / "README.md").read_text()
     assert "allow-code" not in capsys.readouterr().err
+
+
+def test_without_the_dataset_an_entry_is_listed_unverified_not_crashed(repo, capsys):
+    """The test images cannot be recomputed here: one line says so, everything else is still checked."""
+    import yaml
+
+    track_file = _track_dir(repo) / "track.yaml"
+    data = yaml.safe_load(track_file.read_text())
+    (repo / "empty").mkdir()
+    data["train"]["data_root"] = str(repo / "empty")
+    track_file.write_text(yaml.safe_dump(data, sort_keys=False))
+    assert main(["leaderboard", "check", "--root", str(repo)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("unverif ") == len(KEEP) and "dataset fashion-mnist is not available here" in out
+    board = collect(load_track(track_file), repo)
+    assert set(board.unverified) == set(KEEP) and sorted(e.id for e in board.entries) == sorted(KEEP)
+    bare = _hostile(repo, "no-flags", edit=lambda d: d["evaluations"]["best"].update(flags_file=None))
+    assert "no per-sample flag file" in _problems(bare, repo)  # the rest is still enforced
