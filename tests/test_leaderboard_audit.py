@@ -90,6 +90,9 @@ def test_an_honest_entry_passes_and_its_record_marks_it_audited(runs, repo, caps
     track = _track(repo)
     assert passing_record(check_entry_file(path, repo), track, repo) is not None
     assert "pgd-at-s0" in collect(track, repo).audited
+    assert main(["leaderboard", "build", "--root", str(repo)]) == 0
+    page = (repo / "leaderboards" / TRACK_ID / "README.md").read_text()
+    assert "Audited" in page and "- `pgd-at-s0`: audited " in page
 
 
 def test_another_checkpoint_is_refused(runs, repo, capsys):

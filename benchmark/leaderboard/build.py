@@ -126,6 +126,12 @@ def track_page(board: TrackBoard) -> str:
         lines += ["Not ranked, identical to another entry (the same per-sample predictions on the ranked checkpoint):", ""]
         lines += [f"- [{r.entry.id}]({r.entry.id}.json) ({r.entry.name}): identical to {r.identical_to}"
                   for r in board.ranking.identical] + [""]
+    for title, items in (("Audited (a sample of the evaluation re-run with the checkpoint, "
+                          "`rfbench leaderboard audit`):", board.audited),
+                         ("Not ranked until audited:", board.held),
+                         ("Unverified on the machine that built this page:", board.unverified)):
+        if items:
+            lines += [title, ""] + [f"- `{eid}`: {why}" for eid, why in items.items()] + [""]
     if board.rejected:
         lines += ["Rejected entries (failed `rfbench leaderboard check`):", ""]
         lines += [f"- `{name}`: {why}" for name, why in board.rejected.items()] + [""]
