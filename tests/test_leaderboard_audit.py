@@ -211,3 +211,24 @@ def test_submit_force_interrupted_anywhere_leaves_the_old_or_the_new_pair(runs, 
     flags_dir = repo / "leaderboards" / TRACK_ID / "flags"
     assert sorted(p.name for p in flags_dir.iterdir()) == sorted(
         Path(ev["flags_file"]).name for ev in new[0]["evaluations"].values())  # the old pair's flags are gone
+
+
+def test_without_git_the_ledger_submit_keeps_says_who_was_first(runs, repo, capsys):
+    """b-s0 then a-s0, the same run: a-s0 (the smaller id, the earlier `submitted`) is still the copy."""
+    submit(runs[0], _track(repo), repo, code=CODE, entry_id="b-s0")
+    a = submit(runs[0], _track(repo), repo, code=CODE, entry_id="a-s0", allow_identical=True)
+    data = json.loads(a.read_text())
+    data["submitted"] = "2000-01-01"
+    a.write_text(json.dumps(data))
+    ledger = repo / "leaderboards" / TRACK_ID / "ledger.jsonl"
+    assert [json.loads(line)["id"] for line in ledger.read_text().splitlines()] == ["b-s0", "a-s0"]
+    ranking = collect(_track(repo), repo).ranking
+    assert ranking is not None and ranking.row("a-s0").identical_to == "b-s0"
+    submit(runs[0], _track(repo), repo, code=CODE, entry_id="b-s0", force=True, allow_identical=True)  # same file: no line
+    assert len(ledger.read_text().splitlines()) == 2
+    lines = ledger.read_text().splitlines()
+    ledger.write_text("\n".join([lines[1].replace('"seq": 1', '"seq": 0'), lines[0]]) + "\n")  # reordered
+    ranking = collect(_track(repo), repo).ranking
+    assert ranking is not None and ranking.row("b-s0").identical_to == "a-s0"  # no order: the smaller id
+    assert main(["leaderboard", "check", "--root", str(repo)]) == 0
+    assert "ledger.jsonl line 1 does not continue the chain" in capsys.readouterr().out

@@ -81,7 +81,7 @@ def run_check(args: argparse.Namespace) -> int:
 
 def identical_notes(entries: list, root: Path) -> list[str]:
     """One line per checked entry whose per-sample predictions equal another's on its track (shown unranked)."""
-    from rfbench.benchmark.leaderboard.history import first_added
+    from rfbench.benchmark.leaderboard.history import entry_order, read_ledger
     from rfbench.benchmark.leaderboard.ranking import duplicates, entry_data
     from rfbench.benchmark.leaderboard.schema import find_track
 
@@ -92,7 +92,10 @@ def identical_notes(entries: list, root: Path) -> list[str]:
     for track_id, members in sorted(by_track.items()):
         track = find_track(track_id, root)
         data = [entry_data(e, track.info.protocol.checkpoint, root) for e in members]
-        order = first_added(track.path.parent, root)
+        order = entry_order(track.path.parent, root)
+        broken = read_ledger(track.path.parent)[1]
+        if broken:
+            notes.append(f"{track_id}: {broken}; it gives no order among identical entries")
         for eid, ref in sorted(duplicates(data, track.info.baselines, order).items()):
             notes.append(f"{track_id}/{eid} is identical to {ref} (the same per-sample predictions): "
                          "the page lists it unranked")

@@ -32,7 +32,7 @@ class TrackBoard:
 def collect(track: Track, root: Path) -> TrackBoard:
     """Check every entry of ``track`` in isolation (a rejected one is one line in ``rejected``), then rank the rest."""
     from rfbench.benchmark.leaderboard.audit import passing_record
-    from rfbench.benchmark.leaderboard.history import first_added
+    from rfbench.benchmark.leaderboard.history import entry_order
 
     entries, rejected, unverified, audited, held = [], {}, {}, {}, {}
     for path in sorted(track.path.parent.glob("*.json")):
@@ -55,7 +55,7 @@ def collect(track: Track, root: Path) -> TrackBoard:
     if not entries:
         return TrackBoard(track=track, entries=[], rejected=rejected, unverified=unverified, audited=audited, held=held)
     ranking = rank(entries, track.info.protocol.checkpoint, root, baselines=track.info.baselines,
-                   order=first_added(track.path.parent, root), primary=track.info.primary_metric,
+                   order=entry_order(track.path.parent, root), primary=track.info.primary_metric,
                    tail_classes=track.info.tail_classes)
     return TrackBoard(track=track, entries=[r.entry for r in ranking.ranked], rejected=rejected, ranking=ranking,
                       unverified=unverified, audited=audited, held=held)

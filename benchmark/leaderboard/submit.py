@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from rfbench.benchmark.leaderboard.check import check_entry, check_entry_file
+from rfbench.benchmark.leaderboard.history import append_ledger
 from rfbench.benchmark.leaderboard.paths import is_url
 from rfbench.benchmark.leaderboard.schema import (
     ENTRY_SCHEMA,
@@ -172,6 +173,7 @@ def submit(run_dir: str | Path, track: Track, root: Path, *, entry_id: str | Non
                            "counted twice, which the page would show unranked; pass --allow-identical to submit it "
                            "anyway")
     write_pair(target, entry, run_flags, root)
+    append_ledger(target.parent, entry["id"], file_sha256(target))
     check_entry_file(target, root)
     log.info("wrote %s", target)
     return target
