@@ -19,7 +19,6 @@ An entry ranks only on evidence (``docs/leaderboard-threat-model.md``):
 
 from __future__ import annotations
 
-import functools
 import stat
 import zipfile
 from dataclasses import dataclass
@@ -150,11 +149,22 @@ def expected_subset(track: Track) -> ExpectedSubset:
     ev = track.run.eval or {}
     train = track.run.train or {}
     n = ev.get("n_per_class", track.info.protocol.n_per_class)
-    return _expected(str(train.get("dataset", track.info.protocol.dataset)), train.get("data_root"),
-                     int(n) if n else None, int(ev.get("subset_seed", 0)))
+    key = (str(train.get("dataset", track.info.protocol.dataset)), train.get("data_root"), int(n) if n else None,
+           int(ev.get("subset_seed", 0)))
+    if key not in _CACHE:  # a missing dataset is looked for once per process, not once per entry
+        try:
+            _CACHE[key] = _expected(*key)
+        except DatasetUnavailable as exc:
+            _CACHE[key] = exc
+    found = _CACHE[key]
+    if isinstance(found, DatasetUnavailable):
+        raise found
+    return found
 
 
-@functools.lru_cache(maxsize=8)
+_CACHE: dict[tuple, ExpectedSubset | DatasetUnavailable] = {}
+
+
 def _expected(dataset: str, root: str | None, n_per_class: int | None, seed: int) -> ExpectedSubset:
     import torch
 
