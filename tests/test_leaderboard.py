@@ -268,7 +268,8 @@ def test_explicit_flags_file_is_used(board, tmp_path):
     data = copy.deepcopy(board["entry"])
     for ev in data["evaluations"].values():
         ev["flags_file"] = None
-    _check(board, data)  # no flags: the per-class checks alone pass
+    with pytest.raises(EntryError, match="no per-sample flag file: an entry ranks only on evidence"):
+        _check(board, data)  # no flags: the per-class vectors alone are no evidence
     from rfbench.benchmark.eval.flags import SampleFlags
 
     flags = SampleFlags.load(board["root"] / board["entry"]["evaluations"]["best"]["flags_file"])

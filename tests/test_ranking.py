@@ -112,18 +112,21 @@ def test_paired_bootstrap_variance_matches_the_paired_formula():
     assert expected > 3 * d.var() / 100
 
 
-def test_duplicates_keep_the_baseline_then_the_most_seeded_then_the_earliest():
+def test_duplicates_keep_the_first_added_then_the_baseline_then_the_most_seeded():
     same = "sig-same"
     d = [_data("cb-at-s0", [_flags(5)], signature=same), _data("pgd-at-s0", [_flags(5)], signature=same),
          _data("pgd-at-s1", [_flags(6)]), _data("zeta-s0", [_flags(5)], signature=same)]
     assert duplicates(d, baselines=("standard", "pgd-at", "trades")) == {"cb-at-s0": "pgd-at-s0", "zeta-s0": "pgd-at-s0"}
     # no baseline among them: the defense with more entries (pgd-at has two) still wins
     assert duplicates(d, baselines=()) == {"cb-at-s0": "pgd-at-s0", "zeta-s0": "pgd-at-s0"}
+    # who was first comes from the repository's history (the order given), never from the entry's `submitted`
     e = [_data("b-s0", [_flags(5)], signature=same, submitted="2026-02-01"),
-         _data("a-s0", [_flags(5)], signature=same, submitted="2026-03-01")]
-    assert duplicates(e) == {"a-s0": "b-s0"}  # the earlier submission is the reference
-    e[1].entry.submitted = "2026-02-01"
-    assert duplicates(e) == {"b-s0": "a-s0"}  # same day: the smaller id
+         _data("a-s0", [_flags(5)], signature=same, submitted="2000-01-01")]
+    assert duplicates(e, order={"b-s0": 0, "a-s0": 1}) == {"a-s0": "b-s0"}  # added first: the reference
+    assert duplicates(e, order={"b-s0": 0}) == {"a-s0": "b-s0"}  # not yet committed: after every committed entry
+    assert duplicates(d, baselines=("pgd-at",), order={"zeta-s0": 0, "pgd-at-s0": 1}) == {
+        "cb-at-s0": "zeta-s0", "pgd-at-s0": "zeta-s0"}  # first beats being a baseline
+    assert duplicates(e) == {"b-s0": "a-s0"}  # no history: the smaller id, whatever `submitted` says
 
 
 def test_rank_end_to_end_by_hand():

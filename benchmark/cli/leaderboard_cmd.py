@@ -15,13 +15,17 @@ examples:
   rfbench leaderboard build                    (leaderboards/README.md, <track>/README.md, <track>/heatmap.png)
   rfbench leaderboard build --html site        (also the static web leaderboard: site/index.html, offline)
   rfbench leaderboard check --check-code       (CI in the rfbench repository: defense.code must exist too)
+  rfbench leaderboard audit leaderboards/fashion-mnist-linf/trades-s0.json --checkpoint runs/.../checkpoint-best.pt
+                                               (re-run a random sample of the evaluation with the checkpoint)
   rfbench leaderboard compare runs/fashion-mnist-linf/pgd-at-s1 --track fashion-mnist-linf
                                                (does a rerun reproduce the committed entries within seed noise?)
 
-Entries are JSON data (schema rfbench.entry/1), never code: check validates the schema,
-the track's protocol (eps, attacks, test-set size, fixed training keys), recomputes every
-summary from the per-class vectors and the per-class vectors from the per-sample flag
-file, and rejects paths that leave the repository.  Entries whose per-sample predictions
+Entries are JSON data (schema rfbench.entry/1), never code: check and build import nothing an
+entry names (a plugin defense is a name).  check validates the schema, the track's protocol
+(eps, attacks, test-set size, fixed training keys), requires the per-sample flag file to cover
+exactly the track's test images with the dataset's labels, recomputes every per-class vector
+from it and every summary from those, and rejects paths that leave the repository.  Each entry
+is checked in isolation: a rejected one is one line and the others are still checked and built.  Entries whose per-sample predictions
 equal another entry's are listed unranked ("identical to X"); submit refuses them unless
 --allow-identical.  submit and build write only into a directory holding leaderboards/
 (the current one, or --root).  See leaderboards/SUBMITTING.md.
@@ -39,9 +43,10 @@ def _flags(items: list[str], default_ckpt: str) -> dict[str, Path]:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from rfbench.benchmark.leaderboard import EntryError, check_entry_file, leaderboards_root
+    from rfbench.benchmark.leaderboard import check_entry_file, leaderboards_root
     from rfbench.benchmark.leaderboard.check import read_entry_file
     from rfbench.benchmark.leaderboard.schema import find_track
+    from rfbench.core.errors import RfbenchError
 
     root = leaderboards_root(args.root)
     paths = [Path(p) for p in args.entries] or sorted((root / "leaderboards").glob("*/*.json"))
@@ -50,6 +55,7 @@ def run_check(args: argparse.Namespace) -> int:
         return 2
     failed, passed = 0, []
     for path in paths:
+        notes: list[str] = []
         try:
             flags = None
             if args.flags:
@@ -57,13 +63,15 @@ def run_check(args: argparse.Namespace) -> int:
                 track_id = data.get("track") if isinstance(data, dict) else None
                 ck = find_track(track_id, root).info.protocol.checkpoint if isinstance(track_id, str) else "best"
                 flags = _flags(args.flags, ck)
-            entry = check_entry_file(path, root, flags=flags, check_code=args.check_code)
+            entry = check_entry_file(path, root, flags=flags, check_code=args.check_code, notes=notes)
             passed.append(entry)
-            print(f"ok      {path} ({entry.track}, {entry.name})")
-        except EntryError as exc:
+            print(f"{'unverif' if notes else 'ok     '} {path} ({entry.track}, {entry.name})")
+            for note in notes:
+                print(f"        - {note}")
+        except RfbenchError as exc:  # an EntryError, or a track named by --flags that does not exist
             failed += 1
-            print(f"REJECT  {exc.where}")
-            for problem in exc.problems:
+            print(f"REJECT  {getattr(exc, 'where', path)}")
+            for problem in getattr(exc, "problems", [str(exc)]):
                 print(f"        - {problem}")
     for note in identical_notes(passed, root):
         print(f"note    {note}")
@@ -73,6 +81,7 @@ def run_check(args: argparse.Namespace) -> int:
 
 def identical_notes(entries: list, root: Path) -> list[str]:
     """One line per checked entry whose per-sample predictions equal another's on its track (shown unranked)."""
+    from rfbench.benchmark.leaderboard.history import entry_order, read_ledger
     from rfbench.benchmark.leaderboard.ranking import duplicates, entry_data
     from rfbench.benchmark.leaderboard.schema import find_track
 
@@ -83,7 +92,11 @@ def identical_notes(entries: list, root: Path) -> list[str]:
     for track_id, members in sorted(by_track.items()):
         track = find_track(track_id, root)
         data = [entry_data(e, track.info.protocol.checkpoint, root) for e in members]
-        for eid, ref in sorted(duplicates(data, track.info.baselines).items()):
+        order = entry_order(track.path.parent, root)
+        broken = read_ledger(track.path.parent)[1]
+        if broken:
+            notes.append(f"{track_id}: {broken}; it gives no order among identical entries")
+        for eid, ref in sorted(duplicates(data, track.info.baselines, order).items()):
             notes.append(f"{track_id}/{eid} is identical to {ref} (the same per-sample predictions): "
                          "the page lists it unranked")
     return notes
@@ -137,6 +150,20 @@ def run_compare(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def run_audit(args: argparse.Namespace) -> int:
+    from rfbench.benchmark.leaderboard import find_track, leaderboards_root
+    from rfbench.benchmark.leaderboard.audit import audit_entry, write_record
+    from rfbench.benchmark.leaderboard.schema import writable_root
+
+    root = writable_root(args.root) if args.record else leaderboards_root(args.root)
+    report = audit_entry(args.entry, args.checkpoint, root, seed=args.seed, device=args.device,
+                         fraction=args.fraction)
+    print(report.text())
+    if args.record:
+        print(f"wrote {write_record(report, find_track(report.track, root))}", file=sys.stderr)
+    return 0 if report.passed else 1
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from rfbench.benchmark.cli import HelpFormatter, add_allow_code
 
@@ -173,7 +200,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--force", action="store_true", help="replace an existing entry with the same id")
     s.add_argument("--allow-identical", action="store_true", help="submit even if the run's per-sample predictions "
                    "equal a committed entry's (the page then lists it unranked, as identical to that entry)")
-    add_allow_code(s, "the run (a file.py:Class or module:Class defense: the track check resolves its Config)")
     common(s)
     s.set_defaults(func=run_submit)
 
@@ -183,6 +209,26 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "page per track and per entry; works offline, no external assets)")
     common(b)
     b.set_defaults(func=run_build)
+
+    a = lsub.add_parser("audit", help="re-run a seeded random sample of an entry's evaluation with its checkpoint",
+                        epilog=EPILOG, formatter_class=HelpFormatter,
+                        description="Re-run whole evaluation batches, drawn at random until they hold at least "
+                        "max(100, 5%) of the entry's test images, with the submitted checkpoint, the track's attacks "
+                        "and the harness's per-batch seeds, and compare every image with the entry's flags. Refused "
+                        "when the checkpoint's sha256 is not the one the entry records. Exit status 1 when an image "
+                        "the flags call correct or robust falls. See docs/leaderboard-threat-model.md.")
+    a.add_argument("entry", metavar="ENTRY.json", help="the entry file")
+    a.add_argument("--checkpoint", required=True, metavar="FILE", help="the checkpoint the entry was evaluated with "
+                   "(checkpoint-best.pt of its run)")
+    a.add_argument("--seed", type=int, help="seed of the sample (default: random, printed so the audit can be replayed)")
+    a.add_argument("--fraction", type=float, default=0.05, help="re-run at least this fraction of the test images "
+                   "(and at least 100; default 0.05)")
+    a.add_argument("--device", default="cpu", help="device to re-run on (default cpu; the track's hardware)")
+    a.add_argument("--record", action="store_true", help="write the result to leaderboards/<track>/audits/<id>.json "
+                   "(what a track with require_audit ranks by)")
+    add_allow_code(a, "the entry's defense (a file.py:Class or module:Class plugin: the re-run builds its model)")
+    common(a)
+    a.set_defaults(func=run_audit)
 
     m = lsub.add_parser("compare", help="does a rerun reproduce the committed entries of its defense?", epilog=EPILOG,
                         formatter_class=HelpFormatter,

@@ -12,11 +12,16 @@ def per_class_subset(ds: ArrayDataset, n_per_class: int, seed: int = 0) -> Array
 
     The result is sorted by position, so it is the same for every run with the same seed.
     """
+    return ds.subset(per_class_indices(ds.y, ds.num_classes, n_per_class, seed))
+
+
+def per_class_indices(y: torch.Tensor, num_classes: int, n_per_class: int, seed: int = 0) -> torch.Tensor:
+    """The sorted positions :func:`per_class_subset` keeps, from the labels ``y`` alone (a leaderboard check uses it)."""
     g = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(len(ds), generator=g)
-    y = ds.y.cpu()[perm]
-    keep = [perm[y == c][:n_per_class] for c in range(ds.num_classes)]
-    return ds.subset(torch.cat(keep).sort().values)
+    perm = torch.randperm(len(y), generator=g)
+    yp = torch.as_tensor(y).cpu()[perm]
+    keep = [perm[yp == c][:n_per_class] for c in range(num_classes)]
+    return torch.cat(keep).sort().values
 
 
 def stratified_subset(ds: ArrayDataset, n: int, seed: int = 0) -> ArrayDataset:

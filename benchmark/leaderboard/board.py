@@ -7,7 +7,7 @@ The Markdown pages (:mod:`rfbench.benchmark.leaderboard.build`) and the web lead
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rfbench.benchmark.leaderboard.check import check_entry_file
@@ -24,20 +24,41 @@ class TrackBoard:
     entries: list[Entry]  # ranked, in table order (identical entries excluded)
     rejected: dict[str, str]  # file name -> reason
     ranking: Ranking | None = None  # rank groups, intervals, identical entries (None: no entry)
+    unverified: dict[str, str] = field(default_factory=dict)  # entry id -> what could not be verified on this machine
+    audited: dict[str, str] = field(default_factory=dict)  # entry id -> its passing audit, in one line
+    held: dict[str, str] = field(default_factory=dict)  # entry id -> why it is valid but not ranked (awaits an audit)
 
 
 def collect(track: Track, root: Path) -> TrackBoard:
-    entries, rejected = [], {}
+    """Check every entry of ``track`` in isolation (a rejected one is one line in ``rejected``), then rank the rest."""
+    from rfbench.benchmark.leaderboard.audit import passing_record
+    from rfbench.benchmark.leaderboard.history import entry_order
+
+    entries, rejected, unverified, audited, held = [], {}, {}, {}, {}
     for path in sorted(track.path.parent.glob("*.json")):
+        notes: list[str] = []
         try:
-            entries.append(check_entry_file(path, root))
+            entry = check_entry_file(path, root, notes=notes)
         except EntryError as exc:
             rejected[path.name] = "; ".join(exc.problems)
             log.warning("rejected %s: %s", path, rejected[path.name])
+            continue
+        if notes:
+            unverified[entry.id] = "; ".join(notes)
+        audit = passing_record(entry, track, root)
+        if audit is not None:
+            audited[entry.id] = audit
+        elif track.info.require_audit:
+            held[entry.id] = "not ranked until `rfbench leaderboard audit` passes (this track requires it)"
+            continue
+        entries.append(entry)
     if not entries:
-        return TrackBoard(track=track, entries=[], rejected=rejected)
-    ranking = rank(entries, track.info.protocol.checkpoint, root, baselines=track.info.baselines)
-    return TrackBoard(track=track, entries=[r.entry for r in ranking.ranked], rejected=rejected, ranking=ranking)
+        return TrackBoard(track=track, entries=[], rejected=rejected, unverified=unverified, audited=audited, held=held)
+    ranking = rank(entries, track.info.protocol.checkpoint, root, baselines=track.info.baselines,
+                   order=entry_order(track.path.parent, root), primary=track.info.primary_metric,
+                   tail_classes=track.info.tail_classes)
+    return TrackBoard(track=track, entries=[r.entry for r in ranking.ranked], rejected=rejected, ranking=ranking,
+                      unverified=unverified, audited=audited, held=held)
 
 
 def cost_text(e: Entry) -> str:
@@ -61,6 +82,18 @@ def noise_text(board: TrackBoard) -> str:
             f"{sd}.")
 
 
+def primary_text(board: TrackBoard) -> str:
+    """What the table sorts by first, and why, for a track whose primary metric is not the worst class."""
+    t = board.track.info
+    if t.primary_metric == "worst":
+        return ""
+    names = board.entries[0].classes if board.entries else []
+    tail = ", ".join(names[c] if c < len(names) else str(c) for c in t.tail_classes)
+    what = {"tail20": "the mean robust accuracy of the worst 20% of classes",
+            "tail": f"the mean robust accuracy of the tail classes ({tail})"}
+    return f"Primary metric: {what[t.primary_metric]}. {t.primary_reason.strip()}".strip()
+
+
 def leaders(board: TrackBoard, key: str = "worst") -> list[Entry]:
     """The entries in rank group 1 of ``key``."""
     return [r.entry for r in board.ranking.ranked if r.ranks[key] == 1] if board.ranking else []
@@ -76,13 +109,14 @@ def leaders_text(board: TrackBoard, key: str, most: int = 4) -> str:
     return ", ".join(f"{e.name} ({e.id})" for e in first)
 
 
-def unverified_items(board: TrackBoard) -> list[tuple[str, str]]:
-    """``(entry, reason)`` of the entries a board lists but never ranks for want of verification, if it keeps any."""
-    items = getattr(board, "unverified", None) or {}
-    if isinstance(items, dict):
-        return [(str(k), str(v)) for k, v in items.items()]
-    out = []
-    for item in items:
-        entry = getattr(item, "entry", item)
-        out.append((str(getattr(entry, "id", entry)), str(getattr(item, "reason", "") or "not verified")))
-    return out
+#: the board's lists of entries with a status, as both pages title them
+STATUS_LISTS = (
+    ("audited", "Audited (a sample of the evaluation re-run with the checkpoint, `rfbench leaderboard audit`)"),
+    ("held", "Not ranked until audited (this track requires a passing audit)"),
+    ("unverified", "Unverified on the machine that built this page (ranked on the entry's own evidence)"),
+)
+
+
+def status_items(board: TrackBoard) -> list[tuple[str, list[tuple[str, str]]]]:
+    """``(title, [(entry id, reason), ...])`` for each non-empty status list of the board."""
+    return [(title, list(getattr(board, key).items())) for key, title in STATUS_LISTS if getattr(board, key)]

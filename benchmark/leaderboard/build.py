@@ -22,7 +22,7 @@ from urllib.parse import quote
 
 from tabulate import tabulate
 
-from rfbench.benchmark.leaderboard.board import TrackBoard, collect, noise_text, unverified_items
+from rfbench.benchmark.leaderboard.board import TrackBoard, collect, noise_text, primary_text, status_items
 from rfbench.benchmark.leaderboard.ranking import RULE
 from rfbench.benchmark.leaderboard.rows import RANK_GROUP_LINE, Cell, Column, index_table, track_table
 from rfbench.benchmark.leaderboard.schema import list_tracks
@@ -109,8 +109,10 @@ def track_page(board: TrackBoard) -> str:
     ]
     if t.reference:
         lines.append(f"- **Published numbers for this setting:** {t.reference}")
-    lines += ["", "Ranked by rank group of the worst-class robust accuracy, then by the worst-class robust accuracy "
-              "itself (worst case over all attacks). Accuracies in percent; 95% interval = interval of the worst-class "
+    if primary_text(board):
+        lines += ["", md_text(primary_text(board), None) + " The table sorts by its rank group first."]
+    lines += ["", "Ranked by rank group of the primary metric (the worst-class robust accuracy unless said above), "
+              "then by its value (worst case over all attacks). Accuracies in percent; 95% interval = interval of the worst-class "
               "accuracy (simultaneous: Bonferroni-adjusted Wilson intervals, see the rule below); gap = best minus worst "
               "class; paper, architecture and extra data (training data beyond the track's own training set) as "
               "RobustBench lists them; GPU-h = wall-clock hours of training + evaluation on a GPU (0 for CPU runs, "
@@ -125,10 +127,8 @@ def track_page(board: TrackBoard) -> str:
         lines += ["Not ranked, identical to another entry (the same per-sample predictions on the ranked checkpoint):", ""]
         lines += [f"- [{md_text(r.entry.id)}]({quote(r.entry.id)}.json) ({md_text(r.entry.name)}): identical to "
                   f"{md_text(r.identical_to)}" for r in board.ranking.identical] + [""]
-    unverified = unverified_items(board)
-    if unverified:
-        lines += ["Listed, not ranked (not verified against per-sample evidence):", ""]
-        lines += [f"- {md_code(name)}: {md_text(why, None)}" for name, why in unverified] + [""]
+    for title, items in status_items(board):
+        lines += [title + ":", ""] + [f"- {md_code(name)}: {md_text(why, None)}" for name, why in items] + [""]
     if board.rejected:
         lines += ["Rejected entries (failed `rfbench leaderboard check`):", ""]
         lines += [f"- {md_code(name)}: {md_text(why, None)}" for name, why in board.rejected.items()] + [""]

@@ -29,12 +29,22 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from rfbench.benchmark.eval.metrics import summarize
+from rfbench.benchmark.leaderboard.evidence import (
+    DatasetUnavailable,
+    ExpectedSubset,
+    FlagFileError,
+    check_headers,
+    expected_subset,
+    load_checked,
+    read_headers,
+)
 from rfbench.benchmark.leaderboard.paths import UnsafePathError, is_url, safe_repo_path
 from rfbench.benchmark.leaderboard.schema import (
     SUMMARY_FIELDS,
@@ -49,8 +59,10 @@ from rfbench.core.errors import RfbenchError
 from rfbench.core.perclass import class_counts, per_class_accuracy
 
 TOL = 1e-9
-#: the largest per-sample flag file read (a full ImageNet-size evaluation is far smaller)
-MAX_FLAGS_BYTES = 512 * 1024 * 1024
+#: the most test images a class may list (a larger count is hostile, not an evaluation)
+MAX_COUNT = 10**9
+#: what a defense name may look like; it is data: never imported by check or build, whether known here or not
+DEFENSE_NAME = re.compile(r"[A-Za-z0-9_./][A-Za-z0-9_.:/+-]{0,199}")  # a name, package.module:Class or [/]path/file.py:Class
 
 
 def read_entry_file(path: str | Path) -> Any:
@@ -118,6 +130,9 @@ def check_protocol(entry: Entry, track: Track) -> list[str]:
             parts = ([f"missing {', '.join(missing)}"] if missing else []) + ([f"extra {', '.join(extra)}"] if extra else [])
             problems.append(f"evaluations.{which}: attack suite differs from track {track.id}'s "
                             f"({'; '.join(parts)}; the track runs {', '.join(p.attacks)})")
+        if sorted(ev.worst_case_over) != sorted(p.attacks):
+            problems.append(f"evaluations.{which}: the worst case is over {', '.join(ev.worst_case_over) or 'nothing'}; "
+                            f"track {track.id} ranks the worst case over all its attacks ({', '.join(p.attacks)})")
         if p.n_per_class is not None and any(n != p.n_per_class for n in ev.n_per_class):
             problems.append(f"evaluations.{which}: test images per class are {ev.n_per_class} but track {track.id} "
                             f"evaluates {p.n_per_class} per class")
@@ -136,6 +151,9 @@ def check_protocol(entry: Entry, track: Track) -> list[str]:
     if trained != expected.get("fidelity", "paper"):
         problems.append(f"the run trained with fidelity '{trained}' but track {track.id} runs every entry with "
                         f"fidelity '{expected.get('fidelity', 'paper')}'")
+    if not DEFENSE_NAME.fullmatch(entry.defense.name):
+        problems.append(f"defense.name {entry.defense.name[:120]!r} is not a defense name (a registered name, an "
+                        "installed plugin's name, package.module:Class or path/file.py:Class; at most 200 characters)")
     if entry.train_config.get("defense") != entry.defense.name:
         problems.append(f"defense.name is '{entry.defense.name}' but the run trained '{entry.train_config.get('defense')}'")
     if entry.train_config.get("seed") != entry.seed:
@@ -148,8 +166,11 @@ def check_evaluation(which: str, ev: Evaluation, classes: list[str]) -> list[str
     """Per-class vectors well formed and counts; worst case below clean and attacks; summaries recomputed."""
     C, at, problems = len(classes), f"evaluations.{which}", []
     names = ["clean", *ev.attacks, "worst_case"]
-    if len(ev.n_per_class) != C or any(not isinstance(n, int) or n < 1 for n in ev.n_per_class):
-        return [f"{at}.n_per_class must list {C} positive counts (one per class), got {ev.n_per_class}"]
+    if C == 0:
+        return [f"{at}: the entry lists no classes"]
+    if len(ev.n_per_class) != C or any(not isinstance(n, int) or not 1 <= n <= MAX_COUNT for n in ev.n_per_class):
+        return [f"{at}.n_per_class must list {C} counts from 1 to {MAX_COUNT} (one per class), got "
+                f"{_clip([str(n)[:20] for n in ev.n_per_class])}"]
     if set(ev.per_class) != set(names):
         return [f"{at}.per_class must have exactly {', '.join(names)}; has {', '.join(ev.per_class)}"]
     if set(ev.summary) != set(names):
@@ -198,36 +219,51 @@ def check_evaluation(which: str, ev: Evaluation, classes: list[str]) -> list[str
     return problems
 
 
-def check_flags(which: str, ev: Evaluation, flags_path: Path) -> list[str]:
-    """The per-class vectors of ``ev`` recomputed from a per-sample flag file."""
-    import stat
-    import zipfile
+def check_flags(which: str, ev: Evaluation, flags_path: Path, track: Track | None = None,
+                expected: ExpectedSubset | None = None) -> list[str]:
+    """The per-class vectors of ``ev`` recomputed from a per-sample flag file on exactly the track's test images.
 
-    from rfbench.benchmark.eval.flags import SampleFlags
-
+    The file is inspected before it is read (:func:`~rfbench.benchmark.leaderboard.evidence.read_flags`): its
+    arrays must have the shapes of the track's test subset.  With ``expected`` (the track's dataset is here) the
+    flags must list exactly the track's test images, with the dataset's labels.
+    """
     at = f"evaluations.{which}"
+    flags_path = Path(flags_path)
     try:
-        st = Path(flags_path).stat()
-    except OSError as exc:
-        return [f"{at}.flags_file: cannot read {flags_path}: {exc.strerror or exc}"]
-    if not stat.S_ISREG(st.st_mode):  # a FIFO or a device would block or never end
-        return [f"{at}.flags_file: {flags_path} is not a regular file"]
-    if st.st_size > MAX_FLAGS_BYTES:
-        return [f"{at}.flags_file: {flags_path} is {st.st_size} bytes, more than {MAX_FLAGS_BYTES}"]
-    try:
-        flags = SampleFlags.load(flags_path)
-    except RfbenchError as exc:
+        headers = read_headers(flags_path)  # before the entry's own numbers are trusted for anything
+        n = (len(expected.index) if expected is not None
+             else (track.info.protocol.test_size if track is not None else None) or sum(ev.n_per_class))
+        check_headers(headers, flags_path.name, n, len(ev.attacks))
+        flags = load_checked(flags_path)
+    except FlagFileError as exc:
         return [f"{at}.flags_file: {exc}"]
-    except (zipfile.BadZipFile, EOFError, RecursionError) as exc:  # a truncated or hostile .npz
-        return [f"{at}.flags_file: corrupt flag file {flags_path}: {type(exc).__name__}: {exc}"]
     C = len(ev.n_per_class)
     problems = []
     if not flags.done.all():
         problems.append(f"{at}.flags_file: the evaluation in {flags_path.name} is unfinished")
     if sorted(flags.labels) != sorted(ev.attacks):
         return problems + [f"{at}.flags_file holds attacks {', '.join(flags.labels)}, the entry lists {', '.join(ev.attacks)}"]
+    for name in ("y", "clean_pred", "adv_pred"):
+        arr = getattr(flags, name)
+        low = -1 if name != "y" else 0
+        if arr.size and (int(arr.min()) < low or int(arr.max()) >= C):
+            return problems + [f"{at}.flags_file: '{name}' holds {int(arr.min())}..{int(arr.max())}, not classes "
+                               f"0..{C - 1}" + (" (or -1)" if low else "")]
     if len(np.unique(flags.index)) != len(flags.index):
         problems.append(f"{at}.flags_file lists a test image twice")
+    if expected is not None and track is not None:
+        if not np.array_equal(np.sort(flags.index), expected.index):
+            extra = np.setdiff1d(flags.index, expected.index)
+            return problems + [f"{at}.flags_file: the evaluated images are not the track's test subset ("
+                               f"{len(extra)} of {len(flags.index)} are other images, e.g. test image "
+                               f"{int(extra[0]) if len(extra) else '-'}); the track evaluates "
+                               f"{track.info.protocol.n_per_class} fixed images per class"]
+        truth = expected.y[np.searchsorted(expected.index, flags.index)]
+        wrong = np.flatnonzero(flags.y != truth)
+        if wrong.size:
+            i = int(wrong[0])
+            return problems + [f"{at}.flags_file: test image {int(flags.index[i])} is labelled {int(flags.y[i])} "
+                               f"but the dataset labels it {int(truth[i])} ({wrong.size} labels differ)"]
     counts = class_counts(flags.y, C).tolist()
     if counts != list(ev.n_per_class):
         return problems + [f"{at}.n_per_class is {ev.n_per_class} but the flag file has {counts} images per class"]
@@ -263,12 +299,16 @@ def check_entry(
     track: Track | None = None,
     flags: dict[str, Path] | None = None,
     check_code: bool = False,
+    notes: list[str] | None = None,
 ) -> Entry:
     """Validate entry ``data``; returns the typed :class:`Entry` or raises :class:`EntryError` listing every problem.
 
     ``flags`` maps checkpoints to flag files given explicitly (trusted paths,
     e.g. from ``--flags`` or a run directory); otherwise each evaluation's
-    ``flags_file`` is used, resolved safely inside ``root``.
+    ``flags_file`` is used, resolved safely inside ``root``.  Every evaluation
+    needs its flags: an entry ranks only on evidence.  When the track's dataset
+    is not on this machine, the test images cannot be verified: a line saying
+    so is appended to ``notes`` and the rest is still checked.
     """
     entry = parse_entry(data, where)
     problems: list[str] = []
@@ -283,6 +323,15 @@ def check_entry(
         except RfbenchError as exc:
             raise EntryError(where, problems + [str(exc)]) from None
     problems += check_protocol(entry, track)
+    expected = None
+    try:
+        expected = expected_subset(track)
+    except DatasetUnavailable as exc:
+        if notes is not None:
+            notes.append(f"unverified: {exc}; which test images were evaluated was not checked")
+    if expected is not None and tuple(entry.classes) != expected.classes:
+        problems.append(f"classes are {_clip(entry.classes)} but {entry.dataset} names its classes "
+                        f"{_clip(list(expected.classes))}, in that order")
     if entry.cost.accelerator == "cuda" and entry.cost.gpu_hours is None:
         problems.append("cost.gpu_hours is required for a run on a GPU")
     if not is_url(entry.defense.code):
@@ -294,6 +343,8 @@ def check_entry(
         if len(ev.n_per_class) != len(entry.classes):
             problems.append(f"evaluations.{which}.n_per_class has {len(ev.n_per_class)} classes, classes lists {len(entry.classes)}")
             continue
+        if ev.checkpoint_sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", ev.checkpoint_sha256):
+            problems.append(f"evaluations.{which}.checkpoint_sha256 is not a sha256 (64 lowercase hex digits)")
         if ev.checks == "fail":
             problems.append(f"evaluations.{which}: the evaluation's sanity checks failed; such a result cannot be ranked")
         own = check_evaluation(which, ev, entry.classes)
@@ -301,16 +352,34 @@ def check_entry(
         path = (flags or {}).get(which)
         if path is None and ev.flags_file is not None:
             path = _resolve(ev.flags_file, root, f"evaluations.{which}.flags_file", problems)
+        elif path is None:
+            problems.append(f"evaluations.{which} has no per-sample flag file: an entry ranks only on evidence "
+                            "(submit it with `rfbench leaderboard submit`, which copies the run's flags)")
         if path is not None and not own:
-            problems += check_flags(which, ev, path)
+            problems += check_flags(which, ev, path, track, expected)
     if problems:
         raise EntryError(where, problems)
     return entry
 
 
+def _clip(values: list[str], most: int = 120) -> str:
+    text = repr(values)
+    return text if len(text) <= most else text[:most] + "...]"
+
+
 def check_entry_file(path: str | Path, root: Path, flags: dict[str, Path] | None = None,
-                     check_code: bool = False) -> Entry:
-    """Read and check ``leaderboards/<track>/<id>.json``."""
+                     check_code: bool = False, notes: list[str] | None = None) -> Entry:
+    """Read and check ``leaderboards/<track>/<id>.json``, in isolation: any failure is an :class:`EntryError`.
+
+    A hostile entry can only reject itself: an error no check foresaw (an exception
+    while reading it, or an allocation that fails) becomes one line about this entry.
+    """
     path = Path(path)
-    return check_entry(read_entry_file(path), where=str(path), root=root, entry_path=path, flags=flags,
-                       check_code=check_code)
+    try:
+        return check_entry(read_entry_file(path), where=str(path), root=root, entry_path=path, flags=flags,
+                           check_code=check_code, notes=notes)
+    except EntryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - isolation: one entry rejects only itself (MemoryError included)
+        msg = str(exc).splitlines()[0][:300] if str(exc) else ""
+        raise EntryError(str(path), [f"could not be checked: {type(exc).__name__}: {msg}"]) from None

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 import numpy as np
 from markupsafe import Markup
 
-from rfbench.benchmark.leaderboard.board import noise_text, unverified_items
+from rfbench.benchmark.leaderboard.board import noise_text, primary_text, status_items
 from rfbench.benchmark.leaderboard.paths import is_url
 from rfbench.benchmark.leaderboard.ranking import RULE, RankedEntry
 from rfbench.benchmark.leaderboard.rows import (
@@ -247,6 +247,7 @@ def track_html(board: "TrackBoard") -> str:
              f'<p class="rule">{_esc(RULE)}</p>']
     if board.ranking and board.entries:
         parts += [f'<p class="note">{_esc(noise_text(board))}</p>', "<h2>Ranking</h2>",
+                  *([f'<p class="note"><strong>{_esc(primary_text(board))}</strong></p>'] if primary_text(board) else []),
                   f'<p class="note"><strong>Rank groups:</strong> {_esc(RANK_GROUP_LINE)}</p>', ranking_table(board),
                   "<h2>Per-class robust accuracy</h2>",
                   heat_table([(f'<a href="{_esc(entry_file(e))}">{_esc(e.id)}</a>', e.id,
@@ -261,11 +262,10 @@ def track_html(board: "TrackBoard") -> str:
         parts += ["<h2>Not ranked: identical to another entry</h2>",
                   "<p>These entries have the same per-sample predictions on the ranked checkpoint as the entry "
                   f"named: one result counted twice.</p><ul>{items}</ul>"]
-    unverified = unverified_items(board)
-    if unverified:
+    for title, listed in status_items(board):
         items = "".join(f"<li><code>{_esc(one_line(name))}</code>: {_esc(one_line(why, None))}</li>"
-                        for name, why in unverified)
-        parts += ["<h2>Listed, not ranked: not verified</h2>", f"<ul>{items}</ul>"]
+                        for name, why in listed)
+        parts += [f"<h2>{_esc(title)}</h2>", f"<ul>{items}</ul>"]
     if board.rejected:
         items = "".join(f"<li><code>{_esc(one_line(name))}</code>: {_esc(one_line(why, None))}</li>"
                         for name, why in board.rejected.items())

@@ -5,16 +5,22 @@ The rule (rfbench's own; stated on every leaderboard page by :data:`RULE`):
 1. **Identical entries.** Two entries of a track whose per-sample predictions on
    the ranked checkpoint are equal (the clean prediction and every attack's
    adversarial prediction of every test image; the per-class vectors when an
-   entry has no flag file) are one result counted twice.  One of them stays
+   entry's flag file cannot be read) are one result counted twice.  One of them stays
    ranked, the *reference*: the entry of a track baseline (``track.baselines``,
    in that order), else of the defense with the most entries on the track, else
-   the earliest submitted, else the smallest id.  The others are shown as
-   "identical to X" and are not ranked.  ``rfbench leaderboard submit`` refuses
-   a new one (:func:`identical_to`).
+   the smallest id.  The others are shown as
+   "identical to X" and are not ranked.  The reference is the entry that entered
+   the repository first (:func:`rfbench.benchmark.leaderboard.history.first_added`,
+   from git history: never from a field the submitter writes); among entries
+   added by the same commit, or when there is no history, the rules above
+   decide.  ``rfbench leaderboard submit`` refuses a new one (:func:`identical_to`).
 2. **Two ranked metrics**, both on the worst case over the track's attacks:
    the worst-class robust accuracy, and the mean of the worst 20% of classes
    (``tail20``, :func:`rfbench.benchmark.eval.metrics.tail_mean`), so that a
-   single class stuck near 0 does not decide everything.
+   single class stuck near 0 does not decide everything.  A track may name a
+   third, primary one (``primary_metric: tail``): the mean over its tail classes
+   (``tail_classes``), ranked by the same test and sorted by first; the track's
+   page says which classes and why (``primary_reason``).
 3. **Significance of a difference.**  For entries ``i`` and ``j`` and a metric
    ``m``, ``d = m_i - m_j``.  Its test-set variance ``v_test`` is the variance
    of ``d`` over a *paired*, class-stratified bootstrap of the test images:
@@ -63,8 +69,10 @@ from rfbench.core.perclass import worst_class_interval_from_counts
 Z95 = 1.959963984540054
 N_BOOT = 2000
 BOOT_SEED = 0
-#: (key, heading) of the ranked metrics, in the order the table sorts by
+#: (key, heading) of the ranked metrics, in the order the table sorts by unless the track names another first
 METRICS = (("worst", "worst-class robust"), ("tail20", "worst-20% robust"))
+#: a long-tailed track's primary metric (``primary_metric: tail``): the mean over its tail classes
+TAIL_METRIC = ("tail", "tail-classes robust")
 
 RULE = (
     "Rank groups (rfbench's rule): the ranked metrics are the worst-class robust accuracy and the mean of the worst "
@@ -101,7 +109,7 @@ class EntryData:
 
 def entry_data(entry: Entry, checkpoint: str, root: Path, flags_path: Path | None = None) -> EntryData:
     """Load the ranked checkpoint's flags of ``entry`` (``flags_path``, else its flag file inside ``root``, if readable)."""
-    from rfbench.benchmark.eval.flags import SampleFlags
+    from rfbench.benchmark.leaderboard.evidence import read_flags
     from rfbench.core.errors import RfbenchError
 
     ev = entry.evaluation(checkpoint)
@@ -110,7 +118,8 @@ def entry_data(entry: Entry, checkpoint: str, root: Path, flags_path: Path | Non
     flags = None
     if flags_path is not None or ev.flags_file is not None:
         try:
-            flags = SampleFlags.load(flags_path or safe_repo_path(ev.flags_file, root, "flags_file"))
+            path = flags_path or safe_repo_path(ev.flags_file, root, "flags_file")
+            flags = read_flags(Path(path), sum(ev.n_per_class), len(ev.attacks))  # bounded by the checked counts
         except (RfbenchError, UnsafePathError):
             flags = None
     if flags is not None and sorted(flags.labels) == sorted(ev.attacks):
@@ -134,13 +143,19 @@ def entry_data(entry: Entry, checkpoint: str, root: Path, flags_path: Path | Non
 
 
 # -- identical entries -------------------------------------------------------------------------------------------
-def _reference_key(e: Entry, baselines: Sequence[str], n_entries: dict[str, int]) -> tuple:
+def _reference_key(e: Entry, baselines: Sequence[str], n_entries: dict[str, int], order: dict[str, int]) -> tuple:
     base = baselines.index(e.defense.name) if e.defense.name in baselines else len(baselines)
-    return (base, -n_entries.get(e.defense.name, 0), e.submitted or "9999", e.id)
+    return (order.get(e.id, math.inf), base, -n_entries.get(e.defense.name, 0), e.id)
 
 
-def duplicates(data: Sequence[EntryData], baselines: Sequence[str] = ()) -> dict[str, str]:
-    """``{entry id: id of the reference entry it is identical to}`` for every non-reference member of a group."""
+def duplicates(data: Sequence[EntryData], baselines: Sequence[str] = (),
+               order: dict[str, int] | None = None) -> dict[str, str]:
+    """``{entry id: id of the reference entry it is identical to}`` for every non-reference member of a group.
+
+    ``order`` gives each entry's position in the repository's history (:mod:`~rfbench.benchmark.leaderboard.history`):
+    the first one is the reference, a later one the copy.
+    """
+    order = order or {}
     n_entries: dict[str, int] = {}
     for d in data:
         n_entries[d.entry.defense.name] = n_entries.get(d.entry.defense.name, 0) + 1
@@ -151,7 +166,7 @@ def duplicates(data: Sequence[EntryData], baselines: Sequence[str] = ()) -> dict
     for members in groups.values():
         if len(members) < 2:
             continue
-        ref = min(members, key=lambda d: _reference_key(d.entry, baselines, n_entries))
+        ref = min(members, key=lambda d: _reference_key(d.entry, baselines, n_entries, order))
         out.update({d.id: ref.id for d in members if d is not ref})
     return out
 
@@ -162,9 +177,12 @@ def identical_to(new: EntryData, committed: Sequence[EntryData]) -> EntryData | 
 
 
 # -- significance and rank groups --------------------------------------------------------------------------------
-def metric_value(acc: np.ndarray, key: str) -> np.ndarray:
-    """``worst`` (min over classes) or ``tail20`` (mean of the worst ceil(0.2 C) classes) along the last axis."""
+def metric_value(acc: np.ndarray, key: str, tail_classes: Sequence[int] = ()) -> np.ndarray:
+    """``worst`` (min over classes), ``tail20`` (mean of the worst ceil(0.2 C) classes) or ``tail`` (mean over
+    ``tail_classes``) along the last axis."""
     acc = np.asarray(acc, dtype=float)
+    if key == "tail":
+        return acc[..., list(tail_classes)].mean(axis=-1)
     if key == "worst":
         return acc.min(axis=-1)
     if key == "tail20":
@@ -247,6 +265,7 @@ class RankedEntry:
     ranks: dict[str, int] = field(default_factory=dict)  # metric key -> rank group (absent when unranked)
     identical_to: str | None = None
     paired: bool = True  # its flags were used (False: resampled from per-class counts)
+    tail: float | None = None  # mean robust accuracy of the track's tail classes (a long-tailed track ranking by it)
 
 
 @dataclass
@@ -261,7 +280,7 @@ class Ranking:
         return next(r for r in self.ranked + self.identical if r.entry.id == entry_id)
 
 
-def _row(d: EntryData, checkpoint: str) -> RankedEntry:
+def _row(d: EntryData, checkpoint: str, tail_classes: Sequence[int] = ()) -> RankedEntry:
     s = d.entry.evaluation(checkpoint).summary["worst_case"]
     k = int(s["worst_class"])
     n = d.n_per_class[k]
@@ -270,18 +289,26 @@ def _row(d: EntryData, checkpoint: str) -> RankedEntry:
     count = int(k_all[k])
     return RankedEntry(entry=d.entry, worst=float(s["worst"]), worst_class=k, worst_count=count, worst_n=n,
                        worst_ci=worst_class_interval_from_counts(k_all, n_all), tail20=float(s["tail20"]),
-                       mean=float(s["mean"]),
-                       paired=d.index is not None)
+                       mean=float(s["mean"]), paired=d.index is not None,
+                       tail=float(metric_value(d.per_class, "tail", tail_classes)) if tail_classes else None)
 
 
 def rank(entries: Sequence[Entry], checkpoint: str, root: Path, *, baselines: Sequence[str] = (),
          n_boot: int = N_BOOT, seed: int = BOOT_SEED,
-         loader: Callable[[Entry, str, Path], EntryData] = entry_data) -> Ranking:
-    """Rank groups of a track's (checked) entries on ``checkpoint`` by the rule in the module docstring."""
+         loader: Callable[[Entry, str, Path], EntryData] = entry_data,
+         order: dict[str, int] | None = None, primary: str = "worst",
+         tail_classes: Sequence[int] = ()) -> Ranking:
+    """Rank groups of a track's (checked) entries on ``checkpoint`` by the rule in the module docstring.
+
+    ``order``: each entry's position in the repository's history (who was first among identical entries).
+    ``primary``: the metric the table sorts by first (``tail`` needs ``tail_classes``).
+    """
+    metrics = [k for k, _ in METRICS] + ([TAIL_METRIC[0]] if primary == "tail" else [])
+    sort_keys = [primary] + [k for k in metrics if k != primary]
     data = [loader(e, checkpoint, root) for e in entries]
-    dup = duplicates(data, baselines)
+    dup = duplicates(data, baselines, order)
     live = [d for d in data if d.id not in dup]
-    rows = {d.id: _row(d, checkpoint) for d in data}
+    rows = {d.id: _row(d, checkpoint, tail_classes) for d in data}
     for eid, ref in dup.items():
         rows[eid].identical_to = ref
     seed_sd: dict[str, float] = {}
@@ -291,15 +318,16 @@ def rank(entries: Sequence[Entry], checkpoint: str, root: Path, *, baselines: Se
         counts[s] = counts.get(s, 0) + 1
     if live:
         boot = bootstrap_class_accuracies(live, n_boot=n_boot, seed=seed)
-        for key, _ in METRICS:
+        for key in metrics:
             values = np.array([getattr(rows[d.id], key) for d in live])
             var = pooled_seed_variance({d.id: float(v) for d, v in zip(live, values)}, setting_of)
             seed_sd[key] = math.sqrt(var)
-            ranks = rank_groups(significantly_better(values, metric_value(boot, key), var))
+            ranks = rank_groups(significantly_better(values, metric_value(boot, key, tail_classes), var))
             for d, r in zip(live, ranks):
                 rows[d.id].ranks[key] = r
     ranked = sorted((rows[d.id] for d in live),
-                    key=lambda r: (*(r.ranks[k] for k, _ in METRICS), -r.worst, -r.tail20, -r.mean, r.entry.id))
+                    key=lambda r: (*(r.ranks[k] for k in sort_keys), *(-getattr(r, k) for k in sort_keys), -r.mean,
+                                   r.entry.id))
     identical = sorted((rows[eid] for eid in dup), key=lambda r: r.entry.id)
     multi = sorted({s[0] for s, n in counts.items() if n >= 2})
     return Ranking(ranked=ranked, identical=identical, seed_sd=seed_sd, seed_settings=multi, n_boot=n_boot)

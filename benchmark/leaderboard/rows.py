@@ -38,8 +38,8 @@ STANDARD_AUTOATTACK = "autoattack-standard"
 RANK_GROUP_LINE = (
     "Rank group = 1 + the number of entries significantly better on that metric (paired per-image test, seed "
     "spread included): entries not significantly different share a group, so one group can span several points "
-    "and a noisier entry can sit a group lower than one with a slightly smaller number. Rows: by worst-class "
-    "group, then by the worst-class number."
+    "and a noisier entry can sit a group lower than one with a slightly smaller number. Rows: by the group of the "
+    "track's primary metric (the worst class unless the page says otherwise), then by its number."
 )
 
 
@@ -72,15 +72,17 @@ class Cell:
 
 @dataclass
 class LeaderboardRow:
-    """One ranked entry with every column's cell; ``group`` is its worst-class rank group."""
+    """One ranked entry with every column's cell; ``group`` is its rank group on the track's primary metric."""
 
     entry: "Entry"
     ranked: "RankedEntry"
     cells: dict[str, Cell] = field(default_factory=dict)
 
+    primary: str = "worst"  # the track's primary metric: worst, tail20 or tail
+
     @property
     def group(self) -> int:
-        return self.ranked.ranks["worst"]
+        return self.ranked.ranks[self.primary]
 
 
 @dataclass
@@ -156,6 +158,7 @@ def _row(board: "TrackBoard", r: "RankedEntry") -> LeaderboardRow:
     ev = e.evaluation(ck)
     wc, clean = ev.summary["worst_case"], ev.summary["clean"]
     cells = {
+        **({"rank_tail": Cell(r.ranks["tail"], str(r.ranks["tail"]))} if "tail" in r.ranks else {}),
         "rank_worst": Cell(r.ranks["worst"], str(r.ranks["worst"])),
         "rank_tail20": Cell(r.ranks["tail20"], str(r.ranks["tail20"])),
         "entry": Cell(e.id, e.id, page=e.id),
@@ -168,6 +171,7 @@ def _row(board: "TrackBoard", r: "RankedEntry") -> LeaderboardRow:
                          title=f"{r.worst_count} of {r.worst_n} images"),
         "weakest": _weakest(e, ev.per_class["worst_case"], r.worst_class),
         "tail20": Cell(r.tail20, pct(r.tail20)),
+        **({"tail": Cell(r.tail, pct(r.tail))} if r.tail is not None else {}),
         "mean": Cell(wc["mean"], pct(wc["mean"])),
         "clean": Cell(clean["mean"], pct(clean["mean"])),
         "gap": Cell(wc["gap"], pct(wc["gap"])),
@@ -185,11 +189,13 @@ def _row(board: "TrackBoard", r: "RankedEntry") -> LeaderboardRow:
     audited = _audited(e, r)
     if audited is not None:
         cells["audited"] = Cell(int(bool(audited)), "yes" if audited else "no")
-    return LeaderboardRow(entry=e, ranked=r, cells=cells)
+    return LeaderboardRow(entry=e, ranked=r, cells=cells, primary=board.track.info.primary_metric)
 
 
 #: every column of a track's table, in order; optional ones (``optional=True`` below) show only when a row fills them
 COLUMNS = (
+    (Column("rank_tail", "Rank: tail classes", numeric=True, help="rank group of the tail classes' mean robust "
+            "accuracy (the long-tailed track's primary metric)"), True),
     (Column("rank_worst", "Rank: worst class", numeric=True, help="rank group of the worst-class robust accuracy"), False),
     (Column("rank_tail20", "Rank: worst 20%", numeric=True, help="rank group of the worst-20% robust accuracy"), False),
     (Column("entry", "Entry"), False),
@@ -203,6 +209,8 @@ COLUMNS = (
             help="interval of the worst-class accuracy (Bonferroni-adjusted Wilson intervals)"), False),
     (Column("weakest", "Weakest class"), False),
     (Column("tail20", "Worst-20% robust (%)", numeric=True, first="descending"), False),
+    (Column("tail", "Tail classes robust (%)", numeric=True, first="descending",
+            help="mean robust accuracy of the track's tail classes"), True),
     (Column("mean", "Mean robust (%)", numeric=True, first="descending"), False),
     (Column("autoattack", "AutoAttack (%)", numeric=True, first="descending",
             help="mean robust accuracy under standard AutoAttack alone (RobustBench's number)"), True),
@@ -216,14 +224,18 @@ COLUMNS = (
 )
 
 
-def order_key(r: "RankedEntry") -> tuple:
-    """Rank group of the worst class, then the numbers shown: worst class, worst 20%, mean (descending), then the id."""
-    return (r.ranks["worst"], -r.worst, -r.tail20, -r.mean, r.entry.id)
+def order_key(r: "RankedEntry", primary: str = "worst") -> tuple:
+    """Rank group of the primary metric and its number, then the numbers shown: worst class, worst 20%, mean
+    (descending), then the id."""
+    value = {"worst": r.worst, "tail20": r.tail20, "tail": r.tail}[primary]
+    return (r.ranks[primary], -(value if value is not None else float("-inf")), -r.worst, -r.tail20, -r.mean,
+            r.entry.id)
 
 
 def track_table(board: "TrackBoard") -> Table:
     """The ranked table of a track: columns no row fills are dropped."""
-    ranked = sorted(board.ranking.ranked, key=order_key) if board.ranking else []
+    primary = board.track.info.primary_metric
+    ranked = sorted(board.ranking.ranked, key=lambda r: order_key(r, primary)) if board.ranking else []
     rows = [_row(board, r) for r in ranked]
     columns = [c for c, optional in COLUMNS if not optional or any(c.key in row.cells for row in rows)]
     ck = board.track.info.protocol.checkpoint

@@ -20,7 +20,9 @@ these dataclasses and never executed or imported.  Fields::
     evaluations: {best: {epoch, selected_by, attacks, worst_case_over, n_per_class,
                          per_class: {clean|attack|worst_case: [C fractions]},
                          summary: {name: {mean, worst, worst_class, best, best_class, gap, std, nsd, tail20}},
-                         checks, flags_file (repo-relative .npz or null)}, last: {...}},
+                         checks, flags_file (repo-relative .npz, required),
+                         checkpoint_sha256 (of the evaluated checkpoint file; absent in older entries)},
+                   last: {...}},
     cost: {accelerator, device, train_seconds, eval_seconds, gpu_hours (null on CPU)},
     train_config: {the run's resolved TrainConfig},
     provenance: {code, packages, command, finished_at, run_config}, submitted,
@@ -40,7 +42,14 @@ from rfbench.core.config import choice, from_dict, in_range
 from rfbench.core.errors import ConfigError, RfbenchError
 
 ENTRY_SCHEMA = "rfbench.entry/1"
-ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}$")
+#: the one pattern of entry ids (the file name); matched whole, so a trailing newline is no id
+ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
+ID_RULE = "letters, digits and . _ + - (starting with a letter or digit, at most 100)"
+
+
+def valid_id(text: object) -> bool:
+    """Whether ``text`` is an entry id (:data:`ID_PATTERN`, the whole string)."""
+    return isinstance(text, str) and ID_PATTERN.fullmatch(text) is not None
 SUMMARY_FIELDS = ("mean", "worst", "worst_class", "best", "best_class", "gap", "std", "nsd", "tail20")
 
 
@@ -79,6 +88,13 @@ class TrackInfo:
     baselines: list[str] = field(default_factory=lambda: ["standard", "pgd-at", "trades"])
     # the protocol version: a change of recipe or evaluation bumps it; entries of another version are refused
     version: int = field(default=1, metadata=in_range(1, None))
+    # rank only entries with a passing `rfbench leaderboard audit` record (leaderboards/<track>/audits/<id>.json)
+    require_audit: bool = False
+    # the metric the table sorts by first (ranking.METRICS keys): worst class, worst 20% of classes, or the mean
+    # over ``tail_classes`` (a long-tailed track's tail group); ``primary_reason`` says on the page why
+    primary_metric: str = field(default="worst", metadata=choice("worst", "tail20", "tail"))
+    tail_classes: list[int] = field(default_factory=list)
+    primary_reason: str = ""
 
 
 @dataclass
@@ -92,11 +108,14 @@ class Track:
         return self.info.id
 
     def train_config_for(self, defense: str) -> dict[str, Any]:
-        """The track's full training config (every TrainConfig key) when ``defense`` runs, its preset applied."""
+        """The track's full training config (every TrainConfig key) when ``defense`` runs, its preset applied.
+
+        ``defense`` is data here (an entry's name): it is never imported, so a plugin's name needs no ``--allow-code``.
+        """
         from rfbench.benchmark.runner.config import resolve_run
         from rfbench.core.config import to_dict
 
-        return to_dict(resolve_run(self.run, defense=defense, out="track-run").train)
+        return to_dict(resolve_run(self.run, defense=defense, out="track-run", runs_code=False).train)
 
 
 def load_track(path: str | Path) -> Track:
@@ -106,6 +125,8 @@ def load_track(path: str | Path) -> Track:
     if not run.track:
         raise ConfigError(f"{path}: not a track (no 'track:' section)")
     info = from_dict(TrackInfo, run.track, where=f"{path} track")
+    if info.primary_metric == "tail" and not info.tail_classes:
+        raise ConfigError(f"{path}: primary_metric 'tail' needs tail_classes (the class indices of the tail group)")
     if info.id != path.parent.name:
         raise ConfigError(f"{path}: track id '{info.id}' must be the name of its directory '{path.parent.name}'")
     return Track(info=info, run=run, path=path)
@@ -169,6 +190,7 @@ class Evaluation:
     selected_by: str = ""
     checks: str = field(default="pass", metadata=choice("pass", "warn", "fail"))
     flags_file: str | None = None
+    checkpoint_sha256: str | None = None  # of the evaluated checkpoint file (``rfbench leaderboard audit`` needs it)
 
 
 @dataclass
@@ -234,6 +256,6 @@ def parse_entry(data: Any, where: str) -> Entry:
         entry.evaluations = {k: from_dict(Evaluation, v, where=f"entry.evaluations.{k}") for k, v in entry.evaluations.items()}
     except ConfigError as exc:
         raise EntryError(where, [f"schema: {exc}"]) from None
-    if not ID_PATTERN.match(entry.id):
-        raise EntryError(where, [f"id '{entry.id}' must be letters, digits and . _ + - (at most 100)"])
+    if not valid_id(entry.id):
+        raise EntryError(where, [f"id {entry.id[:120]!r} must be {ID_RULE}"])
     return entry

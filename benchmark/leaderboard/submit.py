@@ -2,9 +2,14 @@
 
 The entry is built from the run's ``result.json`` (``rfbench.run/1``) and its
 trainer ``config.yaml``, checked against the track with the run's own flag
-files, and only then written: the flag files to
-``leaderboards/<track>/flags/<id>-<checkpoint>.npz`` and the entry to
-``leaderboards/<track>/<id>.json``, each atomically.
+files, and only then written.  Entry and flags are replaced as a pair: each
+flag file is named by its content (``leaderboards/<track>/flags/<id>-<checkpoint>-<sha256[:12]>.npz``)
+and written first, beside the old entry's flags, which stay untouched; then the
+entry (``leaderboards/<track>/<id>.json``) is replaced by one atomic rename,
+the single moment the new pair takes over; only then are the old entry's flag
+files removed.  A kill or a full disk at any point leaves the old pair or the
+new pair (and at worst an unreferenced flag file).  The entry records the
+sha256 of each evaluated checkpoint, which ``rfbench leaderboard audit`` requires.
 """
 
 from __future__ import annotations
@@ -19,8 +24,17 @@ import yaml
 
 from rfbench.benchmark.eval.provenance import defense_provenance, portable_command, registry_paper
 from rfbench.benchmark.leaderboard.check import check_entry, check_entry_file
+from rfbench.benchmark.leaderboard.history import append_ledger
 from rfbench.benchmark.leaderboard.paths import is_url
-from rfbench.benchmark.leaderboard.schema import ENTRY_SCHEMA, SUMMARY_FIELDS, Entry, EntryError, Track
+from rfbench.benchmark.leaderboard.schema import (
+    ENTRY_SCHEMA,
+    ID_RULE,
+    SUMMARY_FIELDS,
+    Entry,
+    EntryError,
+    Track,
+    valid_id,
+)
 from rfbench.benchmark.runner.config import slug
 from rfbench.benchmark.runner.report import RUN_SCHEMA
 from rfbench.core.errors import ConfigError, RfbenchError
@@ -64,7 +78,24 @@ def entry_provenance(run: dict[str, Any], defense: str, args: dict[str, Any] | N
     return {"command": portable_command(command, [root]) if command else None, "defense": record}
 
 
-def _evaluation(block: dict[str, Any], flags_rel: str) -> dict[str, Any]:
+def file_sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def checkpoint_file(run_dir: Path, which: str) -> Path:
+    """The checkpoint file an evaluated model ``which`` of a run was loaded from (as ``rfbench run`` loads it)."""
+    from rfbench.benchmark.train.rundir import CHECKPOINTS
+
+    return run_dir / "train" / CHECKPOINTS["best" if which.endswith("best") else "last"]
+
+
+def _evaluation(block: dict[str, Any], flags_rel: str, checkpoint_sha256: str | None) -> dict[str, Any]:
     names = ["clean", *block["attacks"], "worst_case"]
     return {
         "epoch": block.get("epoch"),
@@ -77,6 +108,7 @@ def _evaluation(block: dict[str, Any], flags_rel: str) -> dict[str, Any]:
                     for n in names},
         "checks": block["checks"],
         "flags_file": flags_rel,
+        "checkpoint_sha256": checkpoint_sha256,
     }
 
 
@@ -92,12 +124,17 @@ def entry_from_run(run_dir: Path, track: Track, root: Path, *, entry_id: str | N
     train_cfg = yaml.safe_load((run_dir / "train" / "config.yaml").read_text(encoding="utf-8"))
     defense = train_cfg["defense"]
     entry_id = entry_id or f"{slug(defense)}-s{train_cfg['seed']}"
+    if not valid_id(entry_id):
+        raise ConfigError(f"--id {entry_id[:120]!r}: an entry id is {ID_RULE}")
     code = code or defense_code_path(defense, root)
     if ":" in code and not is_url(code):
         raise ConfigError(f"--code must be a repository-relative path or an https:// URL, got '{code}'")
     blocks = run["checkpoints"]
     first = next(iter(blocks.values()))
-    flags_rel = {w: f"leaderboards/{track.id}/flags/{entry_id}-{w}.npz" for w in blocks}
+    run_flags = {w: run_dir / b["flags_file"] for w, b in blocks.items()}
+    flags_rel = {w: f"leaderboards/{track.id}/flags/{entry_id}-{w}-{file_sha256(run_flags[w])[:12]}.npz" for w in blocks}
+    ckpt = {w: checkpoint_file(run_dir, w) for w in blocks}
+    ckpt_sha = {w: file_sha256(p) if p.is_file() else None for w, p in ckpt.items()}
     run_config = {k: v for k, v in run["config"].items() if k != "out"}
     entry = {
         "schema": ENTRY_SCHEMA,
@@ -112,7 +149,7 @@ def entry_from_run(run_dir: Path, track: Track, root: Path, *, entry_id: str | N
         "threat": {"norm": first["threat"]["norm"], "eps": first["threat"]["eps"]},
         "defense": {"name": defense, "code": code, "args": train_cfg.get("defense_args", {}),
                     "paper": paper or registry_paper(defense), "fidelity": train_cfg.get("fidelity", "paper")},
-        "evaluations": {w: _evaluation(b, flags_rel[w]) for w, b in blocks.items()},
+        "evaluations": {w: _evaluation(b, flags_rel[w], ckpt_sha[w]) for w, b in blocks.items()},
         "cost": {k: run["cost"][k] for k in ("accelerator", "device", "train_seconds", "eval_seconds", "gpu_hours")},
         "train_config": {k: v for k, v in train_cfg.items() if k not in LOCAL_KEYS},
         "provenance": {**run["provenance"], **entry_provenance(run, defense, train_cfg.get("defense_args"), root),
@@ -120,7 +157,7 @@ def entry_from_run(run_dir: Path, track: Track, root: Path, *, entry_id: str | N
                        "pretrained": run.get("pretrain") is not None},
         "submitted": datetime.date.today().isoformat(),
     }
-    return entry, {w: run_dir / b["flags_file"] for w, b in blocks.items()}
+    return entry, run_flags
 
 
 def identical_committed(entry: Entry, flags: dict[str, Path], track: Track, root: Path) -> str | None:
@@ -159,9 +196,35 @@ def submit(run_dir: str | Path, track: Track, root: Path, *, entry_id: str | Non
         raise RfbenchError(f"the run's per-sample predictions equal those of the committed entry {same}: one result "
                            "counted twice, which the page would show unranked; pass --allow-identical to submit it "
                            "anyway")
-    for which, src in run_flags.items():
-        atomic_write_bytes(root / entry["evaluations"][which]["flags_file"], src.read_bytes())
-    atomic_write_json(target, entry)
+    write_pair(target, entry, run_flags, root)
+    append_ledger(target.parent, entry["id"], file_sha256(target))
     check_entry_file(target, root)
     log.info("wrote %s", target)
     return target
+
+
+def _referenced_flags(target: Path, root: Path) -> set[Path]:
+    """The flag files the entry at ``target`` names now (none when it is missing or unreadable)."""
+    from rfbench.benchmark.leaderboard.paths import UnsafePathError, safe_repo_path
+
+    try:
+        old = read_json(target)
+        names = [ev.get("flags_file") for ev in old["evaluations"].values()]
+        return {safe_repo_path(n, root, "flags_file") for n in names if isinstance(n, str)}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RfbenchError, UnsafePathError):
+        return set()
+
+
+def write_pair(target: Path, entry: dict[str, Any], run_flags: dict[str, Path], root: Path) -> None:
+    """Replace the entry at ``target`` and its flag files as a pair (see the module docstring)."""
+    old = _referenced_flags(target, root)
+    new = set()
+    for which, src in run_flags.items():
+        dst = root / entry["evaluations"][which]["flags_file"]
+        new.add(dst.resolve())
+        if not (dst.is_file() and file_sha256(dst) == file_sha256(src)):  # content-named: never the old pair's file
+            atomic_write_bytes(dst, src.read_bytes())
+    atomic_write_json(target, entry)  # the commit point: the new pair from here on
+    others = set().union(*(_referenced_flags(p, root) for p in target.parent.glob("*.json") if p.name != target.name))
+    for path in old - new - others:  # never a file another entry names
+        path.unlink(missing_ok=True)

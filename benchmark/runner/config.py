@@ -114,15 +114,21 @@ def resolve_run(
     overrides: list[str] | None = None,
     device: str | None = None,
     quiet: bool = False,
+    runs_code: bool = True,
 ) -> ResolvedRun:
-    """Apply ``--defense``, its preset, ``--seed``, ``--device`` and ``key=value`` overrides; validate every stage."""
+    """Apply ``--defense``, its preset, ``--seed``, ``--device`` and ``key=value`` overrides; validate every stage.
+
+    ``runs_code=False`` resolves a config that will never run (a leaderboard check reading an entry's defense name
+    as data): the defense name is then not required to be importable.
+    """
     data = to_dict(run)
     if defense:
         data["train"]["defense"] = defense
     chosen = data["train"].get("defense", TrainConfig().defense)
     from rfbench.defenses.registry import check_defense_name
 
-    check_defense_name(chosen)  # before any work, and a config or track never names code by itself
+    if runs_code:
+        check_defense_name(chosen)  # before any work, and a config or track never names code by itself
     preset = data["defense_presets"].get(chosen) or {}
     data["train"] = deep_merge(data["train"], preset.get("train"))
     if preset.get("pretrain") is not None:
