@@ -49,7 +49,7 @@ def holder():
         proc = subprocess.Popen([sys.executable, "-c", HOLD, str(path), "rfbench-holder"], stdout=subprocess.PIPE,
                                 text=True)
         procs.append(proc)
-        assert proc.stdout.readline().strip() == "held"
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
         return proc
 
     yield hold
