@@ -271,7 +271,7 @@ def _attack_piece(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, rows
             continue
         if on_attack is not None:
             on_attack(atk.label)
-        t_atk = time.time()
+        t_atk = time.monotonic()
         xs, ys = x[sel], y[sel]
         x_adv = atk(xs, ys, seed=seed(atk.label))
         norms = verify_in_ball(x_adv, xs, atk.cfg.eps, atk.cfg.norm, atk.label)
@@ -283,7 +283,7 @@ def _attack_piece(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, rows
         alive[key][sel] &= pred == ys
         if timing is not None:
             t = timing.setdefault(atk.label, [0.0, 0])
-            t[0] += time.time() - t_atk
+            t[0] += time.monotonic() - t_atk
             t[1] += int(sel.numel())
     return alive[threat_key(attacks[0])] if attacks else clean == y
 
@@ -334,7 +334,7 @@ def run_attacks(
             if cl:
                 x = x.contiguous(memory_format=torch.channels_last)
             rows = pos.numpy()
-            t_batch = time.time()
+            t_batch = time.monotonic()
             while True:
                 try:
                     alive = []
@@ -362,7 +362,7 @@ def run_attacks(
                 flags.meta.setdefault("oom_halvings", []).append({"batch": b, "from": size, "to": piece})
             flags.done[rows] = True
             flags.meta["attack_flags"] = {a.label: a.flags for a in attacks if a.flags}
-            flags.meta["elapsed_s"] = flags.meta.get("elapsed_s", 0.0) + time.time() - t_batch
+            flags.meta["elapsed_s"] = flags.meta.get("elapsed_s", 0.0) + time.monotonic() - t_batch
             if flags_path is not None:
                 flags.save(flags_path)
             progress.images_done(len(rows), float(torch.cat(alive).float().mean()))
@@ -398,7 +398,7 @@ def evaluate_data(
     ``callback(batch_index)`` runs after each finished batch (tests use it to
     simulate a kill).
     """
-    t0 = time.time()
+    t0 = time.monotonic()
     out_dir = Path(out_dir) if out_dir is not None else None
     final_dir = None  # with --overwrite of an existing evaluation: the new one is staged beside it, swapped in at the end
     if out_dir is not None and cfg.overwrite and any((out_dir / n).exists() for n in OUTPUT_FILES):
@@ -451,7 +451,7 @@ def evaluate_data(
             s["flags"] = f
     described = dataset_description(dataset)
     src = portable_source(source or {}, model)
-    prov = provenance(cfg=dataclasses.asdict(cfg), source=src, device=device, wall_time=time.time() - t0)
+    prov = provenance(cfg=dataclasses.asdict(cfg), source=src, device=device, wall_time=time.monotonic() - t0)
     prov["attack_time_s"] = round(flags.meta.get("elapsed_s", 0.0), 2)  # summed over resumed runs
     prov["attack_rates"] = {lab: {"seconds": round(sec, 3), "images": n, "images_per_s": round(n / sec, 3) if sec > 0 else None}
                             for lab, (sec, n) in timing.items()}  # this process's batches
