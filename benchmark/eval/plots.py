@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import io
+from collections.abc import Iterator
 from pathlib import Path
 
 import matplotlib
@@ -14,12 +17,32 @@ import numpy as np  # noqa: E402
 from rfbench.core.io.atomic import atomic_write_bytes  # noqa: E402
 from rfbench.core.perclass import pct, to_percent  # noqa: E402
 
+#: class, attack and dataset names are the user's text: never parsed as mathtext (``$\\evil{$``) or LaTeX
+PLAIN_TEXT_RC = {"text.parse_math": False, "text.usetex": False}
+
+
+@contextlib.contextmanager
+def plain_text() -> Iterator[None]:
+    """Inside this block every text matplotlib creates or draws is shown as written, never parsed as markup."""
+    with plt.rc_context(PLAIN_TEXT_RC):
+        yield
+
+
+def plain_text_figure(fn):
+    """Decorator: ``fn`` builds its figure inside :func:`plain_text`."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with plain_text():
+            return fn(*args, **kwargs)
+    return wrapper
+
 
 def save_figure(fig, path: str | Path, dpi: int = 130) -> Path:
     """Write ``fig`` as a PNG atomically (a killed run never leaves half an image) and close it."""
     path = Path(path)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    with plain_text():
+        fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
     return path
@@ -35,6 +58,7 @@ def plot_confusion_flow(result: dict, path: str | Path, name: str = "worst_case"
     return save_figure(confusion_flow_figure(result, name), path)
 
 
+@plain_text_figure
 def per_class_figure(result: dict):
     """Clean vs worst-case robust accuracy per class, sorted from the weakest class, with 95% intervals.
 
@@ -70,6 +94,7 @@ def per_class_figure(result: dict):
     return fig
 
 
+@plain_text_figure
 def confusion_flow_figure(result: dict, name: str = "worst_case"):
     """Heat map of the confusion flow: share of each true class's samples predicted as each class under attack.
 

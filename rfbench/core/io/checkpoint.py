@@ -43,6 +43,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    check_checkpoint_bounds(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -62,6 +63,36 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not isinstance(obj, dict):
         raise CheckpointError(f"corrupt file {path}: expected a dict of tensors, got {type(obj).__name__}")
     return obj
+
+
+#: a record of a ``.pt`` zip may declare at most this many times its stored bytes (``torch.save`` stores them
+#: uncompressed, ratio 1); beyond it the file is a decompression bomb
+MAX_EXPANSION = 4
+#: slack for the small pickle and metadata records, which may legitimately be compressed
+EXPANSION_SLACK = 1 << 20
+
+
+def check_checkpoint_bounds(path: Path) -> None:
+    """Refuse, before anything is allocated, a checkpoint that would expand far beyond its size on disk.
+
+    A ``.pt`` file is a zip archive: the sizes its records declare (what the loader allocates) may
+    not exceed ``MAX_EXPANSION`` times the file's size plus 1 MiB.  A ``.safetensors`` header is
+    bounded by the safetensors library itself (every tensor must lie inside the file).
+    """
+    import zipfile
+
+    if path.suffix == ".safetensors" or not zipfile.is_zipfile(path):
+        return
+    size = path.stat().st_size
+    try:
+        with zipfile.ZipFile(path) as zf:
+            declared = sum(info.file_size for info in zf.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise CheckpointError(f"corrupt file {path}: {exc}") from None
+    if declared > MAX_EXPANSION * size + EXPANSION_SLACK:
+        raise CheckpointError(f"refusing to load {path}: its records expand to {declared} bytes from {size} on disk "
+                              f"(more than {MAX_EXPANSION}x; torch.save stores tensors uncompressed), a decompression "
+                              "bomb or a damaged file")
 
 
 # what torch's weights-only unpickler says when a pickle asks for more than tensors and containers
