@@ -28,6 +28,7 @@ import pandas as pd
 
 from rfbench.benchmark.eval import metrics as M
 from rfbench.benchmark.eval.result import column_title, validate_result
+from rfbench.benchmark.eval.result_checks import check_classes, check_result_values
 from rfbench.core.errors import RfbenchError
 from rfbench.core.io.atomic import read_json
 from rfbench.core.perclass import pct
@@ -55,7 +56,9 @@ def load_results(paths: list[str | Path], labels: list[str] | None = None) -> li
     for p in paths:
         res = read_json(p)
         try:
+            check_classes(res)
             validate_result(res)
+            check_result_values(res)
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise RfbenchError(f"{p} is not an rfbench result: {'missing key ' if isinstance(exc, KeyError) else ''}"
                                f"{exc}") from None
