@@ -36,7 +36,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import shutil
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -52,6 +51,7 @@ from rfbench.benchmark.data.base import ArrayDataset, DataBundle, to_float
 from rfbench.benchmark.data.subsets import per_class_subset
 from rfbench.benchmark.eval.checks import check_predictions, overall_verdict
 from rfbench.benchmark.eval.flags import SampleFlags
+from rfbench.benchmark.eval.group import OUTPUT_FILES, file_sha256, finish_swap, staging_dir, swap_in  # noqa: F401 (staging_dir re-exported)
 from rfbench.benchmark.eval.metrics import class_weight_norms
 from rfbench.benchmark.eval.model_checks import check_model
 from rfbench.benchmark.eval.progress import DEFAULT_EVERY_S, EvalProgress
@@ -232,12 +232,15 @@ def attack_settings(attacks: list[Attack], scope: str) -> dict[str, dict[str, An
     return out
 
 
-def _open_flags(path: Path | None, test, labels: list[str], meta: dict, overwrite: bool) -> SampleFlags:
+def _open_flags(path: Path | None, test, labels: list[str], meta: dict, overwrite: bool,
+                staged: bool = False) -> SampleFlags:
     if path is not None and path.exists() and not overwrite:
         old = SampleFlags.load(path)
         if old.meta.get("static") == meta["static"]:
             log.info("resuming from %s: %d of %d samples done", path, int(old.done.sum()), len(old.done))
             return old
+        if staged:  # an interrupted --overwrite of another evaluation: its staged batches are of no use
+            return SampleFlags.empty(test.index.numpy(), test.y.numpy(), labels, meta)
         diff = sorted(k for k in set(old.meta.get("static", {})) | set(meta["static"])
                       if old.meta.get("static", {}).get(k) != meta["static"].get(k))
         raise RfbenchError(f"{path} belongs to a different evaluation (differs in: {', '.join(diff)}); "
@@ -401,9 +404,11 @@ def evaluate_data(
     t0 = time.monotonic()
     out_dir = Path(out_dir) if out_dir is not None else None
     final_dir = None  # with --overwrite of an existing evaluation: the new one is staged beside it, swapped in at the end
+    if out_dir is not None:
+        finish_swap(out_dir)  # an --overwrite killed after its commit point ends as the new evaluation
     if out_dir is not None and cfg.overwrite and any((out_dir / n).exists() for n in OUTPUT_FILES):
+        # the staging directory is kept: an interrupted overwrite of the same evaluation resumes its batches
         final_dir, out_dir = out_dir, staging_dir(out_dir)
-        shutil.rmtree(out_dir, ignore_errors=True)  # a failed earlier overwrite; its old files were kept
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)  # exists from the start; flags.npz from the first finished batch
         if stale := remove_stale_temps(out_dir):  # left by a killed write
@@ -428,7 +433,8 @@ def evaluate_data(
               "scope": cfg.autoattack_scope, "amp": cfg.amp}
     static = json.loads(json.dumps(static))  # as it reads back from the file (tuples -> lists)
     flags_path = out_dir / FLAGS_FILE if out_dir is not None else None
-    flags = _open_flags(flags_path, test, [a.label for a in attacks], {"static": static}, cfg.overwrite)
+    flags = _open_flags(flags_path, test, [a.label for a in attacks], {"static": static},
+                        cfg.overwrite and final_dir is None, staged=final_dir is not None)
     for a in attacks:  # flags raised before a kill are kept
         a.flags.update(flags.meta.get("attack_flags", {}).get(a.label, {}))
     num_classes = len(data.classes)
@@ -458,6 +464,8 @@ def evaluate_data(
     prov["oom_halvings"] = flags.meta.get("oom_halvings", [])
     prov["channels_last"] = channels_last
     prov["dataset"] = described
+    if flags_path is not None and flags_path.exists():  # ties result.json to its flag file (group.check_group)
+        prov["flags_sha256"] = file_sha256(flags_path)
     result = build_result(flags, classes=list(data.classes), settings=settings, threat=threat, dataset=described["name"],
                           train_counts=train_counts, imbalance_ratio=imbalance_ratio,
                           weight_norms=class_weight_norms(model), provenance=prov,
@@ -471,36 +479,6 @@ def evaluate_data(
     if final_dir is not None:
         swap_in(out_dir, final_dir)
     return result
-
-
-OUTPUT_FILES = (FLAGS_FILE, "result.json", "per_class.csv", "per_class.md", "per_class.png", "confusion_flow.png")
-
-
-def staging_dir(out_dir: Path) -> Path:
-    """Where ``--overwrite`` writes the new evaluation of ``out_dir``: the hidden sibling ``.NAME.overwrite``."""
-    return out_dir.parent / f".{out_dir.name}.overwrite"
-
-
-def swap_in(staged: Path, out_dir: Path) -> None:
-    """Move the complete evaluation in ``staged`` over the old one in ``out_dir``, file by file (each an atomic rename).
-
-    The flag file goes last, so until then the old ``flags.npz`` is there; old outputs the
-    new evaluation did not write (plots) are removed; the staging directory is removed.
-    """
-    import os
-
-    names = [n for n in OUTPUT_FILES if (staged / n).exists()]
-    for n in sorted(names, key=lambda n: n == FLAGS_FILE):
-        os.replace(staged / n, out_dir / n)
-    for n in OUTPUT_FILES:
-        if n not in names and (out_dir / n).exists():
-            (out_dir / n).unlink()
-    fd = os.open(out_dir, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    shutil.rmtree(staged, ignore_errors=True)
 
 
 def evaluate(

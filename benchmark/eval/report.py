@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from rfbench.benchmark.eval import metrics as M
+from rfbench.benchmark.eval.group import check_group
 from rfbench.benchmark.eval.result import column_title, validate_result
 from rfbench.benchmark.eval.result_checks import check_classes, check_result_values
 from rfbench.core.errors import RfbenchError
@@ -59,6 +60,7 @@ def load_results(paths: list[str | Path], labels: list[str] | None = None) -> li
             check_classes(res)
             validate_result(res)
             check_result_values(res)
+            check_group(Path(p), res)
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise RfbenchError(f"{p} is not an rfbench result: {'missing key ' if isinstance(exc, KeyError) else ''}"
                                f"{exc}") from None
