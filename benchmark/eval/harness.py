@@ -253,9 +253,15 @@ def _predict(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return model(x).argmax(1)
 
 
+#: how allocators say "out of memory" (CUDA; the CPU allocator; Windows)
+OOM_TEXTS = ("out of memory", "can't allocate memory", "cannot allocate memory", "not enough memory")
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
-    """A device out-of-memory error (``torch.OutOfMemoryError``, or a RuntimeError saying "out of memory")."""
-    return isinstance(exc, torch.OutOfMemoryError) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
+    """Out of memory on the device or the CPU: ``torch.OutOfMemoryError``, ``MemoryError``, or a RuntimeError saying so."""
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(exc, RuntimeError) and any(t in str(exc).lower() for t in OOM_TEXTS)
 
 
 def _attack_piece(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, rows: np.ndarray, attacks: list[Attack],
@@ -349,7 +355,7 @@ def run_attacks(
                                                    survivors_scope=survivors_scope, on_attack=progress.attack,
                                                    timing=timing))
                     break
-                except RuntimeError as exc:  # torch.OutOfMemoryError is one
+                except (RuntimeError, MemoryError) as exc:  # torch.OutOfMemoryError is a RuntimeError
                     if not is_out_of_memory(exc):
                         raise
                 # out of memory; outside the except block, so the failed attempt's tensors can be freed
