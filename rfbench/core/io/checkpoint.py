@@ -81,13 +81,15 @@ def check_checkpoint_bounds(path: Path) -> None:
     """
     import zipfile
 
-    if path.suffix == ".safetensors" or not zipfile.is_zipfile(path):
+    if path.suffix == ".safetensors":
         return
     size = path.stat().st_size
     try:
+        if not zipfile.is_zipfile(path):  # the legacy (pre-zip) format, or garbage torch.load refuses
+            return
         with zipfile.ZipFile(path) as zf:
             declared = sum(info.file_size for info in zf.infolist())
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as exc:
         raise CheckpointError(f"corrupt file {path}: {exc}") from None
     if declared > MAX_EXPANSION * size + EXPANSION_SLACK:
         raise CheckpointError(f"refusing to load {path}: its records expand to {declared} bytes from {size} on disk "
