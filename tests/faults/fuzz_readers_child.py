@@ -31,6 +31,7 @@ from rfbench.benchmark.eval.report import load_results
 from rfbench.benchmark.train.runtime import read_layout_cache
 from rfbench.core.errors import RfbenchError
 from rfbench.core.io import load_checkpoint, read_json
+from rfbench.core.launch import launch_from_env
 
 #: address space allowed beyond what the interpreter and its imports already map
 HEADROOM = 768 << 20
@@ -167,6 +168,17 @@ def main() -> int:
                                     f"({Path(where.filename).name}:{where.lineno})")
                 if kind == "calibration":
                     path.write_bytes(original)
+    names = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    values = ["", "0", "1", "2", "-1", "abc", "1e3", "99999999999999999999", " 3 ", "\x00", "2.5", "0x10"]
+    for _ in range(cases * 4):  # the launch's environment variables
+        env = {k: rng.choice(values) for k in names if rng.random() < 0.8}
+        ran += 1
+        try:
+            launch_from_env(env)
+        except RfbenchError:
+            pass
+        except BaseException as exc:  # noqa: BLE001
+            failures.append(f"FAIL environment {env}: {type(exc).__name__}: {exc}")
     for line in failures:
         print(line)
     print(f"{ran} cases, {len(failures)} failures", flush=True)

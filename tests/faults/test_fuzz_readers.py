@@ -1,4 +1,4 @@
-"""Fuzz every reader (IDX, images, checkpoints, results, the layout cache, calibrations) under an address-space limit.
+"""Fuzz every reader (IDX, images, checkpoints, results, the layout cache, calibrations, launch variables) under an address-space limit.
 
 The readers run in a child process (``fuzz_readers_child.py``) whose address space is capped with
 ``RLIMIT_AS`` after its imports, so a decompression bomb or an unbounded allocation fails this test

@@ -201,3 +201,26 @@ def test_a_second_calibrate_stops_before_any_work(tmp_path, holder, capsys):
     # the run does not even exist: the refusal comes before the run is read, not after a fit
     assert main(["calibrate", "--run", str(tmp_path / "missing"), "--out", str(out), "--device", "cpu"]) == 2
     assert_one_line_error(capsys.readouterr().err, f"pid {proc.pid}", "calibration directory")
+
+
+def test_calibrate_removes_stale_temps_and_writes_a_checked_group(tmp_path):
+    from rfbench.benchmark.train.config import TrainConfig
+    from rfbench.benchmark.train.trainer import train
+
+    run = train(TrainConfig(dataset="fashion-mnist", model="smallcnn", model_kwargs={"width": 0.25},
+                            max_train_samples=64, val_per_class=2, steps=1, val_steps=1, epochs=1, batch_size=32,
+                            device="cpu", out=str(tmp_path / "run")), quiet=True)
+    out = tmp_path / "calib"
+    out.mkdir()
+    stale = out / ".calibration.pt.abcd1234.tmp"  # what a calibrate killed mid-write leaves
+    stale.write_bytes(b"partial")
+    assert main(["calibrate", "--run", str(run), "--out", str(out), "--device", "cpu", "--steps", "1",
+                 "--targets", "1", "--rounds", "1", "--grid", "3", "--passes", "1"]) == 0
+    assert not stale.exists()
+    import json
+
+    report = json.loads((out / REPORT_FILE).read_text())
+    import hashlib
+
+    assert report["state_sha256"] == hashlib.sha256((out / STATE_FILE).read_bytes()).hexdigest()
+    assert load_calibration(out)["method"] == "bias"
