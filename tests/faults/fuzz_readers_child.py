@@ -84,6 +84,12 @@ def checkpoint(obj) -> bytes:
     return buf.getvalue()
 
 
+def legacy_checkpoint(obj) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf, _use_new_zipfile_serialization=False)
+    return buf.getvalue()
+
+
 def zip_bomb() -> bytes:
     src = io.BytesIO(checkpoint({"w": torch.zeros(64 << 20, dtype=torch.uint8)}))  # 64 MiB inflated (built pre-limit)
     out = io.BytesIO()
@@ -117,7 +123,7 @@ def main() -> int:
         "idx": [labels, images, gzip.compress(labels), gzip.compress(images)],
         "image": [png(gray, "PNG"), png(rgb, "PNG"), png(rgb, "PPM"), png(rgb, "JPEG"), png(gray, "BMP")],
         "checkpoint": [checkpoint({"w": torch.ones(3, 3), "meta": {"a": 1}}), checkpoint([1, 2]),
-                       st_save({"w": torch.ones(4)})],
+                       st_save({"w": torch.ones(4)}), legacy_checkpoint({"w": torch.ones(1000), "n": [1, 2]})],
         "result": [json.dumps(result).encode()],
         "layout cache": [json.dumps({"k": {"channels_last": True, "default_ms": 1.0, "channels_last_ms": 2.0}}).encode()],
         "calibration": [(calib / "calibration.pt").read_bytes(), (calib / "calibration.json").read_bytes()],
@@ -125,7 +131,8 @@ def main() -> int:
     bombs = {
         "idx": [gzip.compress(bytes([0, 0, 8, 3]) + struct.pack(">III", 60000, 4096, 4096) + bytes(4096)),
                 gzip.compress(bytes([0, 0, 8, 1]) + struct.pack(">I", 10) + bytes(256 << 20))],  # 256 MiB of zeros
-        "checkpoint": [zip_bomb()],
+        "checkpoint": [zip_bomb(), legacy_checkpoint({"w": torch.ones(1000)}).replace(
+            b"M\xe8\x03", b"J" + (1 << 28).to_bytes(4, "little"), 1)],
         "image": [png(np.zeros((1, 1), np.uint8), "PNG")[:16] + struct.pack(">II", 65535, 65535)
                   + png(np.zeros((1, 1), np.uint8), "PNG")[24:]],
     }

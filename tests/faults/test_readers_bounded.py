@@ -286,3 +286,16 @@ def test_an_unusable_layout_cache_is_ignored_with_one_warning(tmp_path, monkeypa
     assert len(warnings) == (0 if kind == "bad entry" else 1)
     if kind != "directory":
         assert isinstance(runtime.read_layout_cache(path), dict) and path.is_file()  # replaced by a good cache
+
+
+def test_a_legacy_format_checkpoint_declaring_huge_storages_is_refused(tmp_path):
+    """The pre-zip format allocates each storage at its declared size before reading it: bounded by the file."""
+    good = tmp_path / "legacy.pt"
+    torch.save({"w": torch.ones(1000), "m": {"a": [1, 2]}}, good, _use_new_zipfile_serialization=False)
+    assert load_checkpoint(good)["w"].shape == (1000,)
+    data = good.read_bytes()
+    assert b"M\xe8\x03" in data  # the pickled element count 1000 (BININT2)
+    bomb = tmp_path / "bomb.pt"
+    bomb.write_bytes(data.replace(b"M\xe8\x03", b"J" + (1 << 28).to_bytes(4, "little"), 1))  # 2^28 floats: 1 GiB
+    with pytest.raises(CheckpointError, match="declare 268435456 elements"):
+        load_checkpoint(bomb)
