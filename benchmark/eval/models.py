@@ -47,6 +47,10 @@ def from_run(run_dir: str | Path, which: str = "best", device: torch.device | st
                            "which to evaluate; move calibration.pt and calibration.json to a directory of their own")
     if calibrated:
         model, info = load_calibrated_model(run_dir, device=device)
+        if which not in ("best", info.get("which")):  # "best" is the flag's default: it cannot say more
+            raise RfbenchError(f"{run_dir} is a calibration of the run's '{info.get('which')}' checkpoint, so "
+                               f"--which {which} does not apply; calibrate that checkpoint with `rfbench calibrate "
+                               f"--which {which}` into another directory")
         which = info.get("which", which)
     else:
         model, info = load_run_model(run_dir, which=which, device=device)

@@ -224,3 +224,19 @@ def test_calibrate_removes_stale_temps_and_writes_a_checked_group(tmp_path):
 
     assert report["state_sha256"] == hashlib.sha256((out / STATE_FILE).read_bytes()).hexdigest()
     assert load_calibration(out)["method"] == "bias"
+
+
+def test_which_on_a_calibration_of_another_checkpoint_is_refused(tmp_path, capsys):
+    from rfbench.benchmark.train.config import TrainConfig
+    from rfbench.benchmark.train.trainer import train
+
+    run = train(TrainConfig(dataset="fashion-mnist", model="smallcnn", model_kwargs={"width": 0.25},
+                            max_train_samples=64, val_per_class=2, steps=1, val_steps=1, epochs=1, batch_size=32,
+                            device="cpu", out=str(tmp_path / "run")), quiet=True)
+    out = tmp_path / "calib"
+    assert main(["calibrate", "--run", str(run), "--which", "best", "--out", str(out), "--device", "cpu", "--steps",
+                 "1", "--targets", "1", "--rounds", "1", "--grid", "3", "--passes", "1"]) == 0
+    capsys.readouterr()
+    assert main(["eval", "--run", str(out), "--which", "last", "--n-per-class", "1", "--attack", "fgsm", "--device",
+                 "cpu", "--quiet", "--out", str(tmp_path / "e")]) == 2
+    assert_one_line_error(capsys.readouterr().err, "calibration of the run's 'best' checkpoint", "--which last")
