@@ -150,6 +150,23 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("rfbench: interrupted", file=sys.stderr)
         return 130
+    except (MemoryError, RuntimeError) as exc:  # torch.OutOfMemoryError is a RuntimeError
+        from rfbench.benchmark.eval.harness import is_out_of_memory
+
+        if not is_out_of_memory(exc):
+            raise
+        print(f"rfbench: error: {out_of_memory_line(exc, args)}", file=sys.stderr)
+        return 2
+
+
+def out_of_memory_line(exc: BaseException, args: argparse.Namespace) -> str:
+    """One line for an out-of-memory error that no halving absorbed: what ran out, and the flag to lower."""
+    from rfbench.core.errors import one_line
+
+    first = one_line(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)[:200]
+    size = getattr(args, "batch_size", None)
+    flag = f"lower --batch-size (now {size})" if size is not None else "lower --batch-size"
+    return f"out of memory ({first}); {flag}, or free memory on the device"
 
 
 if __name__ == "__main__":

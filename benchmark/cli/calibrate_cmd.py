@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 EPILOG = """\
 examples:
@@ -24,6 +25,36 @@ accuracy before and after).  Evaluate it like a run directory, AutoAttack includ
 
 
 def run(args: argparse.Namespace) -> int:
+    from rfbench.core.io.atomic import remove_stale_temps
+    from rfbench.core.io.lock import exclusive_dir
+
+    # one writer for the whole command: a second calibrate on the same --out stops at once, not after its fit
+    with exclusive_dir(args.out, "calibration directory"):
+        _check_out(args.run, args.out)
+        remove_stale_temps(args.out)  # left by a calibrate killed mid-write
+        out, lines = _calibrate(args)
+    for line in lines:
+        print(line)
+    print(f"calibration written to {out}", file=sys.stderr)
+    return 0
+
+
+def _check_out(run_dir: str, out: str) -> None:
+    """``--out`` must not be the run directory (or another run directory): it would hide the run's checkpoints."""
+    from rfbench.benchmark.train.rundir import CHECKPOINTS
+    from rfbench.core.errors import RfbenchError
+
+    target = Path(out).resolve()
+    if target == Path(run_dir).resolve():
+        raise RfbenchError(f"--out {out} is the run directory itself; every later `rfbench eval --run {run_dir}` would "
+                           "evaluate the calibration instead of the run's checkpoints; give another --out")
+    held = [name for name in CHECKPOINTS.values() if (target / name).exists()]
+    if held:
+        raise RfbenchError(f"--out {out} holds a training run ({held[0]}); a calibration there would hide its "
+                           "checkpoints from `rfbench eval --run`; give another --out")
+
+
+def _calibrate(args: argparse.Namespace) -> tuple[Path, list[str]]:
     from rfbench.benchmark.data import to_float
     from rfbench.benchmark.eval.calibrate import CalibrationConfig, fit_calibration, save_calibration
     from rfbench.benchmark.train.config import TrainConfig
@@ -31,10 +62,7 @@ def run(args: argparse.Namespace) -> int:
     from rfbench.benchmark.train.rundir import load_run_model
     from rfbench.benchmark.train.runtime import resolve_device
     from rfbench.core.config import from_dict
-    from rfbench.core.io.lock import prepare_out_dir
     from rfbench.core.threat import resolve_threat
-
-    prepare_out_dir(args.out)  # one line for a bad --out, before any work
 
     device = resolve_device(args.device)
     model, info = load_run_model(args.run, args.which, device=device)
@@ -61,20 +89,16 @@ def run(args: argparse.Namespace) -> int:
     cfg = from_dict(CalibrationConfig, values, where="calibrate")
     x, y = to_float(bundle.val.x), bundle.val.y
     result = fit_calibration(model, x, y, cfg, num_classes=bundle.num_classes, device=device)
-    from rfbench.core.io.lock import exclusive_dir
-
-    with exclusive_dir(args.out, "calibration directory"):
-        out = save_calibration(args.out, result, args.run, args.which, cfg)
+    out = save_calibration(args.out, result, args.run, args.which, cfg)
     b, a = result.before, result.after
     rows = [("before", b), ("after", a)]
-    print(f"validation ({len(y)} images, PGD-{cfg.steps} + {min(cfg.targets, bundle.num_classes - 1)} targeted, "
-          f"eps {cfg.eps:.4g}), method {cfg.method}:")
-    print(f"{'':8}{'clean mean':>12}{'clean worst':>13}{'robust mean':>13}{'robust worst':>14}")
+    lines = [f"validation ({len(y)} images, PGD-{cfg.steps} + {min(cfg.targets, bundle.num_classes - 1)} targeted, "
+             f"eps {cfg.eps:.4g}), method {cfg.method}:",
+             f"{'':8}{'clean mean':>12}{'clean worst':>13}{'robust mean':>13}{'robust worst':>14}"]
     for name, d in rows:
         c, r = d["clean_acc"], d["robust_acc"]
-        print(f"{name:8}{sum(c) / len(c):12.4f}{min(c):13.4f}{sum(r) / len(r):13.4f}{min(r):14.4f}")
-    print(f"calibration written to {out}", file=sys.stderr)
-    return 0
+        lines.append(f"{name:8}{sum(c) / len(c):12.4f}{min(c):13.4f}{sum(r) / len(r):13.4f}{min(r):14.4f}")
+    return out, lines
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

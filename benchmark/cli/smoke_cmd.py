@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"rfbench: error: the smoke benchmark shrinks {TRACK}, which is not at {track}; run it from an rfbench "
               "checkout or pass --root CHECKOUT", file=sys.stderr)
         return 2
-    t0 = time.time()
+    t0 = time.monotonic()
     rows = []
     for name in defenses:
         row = smoke_one(name, out, track)
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         rows.append(row)
     print(smoke_table(rows))
     failed = [r.defense for r in rows if not r.ok]
-    print(f"{len(rows) - len(failed)}/{len(rows)} defenses pass in {time.time() - t0:.0f} s; runs in {out}"
+    print(f"{len(rows) - len(failed)}/{len(rows)} defenses pass in {time.monotonic() - t0:.0f} s; runs in {out}"
           + (f"; FAILED: {', '.join(failed)}" if failed else ""), file=sys.stderr)
     return 1 if failed else 0
 

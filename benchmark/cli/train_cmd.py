@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import os
 import sys
 
 from rfbench.benchmark.cli.config_args import add_config_flags, resolve_config
@@ -85,10 +84,14 @@ such as defense_args.beta=6); `rfbench list defenses` names the defenses.
 def run(args: argparse.Namespace) -> int:
     from rfbench.benchmark.train.trainer import train
     from rfbench.core.io.lock import exclusive_dir
+    from rfbench.core.launch import launch_from_env
 
+    launch = launch_from_env()  # a bad WORLD_SIZE / RANK / MASTER_ADDR is one line, before any work
     cfg = resolve_config(TrainConfig, args, args.config, args.overrides)
-    # under torchrun every rank runs this command; rank 0 is the run directory's one writer and holds its lock
-    writer = os.environ.get("RANK", "0") == "0"
+    # under torchrun every rank runs this command; rank 0 is the run directory's one writer and holds its lock.
+    # RANK counts only inside a launch (WORLD_SIZE > 1 with its rendezvous variables); the other ranks write
+    # nothing before they have joined rank 0's process group, which needs rank 0 and therefore its lock.
+    writer = launch.main
     with exclusive_dir(cfg.out, "run directory") if writer else contextlib.nullcontext():
         out = train(cfg, quiet=args.quiet, force=args.force)
     print(f"run directory: {out}", file=sys.stderr)

@@ -48,19 +48,73 @@ FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sanda
 MNIST_CLASSES = [str(i) for i in range(10)]
 
 
-def read_idx(path: Path) -> np.ndarray:
-    """Parse an IDX file (optionally gzipped) into a NumPy array."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as fh:
-        data = fh.read()
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
-        raise DataNotFoundError(f"corrupt file {path}: not an unsigned-byte IDX file")
-    ndim = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
-    if body.size != int(np.prod(dims)):
-        raise DataNotFoundError(f"corrupt file {path}: expected {int(np.prod(dims))} values, found {body.size} (truncated?)")
-    return body.reshape(dims)
+#: the most values one IDX file may hold (1 GiB of bytes; Fashion-MNIST's training images are 47 MB)
+MAX_IDX_VALUES = 1 << 30
+
+
+def read_idx(path: Path, max_values: int = MAX_IDX_VALUES) -> np.ndarray:
+    """Parse an IDX file (optionally gzipped) into a NumPy array, bounded before decompression and allocation.
+
+    The header's dimensions are read first and their product checked against
+    ``max_values``; then exactly that many bytes are decompressed (a ``.gz``
+    that would grow beyond them is refused, not inflated).  A non-regular file,
+    a truncated or corrupt file, or trailing data is one line.
+    """
+    import stat
+    import zlib
+
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise DataNotFoundError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise DataNotFoundError(f"cannot read {path}: not a regular file")
+    gz = path.suffix == ".gz"
+    try:
+        with (gzip.open(path, "rb") if gz else open(path, "rb")) as fh:
+            head = fh.read(4)
+            if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] != 0x08:
+                raise DataNotFoundError(f"corrupt file {path}: not an unsigned-byte IDX file")
+            ndim = head[3]
+            if not 1 <= ndim <= 4:
+                raise DataNotFoundError(f"corrupt file {path}: {ndim} dimensions (an IDX image or label file has 1 to 4)")
+            raw_dims = fh.read(4 * ndim)
+            if len(raw_dims) < 4 * ndim:
+                raise DataNotFoundError(f"corrupt file {path}: the header is truncated")
+            dims = [int.from_bytes(raw_dims[4 * i: 4 * i + 4], "big") for i in range(ndim)]
+            count = 1
+            for d in dims:
+                count *= d
+            if count > max_values:
+                raise DataNotFoundError(f"{path} declares {' x '.join(map(str, dims))} = {count} values, more than the "
+                                        f"{max_values} rfbench reads from one IDX file (a decompression bomb?)")
+            if not gz and st.st_size != 4 + 4 * ndim + count:
+                raise DataNotFoundError(f"corrupt file {path}: expected {count} values, found "
+                                        f"{st.st_size - 4 - 4 * ndim} (truncated?)")
+            data = fh.read(count)
+            if len(data) != count:
+                raise DataNotFoundError(f"corrupt file {path}: expected {count} values, found {len(data)} (truncated?)")
+            if fh.read(1):
+                raise DataNotFoundError(f"corrupt file {path}: data after the {count} values its header declares")
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise DataNotFoundError(f"corrupt file {path}: {exc} (a truncated or damaged .gz?)") from None
+    except OSError as exc:
+        raise DataNotFoundError(f"cannot read {path}: {exc.strerror or exc}") from None
+    return np.frombuffer(data, dtype=np.uint8).reshape(dims)
+
+
+def _check_pair(x: np.ndarray, y: np.ndarray, classes: list[str], where: str) -> None:
+    """Images ``(N, H, W)`` and labels ``(N,)`` in ``[0, len(classes))``, or one line saying which is not."""
+    if y.ndim != 1:
+        raise DataNotFoundError(f"corrupt labels in {where}: shape {tuple(y.shape)}, expected one label per image (1-D)")
+    if x.ndim != 3:
+        raise DataNotFoundError(f"corrupt images in {where}: shape {tuple(x.shape)}, expected (N, height, width)")
+    if len(x) != len(y):
+        raise DataNotFoundError(f"{where}: {len(x)} images but {len(y)} labels")
+    if y.size and int(y.max()) >= len(classes):
+        bad = int(y.max())
+        raise DataNotFoundError(f"corrupt labels in {where}: label {bad} at index {int(np.argmax(y == bad))}, but the "
+                                f"dataset has {len(classes)} classes (labels 0 to {len(classes) - 1})")
 
 
 def find_idx_dir(candidates: list[Path]) -> Path | None:
@@ -80,6 +134,9 @@ def _idx_path(d: Path, stem: str) -> Path | None:
 
 def _load_dir(d: Path, classes: list[str], test_only: bool = False) -> tuple[ArrayDataset, ArrayDataset]:
     arrays = {k: read_idx(_idx_path(d, stem)) for k, stem in IDX_FILES.items() if not (test_only and k.startswith("train"))}
+    for split in ("train", "test"):
+        if f"{split}_x" in arrays:
+            _check_pair(arrays[f"{split}_x"], arrays[f"{split}_y"], classes, f"{d} ({split} split)")
     mk = lambda x, y: ArrayDataset(torch.from_numpy(x.copy()).unsqueeze(1), torch.from_numpy(y.astype(np.int64)), classes)
     test = mk(arrays["test_x"], arrays["test_y"])
     return (not_loaded(test) if test_only else mk(arrays["train_x"], arrays["train_y"])), test

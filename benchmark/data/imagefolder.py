@@ -12,7 +12,12 @@
 * every class needs at least one test image (else one line before any work);
   an image of more than ``MAX_PIXELS`` (4096×4096) pixels is refused from its
   header, before it is decoded;
-* every image is decoded once with PIL into a uint8 tensor.  The first
+* only regular files are read: a FIFO, socket or device named like an image
+  is refused in one line before anything is opened (opening a FIFO blocks);
+* every image is decoded once with PIL into a uint8 tensor.  16-bit grayscale
+  images (PNG ``I;16``) are converted to 8 bits only when that loses nothing
+  (every value a multiple of 257, i.e. an 8-bit image stored in 16 bits);
+  otherwise they are refused in one line, never clipped.  The first
   training image fixes the format: grayscale images give 1 channel, anything
   else is converted to RGB.  The size is the most common (width, height) among
   the training images, ties broken by the larger area, then the larger width
@@ -53,12 +58,12 @@ from typing import Callable
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from rfbench.benchmark.data.augment import AugmentConfig
 from rfbench.benchmark.data.base import ArrayDataset, channel_stats
 from rfbench.benchmark.data.registry import DataOptions, RawSplits, ThreatDefaults, not_loaded, register_path_scheme
-from rfbench.core.errors import DataNotFoundError
+from rfbench.core.errors import DataNotFoundError, RfbenchError
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +94,10 @@ def list_samples(split_dir: Path, classes: list[str]) -> tuple[list[Path], list[
             for f in filenames
             if f.lower().endswith(IMG_EXTENSIONS)
         )
+        for f in files:
+            if not f.is_file():  # a FIFO would block the decoder forever; a device could be endless
+                raise DataNotFoundError(f"{f} is not a regular file (a FIFO, socket or device?); an image folder "
+                                        "may hold only regular image files")
         if not files:
             if split_dir.name == "test":  # every class needs test images, or its per-class numbers do not exist
                 raise DataNotFoundError(f"class '{name}' has no test images in {split_dir / name}; add some or "
@@ -112,14 +121,43 @@ def _check_pixels(path: Path, im: Image.Image) -> None:
                                 "(a decompression-bomb limit); resize it first")
 
 
+#: 16-bit grayscale modes PIL opens (``I`` is what older Pillow versions give a 16-bit PNG)
+WIDE_GRAY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def to_8bit(im: Image.Image, path: Path | str = "") -> Image.Image:
+    """``im`` with 8-bit samples: a 16-bit grayscale image only when no value is lost, else one line why not.
+
+    PIL's own ``convert("L")`` clips 16-bit values above 255 (nearly every pixel of a real 16-bit
+    image); here a 16-bit image converts exactly when every value is a multiple of 257 (0..65535
+    onto 0..255), and any other 16-bit or float image is refused.
+    """
+    if im.mode in WIDE_GRAY_MODES:
+        arr = np.asarray(im)
+        if arr.size and (arr.min() < 0 or arr.max() > 65535 or (arr % 257).any()):
+            raise DataNotFoundError(f"image {path} has 16-bit pixels (mode {im.mode}) that 8 bits cannot hold without "
+                                    "loss; convert the folder to 8-bit images first (rfbench stores uint8 pixels)")
+        return Image.fromarray((arr // 257).astype(np.uint8), mode="L")
+    if im.mode == "F":
+        raise DataNotFoundError(f"image {path} has floating-point pixels (mode F); convert it to 8-bit first")
+    return im
+
+
+def _decode_error(path: Path, exc: Exception) -> DataNotFoundError:
+    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return DataNotFoundError(f"cannot decode image {path}: {first}")
+
+
 def _open(path: Path, prepare: Callable[[Image.Image], Image.Image]) -> np.ndarray:
     """``prepare(image)`` as an H×W×C uint8 array; an unreadable file is a :class:`DataNotFoundError`."""
     try:
         with Image.open(path) as im:
             _check_pixels(path, im)
-            arr = np.asarray(prepare(im))
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
-        raise DataNotFoundError(f"cannot decode image {path}: {exc}") from None
+            arr = np.asarray(prepare(to_8bit(im, path)))
+    except RfbenchError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - PIL's decoders raise many types for hostile files (ValueError, SyntaxError, ...)
+        raise _decode_error(path, exc) from None
     return arr[:, :, None] if arr.ndim == 2 else arr
 
 
@@ -128,9 +166,11 @@ def _mode_and_size(path: Path) -> tuple[str, tuple[int, int]]:
     try:
         with Image.open(path) as im:
             _check_pixels(path, im)
-            return ("L" if im.mode in GRAY_MODES else "RGB"), im.size
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
-        raise DataNotFoundError(f"cannot decode image {path}: {exc}") from None
+            return ("L" if im.mode in GRAY_MODES or im.mode in WIDE_GRAY_MODES else "RGB"), im.size
+    except RfbenchError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - see _open
+        raise _decode_error(path, exc) from None
 
 
 def size_counts(paths: list[Path], workers: int | None = None) -> Counter:
@@ -198,7 +238,7 @@ def imagefolder(path: str, opts: DataOptions) -> RawSplits:
 
     def prepare(im: Image.Image) -> Image.Image:
         if im.size != size:
-            resized.append(Path(im.filename or ""))
+            resized.append(Path(getattr(im, "filename", "") or ""))
             return im.convert(mode).resize(size, Image.BILINEAR)
         return im.convert(mode)
 
@@ -222,7 +262,7 @@ def imagenet_preprocess(im: Image.Image) -> Image.Image:
     """RGB, shorter side resized to 256 (bilinear), centre crop 224×224 (RobustBench's ImageNet preprocessing)."""
     import torchvision.transforms.functional as TF
 
-    im = TF.resize(im.convert("RGB"), IMAGENET_RESIZE, interpolation=TF.InterpolationMode.BILINEAR)
+    im = TF.resize(to_8bit(im, getattr(im, "filename", "")).convert("RGB"), IMAGENET_RESIZE, interpolation=TF.InterpolationMode.BILINEAR)
     return TF.center_crop(im, [IMAGENET_CROP, IMAGENET_CROP])
 
 

@@ -25,6 +25,8 @@ selected indices against the global-RNG formulation).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from rfbench.core.errors import ConfigError
@@ -41,7 +43,12 @@ def longtail_counts(n_max: float, num_classes: int, imbalance_ratio: float) -> l
     if num_classes < 2:
         raise ValueError(f"a long-tailed split needs at least 2 classes, got {num_classes}")
     r = 1.0 / imbalance_ratio
-    return [int(n_max * r ** (i / (num_classes - 1.0))) for i in range(num_classes)]
+    counts = [int(n_max * r ** (i / (num_classes - 1.0))) for i in range(num_classes)]
+    if counts[-1] < 1:
+        raise ConfigError(f"imbalance_ratio={imbalance_ratio:g} leaves the last class with no training image (its "
+                          f"count is {n_max:g}/{imbalance_ratio:g} < 1); the largest ratio this dataset allows is "
+                          f"{math.floor(n_max):d}")
+    return counts
 
 
 def longtail_indices(labels: np.ndarray, num_classes: int, imbalance_ratio: float, seed: int = 0) -> tuple[np.ndarray, list[int]]:

@@ -50,6 +50,15 @@ import numpy as np
 import pandas as pd
 import torch
 
+from rfbench.benchmark.eval.api_checks import (
+    check_classes,
+    check_images,
+    check_labels,
+    check_model_materialised,
+    check_n_per_class,
+    check_outputs_materialised,
+    check_threat_args,
+)
 from rfbench.benchmark.eval.harness import EvalConfig, EvalData, evaluate_data
 from rfbench.benchmark.eval.render import markdown_table
 from rfbench.benchmark.eval.render import per_class_frame as _per_class_frame
@@ -251,6 +260,7 @@ def _class_names(classes: Sequence[str] | int | None, model: torch.nn.Module, x:
     x0 = x0.float().div(255) if x0.dtype == torch.uint8 else x0.float()
     with torch.no_grad():
         out = model.to(device).eval()(x0)
+    check_outputs_materialised(out)
     if not torch.is_tensor(out) or out.ndim != 2:
         raise RfbenchError("could not read the number of classes from the model's output; pass classes=[...]")
     return [str(i) for i in range(int(out.shape[1]))]
@@ -261,7 +271,7 @@ def _threat(eps: float | None, norm: str, steps: int | None, alpha: float | None
         raise ConfigError("evaluate needs eps= (e.g. eps=8/255 for CIFAR-10 Linf); there is no dataset protocol to take it from")
     norm = norm.lower()
     eps = float(eps)
-    defaults = ThreatDefaults(norm=norm, eps=eps, eval_steps=int(steps or DEFAULT_STEPS),
+    defaults = ThreatDefaults(norm=norm, eps=eps, eval_steps=DEFAULT_STEPS if steps is None else int(steps),
                               eval_alpha=eps * OTHER_NORM_RATIO if alpha is None else float(alpha))
     return resolve_threat(defaults, "eval")
 
@@ -303,6 +313,9 @@ def evaluate(
     ``checkpoint``, ``additional_data``...).
     """
     xs, ys = _as_tensor(x, "x"), _as_tensor(y, "y")
+    check_threat_args(steps, alpha)
+    check_images(xs)
+    check_model_materialised(model)
     specs = list(attacks) if attacks is not None else []
     if version is not None:
         specs.append(f"autoattack:version={version}")
@@ -321,6 +334,9 @@ def evaluate(
     from rfbench.benchmark.train.runtime import resolve_device
 
     names = _class_names(classes, model, xs, resolve_device(device))
+    check_classes(names)
+    check_labels(ys, len(xs), names)
+    check_n_per_class(n_per_class, ys.reshape(-1), names)
     data = EvalData(xs, ys, names)
     src = {"kind": "python", "name": type(model).__name__, "architecture": type(model).__name__, **(source or {})}
     with default_logging(quiet):

@@ -35,7 +35,11 @@ gradients: evaluate the calibrated model with AutoAttack too.
 
 **Files.** ``rfbench calibrate --run RUN --method bias --out DIR`` writes
 ``DIR/calibration.pt`` (tensors, strings and numbers only; loaded with
-``weights_only=True``) and ``DIR/calibration.json`` (the fit report).
+``weights_only=True``) and ``DIR/calibration.json`` (the fit report), in that
+order.  The report is the group's manifest: it is written last and records the
+SHA-256 of ``calibration.pt``, and :func:`load_calibration` refuses a state
+file whose report is missing or names another digest, so a kill between the
+two writes never yields a ``.pt`` and a ``.json`` that disagree.
 :func:`load_calibrated_model` rebuilds the run's model with
 :func:`rfbench.benchmark.train.rundir.load_run_model` and wraps it in
 :class:`CalibratedModel`, which the evaluation harness then treats like any model.
@@ -276,9 +280,11 @@ def save_calibration(out_dir: str | Path, result: CalibrationResult, run_dir: st
     out.mkdir(parents=True, exist_ok=True)
     run = str(Path(run_dir).resolve())
     save_checkpoint(out / STATE_FILE, {"format": FORMAT, "method": result.method, "scale": result.scale.float(),
-                                       "bias": result.bias.float(), "run_dir": run, "which": which})
-    atomic_write_json(out / REPORT_FILE, {
-        "format": FORMAT, "run_dir": run, "which": which, "method": result.method,
+                                       "bias": result.bias.float(), "run_dir": run, "which": which,
+                                       "manifest": REPORT_FILE})
+    atomic_write_json(out / REPORT_FILE, {  # the manifest, written last (see the module docstring)
+        "format": FORMAT, "state_sha256": _sha256(out / STATE_FILE), "run_dir": run, "which": which,
+        "method": result.method,
         "invention": f"{INVENTION_LABEL}: {CALIBRATION_NOTE}", "scale": result.scale.tolist(), "bias": result.bias.tolist(), "config": vars(cfg).copy(),
         "validation_before": result.before, "validation_after": result.after, "rounds": result.rounds,
     })
@@ -293,12 +299,36 @@ def load_calibration(path: str | Path) -> dict[str, Any]:
     state = load_checkpoint(path)
     if state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an rfbench calibration file (format {state.get('format')!r})")
+    if "manifest" in state:
+        _check_manifest(path)
     scale, bias = state.get("scale"), state.get("bias")
     if not (torch.is_tensor(scale) and torch.is_tensor(bias) and scale.shape == bias.shape and scale.ndim == 1):
         raise CheckpointError(f"{path}: 'scale' and 'bias' must be two tensors of shape (C,)")
     if not (torch.isfinite(scale).all() and torch.isfinite(bias).all() and (scale > 0).all()):
         raise CheckpointError(f"{path}: calibration values must be finite, with positive scales")
     return state
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    with open(path, "rb") as fh:
+        return hashlib.sha256(fh.read()).hexdigest()  # a few kilobytes
+
+
+def _check_manifest(state_path: Path) -> None:
+    """Refuse a ``calibration.pt`` whose ``calibration.json`` (written last) is missing or records another digest."""
+    from rfbench.core.io.atomic import read_json
+
+    report = state_path.parent / REPORT_FILE
+    again = f"run `rfbench calibrate ... --out {state_path.parent}` again"
+    if not report.exists():
+        raise CheckpointError(f"{state_path} has no {REPORT_FILE} beside it: the calibration did not finish; {again}")
+    manifest = read_json(report)
+    digest = manifest.get("state_sha256") if isinstance(manifest, dict) else None
+    if digest != _sha256(state_path):
+        raise CheckpointError(f"{state_path} and {report} come from different calibrations (one was stopped "
+                              f"between its two writes, or a file was replaced); {again}")
 
 
 def is_calibration_dir(path: str | Path) -> bool:

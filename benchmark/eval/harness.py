@@ -36,7 +36,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import shutil
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -53,6 +52,7 @@ from rfbench.benchmark.data.subsets import per_class_subset
 from rfbench.benchmark.eval.assemble import build_result
 from rfbench.benchmark.eval.checks import check_predictions, overall_verdict
 from rfbench.benchmark.eval.flags import SampleFlags
+from rfbench.benchmark.eval.group import OUTPUT_FILES, file_sha256, finish_swap, staging_dir, swap_in  # noqa: F401 (staging_dir re-exported)
 from rfbench.benchmark.eval.metrics import class_weight_norms
 from rfbench.benchmark.eval.model_checks import check_model
 from rfbench.benchmark.eval.progress import DEFAULT_EVERY_S, EvalProgress
@@ -234,12 +234,15 @@ def attack_settings(attacks: list[Attack], scope: str) -> dict[str, dict[str, An
     return out
 
 
-def _open_flags(path: Path | None, test, labels: list[str], meta: dict, overwrite: bool) -> SampleFlags:
+def _open_flags(path: Path | None, test, labels: list[str], meta: dict, overwrite: bool,
+                staged: bool = False) -> SampleFlags:
     if path is not None and path.exists() and not overwrite:
         old = SampleFlags.load(path)
         if old.meta.get("static") == meta["static"]:
             log.info("resuming from %s: %d of %d samples done", path, int(old.done.sum()), len(old.done))
             return old
+        if staged:  # an interrupted --overwrite of another evaluation: its staged batches are of no use
+            return SampleFlags.empty(test.index.numpy(), test.y.numpy(), labels, meta)
         diff = sorted(k for k in set(old.meta.get("static", {})) | set(meta["static"])
                       if old.meta.get("static", {}).get(k) != meta["static"].get(k))
         raise RfbenchError(f"{path} belongs to a different evaluation (differs in: {', '.join(diff)}); "
@@ -252,9 +255,15 @@ def _predict(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return model(x).argmax(1)
 
 
+#: how allocators say "out of memory" (CUDA; the CPU allocator; Windows)
+OOM_TEXTS = ("out of memory", "can't allocate memory", "cannot allocate memory", "not enough memory")
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
-    """A device out-of-memory error (``torch.OutOfMemoryError``, or a RuntimeError saying "out of memory")."""
-    return isinstance(exc, torch.OutOfMemoryError) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
+    """Out of memory on the device or the CPU: ``torch.OutOfMemoryError``, ``MemoryError``, or a RuntimeError saying so."""
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(exc, RuntimeError) and any(t in str(exc).lower() for t in OOM_TEXTS)
 
 
 def _attack_piece(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, rows: np.ndarray, attacks: list[Attack],
@@ -273,7 +282,7 @@ def _attack_piece(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, rows
             continue
         if on_attack is not None:
             on_attack(atk.label)
-        t_atk = time.time()
+        t_atk = time.monotonic()
         xs, ys = x[sel], y[sel]
         x_adv = atk(xs, ys, seed=seed(atk.label))
         norms = verify_in_ball(x_adv, xs, atk.cfg.eps, atk.cfg.norm, atk.label)
@@ -285,7 +294,7 @@ def _attack_piece(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, rows
         alive[key][sel] &= pred == ys
         if timing is not None:
             t = timing.setdefault(atk.label, [0.0, 0])
-            t[0] += time.time() - t_atk
+            t[0] += time.monotonic() - t_atk
             t[1] += int(sel.numel())
     return alive[threat_key(attacks[0])] if attacks else clean == y
 
@@ -336,7 +345,7 @@ def run_attacks(
             if cl:
                 x = x.contiguous(memory_format=torch.channels_last)
             rows = pos.numpy()
-            t_batch = time.time()
+            t_batch = time.monotonic()
             while True:
                 try:
                     alive = []
@@ -348,7 +357,7 @@ def run_attacks(
                                                    survivors_scope=survivors_scope, on_attack=progress.attack,
                                                    timing=timing))
                     break
-                except RuntimeError as exc:  # torch.OutOfMemoryError is one
+                except (RuntimeError, MemoryError) as exc:  # torch.OutOfMemoryError is a RuntimeError
                     if not is_out_of_memory(exc):
                         raise
                 # out of memory; outside the except block, so the failed attempt's tensors can be freed
@@ -364,7 +373,7 @@ def run_attacks(
                 flags.meta.setdefault("oom_halvings", []).append({"batch": b, "from": size, "to": piece})
             flags.done[rows] = True
             flags.meta["attack_flags"] = {a.label: a.flags for a in attacks if a.flags}
-            flags.meta["elapsed_s"] = flags.meta.get("elapsed_s", 0.0) + time.time() - t_batch
+            flags.meta["elapsed_s"] = flags.meta.get("elapsed_s", 0.0) + time.monotonic() - t_batch
             if flags_path is not None:
                 flags.save(flags_path)
             progress.images_done(len(rows), float(torch.cat(alive).float().mean()))
@@ -400,12 +409,14 @@ def evaluate_data(
     ``callback(batch_index)`` runs after each finished batch (tests use it to
     simulate a kill).
     """
-    t0 = time.time()
+    t0 = time.monotonic()
     out_dir = Path(out_dir) if out_dir is not None else None
     final_dir = None  # with --overwrite of an existing evaluation: the new one is staged beside it, swapped in at the end
+    if out_dir is not None:
+        finish_swap(out_dir)  # an --overwrite killed after its commit point ends as the new evaluation
     if out_dir is not None and cfg.overwrite and any((out_dir / n).exists() for n in OUTPUT_FILES):
+        # the staging directory is kept: an interrupted overwrite of the same evaluation resumes its batches
         final_dir, out_dir = out_dir, staging_dir(out_dir)
-        shutil.rmtree(out_dir, ignore_errors=True)  # a failed earlier overwrite; its old files were kept
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)  # exists from the start; flags.npz from the first finished batch
         if stale := remove_stale_temps(out_dir):  # left by a killed write
@@ -430,7 +441,8 @@ def evaluate_data(
               "scope": cfg.autoattack_scope, "amp": cfg.amp}
     static = json.loads(json.dumps(static))  # as it reads back from the file (tuples -> lists)
     flags_path = out_dir / FLAGS_FILE if out_dir is not None else None
-    flags = _open_flags(flags_path, test, [a.label for a in attacks], {"static": static}, cfg.overwrite)
+    flags = _open_flags(flags_path, test, [a.label for a in attacks], {"static": static},
+                        cfg.overwrite and final_dir is None, staged=final_dir is not None)
     for a in attacks:  # flags raised before a kill are kept
         a.flags.update(flags.meta.get("attack_flags", {}).get(a.label, {}))
     num_classes = len(data.classes)
@@ -453,13 +465,15 @@ def evaluate_data(
             s["flags"] = f
     described = dataset_description(dataset)
     src = portable_source(source or {}, model)
-    prov = provenance(cfg=dataclasses.asdict(cfg), source=src, device=device, wall_time=time.time() - t0)
+    prov = provenance(cfg=dataclasses.asdict(cfg), source=src, device=device, wall_time=time.monotonic() - t0)
     prov["attack_time_s"] = round(flags.meta.get("elapsed_s", 0.0), 2)  # summed over resumed runs
     prov["attack_rates"] = {lab: {"seconds": round(sec, 3), "images": n, "images_per_s": round(n / sec, 3) if sec > 0 else None}
                             for lab, (sec, n) in timing.items()}  # this process's batches
     prov["oom_halvings"] = flags.meta.get("oom_halvings", [])
     prov["channels_last"] = channels_last
     prov["dataset"] = described
+    if flags_path is not None and flags_path.exists():  # ties result.json to its flag file (group.check_group)
+        prov["flags_sha256"] = file_sha256(flags_path)
     result = build_result(flags, classes=list(data.classes), settings=settings, threat=threat, dataset=described["name"],
                           train_counts=train_counts, imbalance_ratio=imbalance_ratio,
                           weight_norms=class_weight_norms(model), provenance=prov,
@@ -474,36 +488,6 @@ def evaluate_data(
     if final_dir is not None:
         swap_in(out_dir, final_dir)
     return typed
-
-
-OUTPUT_FILES = (FLAGS_FILE, "result.json", "per_class.csv", "per_class.md", "per_class.png", "confusion_flow.png")
-
-
-def staging_dir(out_dir: Path) -> Path:
-    """Where ``--overwrite`` writes the new evaluation of ``out_dir``: the hidden sibling ``.NAME.overwrite``."""
-    return out_dir.parent / f".{out_dir.name}.overwrite"
-
-
-def swap_in(staged: Path, out_dir: Path) -> None:
-    """Move the complete evaluation in ``staged`` over the old one in ``out_dir``, file by file (each an atomic rename).
-
-    The flag file goes last, so until then the old ``flags.npz`` is there; old outputs the
-    new evaluation did not write (plots) are removed; the staging directory is removed.
-    """
-    import os
-
-    names = [n for n in OUTPUT_FILES if (staged / n).exists()]
-    for n in sorted(names, key=lambda n: n == FLAGS_FILE):
-        os.replace(staged / n, out_dir / n)
-    for n in OUTPUT_FILES:
-        if n not in names and (out_dir / n).exists():
-            (out_dir / n).unlink()
-    fd = os.open(out_dir, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    shutil.rmtree(staged, ignore_errors=True)
 
 
 def evaluate(

@@ -112,7 +112,17 @@ def check_model(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, num_cl
     Returns ``{"verdict": "pass" | "warn", "detail", "output_shape", "findings": {id: message},
     "autoattack_checks": {flag id: {message, count}}, "max_forward_difference"}``.
     """
+    if x.is_floating_point() and not torch.isfinite(x).all():
+        raise RfbenchError("the input images hold NaN or Inf values; the input is at fault, not the model")
+    before = x.clone()
     out = _forward(model, x)
+    if not torch.equal(x, before):
+        raise ModelOutputError("the model changes its input images in place (in its forward); attacks reuse those "
+                               "images, so every result would be wrong: work on a copy (x = x.clone()) in forward")
+    if torch.is_tensor(out) and out.device.type == "meta":
+        raise ModelOutputError("the model returned outputs on the meta device (its weights were never "
+                               "materialised); load real weights, e.g. model.to_empty(device=...) then "
+                               "load_state_dict(...)")
     if not torch.is_tensor(out):
         raise ModelOutputError(f"the model returned {type(out).__name__}, expected a tensor of logits of shape "
                                f"(batch, {num_classes})")

@@ -39,11 +39,18 @@ def from_run(run_dir: str | Path, which: str = "best", device: torch.device | st
     (the source run's checkpoint wrapped in its frozen per-class calibration).
     """
     from rfbench.benchmark.eval.calibrate import is_calibration_dir, load_calibrated_model
-    from rfbench.benchmark.train.rundir import load_run_model
+    from rfbench.benchmark.train.rundir import CHECKPOINTS, load_run_model
 
     calibrated = is_calibration_dir(run_dir)
+    if calibrated and any((Path(run_dir) / name).exists() for name in CHECKPOINTS.values()):
+        raise RfbenchError(f"{run_dir} holds both a training run and a calibration (calibration.pt), so it is unclear "
+                           "which to evaluate; move calibration.pt and calibration.json to a directory of their own")
     if calibrated:
         model, info = load_calibrated_model(run_dir, device=device)
+        if which not in ("best", info.get("which")):  # "best" is the flag's default: it cannot say more
+            raise RfbenchError(f"{run_dir} is a calibration of the run's '{info.get('which')}' checkpoint, so "
+                               f"--which {which} does not apply; calibrate that checkpoint with `rfbench calibrate "
+                               f"--which {which}` into another directory")
         which = info.get("which", which)
     else:
         model, info = load_run_model(run_dir, which=which, device=device)

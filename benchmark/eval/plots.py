@@ -7,8 +7,10 @@ selected or changed (a notebook keeps its inline backend), nothing is left open 
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import io
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,25 @@ from matplotlib.figure import Figure
 
 from rfbench.core.io.atomic import atomic_write_bytes
 from rfbench.core.perclass import pct, to_percent
+
+#: class, attack and dataset names are the user's text: never parsed as mathtext (``$\\evil{$``) or LaTeX
+PLAIN_TEXT_RC: dict[Any, Any] = {"text.parse_math": False, "text.usetex": False}
+
+
+@contextlib.contextmanager
+def plain_text() -> Iterator[None]:
+    """Inside this block every text matplotlib creates or draws is shown as written, never parsed as markup."""
+    with matplotlib.rc_context(PLAIN_TEXT_RC):
+        yield
+
+
+def plain_text_figure(fn):
+    """Decorator: ``fn`` builds its figure inside :func:`plain_text`."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with plain_text():
+            return fn(*args, **kwargs)
+    return wrapper
 
 
 class ReportFigure(Figure):
@@ -30,7 +51,8 @@ class ReportFigure(Figure):
 def png_bytes(fig: Figure, dpi: int = 130) -> bytes:
     """``fig`` rendered as PNG bytes."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    with plain_text():
+        fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     return buf.getvalue()
 
 
@@ -51,6 +73,7 @@ def plot_confusion_flow(result: Mapping[str, Any], path: str | Path, name: str =
     return save_figure(confusion_flow_figure(result, name), path)
 
 
+@plain_text_figure
 def per_class_figure(result: Mapping[str, Any]):
     """Clean vs worst-case robust accuracy per class, sorted from the weakest class, with 95% intervals.
 
@@ -87,6 +110,7 @@ def per_class_figure(result: Mapping[str, Any]):
     return fig
 
 
+@plain_text_figure
 def confusion_flow_figure(result: Mapping[str, Any], name: str = "worst_case"):
     """Heat map of the confusion flow: share of each true class's samples predicted as each class under attack.
 

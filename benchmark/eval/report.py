@@ -27,8 +27,10 @@ import numpy as np
 import pandas as pd
 
 from rfbench.benchmark.eval import metrics as M
+from rfbench.benchmark.eval.group import check_group
 from rfbench.benchmark.eval.render import column_title
 from rfbench.benchmark.eval.result import validate_result
+from rfbench.benchmark.eval.result_checks import check_classes, check_result_values
 from rfbench.core.errors import RfbenchError
 from rfbench.core.io.atomic import read_json
 from rfbench.core.perclass import pct
@@ -56,7 +58,10 @@ def load_results(paths: list[str | Path], labels: list[str] | None = None) -> li
     for p in paths:
         res = read_json(p)
         try:
+            check_classes(res)
             validate_result(res)
+            check_result_values(res)
+            check_group(Path(p), res)
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise RfbenchError(f"{p} is not an rfbench result: {'missing key ' if isinstance(exc, KeyError) else ''}"
                                f"{exc}") from None

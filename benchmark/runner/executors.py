@@ -73,13 +73,13 @@ def run_cell(run: ResolvedRun, key: dict[str, Any], force: bool, quiet: bool) ->
     """Execute one cell, turning a failure into an outcome (one bad cell does not stop a sweep)."""
     from rfbench.benchmark.runner.run import execute_run
 
-    t0 = time.time()
+    t0 = time.monotonic()
     try:
         out = execute_run(run, force=force, quiet=quiet)
-        return CellOutcome(key=key, out=str(out), ok=True, seconds=time.time() - t0)
+        return CellOutcome(key=key, out=str(out), ok=True, seconds=time.monotonic() - t0)
     except (RfbenchError, RuntimeError, ValueError, OSError) as exc:  # reported per cell, the sweep goes on
         log.debug("cell %s failed:\n%s", key, traceback.format_exc())
-        return CellOutcome(key=key, out=str(run.out), ok=False, seconds=time.time() - t0,
+        return CellOutcome(key=key, out=str(run.out), ok=False, seconds=time.monotonic() - t0,
                            error=f"{type(exc).__name__}: {exc}")
 
 

@@ -140,7 +140,17 @@ def markdown_report(run: dict[str, Any]) -> str:
 
 
 def plot_run(run: dict[str, Any], run_dir: Path) -> list[Path]:
-    """``per_class.png`` (clean and robust per class, every checkpoint) and ``training.png`` (validation curves)."""
+    """``per_class.png`` (clean and robust per class, every checkpoint) and ``training.png`` (validation curves).
+
+    Class and defense names are drawn as plain text, never parsed as markup.
+    """
+    from rfbench.benchmark.eval.plots import plain_text
+
+    with plain_text():
+        return _plot_run(run, run_dir)
+
+
+def _plot_run(run: dict[str, Any], run_dir: Path) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")

@@ -157,27 +157,27 @@ def execute_run(run: ResolvedRun, *, force: bool = False, quiet: bool = False) -
     log.info("run %s: %s on %s (%s), seed %d -> %s", run.name, run.defense, run.train.dataset, run.train.model,
              run.seed, out)
     if run.pretrain is not None and not stages.done("pretrain"):
-        t0 = time.time()
+        t0 = time.monotonic()
         _train_stage(run.pretrain, quiet, force)
-        stages.mark("pretrain", time.time() - t0)
+        stages.mark("pretrain", time.monotonic() - t0)
     if not stages.done("train"):
-        t0 = time.time()
+        t0 = time.monotonic()
         _train_stage(run.train, quiet, force)
-        stages.mark("train", time.time() - t0)
+        stages.mark("train", time.monotonic() - t0)
     bundles: dict[str, Any] = {}
     evaluated: dict[str, str] = {}  # model digest -> checkpoint evaluated in this session
     for which in run.checkpoints:
         stage = f"eval-{which}"
         if stages.done(stage):
             continue
-        t0 = time.time()
+        t0 = time.monotonic()
         result = _eval_stage(run, which, bundles, evaluated)
         wc = result["summary"]["worst_case"]
         log.info("%s: clean %s%%, robust %s%% (worst class %s %s%%)", stage, pct(result["summary"]["clean"]["mean"]),
                  pct(wc["mean"]), result["classes"][wc["worst_class"]], pct(wc["worst"]))
-        stages.mark(stage, time.time() - t0, checks=result["checks"]["overall"])
-    t0 = time.time()
+        stages.mark(stage, time.monotonic() - t0, checks=result["checks"]["overall"])
+    t0 = time.monotonic()
     result = build_run_result(out, run.data, run.checkpoints, stages.stages)
     write_run_outputs(result, out)
-    stages.mark("report", time.time() - t0)
+    stages.mark("report", time.monotonic() - t0)
     return out

@@ -127,7 +127,7 @@ def verify_run(run_dir: Path) -> dict[str, Any]:
 
 def smoke_one(defense: str, out: Path, track: Path = TRACK) -> SmokeRow:
     """Train, evaluate and verify one defense; failures become a row, not an exception."""
-    t0 = time.time()
+    t0 = time.monotonic()
     run_dir = out / slug(defense)
     try:
         run = shrink(resolve_run(load_run_config(track), defense=defense, device="cpu", quiet=True), run_dir)
@@ -135,13 +135,13 @@ def smoke_one(defense: str, out: Path, track: Path = TRACK) -> SmokeRow:
         result = verify_run(run_dir)
         block = next(iter(result["checkpoints"].values()))
         wc = block["summary"]["worst_case"]
-        return SmokeRow(defense=defense, ok=True, seconds=time.time() - t0,
+        return SmokeRow(defense=defense, ok=True, seconds=time.monotonic() - t0,
                         train_seconds=result["cost"]["train_seconds"], eval_seconds=result["cost"]["eval_seconds"],
                         clean=block["summary"]["clean"]["mean"], robust=wc["mean"], worst=wc["worst"],
                         worst_class=block["classes"][wc["worst_class"]], checks=block["checks"])
     except (RfbenchError, RuntimeError, ValueError, KeyError, OSError) as exc:
         log.debug("smoke %s failed", defense, exc_info=True)
-        return SmokeRow(defense=defense, ok=False, seconds=time.time() - t0, error=f"{type(exc).__name__}: {exc}")
+        return SmokeRow(defense=defense, ok=False, seconds=time.monotonic() - t0, error=f"{type(exc).__name__}: {exc}")
 
 
 def smoke_table(rows: list[SmokeRow]) -> str:

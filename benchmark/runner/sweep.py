@@ -99,11 +99,19 @@ def expand_grid(grid: GridConfig, grid_path: Path | None = None, *, device: str 
     datasets = grid.datasets or [base.train.get("dataset", "fashion-mnist")]
     variants = grid.overrides or {"default": []}
     cells = []
+    seen: dict[Path, dict[str, Any]] = {}
     for dataset, defense, (variant, items), seed in itertools.product(datasets, defenses, variants.items(), grid.seeds):
         out = Path(grid.out) / slug(dataset) / slug(defense) / slug(variant) / f"seed{seed}"
+        key = {"dataset": dataset, "defense": defense, "variant": variant, "seed": seed}
+        if out in seen:  # two cells in one run directory: the second would always fail
+            other = seen[out]
+            what = next(k for k in ("dataset", "defense", "variant") if other[k] != key[k])
+            raise ConfigError(f"grid: {what}s {other[what]!r} and {key[what]!r} map to the same run directory {out}; "
+                              f"rename one (its directory name is taken from its last path component)")
+        seen[out] = key
         run = resolve_run(base, defense=defense, seed=seed, out=out, device=device,
                           overrides=[f"train.dataset={dataset}", *items, *(extra_overrides or [])], quiet=True)
-        cells.append(Cell(key={"dataset": dataset, "defense": defense, "variant": variant, "seed": seed}, run=run))
+        cells.append(Cell(key=key, run=run))
     return cells
 
 

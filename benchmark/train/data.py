@@ -28,6 +28,10 @@ def load_bundle(cfg: TrainConfig) -> DataBundle:
                                              magnitude=cfg.augment_magnitude, autoaugment_policy=cfg.augment_policy)
         bundle.notes.append(f"augmentation: {cfg.augment} before the dataset's crop/flip")
     if cfg.max_train_samples:
+        present = sum(1 for n in bundle.train.counts() if n)
+        if cfg.max_train_samples < present:
+            raise ConfigError(f"max_train_samples={cfg.max_train_samples} is fewer than the {present} classes with "
+                              f"training images; every class keeps at least one image, so give at least {present}")
         bundle.train = stratified_subset(bundle.train, cfg.max_train_samples, seed=cfg.seed)
         bundle.notes.append(f"training subset: {len(bundle.train)} images (max_train_samples={cfg.max_train_samples})")
     return bundle

@@ -10,12 +10,13 @@ update equals a single process's on the global batch, up to float rounding.
 from __future__ import annotations
 
 import contextlib
-import os
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import torch
 import torch.distributed as dist
+
+from rfbench.core.launch import launch_from_env
 
 
 @dataclass
@@ -34,11 +35,14 @@ class DistInfo:
 
 
 def init_distributed(device: torch.device) -> tuple[DistInfo, torch.device]:
-    """Join the process group torchrun describes (``WORLD_SIZE`` > 1); otherwise single-process."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    """Join the process group torchrun describes (``WORLD_SIZE`` > 1); otherwise single-process.
+
+    The environment is read and checked by :func:`rfbench.core.launch.launch_from_env` (one line for a bad value).
+    """
+    launch = launch_from_env()
+    if not launch.distributed:
         return DistInfo(), device
-    info = DistInfo(world, int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0")))
+    info = DistInfo(launch.world, launch.rank, launch.local_rank)
     if device.type == "cuda":
         device = torch.device("cuda", info.local_rank)
         torch.cuda.set_device(device)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import random
@@ -10,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+log = logging.getLogger(__name__)
 
 
 def resolve_device(spec: str = "auto") -> torch.device:
@@ -127,13 +130,11 @@ def cached_channels_last(model: torch.nn.Module, shape: tuple[int, ...],
     name = device.type if device.type == "cpu" else torch.cuda.get_device_name(device)
     key = f"{type(model).__name__}:{arch}|{tuple(shape)}|{name}|{_machine()}"
     path = layout_cache_path()
-    try:
-        cache = json.loads(path.read_text())
-    except (OSError, ValueError):
-        cache = {}
-    if isinstance(cache.get(key), dict) and "channels_last" in cache[key]:
-        hit = cache[key]
-        return bool(hit["channels_last"]), {k: float(hit[k]) for k in ("default_ms", "channels_last_ms")}, True
+    cache = read_layout_cache(path)
+    hit = cache.get(key)
+    if (isinstance(hit, dict) and isinstance(hit.get("channels_last"), bool)
+            and all(isinstance(hit.get(k), (int, float)) for k in ("default_ms", "channels_last_ms"))):
+        return hit["channels_last"], {k: float(hit[k]) for k in ("default_ms", "channels_last_ms")}, True
     choice, ms = measure_channels_last(model, shape, device)
     if ms["default_ms"] != ms["default_ms"]:  # NaN: the probe ran out of memory; nothing worth keeping
         return choice, ms, False
@@ -146,6 +147,37 @@ def cached_channels_last(model: torch.nn.Module, shape: tuple[int, ...],
     except OSError:
         pass
     return choice, ms, False
+
+
+#: the largest layout cache read (one entry is ~200 bytes)
+MAX_LAYOUT_CACHE_BYTES = 1 << 20
+_warned_caches: set[str] = set()
+
+
+def read_layout_cache(path: Path) -> dict:
+    """The layout cache at ``path``: a JSON object from a regular file of at most 1 MiB, else ``{}``.
+
+    A missing file is an empty cache.  Anything else unusable (a FIFO, a directory, an oversized or
+    corrupt file, JSON that is not an object) is ignored with one warning per process, and the next
+    measurement replaces it; it never blocks, never raises.
+    """
+    from rfbench.core.errors import RfbenchError
+    from rfbench.core.io.atomic import loads_json_bounded, read_text_bounded
+
+    if not os.path.lexists(path):
+        return {}
+    try:
+        cache = loads_json_bounded(read_text_bounded(path, MAX_LAYOUT_CACHE_BYTES), str(path))
+        if isinstance(cache, dict):
+            return cache
+        problem = f"a JSON {type(cache).__name__}, not an object"
+    except (RfbenchError, ValueError) as exc:
+        problem = str(exc)
+    if str(path) not in _warned_caches:
+        _warned_caches.add(str(path))
+        log.warning("ignoring the layout cache %s (%s); the layout is measured again and the file replaced",
+                    path, problem)
+    return {}
 
 
 def layout_message(choice: bool, ms: dict[str, float], cached: bool) -> str:

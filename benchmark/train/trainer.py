@@ -395,7 +395,7 @@ class Trainer:
         bar = tqdm(batches, total=n_batches, initial=done, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
                    disable=self.quiet or not sys.stderr.isatty(), unit="batch")
         log_every = 0.0 if self.quiet or not bar.disable else PROGRESS_EVERY_S  # off a TTY: a log line every 30 s
-        t_start = t_last = time.time()
+        t_start = t_last = time.monotonic()
         for i, (x, y, pos) in enumerate(bar, start=done):
             n_global = len(y)
             if info.enabled:
@@ -410,7 +410,7 @@ class Trainer:
             else:
                 skipped += 1
             batches_done = i + 1
-            if log_every and (now := time.time()) - t_last >= log_every and batches_done < n_batches:
+            if log_every and (now := time.monotonic()) - t_last >= log_every and batches_done < n_batches:
                 rate = (batches_done - done) / (now - t_start)
                 log.info("epoch %d/%d: batch %d/%d (%.0f%%), loss %.4f, %.2f batches/s, epoch ETA %s", epoch + 1,
                          cfg.epochs, batches_done, n_batches, 100 * batches_done / n_batches, batch.loss, rate,
@@ -514,20 +514,20 @@ class Trainer:
         log.info("training %s with %s on %s (%d train / %d val images, %d classes) on %s; output in %s",
                  self.cfg.model, self.cfg.defense, self.bundle.name, len(self.bundle.train), len(self.bundle.val),
                  self.bundle.num_classes, self.device, self.out)
-        t_start = time.time()
+        t_start = time.monotonic()
         self.defense.on_train_start(self.module)
         for epoch in range(self.start_epoch, self.cfg.epochs):
-            t0 = time.time()
+            t0 = time.monotonic()
             train_stats = self._train_epoch(epoch)
             val_clean, val_rob = self._validate(epoch)
-            record = self._record_epoch(epoch, train_stats, val_clean, val_rob, seconds=time.time() - t0)
+            record = self._record_epoch(epoch, train_stats, val_clean, val_rob, seconds=time.monotonic() - t0)
             self._checkpoint_epoch(epoch, record)
             if epoch + 1 < self.cfg.epochs and any_rank(self._signal is not None, self.dist, self.device):
                 sig = self._signal or signal.SIGTERM  # arrived during validation: the epoch-end state is saved
                 raise Interrupted(f"stopped by {signal.Signals(sig).name} at the end of epoch {epoch + 1}; state saved "
                                   f"in {self.out / LAST}. Resume by running the same command again.", int(sig))
         if self.dist.main:
-            self._write_summary(time.time() - t_start)
+            self._write_summary(time.monotonic() - t_start)
         return self.out
 
     def _write_summary(self, wall_seconds: float) -> None:

@@ -1,7 +1,9 @@
 """Atomic file writes: temporary file in the same directory, flush, fsync, rename.
 
 A reader never sees a half-written file, and when a write fails (disk full,
-a kill) the previous file at that path is left intact.
+a kill) the previous file at that path is left intact.  The file gets the
+mode a plain ``open(path, "w")`` would give it (``0o666`` less the umask),
+not ``mkstemp``'s private ``0o600``.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, mode) as fh:
             yield fh
             fh.flush()
@@ -50,6 +53,18 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
         if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
             raise RfbenchError(f"disk full while writing {path}; the previous version of that file is intact") from exc
         raise
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where the OS tells (Linux), else by setting it back at once."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def remove_stale_temps(directory: str | os.PathLike) -> list[Path]:
