@@ -185,3 +185,19 @@ def test_ray_shards_equal_one(fmnist_cnn, tmp_path):
     assert main(_cli(tmp_path, w, two) + ["--shards", "2", "--executor", "ray"]) == 0
     a, b = json.loads((one / "result.json").read_text()), json.loads((two / "result.json").read_text())
     _same(one, two, a, b)
+
+
+def test_library_evaluate_takes_shards(fmnist_cnn, tmp_path):
+    """``rfbench.evaluate(..., shard="K/N")``: two shards then the merge equal the unsharded call."""
+    import rfbench
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randint(0, 256, (20, 1, 28, 28), dtype=torch.uint8, generator=g), torch.arange(20) % 10
+    kw = dict(eps=0.05, attacks=["pgd:steps=2"], batch_size=4, device="cpu", quiet=True)
+    whole = rfbench.evaluate(fmnist_cnn, x, y, out=tmp_path / "one", **kw)
+    with pytest.raises(ShardsIncomplete):
+        rfbench.evaluate(fmnist_cnn, x, y, out=tmp_path / "two", shard="1/2", **kw)
+    with pytest.raises(ShardsIncomplete):
+        rfbench.evaluate(fmnist_cnn, x, y, out=tmp_path / "two", shard="merge/2", **kw)
+    last = rfbench.evaluate(fmnist_cnn, x, y, out=tmp_path / "two", shard="0/2", **kw)
+    _same(tmp_path / "one", tmp_path / "two", whole.result, last.result)

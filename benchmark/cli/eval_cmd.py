@@ -87,8 +87,8 @@ def _load_model(args: argparse.Namespace, device):
     bundle = load_dataset(args.dataset, root=args.data_root, download=args.download, test_only=True)
     shape = {"num_classes": bundle.num_classes, "in_channels": bundle.in_channels, "mean": bundle.mean, "std": bundle.std}
     if args.model.startswith("robustbench:"):
-        base = bundle.name.removesuffix("-lt")
-        model, source = M.from_robustbench(args.model.split(":", 1)[1], base, (getattr(args, "norm", None) or bundle.threat.norm).lower())
+        model, source = M.from_robustbench(args.model.split(":", 1)[1], bundle.name,
+                                           (getattr(args, "norm", None) or bundle.threat.norm).lower(), args.robustbench_dir)
     elif args.model.startswith("timm:"):
         model, source = M.from_timm(args.model.split(":", 1)[1], args.weights, model_args=_model_args(args.model_arg),
                                     normalization=args.weights_normalization, **shape)
@@ -182,7 +182,7 @@ def _run_ray_shards(args: argparse.Namespace, out: Path) -> None:
     from rfbench.benchmark.runner.executors import ExecutorOptions, ray_map
 
     n = args.shards
-    ns = argparse.Namespace(**{k: (str(Path(v).resolve()) if k in ("out", "run", "weights", "data_root", "config") and v else v)
+    ns = argparse.Namespace(**{k: (str(Path(v).resolve()) if k in ("out", "run", "weights", "data_root", "config", "robustbench_dir") and v else v)
                                for k, v in vars(args).items()})
     ns.out = str(out.resolve())
     gpus = args.gpus_per_shard if args.gpus_per_shard is not None else (1.0 if getattr(args, "device", "auto") != "cpu" else 0.0)
@@ -216,6 +216,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                           "layouts get identity (those models take unnormalised [0,1] images; kuangliu's training script "
                           "normalises outside the model, so use 'dataset' for its checkpoints); timm:NAME gets timm's "
                           "pretrained_cfg mean/std. identity: none; dataset: the dataset's mean/std")
+    src.add_argument("--robustbench-dir", metavar="DIR", default="models",
+                     help="robustbench's model directory: a zoo model's weights are DIR/<dataset>/<Linf|L2>/<Name>.pt, "
+                          "downloaded there unless present (then no network is needed) [default: models]")
     src.add_argument("--allow-code", action="store_true", help="allow --model file.py:factory to run the Python code in that file")
     src.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE", help="keyword argument of the model factory (repeatable)")
     data = p.add_argument_group("data")
