@@ -65,6 +65,7 @@ from rfbench.benchmark.train.runtime import (
     resolve_device,
     use_channels_last,
 )
+from rfbench.benchmark.train.threads import apply_cpu_threads
 from rfbench.core.config import choice, in_range
 from rfbench.core.errors import RfbenchError
 from rfbench.core.io.atomic import remove_stale_temps
@@ -429,6 +430,7 @@ def evaluate_data(
         if stale := remove_stale_temps(own_dir):  # left by a killed write
             log.info("removed %d temporary file(s) left in %s by an interrupted write", len(stale), own_dir)
     device = resolve_device(cfg.device)
+    threads = apply_cpu_threads(device)
     model = model.to(device).eval()
     if len(data) == 0:
         raise RfbenchError("nothing to evaluate: no samples")
@@ -483,6 +485,8 @@ def evaluate_data(
                             for lab, (sec, n) in timing.items()}  # this process's batches
     prov["oom_halvings"] = flags.meta.get("oom_halvings", [])
     prov["channels_last"] = channels_last
+    if threads is not None:
+        prov["cpu_threads"] = threads.as_dict()
     if "shards" in flags.meta:
         prov["shards"] = flags.meta["shards"]
     prov["dataset"] = described
