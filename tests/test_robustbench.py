@@ -113,3 +113,23 @@ def test_cli_evaluates_a_zoo_model_offline(fmnist, zoo_dir, offline, monkeypatch
                  "--out", str(out)]) == 0, capsys.readouterr().err
     r = json.loads((out / "result.json").read_text())
     assert r["n_samples"] == 20 and r["provenance"]["model"]["name"] == f"robustbench:{NAME}"
+
+
+def test_zoo_command_with_a_robustbench_model_offline(fmnist, zoo_dir, offline, monkeypatch, tmp_path):
+    """``rfbench zoo`` on a RobustBench entry: robustbench's loader, the published number from model_info."""
+    import yaml
+
+    d, _ = zoo_dir
+    monkeypatch.setattr(benchmark_data, "load_dataset", lambda *a, **k: cifar_like(fmnist))
+    info = tmp_path / "model_info" / "cifar10" / "Linf"
+    info.mkdir(parents=True)
+    (info / f"{NAME}.json").write_text(json.dumps({"autoattack_acc": "43.21"}))
+    spec = tmp_path / "zoo.yaml"
+    spec.write_text(yaml.safe_dump({"dataset": "cifar10", "attacks": ["fgsm"], "eps": 8 / 255, "batch_size": 10,
+                                    "models": [NAME]}))
+    out = tmp_path / "zoo"
+    assert main(["zoo", str(spec), "--out", str(out), "--robustbench-dir", str(d), "--model-info",
+                 str(tmp_path / "model_info"), "--device", "cpu", "--quiet"]) == 0
+    (row,) = json.loads((out / "zoo.json").read_text())["models"]
+    assert row["source"] == f"robustbench:{NAME}" and row["published_autoattack"] == pytest.approx(0.4321)
+    assert json.loads((out / NAME / "result.json").read_text())["provenance"]["model"]["name"] == f"robustbench:{NAME}"
