@@ -121,23 +121,24 @@ def test_shard_parsing_and_launcher_env():
         shard_from_env({"WORLD_SIZE": "3"})
 
 
-def _eval_options() -> list[str]:
+def _eval_options(command: str = "eval") -> list[str]:
     sub = next(a for a in build_parser()._actions if a.__class__.__name__ == "_SubParsersAction")
-    p = sub.choices["eval"]  # type: ignore[union-attr]
+    p = sub.choices[command]  # type: ignore[union-attr]
     return sorted(s for a in p._actions for s in a.option_strings if s.startswith("--") and s not in ("--help", "--run"))
 
 
 def test_torchrun_leaves_every_eval_flag_to_rfbench():
-    """torchrun's own parser (which claims abbreviations of its options anywhere) passes every eval flag through."""
+    """torchrun's own parser (which claims abbreviations of its options anywhere) passes every eval and zoo flag through."""
     run = pytest.importorskip("torch.distributed.run")
     parser = run.get_args_parser()
-    head = ["--standalone", "--nproc-per-node", "2", "-m", "rfbench", "eval"]
-    opts = _eval_options()
-    assert "--run-dir" in opts and "--shard" in opts
-    for opt in opts:
-        tail = [opt, "x"]
-        ns = parser.parse_args(head + tail)
-        assert ns.training_script == "rfbench" and ns.training_script_args == ["eval"] + tail, opt
+    for command in ("eval", "zoo"):
+        head = ["--standalone", "--nproc-per-node", "2", "-m", "rfbench", command]
+        opts = _eval_options(command)
+        assert "--shard" in opts and (command != "eval" or "--run-dir" in opts)
+        for opt in opts:
+            tail = [opt, "x"]
+            ns = parser.parse_args(head + tail)
+            assert ns.training_script == "rfbench" and ns.training_script_args == [command] + tail, opt
     with pytest.raises(SystemExit):  # the reason for --run-dir: torchrun takes --run for --run-path/--run_path
         parser.parse_args(head + ["--run", "x"])
 

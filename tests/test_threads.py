@@ -40,6 +40,14 @@ def test_apply_sets_torch_threads_on_cpu_only(monkeypatch):
         c = T.apply_cpu_threads(torch.device("cpu"))
         assert c is not None and c.threads == 1 and torch.get_num_threads() == 1
         assert T.apply_cpu_threads(torch.device("meta")) is None
+        # a count the program chose itself is kept (when RFBENCH_THREADS is not set)
+        monkeypatch.delenv("RFBENCH_THREADS")
+        monkeypatch.setattr(T, "TORCH_DEFAULT", 2)
+        monkeypatch.setattr(T, "_last_set", None)
+        torch.set_num_threads(3)
+        kept = T.apply_cpu_threads(torch.device("cpu"))
+        assert kept is not None and (kept.threads, kept.rule) == (3, "torch.set_num_threads")
+        assert torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(before)
 

@@ -20,8 +20,9 @@ floating-point reductions (weight gradients differ in the last bits between 1 an
 2 threads), so it is recorded in every result (``provenance.cpu_threads``) and a
 track fixes it (``protocol.threads``, applied by ``rfbench run``).
 
-An explicit count always wins: ``RFBENCH_THREADS=N``, else ``OMP_NUM_THREADS``
-(torchrun sets 1 per process) is left to PyTorch.
+An explicit count always wins: ``RFBENCH_THREADS=N``; else ``OMP_NUM_THREADS``
+(torchrun sets 1 per process) or a count the program set with ``torch.set_num_threads``
+(``rfbench.evaluate`` in a script that chose its threads) is left as it is.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ TORCH_DEFAULT = torch.get_num_threads()  # PyTorch's count at import, before rfb
 @dataclass(frozen=True)
 class ThreadChoice:
     threads: int
-    rule: str  # "fit": chosen by the rule; "RFBENCH_THREADS" / "OMP_NUM_THREADS": given
+    rule: str  # "fit": chosen by the rule; "RFBENCH_THREADS" / "OMP_NUM_THREADS" / "torch.set_num_threads": given
     cores: int
     others: float | None = None  # runnable processes besides this one, when measured
 
@@ -107,11 +108,23 @@ def choose_threads(environ: dict[str, str] | None = None) -> ThreadChoice:
     return ThreadChoice(fit_threads(cores, others, default), "fit", cores, others)
 
 
+_last_set: int | None = None  # the count apply_cpu_threads set last (to tell it from a caller's own)
+
+
 def apply_cpu_threads(device: torch.device) -> ThreadChoice | None:
-    """On the CPU, set ``torch.set_num_threads`` by :func:`choose_threads`; None (no change) on a GPU."""
+    """On the CPU, set ``torch.set_num_threads`` by :func:`choose_threads`; None (no change) on a GPU.
+
+    A count the calling program set itself with ``torch.set_num_threads`` (one that is
+    neither PyTorch's default nor the last one set here) is kept, as an explicit choice.
+    """
+    global _last_set
     if device.type != "cpu":
         return None
+    current = torch.get_num_threads()
+    if current not in (TORCH_DEFAULT, _last_set) and not os.environ.get(THREADS_ENV, "").strip():
+        return ThreadChoice(current, "torch.set_num_threads", usable_cores())
     choice = choose_threads()
-    if choice.rule != "OMP_NUM_THREADS" and torch.get_num_threads() != choice.threads:
+    if choice.rule != "OMP_NUM_THREADS" and current != choice.threads:
         torch.set_num_threads(choice.threads)
+        _last_set = choice.threads
     return ThreadChoice(torch.get_num_threads(), choice.rule, choice.cores, choice.others)
