@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     if (rank_device := _device_of(device, shard)) is not None:
         device = resolve_device(rank_device)
     bundle = load_dataset(zoo.dataset, root=args.data_root, download=args.download, test_only=True)
-    norm = (zoo.norm or bundle.threat.norm).lower()
+    norm = (zoo.norm or (bundle.threat.norm if bundle.threat is not None else "linf")).lower()
     cfg = EvalConfig(attacks=list(zoo.attacks), eps=zoo.eps, norm=zoo.norm, n_per_class=zoo.n_per_class,
                      batch_size=zoo.batch_size, device=str(device), seed=zoo.seed, quiet=args.quiet)
     out = Path(args.out)
