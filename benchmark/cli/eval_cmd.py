@@ -185,7 +185,9 @@ def _run_ray_shards(args: argparse.Namespace, out: Path) -> None:
     ns = argparse.Namespace(**{k: (str(Path(v).resolve()) if k in ("out", "run", "weights", "data_root", "config", "robustbench_dir") and v else v)
                                for k, v in vars(args).items()})
     ns.out = str(out.resolve())
-    gpus = args.gpus_per_shard if args.gpus_per_shard is not None else (1.0 if getattr(args, "device", "auto") != "cpu" else 0.0)
+    device = getattr(args, "device", "auto")
+    gpus = args.gpus_per_shard if args.gpus_per_shard is not None else (
+        0.0 if device == "cpu" else 1.0 if device.startswith("cuda") else None)  # auto: 1 if the cluster has GPUs
     opts = ExecutorOptions(address=args.ray_address, quiet=bool(getattr(args, "quiet", False)))
     ray_map(_shard_task, [(ns, k, n) for k in range(n)], opts, gpus=gpus,
             labels=[f"eval shard-{k}-of-{n}" for k in range(n)], desc="eval shards (ray)")
@@ -258,5 +260,5 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     sh.add_argument("--executor", choices=["local", "ray"], default="local",
                     help="ray: run the --shards N shards as Ray tasks (the nodes share --out), then merge [default: local]")
     sh.add_argument("--ray-address", metavar="ADDR", help="Ray cluster to join (auto, ray://host:10001) [default: a local Ray]")
-    sh.add_argument("--gpus-per-shard", type=float, metavar="G", help="GPUs each Ray task asks for [default: 1, 0 with --device cpu]")
+    sh.add_argument("--gpus-per-shard", type=float, metavar="G", help="GPUs each Ray task asks for [default: 1 with --device cuda, 0 with cpu, auto: 1 if the cluster has GPUs]")
     p.set_defaults(func=run)

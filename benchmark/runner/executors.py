@@ -146,13 +146,16 @@ def ray_session(opts: ExecutorOptions) -> Iterator[Any]:
             ray.shutdown()
 
 
-def ray_map(fn: Callable[..., Any], calls: list[tuple], opts: ExecutorOptions, *, gpus: float, labels: list[str],
+def ray_map(fn: Callable[..., Any], calls: list[tuple], opts: ExecutorOptions, *, gpus: float | None, labels: list[str],
             desc: str = "ray") -> list[Any]:
     """``[fn(*args) for args in calls]``, each call a Ray task asking for ``gpus`` GPUs and ``opts.cpus`` CPUs.
 
-    Results come back in the order of ``calls``; ``fn`` must be importable by the workers (a module-level function).
+    ``gpus=None``: 1 when the cluster has GPUs, else 0.  Results come back in the
+    order of ``calls``; ``fn`` must be importable by the workers (a module-level function).
     """
     with ray_session(opts) as ray:
+        if gpus is None:
+            gpus = 1.0 if float(ray.cluster_resources().get("GPU", 0)) > 0 else 0.0
         task = ray.remote(fn)
         pending = {task.options(num_gpus=gpus, num_cpus=opts.cpus, name=lab[:100]).remote(*args): i
                    for i, (args, lab) in enumerate(zip(calls, labels))}
