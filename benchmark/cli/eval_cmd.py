@@ -252,8 +252,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        help="when stderr is not a terminal, log progress (attack, images/s, ETA) every S seconds; "
                             "0 = only at the end [default: 30]")
     sh = p.add_argument_group("sharding (see docs/evaluation.md)")
-    sh.add_argument("--shard", metavar="K/N", help="evaluate only shard K (from 0) of N: every N-th batch from batch K, "
-                    "into OUT/shard-K-of-N/; the last shard to finish merges. Under torchrun (or any launcher setting "
+    sh.add_argument("--shard", metavar="K/N", help="evaluate only shard K (from 0) of N: about one whole batch in N (dealt to "
+                    "keep the class shares), into OUT/shard-K-of-N/; the last shard to finish merges. Under torchrun (or any launcher setting "
                     "RANK and WORLD_SIZE) the shard is the rank")
     sh.add_argument("--shards", type=int, metavar="N", help="number of shards, for --merge and --executor ray")
     sh.add_argument("--merge", action="store_true", help="merge the N finished shards in --out into result.json")
