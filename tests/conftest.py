@@ -1,6 +1,7 @@
 """Shared fixtures: real Fashion-MNIST loaded once, and a quickly trained tiny SmallCNN.
 
-Tests run torch on ``RFBENCH_TEST_THREADS`` intra-op threads (default 1): the
+Tests run torch on ``RFBENCH_TEST_THREADS`` intra-op threads (default 1, also set as
+``RFBENCH_THREADS`` so rfbench's load-dependent choice stays out of the tests): the
 tensors here are tiny, and on a shared, loaded machine two OpenMP threads
 waiting on each other made small convolutions about 20x slower than one thread.
 Layout measurements are cached in a directory of the test session.
@@ -19,6 +20,9 @@ from rfbench.benchmark.data import iterate_batches, load_dataset
 from rfbench.models import create_model
 
 torch.set_num_threads(int(os.environ.get("RFBENCH_TEST_THREADS", "1")))
+# the same count for rfbench's own choice (benchmark/train/threads.py) here and in the CLI subprocesses:
+# tests compare runs bit for bit, so the machine's load must not pick their thread count
+os.environ.setdefault("RFBENCH_THREADS", str(torch.get_num_threads()))
 # layout measurements (channels_last: auto) go to a cache of this session, shared with the CLI subprocesses,
 # so the tests neither read nor write the user's ~/.cache/rfbench
 os.environ.setdefault("RFBENCH_CACHE", tempfile.mkdtemp(prefix="rfbench-test-cache-"))

@@ -31,6 +31,7 @@ SUBCOMMANDS = [
     "reproduce",
     "leaderboard",
     "smoke",
+    "zoo",
 ]
 
 DESCRIPTION = """\

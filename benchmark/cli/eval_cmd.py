@@ -34,6 +34,14 @@ examples:
   rfbench eval --model my_nets.py:build --allow-code --weights w.pt --dataset cifar10
   rfbench eval --model robustbench:Carmon2019Unlabeled --dataset cifar10 --attack autoattack
 
+sharded (the merged result equals one process's bit for bit; docs/evaluation.md):
+  torchrun --standalone --nproc-per-node 4 -m rfbench eval --run-dir runs/demo --attack autoattack --out runs/demo/eval
+      one shard per rank (any launcher setting RANK and WORLD_SIZE works); under torchrun write --run-dir,
+      as torchrun's own parser takes --run for its --run-path
+  rfbench eval ... --shard 1/4          one shard alone (e.g. to resume a killed one); the last shard merges
+  rfbench eval ... --shards 4 --merge   merge the finished shards in --out into result.json
+  rfbench eval ... --shards 4 --executor ray [--ray-address auto]   the shards as Ray tasks, merged last
+
 A killed evaluation resumes batch by batch when the same command is run again (same --out).
 Progress: a bar naming the running attack, with images/s and ETA, on a terminal; otherwise a log line
 every --progress-every seconds.  --out exists from the start, flags.npz from the first finished batch.
@@ -80,8 +88,8 @@ def _load_model(args: argparse.Namespace, device):
     bundle = load_dataset(args.dataset, root=args.data_root, download=args.download, test_only=True)
     shape = {"num_classes": bundle.num_classes, "in_channels": bundle.in_channels, "mean": bundle.mean, "std": bundle.std}
     if args.model.startswith("robustbench:"):
-        base = bundle.name.removesuffix("-lt")
-        model, source = M.from_robustbench(args.model.split(":", 1)[1], base, (getattr(args, "norm", None) or bundle.threat.norm).lower())
+        model, source = M.from_robustbench(args.model.split(":", 1)[1], bundle.name,
+                                           (getattr(args, "norm", None) or bundle.threat.norm).lower(), args.robustbench_dir)
     elif args.model.startswith("timm:"):
         model, source = M.from_timm(args.model.split(":", 1)[1], args.weights, model_args=_model_args(args.model_arg),
                                     normalization=args.weights_normalization, **shape)
@@ -93,22 +101,66 @@ def _load_model(args: argparse.Namespace, device):
     return model, source, bundle
 
 
+def _shard_of(args: argparse.Namespace):
+    """This process's shard: ``--shard K/N``, the launcher's RANK/WORLD_SIZE, the merge step, or None."""
+    from rfbench.benchmark.eval.shard import Shard, shard_from_env
+
+    launched = shard_from_env()
+    if args.shard and launched:
+        raise ConfigError("--shard K/N and a launcher's RANK/WORLD_SIZE both give the shard; use one")
+    if args.merge:
+        if not args.shards or args.shard or launched:
+            raise ConfigError("--merge needs --shards N (the number of shards to merge) and no --shard or launcher")
+        return Shard(None, args.shards)
+    if args.shard:
+        return Shard.parse(args.shard)
+    if launched and args.shards and args.shards != launched.count:
+        raise ConfigError(f"--shards {args.shards} but the launcher started {launched.count} processes")
+    return launched
+
+
+def _device_of(device, shard) -> str | None:
+    """A CUDA rank of a launcher uses the GPU ``LOCAL_RANK`` (as torchrun's training does)."""
+    import os
+
+    if shard is None or shard.merging or device.type != "cuda" or device.index is not None or "LOCAL_RANK" not in os.environ:
+        return None
+    return f"cuda:{int(os.environ['LOCAL_RANK'])}"
+
+
 def run(args: argparse.Namespace) -> int:
     from rfbench.attacks.spec import check_specs
     from rfbench.benchmark.eval import EvalConfig, evaluate, markdown_table
+    from rfbench.benchmark.eval.shard import ShardsIncomplete
     from rfbench.benchmark.train.runtime import resolve_device
 
     cfg = resolve_config(EvalConfig, args, args.config, [])
     if cfg.quiet:
         logging.getLogger().setLevel(logging.WARNING)
     check_specs(cfg.attacks)
+    shard = _shard_of(args)
+    out = Path(args.out) if args.out is not None else (Path(args.run) / f"eval-{args.which}" if args.run else Path("runs") / "eval")
+    if args.executor == "ray" and shard is None:
+        if not args.shards:
+            raise ConfigError("--executor ray needs --shards N (the number of Ray tasks)")
+        _run_ray_shards(args, out)
+        args.merge = True
+        shard = _shard_of(args)
     device = resolve_device(cfg.device)
+    if (rank_device := _device_of(device, shard)) is not None:
+        cfg.device, device = rank_device, resolve_device(rank_device)
     model, source, bundle = _load_model(args, device)
     from rfbench.core.io.lock import exclusive_dir
 
-    out = Path(args.out) if args.out is not None else (Path(args.run) / f"eval-{args.which}" if args.run else Path("runs") / "eval")
-    with exclusive_dir(out, "evaluation directory"):
-        result = evaluate(model, bundle, cfg, out, source=source)
+    locked = shard.directory(out) if shard is not None and not shard.merging else out
+    try:
+        with exclusive_dir(locked, "evaluation directory"):
+            result = evaluate(model, bundle, cfg, out, source=source, shard=shard)
+    except ShardsIncomplete as exc:
+        if shard is None or shard.merging:
+            raise
+        print(f"{shard.name} finished in {locked}/; {exc}", file=sys.stderr)
+        return 0
     print(markdown_table(result))
     print(f"results in {out}/ (result.json, per_class.csv, flags.npz{', plots' if cfg.plot else ''})", file=sys.stderr)
     if args.strict and result["checks"]["overall"] != "pass":
@@ -119,6 +171,34 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shard_task(args: argparse.Namespace, k: int, n: int) -> str:
+    """One Ray task of ``--shards N --executor ray``: shard ``k`` of ``n`` (its merge waits for the driver)."""
+    from rfbench.benchmark.eval.shard import ShardsIncomplete
+
+    ns = argparse.Namespace(**{**vars(args), "shard": f"{k}/{n}", "executor": "local", "merge": False})
+    try:
+        run(ns)
+    except ShardsIncomplete:
+        pass
+    return f"shard-{k}-of-{n}"
+
+
+def _run_ray_shards(args: argparse.Namespace, out: Path) -> None:
+    """Run the ``--shards`` shards as Ray tasks through the runner's executor; the caller merges."""
+    from rfbench.benchmark.runner.executors import ExecutorOptions, ray_map
+
+    n = args.shards
+    ns = argparse.Namespace(**{k: (str(Path(v).resolve()) if k in ("out", "run", "weights", "data_root", "config", "robustbench_dir") and v else v)
+                               for k, v in vars(args).items()})
+    ns.out = str(out.resolve())
+    device = getattr(args, "device", "auto")
+    gpus = args.gpus_per_shard if args.gpus_per_shard is not None else (
+        0.0 if device == "cpu" else 1.0 if device.startswith("cuda") else None)  # auto: 1 if the cluster has GPUs
+    opts = ExecutorOptions(address=args.ray_address, quiet=bool(getattr(args, "quiet", False)))
+    ray_map(_shard_task, [(ns, k, n) for k in range(n)], opts, gpus=gpus,
+            labels=[f"eval shard-{k}-of-{n}" for k in range(n)], desc="eval shards (ray)")
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from rfbench.benchmark.cli import HelpFormatter
 
@@ -126,7 +206,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        epilog=EPILOG, formatter_class=HelpFormatter)
     S = argparse.SUPPRESS
     src = p.add_argument_group("model (one of --run or --model)")
-    src.add_argument("--run", metavar="DIR", help="run directory written by `rfbench train`")
+    src.add_argument("--run-dir", "--run", dest="run", metavar="DIR",
+                     help="run directory written by `rfbench train` (under torchrun write --run-dir: torchrun's own "
+                          "parser takes --run for its --run-path)")
     src.add_argument("--which", default="best", help="checkpoint of the run: best (selected on validation), last, or an extra model")
     src.add_argument("--model", metavar="NAME", help="registered architecture (with --weights), timm:NAME (with local --weights; "
                      "needs the timm extra), path/to/file.py:factory (EXECUTES that file; needs --allow-code), "
@@ -142,6 +224,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                           "layouts get identity (those models take unnormalised [0,1] images; kuangliu's training script "
                           "normalises outside the model, so use 'dataset' for its checkpoints); timm:NAME gets timm's "
                           "pretrained_cfg mean/std. identity: none; dataset: the dataset's mean/std")
+    src.add_argument("--robustbench-dir", metavar="DIR", default="models",
+                     help="robustbench's model directory: a zoo model's weights are DIR/<dataset>/<Linf|L2>/<Name>.pt, "
+                          "downloaded there unless present (then no network is needed) [default: models]")
     src.add_argument("--allow-code", action="store_true", help="allow --model file.py:factory, and a file.py:Class defense named in the "
                      "--run directory's config.yaml, to run the Python code in that file")
     src.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE", help="keyword argument of the model factory (repeatable)")
@@ -176,4 +261,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     run_g.add_argument("--progress-every", dest="progress_every", type=float, default=S, metavar="S",
                        help="when stderr is not a terminal, log progress (attack, images/s, ETA) every S seconds; "
                             "0 = only at the end [default: 30]")
+    sh = p.add_argument_group("sharding (see docs/evaluation.md)")
+    sh.add_argument("--shard", metavar="K/N", help="evaluate only shard K (from 0) of N: about one whole batch in N (dealt to "
+                    "keep the class shares), into OUT/shard-K-of-N/; the last shard to finish merges. Under torchrun (or any launcher setting "
+                    "RANK and WORLD_SIZE) the shard is the rank")
+    sh.add_argument("--shards", type=int, metavar="N", help="number of shards, for --merge and --executor ray")
+    sh.add_argument("--merge", action="store_true", help="merge the N finished shards in --out into result.json")
+    sh.add_argument("--executor", choices=["local", "ray"], default="local",
+                    help="ray: run the --shards N shards as Ray tasks (the nodes share --out), then merge [default: local]")
+    sh.add_argument("--ray-address", metavar="ADDR", help="Ray cluster to join (auto, ray://host:10001) [default: a local Ray]")
+    sh.add_argument("--gpus-per-shard", type=float, metavar="G", help="GPUs each Ray task asks for [default: 1 with --device cuda, 0 with cpu, auto: 1 if the cluster has GPUs]")
     p.set_defaults(func=run)

@@ -63,6 +63,7 @@ from rfbench.benchmark.eval.harness import EvalConfig, EvalData, evaluate_data
 from rfbench.benchmark.eval.render import markdown_table
 from rfbench.benchmark.eval.render import per_class_frame as _per_class_frame
 from rfbench.benchmark.eval.result import EvalResult
+from rfbench.benchmark.eval.shard import Shard
 from rfbench.benchmark.eval.summary_line import checks_text
 from rfbench.core.errors import ConfigError, RfbenchError
 from rfbench.core.io.atomic import atomic_write_text, read_json
@@ -276,6 +277,13 @@ def _threat(eps: float | None, norm: str, steps: int | None, alpha: float | None
     return resolve_threat(defaults, "eval")
 
 
+def _shard(text: str | None) -> Shard | None:
+    if text is None:
+        return None
+    count = text.partition("/")[2]
+    return Shard(None, int(count)) if text.startswith("merge/") and count.isdigit() else Shard.parse(text)
+
+
 def evaluate(
     model: torch.nn.Module,
     x: Any,
@@ -302,6 +310,7 @@ def evaluate(
     dataset: str | dict[str, Any] = "tensors",
     train_counts: list[int] | None = None,
     source: dict[str, Any] | None = None,
+    shard: str | None = None,
 ) -> Report:
     """Per-class clean and robust accuracy of ``model`` on ``(x, y)``; a :class:`Report` (see the module docstring).
 
@@ -311,6 +320,13 @@ def evaluate(
     ``train_counts`` (per-class training counts) adds the long-tailed group means;
     ``source`` is recorded as the model's provenance (``name``, ``architecture``,
     ``checkpoint``, ``additional_data``...).
+
+    ``shard="K/N"`` (with ``out``) evaluates shard K of N only (one process, GPU or
+    machine each, e.g. ``shard=f"{os.environ['RANK']}/{os.environ['WORLD_SIZE']}"``
+    under ``torchrun``); the last shard to finish merges all into the result of the
+    whole evaluation, equal to one process's, and the others raise
+    :class:`~rfbench.benchmark.eval.shard.ShardsIncomplete`.  ``shard="merge/N"``
+    merges N finished shards (:mod:`rfbench.benchmark.eval.shard`).
     """
     xs, ys = _as_tensor(x, "x"), _as_tensor(y, "y")
     check_threat_args(steps, alpha)
@@ -340,7 +356,8 @@ def evaluate(
     data = EvalData(xs, ys, names)
     src = {"kind": "python", "name": type(model).__name__, "architecture": type(model).__name__, **(source or {})}
     with default_logging(quiet):
-        result = evaluate_data(model, data, threat, cfg, out, dataset=dataset, train_counts=train_counts, source=src)
+        result = evaluate_data(model, data, threat, cfg, out, dataset=dataset, train_counts=train_counts, source=src,
+                               shard=_shard(shard))
     return Report(result, Path(out) if out is not None else None)
 
 

@@ -59,6 +59,7 @@ from rfbench.benchmark.eval.progress import DEFAULT_EVERY_S, EvalProgress
 from rfbench.benchmark.eval.provenance import dataset_description, portable_source, provenance, samples_digest
 from rfbench.benchmark.eval.render import write_outputs
 from rfbench.benchmark.eval.result import EvalResult
+from rfbench.benchmark.eval.shard import Shard, batch_owners, merge_shard_flags
 from rfbench.benchmark.train.runtime import (
     autocast_dtype,
     cached_channels_last,
@@ -66,6 +67,7 @@ from rfbench.benchmark.train.runtime import (
     resolve_device,
     use_channels_last,
 )
+from rfbench.benchmark.train.threads import apply_cpu_threads
 from rfbench.core.config import choice, in_range
 from rfbench.core.errors import RfbenchError
 from rfbench.core.io.atomic import remove_stale_temps
@@ -318,6 +320,7 @@ def run_attacks(
     device: torch.device,
     callback: Callable[[int], None] | None = None,
     channels_last: bool = False,
+    owns: Callable[[int], bool] | None = None,
 ) -> dict[str, list]:
     """The batch loop: fill ``flags`` batch by batch, saving after each (when ``flags_path``), skipping finished batches.
 
@@ -327,7 +330,8 @@ def run_attacks(
     batches, and every halving is logged and recorded in the flag file's
     ``meta["oom_halvings"]``.  A batch split into pieces seeds each piece's attacks
     with ``batch_seed(seed, label, batch, part)``.  Returns, per attack label, the
-    seconds spent and the images attacked in this process (images/s).
+    seconds spent and the images attacked in this process (images/s).  ``owns(b)``
+    false skips global batch ``b`` (another shard's, :mod:`rfbench.benchmark.eval.shard`).
     """
     bs = cfg.batch_size
     n_batches = (len(test) + bs - 1) // bs
@@ -340,7 +344,7 @@ def run_attacks(
     timing: dict[str, list] = {}
     try:
         for b, (x, y, pos) in enumerate(test.batches(bs, device)):
-            if done_batches[b]:
+            if done_batches[b] or (owns is not None and not owns(b)):
                 continue
             if cl:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -385,6 +389,14 @@ def run_attacks(
     return timing
 
 
+def _owns(y: torch.Tensor, batch_size: int, shard: Shard | None) -> Callable[[int], bool] | None:
+    """Which global batches this process runs: all (None), a shard's (:func:`~rfbench.benchmark.eval.shard.batch_owners`), or none."""
+    if shard is None:
+        return None
+    owners = batch_owners(y.numpy(), batch_size, shard.count)
+    return lambda b: shard.index is not None and int(owners[b]) == shard.index
+
+
 def evaluate_data(
     model: torch.nn.Module,
     data: EvalData,
@@ -397,6 +409,7 @@ def evaluate_data(
     imbalance_ratio: float | None = None,
     source: dict[str, Any] | None = None,
     callback: Callable[[int], None] | None = None,
+    shard: Shard | None = None,
 ) -> EvalResult:
     """The harness core: evaluate ``model`` on ``data`` under ``threat``; the validated ``rfbench.result/2`` result.
 
@@ -407,21 +420,30 @@ def evaluate_data(
     ``train_counts`` and ``imbalance_ratio`` give the long-tailed class groups.
     ``source`` describes where the model came from (for the provenance);
     ``callback(batch_index)`` runs after each finished batch (tests use it to
-    simulate a kill).
+    simulate a kill).  ``shard`` (:class:`~rfbench.benchmark.eval.shard.Shard`) runs
+    only that shard's batches into ``OUT/shard-K-of-N/flags.npz``; then, when every
+    shard has finished, merges the shard files and returns the result of the whole
+    evaluation, else raises :class:`~rfbench.benchmark.eval.shard.ShardsIncomplete`.
+    The merge step ``Shard(None, N)`` runs no batch, only the merge.
     """
     t0 = time.monotonic()
     out_dir = Path(out_dir) if out_dir is not None else None
+    if shard is not None and (out_dir is None or cfg.overwrite):
+        raise RfbenchError("a sharded evaluation needs an output directory and no --overwrite (remove the "
+                           "directory to start again)")
     final_dir = None  # with --overwrite of an existing evaluation: the new one is staged beside it, swapped in at the end
     if out_dir is not None:
         finish_swap(out_dir)  # an --overwrite killed after its commit point ends as the new evaluation
     if out_dir is not None and cfg.overwrite and any((out_dir / n).exists() for n in OUTPUT_FILES):
         # the staging directory is kept: an interrupted overwrite of the same evaluation resumes its batches
         final_dir, out_dir = out_dir, staging_dir(out_dir)
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)  # exists from the start; flags.npz from the first finished batch
-        if stale := remove_stale_temps(out_dir):  # left by a killed write
-            log.info("removed %d temporary file(s) left in %s by an interrupted write", len(stale), out_dir)
+    own_dir = shard.directory(out_dir) if shard is not None and out_dir is not None and not shard.merging else out_dir
+    if own_dir is not None:
+        own_dir.mkdir(parents=True, exist_ok=True)  # exists from the start; flags.npz from the first finished batch
+        if stale := remove_stale_temps(own_dir):  # left by a killed write
+            log.info("removed %d temporary file(s) left in %s by an interrupted write", len(stale), own_dir)
     device = resolve_device(cfg.device)
+    threads = apply_cpu_threads(device)
     model = model.to(device).eval()
     if len(data) == 0:
         raise RfbenchError("nothing to evaluate: no samples")
@@ -440,9 +462,12 @@ def evaluate_data(
               "index": hashlib.sha256(test.index.numpy().tobytes()).hexdigest()[:16], "images": samples["images_sha256"],
               "scope": cfg.autoattack_scope, "amp": cfg.amp}
     static = json.loads(json.dumps(static))  # as it reads back from the file (tuples -> lists)
-    flags_path = out_dir / FLAGS_FILE if out_dir is not None else None
+    flags_path = own_dir / FLAGS_FILE if own_dir is not None else None
     flags = _open_flags(flags_path, test, [a.label for a in attacks], {"static": static},
                         cfg.overwrite and final_dir is None, staged=final_dir is not None)
+    if shard is not None and shard.merging and out_dir is not None and not flags.done.all():
+        flags = merge_shard_flags(flags, out_dir, shard.count, FLAGS_FILE)  # raises ShardsIncomplete
+        flags.save(out_dir / FLAGS_FILE)
     for a in attacks:  # flags raised before a kill are kept
         a.flags.update(flags.meta.get("attack_flags", {}).get(a.label, {}))
     num_classes = len(data.classes)
@@ -458,7 +483,10 @@ def evaluate_data(
              len(test), num_classes, ", ".join(a.label for a in attacks), threat.norm, threat.eps, device,
              f"; writing {out_dir}" if out_dir is not None else "")
     timing = run_attacks(model, test, attacks, flags, flags_path, cfg=cfg, device=device, callback=callback,
-                         channels_last=channels_last) or {}
+                         channels_last=channels_last, owns=_owns(test.y, cfg.batch_size, shard)) or {}
+    if shard is not None and not shard.merging and out_dir is not None:  # the last shard to finish merges
+        flags = merge_shard_flags(flags, out_dir, shard.count, FLAGS_FILE)  # raises ShardsIncomplete
+        flags.save(out_dir / FLAGS_FILE)
     for lab, s in settings.items():
         f = flags.meta.get("attack_flags", {}).get(lab)
         if f:
@@ -471,6 +499,10 @@ def evaluate_data(
                             for lab, (sec, n) in timing.items()}  # this process's batches
     prov["oom_halvings"] = flags.meta.get("oom_halvings", [])
     prov["channels_last"] = channels_last
+    if threads is not None:
+        prov["cpu_threads"] = threads.as_dict()
+    if "shards" in flags.meta:
+        prov["shards"] = flags.meta["shards"]
     prov["dataset"] = described
     if flags_path is not None and flags_path.exists():  # ties result.json to its flag file (group.check_group)
         prov["flags_sha256"] = file_sha256(flags_path)
@@ -498,6 +530,7 @@ def evaluate(
     *,
     source: dict[str, Any] | None = None,
     callback: Callable[[int], None] | None = None,
+    shard: Shard | None = None,
 ) -> EvalResult:
     """Evaluate ``model`` on ``bundle``'s test split at the dataset's protocol threat (``cfg.eps``/``cfg.norm`` applied).
 
@@ -510,4 +543,4 @@ def evaluate(
     counts = (source or {}).get("train_counts") or (None if bundle.eval_only else bundle.train_counts)
     return evaluate_data(model, EvalData.from_dataset(bundle.test), threat, cfg, out_dir,
                          dataset={"name": bundle.name, "notes": list(bundle.notes)}, train_counts=counts,
-                         imbalance_ratio=bundle.imbalance_ratio, source=source, callback=callback)
+                         imbalance_ratio=bundle.imbalance_ratio, source=source, callback=callback, shard=shard)

@@ -5,8 +5,11 @@
   (:func:`rfbench.core.io.load_checkpoint`, ``weights_only``);
 * ``--model path/to/file.py:factory [--weights W] --allow-code``: **runs the code in
   that file** to build the model, so it needs the explicit ``--allow-code``;
-* ``--model robustbench:<Name>``: a RobustBench zoo model (imported lazily; the
-  package must be installed from its repository, see :data:`ROBUSTBENCH_HINT`).
+* ``--model robustbench:<Name>``: a RobustBench zoo model through robustbench's own
+  ``load_model`` (imported lazily, with the compatibility step of
+  :mod:`rfbench.benchmark.eval.robustbench_compat` for the PyPI release 1.1.1; see
+  :data:`ROBUSTBENCH_HINT`).  A checkpoint already in the model directory
+  (``DIR/<dataset>/<threat>/<Name>.pt``, RobustBench's layout) loads without the network.
 
 Each loader returns ``(model, source)``; ``source`` describes the model for the
 result's provenance (name, checkpoint, which, epoch, how it was selected).
@@ -26,8 +29,10 @@ from rfbench.core.plugins import import_target
 from rfbench.models import create_model
 from rfbench.models.base import call_factory
 
-ROBUSTBENCH_HINT = ("install it from its repository: pip install git+https://github.com/RobustBench/robustbench.git "
-                    "(the PyPI release 1.1.1 cannot be installed next to pyautoattack)")
+ROBUSTBENCH_HINT = ("install it: pip install 'rfbench[robustbench]' (robustbench 1.1.1 from PyPI), "
+                    "or from its repository: pip install git+https://github.com/RobustBench/robustbench.git")
+ROBUSTBENCH_DATASETS = {"cifar10": "cifar10", "cifar10-jpeg": "cifar10", "cifar10-lt": "cifar10",
+                        "cifar100": "cifar100", "cifar100-lt": "cifar100", "imagenet": "imagenet"}
 SELECTION = {"best": "best epoch on the validation split by '{select}' of per-class robust accuracy",
              "last": "last epoch"}
 
@@ -175,16 +180,50 @@ def from_file(target: str, weights: str | None, *, allow_code: bool, num_classes
                    "which": None, "selected_by": "given by the user", "model_args": model_args or {}}
 
 
-def from_robustbench(name: str, dataset: str, norm: str, model_dir: str | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """A RobustBench zoo model (Croce et al., NeurIPS 2021 Datasets and Benchmarks), downloaded by robustbench."""
+def robustbench_dataset(dataset: str) -> str:
+    """RobustBench's name of the zoo trained for an rfbench dataset (``cifar10-jpeg`` -> ``cifar10``)."""
+    base = ROBUSTBENCH_DATASETS.get(dataset)
+    if base is None:
+        raise ConfigError(f"RobustBench's zoo has no models for dataset {dataset!r}; it covers "
+                          f"{', '.join(sorted(set(ROBUSTBENCH_DATASETS.values())))} ({', '.join(ROBUSTBENCH_DATASETS)} here)")
+    return base
+
+
+def robustbench_checkpoint(name: str, dataset: str, norm: str, model_dir: str | Path | None = None) -> Path:
+    """Where robustbench keeps (or downloads) a zoo model's weights: ``DIR/<dataset>/<Linf|L2>/<Name>.pt``."""
+    from rfbench.core.threat import NORM_NAMES
+
+    return Path(model_dir or "models") / robustbench_dataset(dataset) / NORM_NAMES[norm] / f"{name}.pt"
+
+
+def from_robustbench(name: str, dataset: str, norm: str, model_dir: str | Path | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """A RobustBench zoo model (Croce et al., NeurIPS 2021 Datasets and Benchmarks) from robustbench's ``load_model``.
+
+    The architecture is robustbench's own; it downloads the weights into
+    ``model_dir`` (default ``./models``, robustbench's default) unless they are
+    already there.  A zoo model takes [0,1] images (normalisation inside).
+    """
+    from rfbench.benchmark.eval.robustbench_compat import import_robustbench
+
     try:
-        from robustbench.utils import load_model
+        utils = import_robustbench()
     except Exception as exc:  # ImportError, or a broken install failing inside its own imports
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise RfbenchError(f"--model robustbench:{name} needs the robustbench package ({reason}); {ROBUSTBENCH_HINT}") from None
     from rfbench.core.threat import NORM_NAMES
 
-    threat = NORM_NAMES[norm]
-    model = load_model(model_name=name, dataset=dataset, threat_model=threat, model_dir=model_dir or "models")
-    return model, {"kind": "robustbench", "name": f"robustbench:{name}", "architecture": name, "which": None,
-                   "selected_by": "RobustBench zoo", "additional_data": None}
+    base, threat = robustbench_dataset(dataset), NORM_NAMES[norm]
+    path = robustbench_checkpoint(name, dataset, norm, model_dir)
+    known = utils.all_models.get(utils.BenchmarkDataset(base), {}).get(utils.ThreatModel(threat), {})
+    if name not in known:
+        close = sorted(k for k in known if k.lower().startswith(name.lower()[:6]))[:5]
+        raise ConfigError(f"RobustBench's zoo ({base}, {threat}) has no model {name!r}"
+                          + (f"; close: {', '.join(close)}" if close else ""))
+    try:
+        model = utils.load_model(model_name=name, dataset=base, threat_model=threat, model_dir=str(model_dir or "models"))
+    except (OSError, RuntimeError, ValueError) as exc:
+        where = "loading" if path.is_file() else "downloading"
+        raise RfbenchError(f"robustbench:{name}: {where} {path} failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    return model.eval(), {"kind": "robustbench", "name": f"robustbench:{name}", "architecture": name, "which": None,
+                          "checkpoint": str(path), "selected_by": "RobustBench zoo", "additional_data": None,
+                          "robustbench": {"dataset": base, "threat_model": threat}}

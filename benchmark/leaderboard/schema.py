@@ -73,6 +73,8 @@ class TrackProtocol:
     n_per_class: int | None = field(default=None, metadata=in_range(1, None))  # None = the full test set
     test_size: int | None = field(default=None, metadata=in_range(1, None))  # evaluated images in all
     checkpoint: str = "best"  # the ranked checkpoint
+    # CPU intra-op threads of a track run (they change the float reduction order; benchmark/train/threads.py)
+    threads: int | None = field(default=None, metadata=in_range(1, None))
 
 
 @dataclass

@@ -14,6 +14,7 @@ summary is computed from the files and does not depend on the executor.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -22,7 +23,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from tqdm.auto import tqdm
 
@@ -115,8 +116,12 @@ def _absolute(run: ResolvedRun) -> ResolvedRun:
     return dataclasses.replace(run, out=out, train=train, pretrain=pre, data={**run.data, "out": str(out)})
 
 
-@EXECUTORS.register("ray", help="each run as a Ray task (local Ray by default, or --ray-address)")
-def ray_executor(cells: list[Cell], opts: ExecutorOptions) -> list[CellOutcome]:
+@contextlib.contextmanager
+def ray_session(opts: ExecutorOptions) -> Iterator[Any]:
+    """The ``ray`` module, connected: a local Ray (or the cluster at ``opts.address``) for the ``with`` block.
+
+    A Ray already initialised in this process is used as it is and left running.
+    """
     try:
         import ray
     except ImportError:
@@ -137,6 +142,38 @@ def ray_executor(cells: list[Cell], opts: ExecutorOptions) -> list[CellOutcome]:
             raise RfbenchError(f"could not start or join {where}: {str(exc).splitlines()[0]}") from None
         started = True
     try:
+        yield ray
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def ray_map(fn: Callable[..., Any], calls: list[tuple], opts: ExecutorOptions, *, gpus: float | None, labels: list[str],
+            desc: str = "ray") -> list[Any]:
+    """``[fn(*args) for args in calls]``, each call a Ray task asking for ``gpus`` GPUs and ``opts.cpus`` CPUs.
+
+    ``gpus=None``: 1 when the cluster has GPUs, else 0.  Results come back in the
+    order of ``calls``; ``fn`` must be importable by the workers (a module-level function).
+    """
+    with ray_session(opts) as ray:
+        if gpus is None:
+            gpus = 1.0 if float(ray.cluster_resources().get("GPU", 0)) > 0 else 0.0
+        task = ray.remote(fn)
+        pending = {task.options(num_gpus=gpus, num_cpus=opts.cpus, name=lab[:100]).remote(*args): i
+                   for i, (args, lab) in enumerate(zip(calls, labels))}
+        results: list[Any] = [None] * len(calls)
+        with tqdm(total=len(calls), desc=desc, unit="task", disable=opts.quiet or not sys.stderr.isatty()) as bar:
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                for ref in done:
+                    results[pending.pop(ref)] = ray.get(ref)
+                    bar.update(1)
+        return results
+
+
+@EXECUTORS.register("ray", help="each run as a Ray task (local Ray by default, or --ray-address)")
+def ray_executor(cells: list[Cell], opts: ExecutorOptions) -> list[CellOutcome]:
+    with ray_session(opts) as ray:
         cluster_gpus = float(ray.cluster_resources().get("GPU", 0))
         task = ray.remote(run_cell)
         pending = {}
@@ -157,6 +194,3 @@ def ray_executor(cells: list[Cell], opts: ExecutorOptions) -> list[CellOutcome]:
                     outcomes[i] = outcome
                     bar.update(1)
         return [o for o in outcomes if o is not None]
-    finally:
-        if started:
-            ray.shutdown()

@@ -22,12 +22,14 @@ with a different config is refused (``force`` starts over).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import shutil
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 
@@ -149,6 +151,27 @@ def execute_run(run: ResolvedRun, *, force: bool = False, quiet: bool = False) -
             log.info("%s is finished; nothing to do (use --force to run it again)", out)
             return out
     out.mkdir(parents=True, exist_ok=True)
+    with track_threads(run):
+        return _execute(run, out, force=force, quiet=quiet)
+
+
+@contextlib.contextmanager
+def track_threads(run: ResolvedRun) -> Iterator[None]:
+    """A track's ``protocol.threads`` as ``RFBENCH_THREADS`` while its run executes (a user's own setting wins)."""
+    from rfbench.benchmark.train.threads import THREADS_ENV
+
+    threads = (((run.data.get("track") or {}).get("protocol")) or {}).get("threads")
+    if not threads or os.environ.get(THREADS_ENV):
+        yield
+        return
+    os.environ[THREADS_ENV] = str(int(threads))
+    try:
+        yield
+    finally:
+        os.environ.pop(THREADS_ENV, None)
+
+
+def _execute(run: ResolvedRun, out: Path, *, force: bool, quiet: bool) -> Path:
     stages = StageLog(out)
     if force:
         stages.reset()

@@ -57,6 +57,7 @@ from rfbench.benchmark.train.runtime import (
 )
 from rfbench.benchmark.train.schedule import lr_at, resolve_milestones, warmup_factor
 from rfbench.benchmark.train.statistics import EpochAccumulator, selection_score
+from rfbench.benchmark.train.threads import apply_cpu_threads
 from rfbench.benchmark.train.validate import validation_accuracy
 from rfbench.core.config import dump_yaml, to_dict
 from rfbench.core.errors import ConfigError, Interrupted, RfbenchError
@@ -113,6 +114,9 @@ class Trainer:
         for name in cfg.logger:  # a missing logger package is reported before the data is loaded
             check_available(name)
         self.dist, self.device = init_distributed(resolve_device(cfg.device))
+        if (threads := apply_cpu_threads(self.device)) is not None:
+            log.info("CPU threads: %d (%s; %d cores%s)", threads.threads, threads.rule, threads.cores,
+                     "" if threads.others is None else f", {threads.others:g} other processes running")
         self.quiet = quiet or not self.dist.main
         if not self.dist.main:  # one voice: rank 0 logs, the others only warn
             logging.getLogger().setLevel(logging.WARNING)
