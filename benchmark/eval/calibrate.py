@@ -60,6 +60,7 @@ from rfbench.attacks.core import eval_mode, pgd
 from rfbench.core.config import choice, in_range
 from rfbench.core.errors import CheckpointError, RfbenchError
 from rfbench.core.io import atomic_write_json, load_checkpoint, save_checkpoint
+from rfbench.core.io.digest import file_sha256
 from rfbench.core.perclass import nan_mean, nan_min, per_class_accuracy, robust
 from rfbench.core.registry import INVENTION_LABEL
 from rfbench.core.threat import Threat
@@ -283,7 +284,7 @@ def save_calibration(out_dir: str | Path, result: CalibrationResult, run_dir: st
                                        "bias": result.bias.float(), "run_dir": run, "which": which,
                                        "manifest": REPORT_FILE})
     atomic_write_json(out / REPORT_FILE, {  # the manifest, written last (see the module docstring)
-        "format": FORMAT, "state_sha256": _sha256(out / STATE_FILE), "run_dir": run, "which": which,
+        "format": FORMAT, "state_sha256": file_sha256(out / STATE_FILE), "run_dir": run, "which": which,
         "method": result.method,
         "invention": f"{INVENTION_LABEL}: {CALIBRATION_NOTE}", "scale": result.scale.tolist(), "bias": result.bias.tolist(), "config": vars(cfg).copy(),
         "validation_before": result.before, "validation_after": result.after, "rounds": result.rounds,
@@ -309,13 +310,6 @@ def load_calibration(path: str | Path) -> dict[str, Any]:
     return state
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    with open(path, "rb") as fh:
-        return hashlib.sha256(fh.read()).hexdigest()  # a few kilobytes
-
-
 def _check_manifest(state_path: Path) -> None:
     """Refuse a ``calibration.pt`` whose ``calibration.json`` (written last) is missing or records another digest."""
     from rfbench.core.io.atomic import read_json
@@ -326,7 +320,7 @@ def _check_manifest(state_path: Path) -> None:
         raise CheckpointError(f"{state_path} has no {REPORT_FILE} beside it: the calibration did not finish; {again}")
     manifest = read_json(report)
     digest = manifest.get("state_sha256") if isinstance(manifest, dict) else None
-    if digest != _sha256(state_path):
+    if digest != file_sha256(state_path):
         raise CheckpointError(f"{state_path} and {report} come from different calibrations (one was stopped "
                               f"between its two writes, or a file was replaced); {again}")
 

@@ -18,7 +18,6 @@ between, ``result.json`` records the SHA-256 of its ``flags.npz``
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import shutil
@@ -26,6 +25,7 @@ from pathlib import Path
 
 from rfbench.core.errors import RfbenchError
 from rfbench.core.io.atomic import atomic_write_text
+from rfbench.core.io.digest import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +38,6 @@ JOURNAL = "SWAP"
 def staging_dir(out_dir: Path) -> Path:
     """Where ``--overwrite`` writes the new evaluation of ``out_dir``: the hidden sibling ``.NAME.overwrite``."""
     return out_dir.parent / f".{out_dir.name}.overwrite"
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _move_order(names: list[str]) -> list[str]:

@@ -39,6 +39,7 @@ from rfbench.benchmark.runner.config import slug
 from rfbench.benchmark.runner.report import RUN_SCHEMA
 from rfbench.core.errors import ConfigError, RfbenchError
 from rfbench.core.io import atomic_write_bytes, atomic_write_json, read_json
+from rfbench.core.io.digest import file_sha256
 from rfbench.defenses import DEFENSES
 
 log = logging.getLogger(__name__)
@@ -76,16 +77,6 @@ def entry_provenance(run: dict[str, Any], defense: str, args: dict[str, Any] | N
         record = defense_provenance(defense, args)
     command = run.get("provenance", {}).get("command")
     return {"command": portable_command(command, [root]) if command else None, "defense": record}
-
-
-def file_sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def checkpoint_file(run_dir: Path, which: str) -> Path:

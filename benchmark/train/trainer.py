@@ -114,9 +114,7 @@ class Trainer:
         for name in cfg.logger:  # a missing logger package is reported before the data is loaded
             check_available(name)
         self.dist, self.device = init_distributed(resolve_device(cfg.device))
-        if (threads := apply_cpu_threads(self.device)) is not None:
-            log.info("CPU threads: %d (%s; %d cores%s)", threads.threads, threads.rule, threads.cores,
-                     "" if threads.others is None else f", {threads.others:g} other processes running")
+        self.threads = apply_cpu_threads(self.device)  # logged when training starts, after every input is checked
         self.quiet = quiet or not self.dist.main
         if not self.dist.main:  # one voice: rank 0 logs, the others only warn
             logging.getLogger().setLevel(logging.WARNING)
@@ -512,6 +510,9 @@ class Trainer:
             log.info("removed %d temporary file(s) left in %s by an interrupted write", len(stale), self.out)
         if self._already_done():
             return self.out
+        if (threads := self.threads) is not None:
+            log.info("CPU threads: %d (%s; %d cores%s)", threads.threads, threads.rule, threads.cores,
+                     "" if threads.others is None else f", {threads.others:g} other processes running")
         self.maybe_resume()
         if self.dist.main:
             atomic_write_text(self.out / CONFIG, dump_yaml(self.cfg))
