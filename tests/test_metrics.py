@@ -10,7 +10,7 @@ import torch
 
 from rfbench.attacks.spec import Threat
 from rfbench.benchmark.eval import checks as C
-from rfbench.benchmark.eval import metrics as M
+from rfbench.benchmark.eval import metrics
 from rfbench.benchmark.eval.assemble import build_result
 from rfbench.benchmark.eval.flags import SampleFlags
 from rfbench.benchmark.eval.render import markdown_table
@@ -24,14 +24,14 @@ OK = np.array([1, 1, 1, 0, 1, 0, 0, 0, 0, 1], dtype=bool)  # 3/4, 1/2, 1/4
 
 
 def test_per_class_accuracy_by_hand():
-    np.testing.assert_allclose(M.per_class_accuracy(OK, Y, 3), [0.75, 0.5, 0.25])
-    acc = M.per_class_accuracy(OK, Y, 4)  # a class with no sample is NaN, not 0
+    np.testing.assert_allclose(metrics.per_class_accuracy(OK, Y, 3), [0.75, 0.5, 0.25])
+    acc = metrics.per_class_accuracy(OK, Y, 4)  # a class with no sample is NaN, not 0
     assert math.isnan(acc[3])
 
 
 def test_summary_by_hand():
     acc = np.array([0.9, 0.5, 0.7, 0.2, 0.8, 0.6, 0.4, 0.3, 1.0, 0.6])
-    s = M.summarize(acc)
+    s = metrics.summarize(acc)
     assert s["mean"] == pytest.approx(0.6)
     assert (s["worst"], s["worst_class"], s["best"], s["best_class"]) == (0.2, 3, 1.0, 8)
     assert s["gap"] == pytest.approx(0.8)
@@ -44,15 +44,15 @@ def test_summary_by_hand():
 def test_confusion_and_cfps_by_hand():
     y = np.array([0, 0, 1, 1, 2, 2])
     pred = np.array([0, 1, 1, 1, 1, 0])
-    np.testing.assert_array_equal(M.confusion_matrix(y, pred, 3), [[1, 1, 0], [0, 2, 0], [1, 1, 0]])
+    np.testing.assert_array_equal(metrics.confusion_matrix(y, pred, 3), [[1, 1, 0], [0, 2, 0], [1, 1, 0]])
     # misclassified: (0->1), (2->1), (2->0): class 1 absorbs 2 of 3 errors, class 0 one
-    np.testing.assert_allclose(M.class_false_positive_score(y, pred, 3), [1 / 3, 2 / 3, 0])
+    np.testing.assert_allclose(metrics.class_false_positive_score(y, pred, 3), [1 / 3, 2 / 3, 0])
 
 
 def test_boundary_error_and_dafa_rho_by_hand():
-    np.testing.assert_allclose(M.boundary_error([0.9, 0.8], [0.5, 0.2]), [0.4, 0.6])
+    np.testing.assert_allclose(metrics.boundary_error([0.9, 0.8], [0.5, 0.2]), [0.4, 0.6])
     # worst 0.2 -> 0.3 (+50%), average 0.50 -> 0.48 (-4%): rho = 0.5 - 0.04
-    assert M.dafa_rho(avg_model=0.48, worst_model=0.3, avg_base=0.5, worst_base=0.2) == pytest.approx(0.46)
+    assert metrics.dafa_rho(avg_model=0.48, worst_model=0.3, avg_base=0.5, worst_base=0.2) == pytest.approx(0.46)
 
 
 def test_wilson_intervals_against_scipy_and_at_the_ends():
@@ -70,21 +70,21 @@ def test_wilson_intervals_against_scipy_and_at_the_ends():
 def test_per_class_and_worst_class_intervals():
     y = np.repeat([0, 1, 2], 100)
     ok = np.concatenate([np.ones(100), np.zeros(100), np.arange(100) % 2 == 0]).astype(bool)
-    ci = M.per_class_intervals(ok, y, 4)
+    ci = metrics.per_class_intervals(ok, y, 4)
     assert ci[0, 1] == 1.0 and ci[0, 0] < 1.0 and ci[1, 0] == 0.0 and ci[1, 1] > 0.0
     assert np.isnan(ci[3]).all()  # an empty class has no interval
-    lo, hi = M.worst_class_interval(ok, y, 4)  # Bonferroni over the 3 classes with samples: level 1 - 0.05/3
+    lo, hi = metrics.worst_class_interval(ok, y, 4)  # Bonferroni over the 3 classes with samples: level 1 - 0.05/3
     assert lo == 0.0 and hi == pytest.approx(P.wilson_interval(0, 100, 1 - 0.05 / 3)[1]) and hi > 0.0370
     # the worst class's interval covers the smaller of two close classes
     ok2 = np.concatenate([np.arange(100) < 30, np.arange(100) < 32])
-    lo2, hi2 = M.worst_class_interval(ok2, np.repeat([0, 1], 100), 2)
+    lo2, hi2 = metrics.worst_class_interval(ok2, np.repeat([0, 1], 100), 2)
     assert lo2 < 0.30 < hi2 and hi2 < P.wilson_interval(32, 100, 0.975)[1] + 1e-12
 
 
 def test_one_per_class_function_for_numpy_and_torch():
     acc_t = P.per_class_accuracy(torch.from_numpy(OK), torch.from_numpy(Y), 4)
     assert torch.is_tensor(acc_t) and torch.isnan(acc_t[3])
-    np.testing.assert_allclose(acc_t[:3].numpy(), M.per_class_accuracy(OK, Y, 3))
+    np.testing.assert_allclose(acc_t[:3].numpy(), metrics.per_class_accuracy(OK, Y, 3))
     vals = np.arange(10, dtype=float)
     np.testing.assert_allclose(P.per_class_mean(vals, Y, 3), [1.5, 4.5, 7.5])
     assert P.nan_min([np.nan, 0.2, 0.5]) == 0.2 and P.nan_mean([np.nan, 0.2, 0.4]) == pytest.approx(0.3)
@@ -162,12 +162,12 @@ def test_inventions_are_labelled_in_results_and_listings():
 
 
 def test_class_groups():
-    assert M.class_groups([100] * 10, None) is None
-    g = M.class_groups([5000, 3237, 2096, 1357, 878, 568, 368, 238, 154, 100], 50)
+    assert metrics.class_groups([100] * 10, None) is None
+    g = metrics.class_groups([5000, 3237, 2096, 1357, 878, 568, 368, 238, 154, 100], 50)
     assert g == {"head": [0, 1, 2], "middle": [3, 4, 5, 6], "tail": [7, 8, 9]}
-    g100 = M.class_groups([500, 150, 101, 100, 50, 20, 19, 5], 100)
+    g100 = metrics.class_groups([500, 150, 101, 100, 50, 20, 19, 5], 100)
     assert g100 == {"many": [0, 1, 2], "medium": [3, 4, 5], "few": [6, 7]}
-    assert M.group_means(np.array([1.0, 0.5, 0.0, 0.2, 0.3, 0.4, 0.5, 0.6]), g100)["few"] == pytest.approx(0.55)
+    assert metrics.group_means(np.array([1.0, 0.5, 0.0, 0.2, 0.3, 0.4, 0.5, 0.6]), g100)["few"] == pytest.approx(0.55)
 
 
 def test_weight_norms_of_a_linear_head():
@@ -176,9 +176,9 @@ def test_weight_norms_of_a_linear_head():
         model.head.weight.zero_()
         model.head.weight[0, :2] = torch.tensor([3.0, 4.0])
         model.head.weight[2, 0] = 2.0
-    np.testing.assert_allclose(M.class_weight_norms(model), [5.0, 0.0, 2.0])
-    assert M.class_weight_norms(torch.nn.Sequential(torch.nn.Flatten())) is None
-    assert M.pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
+    np.testing.assert_allclose(metrics.class_weight_norms(model), [5.0, 0.0, 2.0])
+    assert metrics.class_weight_norms(torch.nn.Sequential(torch.nn.Flatten())) is None
+    assert metrics.pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
 
 
 def test_paired_inversions_use_a_noise_threshold():

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from rfbench.benchmark.eval import checks as checks_mod
-from rfbench.benchmark.eval import metrics as M
+from rfbench.benchmark.eval import metrics
+from rfbench.benchmark.eval.checks import run_checks
 from rfbench.benchmark.eval.flags import SampleFlags
 from rfbench.benchmark.eval.result import SCHEMA
 from rfbench.benchmark.eval.robustbench_view import robustbench_block
@@ -98,10 +98,10 @@ def build_result(
     preds = {"clean": flags.clean_pred, **attack_predictions(flags, labels), "worst_case": flags.worst_case_pred(worst_over)}
     per_class, ci, summary = {}, {}, {}
     for name, ok in correct.items():
-        acc = M.per_class_accuracy(ok, y, C)
-        per_class[name], ci[name] = acc, M.per_class_intervals(ok, y, C)
-        summary[name] = {**M.summarize(acc), "worst_ci95": list(M.worst_class_interval(ok, y, C))}
-    groups = M.class_groups(train_counts, imbalance_ratio)
+        acc = metrics.per_class_accuracy(ok, y, C)
+        per_class[name], ci[name] = acc, metrics.per_class_intervals(ok, y, C)
+        summary[name] = {**metrics.summarize(acc), "worst_ci95": list(metrics.worst_class_interval(ok, y, C))}
+    groups = metrics.class_groups(train_counts, imbalance_ratio)
     max_pert = {lab: float(np.nanmax(flags.pert[:, flags.labels.index(lab)])) if flags.ran[:, flags.labels.index(lab)].any() else None
                 for lab in labels}
     n = len(y)
@@ -119,13 +119,13 @@ def build_result(
         "per_class": {k: _json_list(v) for k, v in per_class.items()},
         "per_class_ci95": {k: _json_list(v) for k, v in ci.items()},
         "summary": summary,
-        "boundary_error": _json_list(M.boundary_error(per_class["clean"], per_class["worst_case"])),
-        "confusion": {k: M.confusion_matrix(y, p, C).tolist() for k, p in preds.items()},
-        "cfps": {k: M.class_false_positive_score(y, p, C).tolist() for k, p in preds.items()},
+        "boundary_error": _json_list(metrics.boundary_error(per_class["clean"], per_class["worst_case"])),
+        "confusion": {k: metrics.confusion_matrix(y, p, C).tolist() for k, p in preds.items()},
+        "cfps": {k: metrics.class_false_positive_score(y, p, C).tolist() for k, p in preds.items()},
         "weight_norm": None,
         "groups": None,
         "t_sweep": t_sweep_summary(per_class, settings, robust, y, classes),
-        "checks": checks_mod.run_checks(robust, flags.clean_correct, y, C, settings, max_pert),
+        "checks": run_checks(robust, flags.clean_correct, y, C, settings, max_pert),
         "flags_file": flags_file,
         "provenance": provenance or {},
         "robustbench": robustbench_block(flags, settings, threat, robust, worst_over, source),
@@ -134,9 +134,9 @@ def build_result(
     if weight_norms is not None and len(weight_norms) == C:
         result["weight_norm"] = {
             "per_class": [float(w) for w in weight_norms],
-            "pearson_with_clean": M.pearson(weight_norms, per_class["clean"]),
-            "pearson_with_worst_case": M.pearson(weight_norms, per_class["worst_case"]),
+            "pearson_with_clean": metrics.pearson(weight_norms, per_class["clean"]),
+            "pearson_with_worst_case": metrics.pearson(weight_norms, per_class["worst_case"]),
         }
     if groups:
-        result["groups"] = {"members": groups, **{k: M.group_means(v, groups) for k, v in per_class.items()}}
+        result["groups"] = {"members": groups, **{k: metrics.group_means(v, groups) for k, v in per_class.items()}}
     return result

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from rfbench.benchmark.eval import metrics as M
+from rfbench.benchmark.eval import metrics
 from rfbench.benchmark.eval.group import check_group
 from rfbench.benchmark.eval.render import column_title
 from rfbench.benchmark.eval.result import validate_result
@@ -129,7 +129,7 @@ def diff_attacks(res: dict, a: str, b: str) -> tuple[pd.DataFrame, dict[str, Any
             raise RfbenchError(f"no '{n}' in this result; names: {', '.join(res['names'])}")
     acc_a, acc_b = np.array(res["per_class"][a], float), np.array(res["per_class"][b], float)
     df = pd.DataFrame({a: acc_a, b: acc_b, f"{b} - {a}": acc_b - acc_a}, index=pd.Index(res["classes"], name="class"))
-    stats = {"mean_diff": float(np.nanmean(acc_b - acc_a)), "pearson(acc_a, diff)": M.pearson(acc_a, acc_b - acc_a)}
+    stats = {"mean_diff": float(np.nanmean(acc_b - acc_a)), "pearson(acc_a, diff)": metrics.pearson(acc_a, acc_b - acc_a)}
     return df.sort_values(a, kind="stable"), stats
 
 
@@ -144,7 +144,7 @@ def diff_models(base: tuple[str, dict], other: tuple[str, dict], only: list[str]
     df = pd.DataFrame(cols, index=pd.Index(b["classes"], name="class"))
     if "worst_case" in names:
         df = df.sort_values(f"{bn}/worst_case", kind="stable")
-    rho = {n: M.dafa_rho(o["summary"][n]["mean"], o["summary"][n]["worst"], b["summary"][n]["mean"], b["summary"][n]["worst"])
+    rho = {n: metrics.dafa_rho(o["summary"][n]["mean"], o["summary"][n]["worst"], b["summary"][n]["mean"], b["summary"][n]["worst"])
            for n in names if b["summary"][n]["worst"] > 0 and b["summary"][n]["mean"] > 0}  # ρ divides by both
     return df, {"baseline": bn, "model": on, "dafa_rho": rho}
 
