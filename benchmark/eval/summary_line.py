@@ -14,7 +14,8 @@ from rfbench.core.perclass import WORST_INTERVAL_LABEL, pct, worst_classes
 
 
 def worst_class_text(result: Mapping[str, Any], name: str = "worst_case") -> str:
-    """``worst class Shirt at 24.3% (...interval 18.1-31.9)``, or ``3 classes tie at 0.0% (A, B, C; ...)``."""
+    """``worst class Shirt at 24.3% (...interval 18.1-31.9)``, or for a tie ``worst class A, tied with 2 others:
+    3 classes tie at 0.0% as the worst (A, B, C; ...)`` (the first named is the summary's ``worst_class``)."""
     s = result["summary"][name]
     lo, hi = s["worst_ci95"]
     tied = worst_classes(result["per_class"][name]) or [s["worst_class"]]
@@ -22,7 +23,9 @@ def worst_class_text(result: Mapping[str, Any], name: str = "worst_case") -> str
     if len(tied) == 1:
         return f"worst class {result['classes'][tied[0]]} at {pct(s['worst'])}% ({interval})"
     names = ", ".join(result["classes"][k] for k in tied)
-    return f"{len(tied)} classes tie at {pct(s['worst'])}% as the worst ({names}; {interval})"
+    others = len(tied) - 1
+    return (f"worst class {result['classes'][tied[0]]}, tied with {others} other{'s' if others > 1 else ''}: "
+            f"{len(tied)} classes tie at {pct(s['worst'])}% as the worst ({names}; {interval})")
 
 
 def check_problems(checks: dict[str, Any]) -> list[str]:
