@@ -34,7 +34,8 @@ Differences from the released code (github.com/wutong16/Adversarial_Long-Tail):
   60 epochs at the full rate where the release had 59), so our epochs 62-80
   really train: expect numbers that differ from the paper's for that reason.
 * The released attack starts from ``x + ε·U[0,1)`` (a one-sided start):
-  ``fidelity: released`` does the same (start ``uniform-positive``, clipped to [0,1]);
+  ``fidelity: released`` does the same (start ``uniform-positive``, its first gradient taken at
+  the unclipped start, as the release's ``add_reg_train`` does);
   ``paper`` uses the symmetric uniform start in the ε-ball of the PGD core.
 * The released loss runs the adversarial forward twice (once for the margin
   CE, once for the KL); we run it once, which changes only the BN running
@@ -167,7 +168,9 @@ class RoBal(Defense[RoBalConfig]):
 
     def attack_kwargs(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
         """CE-PGD on the scale-1 cosines; the release's one-sided start x + ε·U[0,1) under ``fidelity: released``."""
-        return {"loss": "ce", "start": "uniform-positive" if self.released else "uniform"}
+        if self.released:  # add_reg_train: x + ε·U[0,1), first gradient at the unclipped start
+            return {"loss": "ce", "start": "uniform-positive", "start_clip": False}
+        return {"loss": "ce", "start": "uniform"}
 
     Config = RoBalConfig
 
