@@ -62,7 +62,7 @@ def test_jpeg_entries_are_refused_by_the_real_cifar_track():
         dataset, model, track = "cifar10-jpeg", "resnet18", "cifar10-linf-fast"
         threat = type("T", (), {"norm": "linf", "eps": 8 / 255})()
         evaluations = {}
-        defense = type("D", (), {"name": "pgd-at"})()
+        defense = type("D", (), {"name": "pgd-at", "fidelity": "paper"})()
         seed = 0
         train_config = {**fast.train_config_for("pgd-at"), "dataset": "cifar10-jpeg"}
 
