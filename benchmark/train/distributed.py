@@ -10,28 +10,15 @@ update equals a single process's on the global batch, up to float rounding.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import torch
 import torch.distributed as dist
 
-from rfbench.core.launch import launch_from_env
+from rfbench.core.launch import Launch, launch_from_env
 
-
-@dataclass
-class DistInfo:
-    world: int = 1
-    rank: int = 0
-    local_rank: int = 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world > 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
+#: this process's place in the training launch (``rfbench.core.launch``'s one type)
+DistInfo = Launch
 
 
 def init_distributed(device: torch.device) -> tuple[DistInfo, torch.device]:
@@ -61,14 +48,14 @@ def shard(n_global: int, info: DistInfo) -> tuple[int, int]:
 
 def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
     """Sum ``t`` over ranks in place (no-op in a single process)."""
-    if info.enabled:
+    if info.distributed:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
 
 
 def gather_rows(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
     """Concatenate every rank's rows of ``t`` in rank order (shards may differ in size by one)."""
-    if not info.enabled:
+    if not info.distributed:
         return t
     n = torch.tensor([t.shape[0]], device=t.device)
     sizes = [torch.zeros_like(n) for _ in range(info.world)]
@@ -83,7 +70,7 @@ def gather_rows(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
 
 def any_rank(flag: bool, info: DistInfo, device: torch.device) -> bool:
     """True if ``flag`` is true on any rank (so every rank takes the same branch)."""
-    if not info.enabled:
+    if not info.distributed:
         return flag
     t = torch.tensor([1.0 if flag else 0.0], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
@@ -91,7 +78,7 @@ def any_rank(flag: bool, info: DistInfo, device: torch.device) -> bool:
 
 
 def barrier(info: DistInfo) -> None:
-    if info.enabled:
+    if info.distributed:
         dist.barrier()
 
 

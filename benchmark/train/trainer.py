@@ -137,7 +137,7 @@ class Trainer:
         self.perm_gen = torch.Generator().manual_seed(cfg.seed)
         self.aug_gen = torch.Generator().manual_seed(cfg.seed + 2)
         self.attack_gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 1)
-        self.sharded_gen = ShardedGenerator(self.attack_gen) if self.dist.enabled else None
+        self.sharded_gen = ShardedGenerator(self.attack_gen) if self.dist.distributed else None
         self.averages = WeightAverages()
         self.ctx = TrainContext(
             num_classes=self.bundle.num_classes, train_counts=self.bundle.train_counts, threat=self.threat,
@@ -163,14 +163,14 @@ class Trainer:
         self.averages.attach(model)
         self.optimizer = build_optimizer(cfg, model)
         model = maybe_compile(model, cfg.compile)  # training forward and the defense's attack
-        if self.dist.enabled:
+        if self.dist.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
             model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
         self.model = model
         # compiled, one process: a batch of another size (an epoch's last, partial one) runs eager, since
         # a new size would compile the attack and training graphs again, dynamic-shaped (slower than the
         # one eager batch they serve).  Under DDP every rank must go through its wrapper: no fallback.
-        self.eager_model = self.module if cfg.compile and not self.dist.enabled else None
+        self.eager_model = self.module if cfg.compile and not self.dist.distributed else None
 
     def _setup_records(self) -> None:
         self.history: list[dict[str, Any]] = []
@@ -305,7 +305,7 @@ class Trainer:
         info, x, y = self.dist, batch.x, batch.y
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        if info.enabled:  # the random starts are drawn for the global batch; this rank keeps its rows
+        if info.distributed:  # the random starts are drawn for the global batch; this rank keeps its rows
             offset, n_local = shard(batch.n_global, info)
             sharding = self.sharded_gen.batch(batch.n_global, offset, n_local)
         else:
@@ -336,14 +336,14 @@ class Trainer:
                 hook.step_skipped(self, batch)
             return False
         scale = len(y) * info.world / batch.n_global  # makes DDP's gradient average the global-batch mean
-        (out.loss * scale if info.enabled else out.loss).backward()
+        (out.loss * scale if info.distributed else out.loss).backward()
         for hook in self.hooks:
             hook.before_optimizer_step(self, batch)
         self.optimizer.step()
         for hook in self.hooks:
             hook.after_optimizer_step(self, batch)
         adv_logits = out.adv_logits.detach() if out.adv_logits is not None else None
-        if info.enabled:
+        if info.distributed:
             batch.y_all = gather_rows(y, info)
             batch.adv_all = gather_rows(adv_logits.float(), info) if adv_logits is not None else None
         else:
@@ -400,7 +400,7 @@ class Trainer:
         t_start = t_last = time.monotonic()
         for i, (x, y, pos) in enumerate(bar, start=done):
             n_global = len(y)
-            if info.enabled:
+            if info.distributed:
                 offset, n_local = shard(n_global, info)
                 x, y, pos = x[offset:offset + n_local], y[offset:offset + n_local], pos[offset:offset + n_local]
             batch = Batch(epoch, i, x, y, pos, n_global)
