@@ -88,6 +88,34 @@ def test_a_killed_shard_resumes_alone(fmnist, fmnist_cnn, single, tmp_path):
     _same(out1, tmp_path, res1, merged)
 
 
+def test_shards_finishing_together_merge_one_at_a_time(fmnist, fmnist_cnn, single, tmp_path):
+    """A shard that finishes while another merges waits for OUT's merge lock, so no two merges write at once."""
+    import threading
+    import time
+
+    from rfbench.core.io.lock import exclusive_dir
+
+    out1, res1 = single
+    with pytest.raises(ShardsIncomplete):
+        evaluate(fmnist_cnn, fmnist, _cfg(), tmp_path, shard=Shard(0, 2))
+    attacked = threading.Event()
+    done: dict[str, object] = {}
+
+    def last_shard() -> None:
+        done["result"] = evaluate(fmnist_cnn, fmnist, _cfg(), tmp_path, shard=Shard(1, 2),
+                                  callback=lambda b: attacked.set())
+
+    with exclusive_dir(tmp_path / "merge", "the shard merge of"):  # another shard's merge in progress
+        worker = threading.Thread(target=last_shard)
+        worker.start()
+        assert attacked.wait(120)
+        time.sleep(1.0)
+        assert worker.is_alive() and not (tmp_path / "result.json").exists() and not (tmp_path / "flags.npz").exists()
+    worker.join(120)
+    assert not worker.is_alive()
+    _same(out1, tmp_path, res1, done["result"])  # type: ignore[arg-type]
+
+
 def test_merge_refuses_shards_of_another_evaluation(fmnist, fmnist_cnn, tmp_path):
     with pytest.raises(ShardsIncomplete):
         evaluate(fmnist_cnn, fmnist, _cfg(), tmp_path, shard=Shard(0, 2))

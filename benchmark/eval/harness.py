@@ -32,6 +32,7 @@ created when the evaluation starts, and the flag file is written after every bat
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -397,6 +398,22 @@ def _owns(y: torch.Tensor, batch_size: int, shard: Shard | None) -> Callable[[in
     return lambda b: shard.index is not None and int(owners[b]) == shard.index
 
 
+#: how long a finishing shard waits for another one's merge (a merge reads the shard files and writes one group)
+MERGE_WAIT_S = 600.0
+
+
+def _merge_lock(out_dir: Path) -> contextlib.AbstractContextManager:
+    """One merge at a time in ``out_dir`` (``OUT/.merge.rfbench.lock``): shards that finish together merge in turn.
+
+    A waiting shard merges again after the first; both read the same finished
+    shard files, so the second writes the same flags and result (only its timings differ),
+    and no reader ever sees two merges' files mixed.
+    """
+    from rfbench.core.io.lock import exclusive_dir
+
+    return exclusive_dir(out_dir / "merge", "the shard merge of", shown=str(out_dir), wait_s=MERGE_WAIT_S)
+
+
 def evaluate_data(
     model: torch.nn.Module,
     data: EvalData,
@@ -462,64 +479,67 @@ def evaluate_data(
               "index": hashlib.sha256(test.index.numpy().tobytes()).hexdigest()[:16], "images": samples["images_sha256"],
               "scope": cfg.autoattack_scope, "amp": cfg.amp}
     static = json.loads(json.dumps(static))  # as it reads back from the file (tuples -> lists)
-    flags_path = own_dir / FLAGS_FILE if own_dir is not None else None
-    flags = _open_flags(flags_path, test, [a.label for a in attacks], {"static": static},
-                        cfg.overwrite and final_dir is None, staged=final_dir is not None)
-    if shard is not None and shard.merging and out_dir is not None and not flags.done.all():
-        flags = merge_shard_flags(flags, out_dir, shard.count, FLAGS_FILE)  # raises ShardsIncomplete
-        flags.save(out_dir / FLAGS_FILE)
-    for a in attacks:  # flags raised before a kill are kept
-        a.flags.update(flags.meta.get("attack_flags", {}).get(a.label, {}))
-    num_classes = len(data.classes)
-    x0, y0, _ = next(test.batches(min(len(test), cfg.batch_size, MODEL_CHECK_SAMPLES), device))
-    model_check = check_model(model, x0, y0, num_classes)  # raises for a wrong shape or NaN outputs
-    channels_last = use_channels_last(cfg.channels_last, device, autocast_dtype(cfg.amp, device))
-    if channels_last is None:  # auto on CPU fp32: whichever layout is faster for this model here
-        channels_last, ms, cached = cached_channels_last(model, (cfg.batch_size, *x0.shape[1:]), device)
-        log.info("%s", layout_message(channels_last, ms, cached))
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    log.info("evaluating %d samples (%d classes) with %s; threat %s eps=%g on %s%s",
-             len(test), num_classes, ", ".join(a.label for a in attacks), threat.norm, threat.eps, device,
-             f"; writing {out_dir}" if out_dir is not None else "")
-    timing = run_attacks(model, test, attacks, flags, flags_path, cfg=cfg, device=device, callback=callback,
-                         channels_last=channels_last, owns=_owns(test.y, cfg.batch_size, shard)) or {}
-    if shard is not None and not shard.merging and out_dir is not None:  # the last shard to finish merges
-        flags = merge_shard_flags(flags, out_dir, shard.count, FLAGS_FILE)  # raises ShardsIncomplete
-        flags.save(out_dir / FLAGS_FILE)
-    for lab, s in settings.items():
-        f = flags.meta.get("attack_flags", {}).get(lab)
-        if f:
-            s["flags"] = f
-    described = dataset_description(dataset)
-    src = portable_source(source or {}, model)
-    prov = provenance(cfg=dataclasses.asdict(cfg), source=src, device=device, wall_time=time.monotonic() - t0)
-    prov["attack_time_s"] = round(flags.meta.get("elapsed_s", 0.0), 2)  # summed over resumed runs
-    prov["attack_rates"] = {lab: {"seconds": round(sec, 3), "images": n, "images_per_s": round(n / sec, 3) if sec > 0 else None}
-                            for lab, (sec, n) in timing.items()}  # this process's batches
-    prov["oom_halvings"] = flags.meta.get("oom_halvings", [])
-    prov["channels_last"] = channels_last
-    if threads is not None:
-        prov["cpu_threads"] = threads.as_dict()
-    if "shards" in flags.meta:
-        prov["shards"] = flags.meta["shards"]
-    prov["dataset"] = described
-    if flags_path is not None and flags_path.exists():  # ties result.json to its flag file (group.check_group)
-        prov["flags_sha256"] = file_sha256(flags_path)
-    result = build_result(flags, classes=list(data.classes), settings=settings, threat=threat, dataset=described["name"],
-                          train_counts=train_counts, imbalance_ratio=imbalance_ratio,
-                          weight_norms=class_weight_norms(model), provenance=prov,
-                          n_per_class_requested=cfg.n_per_class, flags_file=FLAGS_FILE, source=src)
-    result["samples"] = samples
-    result["checks"]["model"] = model_check
-    result["checks"]["predictions"] = check_predictions(flags.clean_pred, flags.y, num_classes)
-    result["checks"]["overall"] = overall_verdict(result["checks"])
-    typed = EvalResult.from_dict(result)  # validated and frozen: what every caller and the files get
-    if out_dir is not None:
-        write_outputs(typed, out_dir, plot=cfg.plot)
-    if final_dir is not None:
-        swap_in(out_dir, final_dir)
-    return typed
+    with contextlib.ExitStack() as merge_lock:  # a merging shard holds OUT's merge lock until its group is written
+        flags_path = own_dir / FLAGS_FILE if own_dir is not None else None
+        flags = _open_flags(flags_path, test, [a.label for a in attacks], {"static": static},
+                            cfg.overwrite and final_dir is None, staged=final_dir is not None)
+        if shard is not None and shard.merging and out_dir is not None and not flags.done.all():
+            merge_lock.enter_context(_merge_lock(out_dir))
+            flags = merge_shard_flags(flags, out_dir, shard.count, FLAGS_FILE)  # raises ShardsIncomplete
+            flags.save(out_dir / FLAGS_FILE)
+        for a in attacks:  # flags raised before a kill are kept
+            a.flags.update(flags.meta.get("attack_flags", {}).get(a.label, {}))
+        num_classes = len(data.classes)
+        x0, y0, _ = next(test.batches(min(len(test), cfg.batch_size, MODEL_CHECK_SAMPLES), device))
+        model_check = check_model(model, x0, y0, num_classes)  # raises for a wrong shape or NaN outputs
+        channels_last = use_channels_last(cfg.channels_last, device, autocast_dtype(cfg.amp, device))
+        if channels_last is None:  # auto on CPU fp32: whichever layout is faster for this model here
+            channels_last, ms, cached = cached_channels_last(model, (cfg.batch_size, *x0.shape[1:]), device)
+            log.info("%s", layout_message(channels_last, ms, cached))
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        log.info("evaluating %d samples (%d classes) with %s; threat %s eps=%g on %s%s",
+                 len(test), num_classes, ", ".join(a.label for a in attacks), threat.norm, threat.eps, device,
+                 f"; writing {out_dir}" if out_dir is not None else "")
+        timing = run_attacks(model, test, attacks, flags, flags_path, cfg=cfg, device=device, callback=callback,
+                             channels_last=channels_last, owns=_owns(test.y, cfg.batch_size, shard)) or {}
+        if shard is not None and not shard.merging and out_dir is not None:  # the last shard to finish merges
+            merge_lock.enter_context(_merge_lock(out_dir))
+            flags = merge_shard_flags(flags, out_dir, shard.count, FLAGS_FILE)  # raises ShardsIncomplete
+            flags.save(out_dir / FLAGS_FILE)
+        for lab, s in settings.items():
+            f = flags.meta.get("attack_flags", {}).get(lab)
+            if f:
+                s["flags"] = f
+        described = dataset_description(dataset)
+        src = portable_source(source or {}, model)
+        prov = provenance(cfg=dataclasses.asdict(cfg), source=src, device=device, wall_time=time.monotonic() - t0)
+        prov["attack_time_s"] = round(flags.meta.get("elapsed_s", 0.0), 2)  # summed over resumed runs
+        prov["attack_rates"] = {lab: {"seconds": round(sec, 3), "images": n, "images_per_s": round(n / sec, 3) if sec > 0 else None}
+                                for lab, (sec, n) in timing.items()}  # this process's batches
+        prov["oom_halvings"] = flags.meta.get("oom_halvings", [])
+        prov["channels_last"] = channels_last
+        if threads is not None:
+            prov["cpu_threads"] = threads.as_dict()
+        if "shards" in flags.meta:
+            prov["shards"] = flags.meta["shards"]
+        prov["dataset"] = described
+        if flags_path is not None and flags_path.exists():  # ties result.json to its flag file (group.check_group)
+            prov["flags_sha256"] = file_sha256(flags_path)
+        result = build_result(flags, classes=list(data.classes), settings=settings, threat=threat, dataset=described["name"],
+                              train_counts=train_counts, imbalance_ratio=imbalance_ratio,
+                              weight_norms=class_weight_norms(model), provenance=prov,
+                              n_per_class_requested=cfg.n_per_class, flags_file=FLAGS_FILE, source=src)
+        result["samples"] = samples
+        result["checks"]["model"] = model_check
+        result["checks"]["predictions"] = check_predictions(flags.clean_pred, flags.y, num_classes)
+        result["checks"]["overall"] = overall_verdict(result["checks"])
+        typed = EvalResult.from_dict(result)  # validated and frozen: what every caller and the files get
+        if out_dir is not None:
+            write_outputs(typed, out_dir, plot=cfg.plot)
+        if final_dir is not None:
+            swap_in(out_dir, final_dir)
+        return typed
 
 
 def evaluate(

@@ -24,6 +24,7 @@ import os
 import socket
 import stat
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -86,20 +87,26 @@ def _open_lock(out: Path, flag: str, text: str) -> int:
 
 @contextlib.contextmanager
 def exclusive_dir(path: str | os.PathLike, what: str = "directory", flag: str = "--out",
-                  shown: str | None = None) -> Iterator[Path]:
+                  shown: str | None = None, wait_s: float = 0.0) -> Iterator[Path]:
     """Hold the exclusive lock of directory ``path`` for the ``with`` block (the directory itself is not created).
 
-    ``shown`` names the locked thing in the refusal (default: ``path``).
+    ``shown`` names the locked thing in the refusal (default: ``path``).  ``wait_s``:
+    how long to wait for a holder to finish before refusing (default: refuse at once).
     """
     out = prepare_out_dir(path, flag)
     lock = lock_path(out)
     fd = _open_lock(out, flag, os.fspath(path))
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise DirectoryLockedError(f"{what} {shown or path} is in use by {_holder(lock)}; wait for it to finish "
-                                       f"or use another {flag}") from None
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise DirectoryLockedError(f"{what} {shown or path} is in use by {_holder(lock)}; wait for it "
+                                               f"to finish or use another {flag}") from None
+                time.sleep(0.05)
         info = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv)[:500]}
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
