@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 from tiny_runs import write_tiny_track
@@ -107,6 +108,8 @@ def test_submitted_entry_takes_the_paper_from_the_registry(tmp_path):
     entry = json.loads(submit(run_dir, load_track(track_path), root, code="https://example.org/dafa.py").read_text())
     assert entry["defense"]["paper"] == "Lee et al., ICLR 2024"
     assert entry["provenance"]["defense"]["config"]["beta"] == 6.0
+    threads = int(os.environ["RFBENCH_THREADS"])  # conftest's count, applied to the training and the evaluation
+    assert entry["cost"]["cpu_threads"] == {"train": [threads], "eval": [threads]}
 
 
 def test_committed_entries_record_portable_commands():

@@ -133,3 +133,53 @@ def test_zoo_command_with_a_robustbench_model_offline(fmnist, zoo_dir, offline, 
     (row,) = json.loads((out / "zoo.json").read_text())["models"]
     assert row["source"] == f"robustbench:{NAME}" and row["published_autoattack"] == pytest.approx(0.4321)
     assert json.loads((out / NAME / "result.json").read_text())["provenance"]["model"]["name"] == f"robustbench:{NAME}"
+
+
+def test_a_zoo_model_becomes_an_external_entry_whose_audit_model_is_rebuilt_offline(fmnist, zoo_dir, offline,
+                                                                                     monkeypatch, tmp_path, capsys):
+    """``rfbench zoo --track`` on a RobustBench model gives the entry of a track of external models; the audit's
+    model is rebuilt from the entry's source around the given checkpoint, without the network.
+
+    (The model has random weights on random images, so its evaluation fails the prediction check and ``submit``
+    refuses it, as it must; the entry is built and parsed directly.  The whole submit/audit path runs on
+    registered architectures in ``tests/test_leaderboard_external.py``.)"""
+    import yaml
+
+    from rfbench.benchmark.leaderboard import load_track
+    from rfbench.benchmark.leaderboard.external import entry_from_eval, load_external_model
+    from rfbench.benchmark.leaderboard.schema import parse_entry
+
+    d, state = zoo_dir
+    monkeypatch.setattr(benchmark_data, "load_dataset", lambda *a, **k: cifar_like(fmnist))
+    root = tmp_path / "repo"
+    track_dir = root / "leaderboards" / "rb-zoo"
+    track_dir.mkdir(parents=True)
+    eps = 8 / 255
+    track_dir.joinpath("track.yaml").write_text(yaml.safe_dump({
+        "name": "rb-zoo",
+        "track": {"id": "rb-zoo", "title": "zoo", "kind": "external",
+                  "protocol": {"dataset": "cifar10", "model": "any", "norm": "linf", "eps": eps, "attacks": ["fgsm"],
+                               "n_per_class": 2, "test_size": 20, "checkpoint": "model"}},
+        "train": {"dataset": "cifar10"}, "eval": {"eps": eps, "attacks": ["fgsm"], "n_per_class": 2, "batch_size": 10},
+        "checkpoints": ["model"]}))
+    spec = tmp_path / "zoo.yaml"
+    spec.write_text(yaml.safe_dump({"dataset": "cifar10", "models": [{"robustbench": NAME, "published_autoattack": 0.4321}]}))
+    out = tmp_path / "zoo"
+    assert main(["zoo", str(spec), "--track", "rb-zoo", "--root", str(root), "--out", str(out), "--robustbench-dir",
+                 str(d), "--device", "cpu", "--quiet"]) == 0, capsys.readouterr().err
+    assert main(["leaderboard", "submit", str(out / NAME), "--track", "rb-zoo", "--root", str(root)]) == 2
+    assert "sanity checks failed" in capsys.readouterr().err  # a chance-level model is never ranked
+    track = load_track(track_dir / "track.yaml")
+    data, flags = entry_from_eval(out / NAME, track, root)
+    assert data["model"] == f"robustbench:{NAME}" and data["defense"]["code"].startswith("https://github.com/RobustBench")
+    assert data["provenance"]["source"]["robustbench"] == {"dataset": "cifar10", "threat_model": "Linf"}
+    assert data["provenance"]["published_autoattack"] == pytest.approx(0.4321)
+    checkpoint = d / "cifar10" / "Linf" / f"{NAME}.pt"
+    assert data["evaluations"]["model"]["checkpoint_sha256"] == M.file_sha256(checkpoint)
+    assert flags["model"].is_file()
+    moved = tmp_path / "elsewhere.pt"  # the audit gets the file wherever the reviewer keeps it
+    moved.write_bytes(checkpoint.read_bytes())
+    model = load_external_model(parse_entry(data, "entry"), moved, cifar_like(fmnist), tmp_path / "work", "cpu")
+    assert type(model).__name__ == "Wong2020FastNet"
+    got = model.state_dict()
+    assert all(torch.equal(got[k], state[k]) for k in state)

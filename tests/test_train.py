@@ -1,6 +1,7 @@
 """The trainer: end-to-end on real Fashion-MNIST, exact resume, lr schedules, NaN policy, selection."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -42,6 +43,9 @@ def test_train_writes_a_complete_run_directory(tmp_path):
         assert (out / f).is_file(), f
     lines = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines] == [1, 2]
+    threads = int(os.environ["RFBENCH_THREADS"])  # set by conftest; applied to every CPU run
+    assert [r["cpu_threads"] for r in lines] == [threads, threads]
+    assert json.loads((out / "summary.json").read_text())["cpu_threads"] == [threads]
     assert len(lines[0]["val_robust_acc"]) == 10 and len(lines[0]["train_robust_acc"]) == 10
     best = load_checkpoint(out / "checkpoint-best.pt")
     assert best["epoch"] == max(lines, key=lambda r: r["select_score"])["epoch"]

@@ -69,6 +69,18 @@ def test_zoo_shards_merge_to_the_same_table(zoo_file, tmp_path):
     assert a == b
 
 
+@pytest.mark.slow
+def test_zoo_shards_as_ray_tasks_give_the_same_table(zoo_file, tmp_path):
+    """``--shards 2 --executor ray``: every model's two shards run as Ray tasks, then the table is written."""
+    pytest.importorskip("ray")
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert _zoo(zoo_file, one) == 0
+    assert _zoo(zoo_file, two, "--shards", "2", "--executor", "ray") == 0
+    assert sorted(p.name for p in (two / "net-a").glob("shard-*")) == ["shard-0-of-2", "shard-1-of-2"]
+    a, b = (json.loads((d / "zoo.json").read_text())["models"] for d in (one, two))
+    assert a == b
+
+
 def test_published_numbers_from_robustbench_model_info(tmp_path):
     d = tmp_path / "model_info" / "cifar10" / "Linf"
     d.mkdir(parents=True)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from rfbench.benchmark.cli.config_args import _number, resolve_config
+from rfbench.benchmark.cli.sharding import add_shard_arguments, rank_device, run_ray_shards, shard_of
 from rfbench.core.config import parse_override
 from rfbench.core.errors import ConfigError
 
@@ -101,33 +102,6 @@ def _load_model(args: argparse.Namespace, device):
     return model, source, bundle
 
 
-def _shard_of(args: argparse.Namespace):
-    """This process's shard: ``--shard K/N``, the launcher's RANK/WORLD_SIZE, the merge step, or None."""
-    from rfbench.benchmark.eval.shard import Shard, shard_from_env
-
-    launched = shard_from_env()
-    if args.shard and launched:
-        raise ConfigError("--shard K/N and a launcher's RANK/WORLD_SIZE both give the shard; use one")
-    if args.merge:
-        if not args.shards or args.shard or launched:
-            raise ConfigError("--merge needs --shards N (the number of shards to merge) and no --shard or launcher")
-        return Shard(None, args.shards)
-    if args.shard:
-        return Shard.parse(args.shard)
-    if launched and args.shards and args.shards != launched.count:
-        raise ConfigError(f"--shards {args.shards} but the launcher started {launched.count} processes")
-    return launched
-
-
-def _device_of(device, shard) -> str | None:
-    """A CUDA rank of a launcher uses the GPU ``LOCAL_RANK`` (as torchrun's training does)."""
-    import os
-
-    if shard is None or shard.merging or device.type != "cuda" or device.index is not None or "LOCAL_RANK" not in os.environ:
-        return None
-    return f"cuda:{int(os.environ['LOCAL_RANK'])}"
-
-
 def run(args: argparse.Namespace) -> int:
     from rfbench.attacks.spec import check_specs
     from rfbench.benchmark.eval import EvalConfig, evaluate, markdown_table
@@ -138,17 +112,15 @@ def run(args: argparse.Namespace) -> int:
     if cfg.quiet:
         logging.getLogger().setLevel(logging.WARNING)
     check_specs(cfg.attacks)
-    shard = _shard_of(args)
+    shard = shard_of(args)
     out = Path(args.out) if args.out is not None else (Path(args.run) / f"eval-{args.which}" if args.run else Path("runs") / "eval")
     if args.executor == "ray" and shard is None:
-        if not args.shards:
-            raise ConfigError("--executor ray needs --shards N (the number of Ray tasks)")
-        _run_ray_shards(args, out)
+        run_ray_shards(args, out, _shard_task, PATH_ARGS, "eval")
         args.merge = True
-        shard = _shard_of(args)
+        shard = shard_of(args)
     device = resolve_device(cfg.device)
-    if (rank_device := _device_of(device, shard)) is not None:
-        cfg.device, device = rank_device, resolve_device(rank_device)
+    if (on_rank := rank_device(device, shard)) is not None:
+        cfg.device, device = on_rank, resolve_device(on_rank)
     model, source, bundle = _load_model(args, device)
     from rfbench.core.io.lock import exclusive_dir
 
@@ -171,6 +143,10 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+#: the arguments holding paths (made absolute for Ray tasks on other nodes)
+PATH_ARGS = ("out", "run", "weights", "data_root", "config", "robustbench_dir")
+
+
 def _shard_task(args: argparse.Namespace, k: int, n: int) -> str:
     """One Ray task of ``--shards N --executor ray``: shard ``k`` of ``n`` (its merge waits for the driver)."""
     from rfbench.benchmark.eval.shard import ShardsIncomplete
@@ -181,22 +157,6 @@ def _shard_task(args: argparse.Namespace, k: int, n: int) -> str:
     except ShardsIncomplete:
         pass
     return f"shard-{k}-of-{n}"
-
-
-def _run_ray_shards(args: argparse.Namespace, out: Path) -> None:
-    """Run the ``--shards`` shards as Ray tasks through the runner's executor; the caller merges."""
-    from rfbench.benchmark.runner.executors import ExecutorOptions, ray_map
-
-    n = args.shards
-    ns = argparse.Namespace(**{k: (str(Path(v).resolve()) if k in ("out", "run", "weights", "data_root", "config", "robustbench_dir") and v else v)
-                               for k, v in vars(args).items()})
-    ns.out = str(out.resolve())
-    device = getattr(args, "device", "auto")
-    gpus = args.gpus_per_shard if args.gpus_per_shard is not None else (
-        0.0 if device == "cpu" else 1.0 if device.startswith("cuda") else None)  # auto: 1 if the cluster has GPUs
-    opts = ExecutorOptions(address=args.ray_address, quiet=bool(getattr(args, "quiet", False)))
-    ray_map(_shard_task, [(ns, k, n) for k in range(n)], opts, gpus=gpus,
-            labels=[f"eval shard-{k}-of-{n}" for k in range(n)], desc="eval shards (ray)")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -261,14 +221,5 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     run_g.add_argument("--progress-every", dest="progress_every", type=float, default=S, metavar="S",
                        help="when stderr is not a terminal, log progress (attack, images/s, ETA) every S seconds; "
                             "0 = only at the end [default: 30]")
-    sh = p.add_argument_group("sharding (see docs/evaluation.md)")
-    sh.add_argument("--shard", metavar="K/N", help="evaluate only shard K (from 0) of N: about one whole batch in N (dealt to "
-                    "keep the class shares), into OUT/shard-K-of-N/; the last shard to finish merges. Under torchrun (or any launcher setting "
-                    "RANK and WORLD_SIZE) the shard is the rank")
-    sh.add_argument("--shards", type=int, metavar="N", help="number of shards, for --merge and --executor ray")
-    sh.add_argument("--merge", action="store_true", help="merge the N finished shards in --out into result.json")
-    sh.add_argument("--executor", choices=["local", "ray"], default="local",
-                    help="ray: run the --shards N shards as Ray tasks (the nodes share --out), then merge [default: local]")
-    sh.add_argument("--ray-address", metavar="ADDR", help="Ray cluster to join (auto, ray://host:10001) [default: a local Ray]")
-    sh.add_argument("--gpus-per-shard", type=float, metavar="G", help="GPUs each Ray task asks for [default: 1 with --device cuda, 0 with cpu, auto: 1 if the cluster has GPUs]")
+    add_shard_arguments(p, "the evaluation", "result.json")
     p.set_defaults(func=run)

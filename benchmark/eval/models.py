@@ -24,6 +24,7 @@ import torch
 
 from rfbench.core.errors import ConfigError, RfbenchError
 from rfbench.core.io.checkpoint import load_checkpoint, load_state_dict_into
+from rfbench.core.io.digest import file_sha256
 from rfbench.core.plugins import allow_code as _permit_code
 from rfbench.core.plugins import import_target
 from rfbench.models import create_model
@@ -103,6 +104,7 @@ def from_registry(name: str, weights: str | None, *, num_classes: int, in_channe
     state, info = convert_state_dict(model, name, load_checkpoint(weights), layout=layout, normalization=normalization)
     load_state_dict_into(model, state, source=str(weights))
     return model, {"kind": "registry", "name": name, "architecture": name, "checkpoint": str(weights),
+                   "checkpoint_sha256": file_sha256(weights),
                    "which": None, "selected_by": "given by the user", "model_args": model_args or {},
                    "weights_layout": info["layout"], "input_normalization": info["normalization"]}
 
@@ -225,5 +227,6 @@ def from_robustbench(name: str, dataset: str, norm: str, model_dir: str | Path |
         where = "loading" if path.is_file() else "downloading"
         raise RfbenchError(f"robustbench:{name}: {where} {path} failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     return model.eval(), {"kind": "robustbench", "name": f"robustbench:{name}", "architecture": name, "which": None,
-                          "checkpoint": str(path), "selected_by": "RobustBench zoo", "additional_data": None,
+                          "checkpoint": str(path), "checkpoint_sha256": file_sha256(path) if path.is_file() else None,
+                          "selected_by": "RobustBench zoo", "additional_data": None,
                           "robustbench": {"dataset": base, "threat_model": threat}}

@@ -17,6 +17,9 @@ compares, image by image (``docs/leaderboard-threat-model.md``):
    survivor cascade as the original run, and refuses when the model, the attacks,
    the seed, the batch size or the test images differ from those the flags
    record (so the flags must come from this checkpoint);
+   On a track of external models the model is rebuilt from the entry's recorded
+   source (RobustBench's architecture, or a registered one with its arguments)
+   with the checkpoint, and the evaluation is the track's ``eval:`` section;
 4. every sampled image the flags call correct (clean) or robust (to an attack)
    that is wrong or falls in the re-run fails the audit.  Images the flags call
    broken but the re-run finds robust are counted, not failed (the submitter
@@ -43,6 +46,7 @@ import numpy as np
 
 from rfbench.benchmark.leaderboard.check import check_entry_file
 from rfbench.benchmark.leaderboard.evidence import read_flags
+from rfbench.benchmark.leaderboard.external import is_external, load_external_model, track_dataset, track_eval_config
 from rfbench.benchmark.leaderboard.paths import safe_repo_path
 from rfbench.benchmark.leaderboard.schema import Entry, Track, find_track
 from rfbench.benchmark.leaderboard.submit import file_sha256
@@ -133,8 +137,12 @@ def audit_entry(entry_path: str | Path, checkpoint: str | Path, root: Path, *, s
                            f"{ev.checkpoint_sha256[:16]}...: refusing to audit it against another file")
     flags_path = safe_repo_path(ev.flags_file or "", root, "flags_file")
     original = read_flags(flags_path, sum(ev.n_per_class), len(ev.attacks))
-    run = resolve_run(track.run, defense=entry.defense.name, out="audit", runs_code=False)
-    cfg = dataclasses.replace(run.eval, device=device, quiet=True, plot=False, overwrite=False)
+    external = is_external(track)
+    if external:
+        cfg = track_eval_config(track, device)
+    else:
+        run = resolve_run(track.run, defense=entry.defense.name, out="audit", runs_code=False)
+        cfg = dataclasses.replace(run.eval, device=device, quiet=True, plot=False, overwrite=False)
     seed = secrets.randbits(31) if seed is None else int(seed)
     batches = sample_batches(len(original.y), cfg.batch_size, seed, fraction)
     rows = np.concatenate([np.arange(b * cfg.batch_size, min((b + 1) * cfg.batch_size, len(original.y)))
@@ -143,12 +151,16 @@ def audit_entry(entry_path: str | Path, checkpoint: str | Path, root: Path, *, s
         run_dir, out = Path(tmp) / "run", Path(tmp) / "eval"
         run_dir.mkdir()
         out.mkdir()
-        kind = "best" if which.endswith("best") else "last"
-        shutil.copyfile(checkpoint, run_dir / CHECKPOINTS[kind])
-        model, _ = load_run_model(run_dir, which=which, device=device)
-        train = run.train
-        bundle = load_dataset(train.dataset, root=train.data_root, imbalance_ratio=train.imbalance_ratio,
-                              test_only=True)
+        if external:
+            train = track.run.train or {}
+            bundle = load_dataset(track_dataset(track), root=train.get("data_root"), test_only=True)
+            model = load_external_model(entry, checkpoint, bundle, run_dir, device)
+        else:
+            kind = "best" if which.endswith("best") else "last"
+            shutil.copyfile(checkpoint, run_dir / CHECKPOINTS[kind])
+            model, _ = load_run_model(run_dir, which=which, device=device)
+            bundle = load_dataset(run.train.dataset, root=run.train.data_root,
+                                  imbalance_ratio=run.train.imbalance_ratio, test_only=True)
         resumed = read_flags(flags_path, sum(ev.n_per_class), len(ev.attacks))
         resumed.clean_pred[rows], resumed.adv_pred[rows], resumed.ran[rows] = -1, -1, False
         resumed.pert[rows], resumed.done[rows] = np.nan, False

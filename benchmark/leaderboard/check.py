@@ -45,6 +45,7 @@ from rfbench.benchmark.leaderboard.evidence import (
     load_checked,
     read_headers,
 )
+from rfbench.benchmark.leaderboard.external import ANY_MODEL, external_problems, is_external
 from rfbench.benchmark.leaderboard.paths import UnsafePathError, is_url, safe_repo_path
 from rfbench.benchmark.leaderboard.schema import (
     SUMMARY_FIELDS,
@@ -108,6 +109,7 @@ def _fmt(v: Any) -> str:
 def check_protocol(entry: Entry, track: Track) -> list[str]:
     """Problems with the entry against its track's protocol (empty when it conforms)."""
     p, problems = track.info.protocol, []
+    external = is_external(track)
     if entry.track != track.id:
         problems.append(f"track is '{entry.track}' but the entry is checked against track '{track.id}'")
     if entry.track_version != track.info.version:
@@ -115,7 +117,7 @@ def check_protocol(entry: Entry, track: Track) -> list[str]:
                         f"{track.info.version}; re-run the entry under the current track.yaml")
     if entry.dataset != p.dataset:
         problems.append(f"dataset is '{entry.dataset}' but track {track.id} uses '{p.dataset}'")
-    if entry.model != p.model:
+    if entry.model != p.model and not (external and p.model == ANY_MODEL):
         problems.append(f"model is '{entry.model}' but track {track.id} uses '{p.model}'")
     if entry.threat.norm != p.norm:
         problems.append(f"threat norm is {entry.threat.norm} but track {track.id} uses {p.norm}")
@@ -139,6 +141,9 @@ def check_protocol(entry: Entry, track: Track) -> list[str]:
         if p.test_size is not None and sum(ev.n_per_class) != p.test_size:
             problems.append(f"evaluations.{which}: {sum(ev.n_per_class)} test images but track {track.id} "
                             f"evaluates {p.test_size}")
+    problems += _threads_problems(entry, track)
+    if external:
+        return problems + external_problems(entry, track)
     expected = track.train_config_for(entry.defense.name)
     for key in track.info.fixed_train:
         if not _close(entry.train_config.get(key), expected.get(key)):
@@ -159,6 +164,23 @@ def check_protocol(entry: Entry, track: Track) -> list[str]:
     if entry.train_config.get("seed") != entry.seed:
         problems.append(f"seed is {entry.seed} but the run trained with seed {entry.train_config.get('seed')}")
     return problems
+
+
+def _threads_problems(entry: Entry, track: Track) -> list[str]:
+    """A CPU entry trained and evaluated with the track's ``protocol.threads`` (the thread count sets the float
+    reduction order, so entries with another count are not comparable bit for bit)."""
+    want = track.info.protocol.threads
+    if want is None or entry.cost.accelerator != "cpu":
+        return []
+    stages = entry.cost.threads_by_stage()
+    if stages is not None and is_external(track):
+        stages.pop("train", None)  # nothing is trained on an external track
+    if stages is None:
+        return [f"the entry records no CPU thread count (cost.cpu_threads) but track {track.id} fixes {want} "
+                "(protocol.threads); re-run it with `rfbench run`, which applies the track's count"]
+    return [f"cost.cpu_threads.{stage} is {counts} but track {track.id} fixes {want} thread(s) (protocol.threads); "
+            "re-run it with `rfbench run`, which applies the track's count"
+            for stage, counts in sorted(stages.items()) if counts != [want]]
 
 
 # -- internal consistency ----------------------------------------------------------

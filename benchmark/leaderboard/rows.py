@@ -179,6 +179,9 @@ def _row(board: "TrackBoard", r: "RankedEntry") -> LeaderboardRow:
     aa = ev.summary.get(STANDARD_AUTOATTACK)
     if aa is not None:
         cells["autoattack"] = Cell(aa["mean"], pct(aa["mean"]))
+    published = e.provenance.get("published_autoattack")  # an external model's RobustBench number (check validates it)
+    if isinstance(published, (int, float)) and not isinstance(published, bool):
+        cells["published_autoattack"] = Cell(float(published), pct(float(published)))
     last = e.evaluations.get("last") if ck != "last" else None
     if last is not None:
         lw = last.summary["worst_case"]
@@ -214,6 +217,9 @@ COLUMNS = (
     (Column("mean", "Mean robust (%)", numeric=True, first="descending"), False),
     (Column("autoattack", "AutoAttack (%)", numeric=True, first="descending",
             help="mean robust accuracy under standard AutoAttack alone (RobustBench's number)"), True),
+    (Column("published_autoattack", "RobustBench AA (%)", numeric=True, first="descending",
+            help="the model's published AutoAttack accuracy on RobustBench's leaderboard, beside the mean robust "
+                 "accuracy measured here as a cross-check"), True),
     (Column("clean", "Clean (%)", numeric=True, first="descending"), False),
     (Column("gap", "Gap (%)", numeric=True, help="best minus worst class"), False),
     (Column("last", "Last checkpoint: worst / mean (%)", first="descending"), True),

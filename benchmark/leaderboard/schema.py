@@ -23,7 +23,8 @@ these dataclasses and never executed or imported.  Fields::
                          checks, flags_file (repo-relative .npz, required),
                          checkpoint_sha256 (of the evaluated checkpoint file; absent in older entries)},
                    last: {...}},
-    cost: {accelerator, device, train_seconds, eval_seconds, gpu_hours (null on CPU)},
+    cost: {accelerator, device, train_seconds, eval_seconds, gpu_hours (null on CPU),
+           cpu_threads ({train: [n], eval: [n]}; CPU only)},
     train_config: {the run's resolved TrainConfig},
     provenance: {code, packages, command, finished_at, run_config}, submitted,
     track_version (the track's ``version`` it was produced under; absent = 1)
@@ -97,6 +98,9 @@ class TrackInfo:
     primary_metric: str = field(default="worst", metadata=choice("worst", "tail20", "tail"))
     tail_classes: list[int] = field(default_factory=list)
     primary_reason: str = ""
+    # train: entries are defenses trained by the track's recipe; external: models trained elsewhere, evaluated as
+    # given (RobustBench's zoo, a local checkpoint; rfbench.benchmark.leaderboard.external)
+    kind: str = field(default="train", metadata=choice("train", "external"))
 
 
 @dataclass
@@ -208,6 +212,16 @@ class Cost:
     train_seconds: float = field(metadata=in_range(0, None))
     eval_seconds: float = field(metadata=in_range(0, None))
     gpu_hours: float | None = field(default=None, metadata=in_range(0, None))
+    # CPU intra-op thread counts per stage, {"train": [n...], "eval": [n...]} (absent in older entries, whose
+    # ``device`` text ends "N threads": one count for the whole run, which ``rfbench run`` applies to every stage)
+    cpu_threads: dict[str, list[int]] | None = None
+
+    def threads_by_stage(self) -> dict[str, list[int]] | None:
+        """The thread counts per stage, from ``cpu_threads`` or else the ``device`` text; None when neither says."""
+        if self.cpu_threads is not None:
+            return {k: list(v) for k, v in self.cpu_threads.items()}
+        m = re.search(r"\b(\d{1,4}) threads\)$", self.device)
+        return {"train": [int(m.group(1))], "eval": [int(m.group(1))]} if m else None
 
 
 @dataclass

@@ -24,12 +24,12 @@ import yaml
 
 from rfbench.benchmark.eval.provenance import defense_provenance, portable_command, registry_paper
 from rfbench.benchmark.leaderboard.check import check_entry, check_entry_file
+from rfbench.benchmark.leaderboard.entry_parts import evaluation_record, flags_name
 from rfbench.benchmark.leaderboard.history import append_ledger
 from rfbench.benchmark.leaderboard.paths import is_url
 from rfbench.benchmark.leaderboard.schema import (
     ENTRY_SCHEMA,
     ID_RULE,
-    SUMMARY_FIELDS,
     Entry,
     EntryError,
     Track,
@@ -86,23 +86,6 @@ def checkpoint_file(run_dir: Path, which: str) -> Path:
     return run_dir / "train" / CHECKPOINTS["best" if which.endswith("best") else "last"]
 
 
-def _evaluation(block: dict[str, Any], flags_rel: str, checkpoint_sha256: str | None) -> dict[str, Any]:
-    names = ["clean", *block["attacks"], "worst_case"]
-    return {
-        "epoch": block.get("epoch"),
-        "selected_by": block.get("selected_by") or "",
-        "attacks": list(block["attacks"]),
-        "worst_case_over": list(block["worst_case_over"]),
-        "n_per_class": list(block["n_per_class"]),
-        "per_class": {n: block["per_class"][n] for n in names},
-        "summary": {n: {k: block["summary"][n][k] for k in (*SUMMARY_FIELDS, "worst_ci95") if k in block["summary"][n]}
-                    for n in names},
-        "checks": block["checks"],
-        "flags_file": flags_rel,
-        "checkpoint_sha256": checkpoint_sha256,
-    }
-
-
 def entry_from_run(run_dir: Path, track: Track, root: Path, *, entry_id: str | None = None, name: str | None = None,
                    code: str | None = None, paper: str = "") -> tuple[dict[str, Any], dict[str, Path]]:
     """The entry data of a finished run, and the run's flag file per checkpoint."""
@@ -123,7 +106,7 @@ def entry_from_run(run_dir: Path, track: Track, root: Path, *, entry_id: str | N
     blocks = run["checkpoints"]
     first = next(iter(blocks.values()))
     run_flags = {w: run_dir / b["flags_file"] for w, b in blocks.items()}
-    flags_rel = {w: f"leaderboards/{track.id}/flags/{entry_id}-{w}-{file_sha256(run_flags[w])[:12]}.npz" for w in blocks}
+    flags_rel = {w: flags_name(track, entry_id, w, run_flags[w]) for w in blocks}
     ckpt = {w: checkpoint_file(run_dir, w) for w in blocks}
     ckpt_sha = {w: file_sha256(p) if p.is_file() else None for w, p in ckpt.items()}
     run_config = {k: v for k, v in run["config"].items() if k != "out"}
@@ -140,8 +123,9 @@ def entry_from_run(run_dir: Path, track: Track, root: Path, *, entry_id: str | N
         "threat": {"norm": first["threat"]["norm"], "eps": first["threat"]["eps"]},
         "defense": {"name": defense, "code": code, "args": train_cfg.get("defense_args", {}),
                     "paper": paper or registry_paper(defense), "fidelity": train_cfg.get("fidelity", "paper")},
-        "evaluations": {w: _evaluation(b, flags_rel[w], ckpt_sha[w]) for w, b in blocks.items()},
-        "cost": {k: run["cost"][k] for k in ("accelerator", "device", "train_seconds", "eval_seconds", "gpu_hours")},
+        "evaluations": {w: evaluation_record(b, flags_rel[w], ckpt_sha[w]) for w, b in blocks.items()},
+        "cost": {k: run["cost"][k] for k in ("accelerator", "device", "train_seconds", "eval_seconds", "gpu_hours",
+                                             "cpu_threads") if k in run["cost"]},
         "train_config": {k: v for k, v in train_cfg.items() if k not in LOCAL_KEYS},
         "provenance": {**run["provenance"], **entry_provenance(run, defense, train_cfg.get("defense_args"), root),
                        "run_config": run_config, "stages": run.get("stages", {}),
@@ -172,11 +156,17 @@ def submit(run_dir: str | Path, track: Track, root: Path, *, entry_id: str | Non
            code: str | None = None, paper: str = "", force: bool = False, allow_identical: bool = False) -> Path:
     """Check the run's entry against ``track``, then write its flag files and the entry; returns the entry path.
 
+    On a track of external models (``kind: external``) ``run_dir`` is one model's evaluation directory
+    (``rfbench zoo --track`` writes ``OUT/<model>/``), see :mod:`~rfbench.benchmark.leaderboard.external`.
+
     An entry whose per-sample predictions equal a committed entry's is refused (it would be one result counted
     twice, shown unranked) unless ``allow_identical``.
     """
+    from rfbench.benchmark.leaderboard.external import entry_from_eval, is_external
+
     run_dir = Path(run_dir)
-    entry, run_flags = entry_from_run(run_dir, track, root, entry_id=entry_id, name=name, code=code, paper=paper)
+    build = entry_from_eval if is_external(track) else entry_from_run
+    entry, run_flags = build(run_dir, track, root, entry_id=entry_id, name=name, code=code, paper=paper)
     target = root / "leaderboards" / track.id / f"{entry['id']}.json"
     if target.exists() and not force:
         raise RfbenchError(f"{target} exists; choose another --id or pass --force to replace it")

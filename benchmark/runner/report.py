@@ -10,7 +10,8 @@ the cost, the stage timings and the provenance::
      "checkpoints": {"best": {"result": "eval-best/result.json", "epoch": 2, "classes": [...],
                               "n_per_class": [...], "attacks": [...], "worst_case_over": [...],
                               "per_class": {...}, "summary": {...}, "checks": "pass", ...}, "last": {...}},
-     "cost": {"accelerator": "cpu", "device": ..., "train_seconds": ..., "eval_seconds": ..., "gpu_hours": null},
+     "cost": {"accelerator": "cpu", "device": ..., "train_seconds": ..., "eval_seconds": ..., "gpu_hours": null,
+              "cpu_threads": {"train": [1], "eval": [1]}},
      "stages": {...}, "provenance": {...}}
 """
 
@@ -47,12 +48,21 @@ def checkpoint_block(result: Mapping[str, Any], result_rel: str) -> dict[str, An
     block["checks"] = result["checks"]["overall"]
     block["eval_seconds"] = result.get("provenance", {}).get("wall_time_s")
     block["device"] = result.get("provenance", {}).get("device")
+    block["cpu_threads"] = (result.get("provenance", {}).get("cpu_threads") or {}).get("threads")
     return block
 
 
 def _train_summary(train_dir: Path) -> dict[str, Any] | None:
     path = train_dir / "summary.json"
     return read_json(path) if path.exists() else None
+
+
+def run_threads(summaries: list[dict[str, Any] | None], blocks: dict[str, Any]) -> dict[str, list[int]]:
+    """The CPU intra-op thread counts a run trained (and pretrained) and evaluated with; they set the float
+    reduction order, so a track fixes them (``protocol.threads``): ``{"train": [...], "eval": [...]}``, the distinct counts."""
+    trained = sorted({n for s in summaries for n in (s or {}).get("cpu_threads", [])})
+    evals = sorted({b["cpu_threads"] for b in blocks.values() if b.get("cpu_threads") is not None})
+    return {"train": trained, "eval": evals}
 
 
 def build_run_result(run_dir: Path, data: dict[str, Any], checkpoints: list[str], stages: dict[str, Any]) -> dict[str, Any]:
@@ -82,7 +92,8 @@ def build_run_result(run_dir: Path, data: dict[str, Any], checkpoints: list[str]
         "checkpoints": blocks,
         "cost": {"accelerator": accelerator, "device": next(iter(blocks.values())).get("device") if blocks else device,
                  "train_seconds": round(train_s, 2), "eval_seconds": round(eval_s, 2),
-                 "gpu_hours": round((train_s + eval_s) / 3600, 4) if accelerator == "cuda" else None},
+                 "gpu_hours": round((train_s + eval_s) / 3600, 4) if accelerator == "cuda" else None,
+                 "cpu_threads": run_threads([train, pretrain], blocks) if accelerator == "cpu" else None},
         "stages": stages,
         "provenance": {"code": git_sha(), "packages": package_versions(), "command": portable_command(sys.argv),
                        "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")},

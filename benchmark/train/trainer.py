@@ -459,6 +459,7 @@ class Trainer:
             "val_clean_mean": nan_mean(val_clean), "val_robust_mean": nan_mean(val_rob),
             "val_robust_worst": nan_min(val_rob), "select_score": selection_score(val_rob, self.cfg.select),
             "skipped_batches": train_stats["skipped_batches"], "defense": extra, "seconds": seconds,
+            "cpu_threads": self.threads.threads if self.threads is not None else None,
         }
         self.history.append(record)
         if self.dist.main:
@@ -544,6 +545,8 @@ class Trainer:
             "host": platform.node(), "torch": torch.__version__, "seeds": self.seeds,
             "dataset": self.bundle.name, "train_counts": self.bundle.train_counts, "notes": self.bundle.notes,
             "world_size": self.dist.world,
+            # the intra-op thread counts the epochs trained with (a resumed run may have had another)
+            "cpu_threads": sorted({r["cpu_threads"] for r in self.history if r.get("cpu_threads") is not None}),
             "precision": {"autocast": str(self.amp).replace("torch.", "") if self.amp else "off",
                           "channels_last": self.channels_last, "compile": self.cfg.compile},
             "last": {k: self.history[-1][k] for k in ("val_clean_mean", "val_robust_mean", "val_robust_worst")},
