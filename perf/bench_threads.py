@@ -96,9 +96,23 @@ def main() -> int:
                      "speedup": med["default"] / med["rule"], "loadavg_start": load0, "loadavg_end": load1})
         print(f"busy={b}: default {TORCH_DEFAULT} threads {med['default']:.2f} s, rule {picked} {med['rule']:.2f} s "
               f"(x{med['default'] / med['rule']:.2f}); load {' '.join(load0)} -> {' '.join(load1)}", flush=True)
-    atomic_write_json(args.out, {"steps": args.steps, "repeats": args.repeats, "cores": os.cpu_count(), "rows": rows,
-                                 "torch": torch.__version__})
+        # after every row, so a run stopped by a time limit keeps the rows it finished
+        atomic_write_json(args.out, {"steps": args.steps, "repeats": args.repeats, "cores": os.cpu_count(),
+                                     "cpu": cpu_model(), "rows": rows, "torch": torch.__version__})
     return 0
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), or the platform's processor field."""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":
