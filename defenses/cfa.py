@@ -35,13 +35,24 @@ paper's values; ``fidelity: released`` runs the release:
 
 * defaults: FAWA threshold 0.24, decay 0.88, CCM/CCR only from epoch 10, and λ1 = 0.5
   for every base (the paper's 0.3 for TRADES is not in the code);
-* the attack (``attack.py``, called after ``train.py``'s ``model.train()``) runs with
-  BN in train mode (batch statistics; each attack forward updates the running
-  statistics) and takes its first gradient at the unclipped start x + 0.001·N(0,1);
+* the training attack (``attack.py``) differs per base.  PGD-AT (``attack_pgd``,
+  ``cw_attack_pgd``) runs in the mode ``train.py``'s ``train_epoch`` left the model
+  in, ``train()``: BN with batch statistics, each attack forward updating the running
+  statistics; its start is uniform in the (class-wise) ball and clamped to [0,1]
+  before the first gradient, as the paper mode's.  TRADES (``trades_loss``,
+  ``cw_trades_loss``) calls ``model.eval()`` before attacking, as the paper mode does,
+  and takes its first gradient at the unclipped start x + 0.001·N(0,1);
 * FAWA has no start epoch: it averages from the first epoch whose worst-class
-  validation robust accuracy reaches the threshold, and that accuracy counts every
-  validation sample correct under PGD-10 whatever its clean prediction (measured
-  here with :func:`~rfbench.attacks.measure.clean_and_pgd_accuracy`).
+  validation robust accuracy reaches the threshold.  That accuracy (``train.py``'s
+  ``eval_epoch`` after ``model.eval()``, with ``attack.py``'s ``pgd_loss``) is PGD-10
+  with CE, a uniform start clamped to [0,1], BN in eval mode, at ε = 8/255 and step
+  2/255 (constants in ``train.py``, the defaults of its ``--epsilon`` and
+  ``--pgd-alpha``), on the split of ``generate_validation.py`` (the first 100
+  training images of each class, no augmentation), counting every sample correct
+  under attack whatever its clean prediction.  rfbench measures it the same way
+  (:func:`~rfbench.attacks.measure.clean_and_pgd_accuracy` with the run's training ε
+  and step, which are the release's on the CIFAR-10 protocol) on the run's
+  balanced validation split, where the release's 10·correct_k/N is class k's accuracy.
 
 ``released_defaults`` (``None`` = follow the fidelity) switches only the three
 numbers.  Checkpoints are selected on the validation split in both modes (the
@@ -72,6 +83,9 @@ RELEASED = {"fawa_decay": 0.88, "fawa_threshold": 0.24, "class_adaptive_start": 
 CCM_LAMBDA = {"pgd-at": 0.5, "trades": 0.3}
 RELEASED_CCM_LAMBDA = 0.5  # the release's one default for every base
 RELEASE_VAL_STEPS = 10  # the release's FAWA validation attack: PGD-10
+# attack.py per base: PGD-AT attacks in train() (train.py's mode) from the clamped uniform start;
+# TRADES calls model.eval() first and takes its first gradient at the unclipped x + 0.001·N(0,1)
+RELEASED_ATTACK: dict[str, dict[str, Any]] = {"pgd-at": {"bn": "train"}, "trades": {"start_clip": False}}
 
 
 def cfa_class_eps(train_robust_acc: torch.Tensor, eps: float, lam: float) -> torch.Tensor:
@@ -114,9 +128,6 @@ class CFAConfig:
 class CFA(Defense[CFAConfig]):
     """CFA (Wei et al., CVPR 2023): class-wise eps (CCM), class-wise β (CCR, TRADES) and the FAWA weight average."""
 
-    # released code: attack in train mode, first gradient at the unclipped start (docs/defenses.md)
-    released_attack = {"bn": "train", "start_clip": False}
-
     Config = CFAConfig
 
     state_keys = ("t", "fawa_updates")
@@ -149,11 +160,16 @@ class CFA(Defense[CFAConfig]):
         class_eps = cfa_class_eps(self.t, t.eps, self.ccm_lambda)
         return class_eps.to(device=y.device, dtype=torch.float32)[y], t.alpha
 
+    def attack_fidelity(self, y: torch.Tensor) -> dict[str, Any]:
+        """Under ``fidelity: released``, the release's attack of this base (:data:`RELEASED_ATTACK`)."""
+        out = super().attack_fidelity(y)
+        if self.released:
+            out.update(RELEASED_ATTACK[self.cfg.base])
+        return out
+
     def attack_kwargs(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
         if self.cfg.base == "trades":
             return trades_attack_kwargs(model, x, self.ctx.autocast_dtype, bn=self.attack_fidelity(y)["bn"])
-        if self.released:  # attack.py: x + 0.001·N(0,1) for its PGD too
-            return {"loss": "ce", "start": "normal", "start_std": 0.001}
         return super().attack_kwargs(model, x, y)
 
     def class_beta(self) -> torch.Tensor:

@@ -218,25 +218,32 @@ def test_awp_at_attacks_in_train_mode_and_gamma(cnn, batch):
     assert build("awp-at", {"awp_gamma": 0.02}, ctx_for("released")).weight_perturbation().gamma == 0.02
 
 
-@pytest.mark.parametrize("base", ["pgd-at", "trades"])
-def test_cfa_attacks_in_train_mode_from_unclipped_start(base, cnn, batch):
-    """E1 and E2 (CFA attack.py after train.py's model.train()): batch statistics, x + 0.001·N(0,1) unclipped."""
+def test_cfa_pgd_at_attacks_in_train_mode_from_clamped_uniform_start(cnn, batch):
+    """E2 (CFA attack.py's attack_pgd / cw_attack_pgd, run in train.py's model.train()): batch statistics, every
+    attack forward updating the running statistics; the uniform start clamped to [0,1] before the first gradient."""
     x, y = batch
     theirs = fresh(cnn)
-    if base == "pgd-at":
-        loss = ce_sum(y)
-    else:
-        theirs.train()
-        with torch.no_grad():  # the clean target under the same (train-mode) batch norm
-            p_nat = F.softmax(theirs(x), dim=1)
-        loss = lambda z: torch.nn.KLDivLoss(reduction="sum")(F.log_softmax(z, dim=1), p_nat)  # noqa: E731
-    ref = release_attack(theirs, x, y, loss, start="normal", bn="train", clip_start=False)
+    ref = release_attack(theirs, x, y, ce_sum(y), start="uniform", bn="train", clip_start=True)
     ours_model = fresh(cnn)
-    ours, _ = run_perturb("cfa", "released", ours_model, x, y, args={"base": base})
+    ours, _ = run_perturb("cfa", "released", ours_model, x, y, args={"base": "pgd-at"})
     assert_same(ours, ref)
-    for b, c in zip(bn_buffers(ours_model), bn_buffers(theirs)):
+    for b, c in zip(bn_buffers(ours_model), bn_buffers(theirs)):  # STEPS attack forwards absorbed
         assert torch.allclose(b, c, atol=1e-12)
-    paper, _ = run_perturb("cfa", "paper", fresh(cnn), x, y, args={"base": base})
+    assert any(not torch.equal(b, c) for b, c in zip(bn_buffers(ours_model), bn_buffers(cnn)))
+    paper, _ = run_perturb("cfa", "paper", fresh(cnn), x, y, args={"base": "pgd-at"})
+    assert_differs(paper, ref)  # the same start, but BN in eval mode
+
+
+def test_cfa_trades_attacks_in_eval_mode_from_unclipped_start(cnn, batch):
+    """E1 (CFA attack.py's trades_loss / cw_trades_loss call model.eval() first): running statistics, untouched;
+    the first gradient at the unclipped x + 0.001·N(0,1)."""
+    x, y = batch
+    ref = release_attack(cnn, x, y, kl_loss(cnn, x), start="normal", bn="eval", clip_start=False)
+    ours_model = fresh(cnn)
+    ours, _ = run_perturb("cfa", "released", ours_model, x, y, args={"base": "trades"})
+    assert_same(ours, ref)
+    assert all(torch.equal(b, c) for b, c in zip(bn_buffers(ours_model), bn_buffers(cnn)))
+    paper, _ = run_perturb("cfa", "paper", fresh(cnn), x, y, args={"base": "trades"})
     assert_differs(paper, ref)
 
 
