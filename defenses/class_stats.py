@@ -47,10 +47,10 @@ def val_trades_loss(
 ) -> torch.Tensor:
     """Per-class mean of CE(z(x), y) + β·KL(p(x) ‖ p(x')) with x' from the TRADES attack, float64 ``(C,)``.
 
-    ``release_batch = b`` normalises as WAT's release does instead: class k's summed
-    cost over ⌈n/b⌉·b (batches times batch size, where the n validation images were
-    meant), i.e. the class mean times n_k/(⌈n/b⌉·b).  ``start_clip`` as in
-    :func:`rfbench.attacks.core.pgd`.
+    ``release_batch = b`` normalises as WAT's release does instead (``validate`` in
+    ``worst_class_adversarial_train.py``): C times class k's summed cost over ⌈n/b⌉·b
+    (batches times batch size), i.e. the class mean times C·n_k/(⌈n/b⌉·b).
+    ``start_clip`` as in :func:`rfbench.attacks.core.pgd`.
     """
     losses, labels = [], []
     with eval_mode(model):
@@ -65,4 +65,4 @@ def val_trades_loss(
     if release_batch is None:
         return per_class_mean(values, y_all, num_classes).cpu()
     seen = -(-len(y_all) // release_batch) * release_batch  # batches × batch size
-    return (class_counts(y_all, num_classes, values.double()) / seen).cpu()
+    return (num_classes * class_counts(y_all, num_classes, values.double()) / seen).cpu()

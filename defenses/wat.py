@@ -19,11 +19,15 @@ prior.  Either way the weights of the first epoch are 1, as specified.
 
 Released code (``fidelity: released``): the TRADES attack (``attack_generator.py``)
 takes its first gradient at the unclipped start x + 0.001·N(0,1), and the
-validation cost of class k is its *summed* cost divided by (validation batches ×
-batch size 128) = 24·128 = 3,072 on 3,000 validation images, not a mean
-(:func:`~rfbench.defenses.class_stats.val_trades_loss` with ``release_batch``):
-against a division by the 3,000 images the effective η is 0.1·3000/3072 = 0.0977.
-``paper`` uses the per-class mean cost.
+validation cost of class k (``validate`` in ``worst_class_adversarial_train.py``) is
+C times its *summed* cost divided by (validation batches × batch size 128), not a
+mean (:func:`~rfbench.defenses.class_stats.val_trades_loss` with ``release_batch``):
+on the recipe's 3,000 validation images (300 per class, 24 batches) that is
+10·300/3,072 = 0.977 times the class mean, so η = 0.1 acts as 0.0977 on the means.
+Entry C is the summed cost of every sample over the same 3,072, i.e. the mean of
+the C class entries.  The training loss is the release's: the per-sample TRADES loss
+weighted by its class's weight, summed and divided by the batch size, plus entry C's
+weight times the batch's mean TRADES loss.  ``paper`` uses the per-class mean cost.
 """
 
 from __future__ import annotations

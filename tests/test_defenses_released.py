@@ -485,7 +485,8 @@ def test_cfa_released_gate_counts_adversarially_correct_samples(cnn, batch):
 
 # --------------------------------------------------------------------------- E8: WAT's validation cost
 def test_wat_validation_cost_and_hedge_replay(cnn, batch):
-    """E8: each class's summed validation cost over (batches × 128); Hedge weights replayed over 2 epochs."""
+    """E8 (worst_class_adversarial_train.py's validate): C times each class's summed validation cost over
+    (batches × 128); Hedge weights replayed over 2 epochs."""
     x, y = batch
     val = (x, y)
 
@@ -512,12 +513,102 @@ def test_wat_validation_cost_and_hedge_replay(cnn, batch):
             ce = F.cross_entropy(z, y, reduction="none")
             kl = (F.softmax(z, 1) * (F.log_softmax(z, 1) - F.log_softmax(za, 1))).sum(1)
             per = ce + beta * kl
-        cost = torch.zeros(10, dtype=torch.float64).index_add(0, y, per) / (math.ceil(len(y) / 128) * 128)
+        cost = 10 * torch.zeros(10, dtype=torch.float64).index_add(0, y, per) / (math.ceil(len(y) / 128) * 128)
         assert logs[e]["wat_val_class_loss"] == pytest.approx(cost.tolist(), rel=1e-5)  # float32 loss terms
         cum = cum + torch.cat([cost, cost.mean().view(1)])
         assert logs[e]["wat_weights"] == pytest.approx((10 * torch.softmax(eta * cum, 0)).tolist(), rel=1e-6)
     _, paper_logs = results["paper"]
     assert paper_logs[0]["wat_val_class_loss"] != pytest.approx(results["released"][1][0]["wat_val_class_loss"], rel=1e-3)
+
+
+class _LookupLogits(torch.nn.Module):
+    """Validation image i is filled with i/(n−1); its logits are row i of ``table`` (set per epoch).
+
+    The logits do not depend on the pixels differentiably, so the TRADES attack's gradient is zero and its
+    point looks up the same row: each image's TRADES loss is its CE, and the costs are the table's."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.n = n
+        self.table = torch.zeros(n, 10, dtype=torch.float64)
+
+    def forward(self, x):
+        flat = x.flatten(1)
+        idx = torch.round(flat.mean(1) * (self.n - 1)).long()
+        return self.table[idx] + 0.0 * flat.sum(1, keepdim=True)
+
+
+def test_wat_hedge_weights_replay_over_epochs():
+    """E8 over 8 epochs of the same validation costs (a seeded sequence, unequal class counts): the release's
+    validate and Hedge update (worst_class_adversarial_train.py), written out: per class the summed cost, entry C
+    the summed cost of every image over C, all times C over (batches × 128); Σ over epochs; w = C·exp(η·Σc)/Σexp.
+    Every epoch's weights equal; ``paper`` (per-class means) differs."""
+    counts = [20 + 2 * k for k in range(10)]
+    y = torch.cat([torch.full((c,), k) for k, c in enumerate(counts)])
+    n, epochs, eta, beta = len(y), 8, 0.1, 6.0
+    x = (torch.arange(n, dtype=torch.float64) / (n - 1)).view(n, 1, 1, 1).expand(n, 1, 4, 4).contiguous()
+    gen = torch.Generator().manual_seed(17)
+    hardness = torch.linspace(0.0, 2.0, 10, dtype=torch.float64)  # the later classes are harder
+    tables = []
+    for _ in range(epochs):
+        t = 2.0 * torch.randn(n, 10, generator=gen, dtype=torch.float64)
+        t[torch.arange(n), y] += 2.0 - hardness[y]
+        tables.append(t)
+    # the release, written out
+    batches = math.ceil(n / 128)
+    cum = torch.zeros(11, dtype=torch.float64)
+    ref = []
+    for t in tables:
+        per = F.cross_entropy(t, y, reduction="none")  # + β·KL, zero: the attack's point has the same logits
+        summed = torch.zeros(11, dtype=torch.float64)
+        for k in range(10):
+            summed[k] = per[y == k].sum()
+        summed[10] = per.sum() / 10
+        cum = cum + summed / (batches * 128) * 10
+        factor = (cum * eta).exp()
+        ref.append(10 * factor / factor.sum())
+    model = _LookupLogits(n)
+    weights = {}
+    for fid in ("released", "paper"):
+        d = build("wat", {}, ctx_for(fid, seed=3, val_loader=lambda bs=256: iter([(x, y, None)])))
+        seq = []
+        for e, t in enumerate(tables):
+            model.table = t
+            out = d.on_epoch_end(EpochStats(epoch=e, train_pred_counts=[], train_robust_acc=[], train_adv_probs=[],
+                                            val_clean_acc=[], val_robust_acc=[], model=model))
+            seq.append(out["wat_weights"])
+        weights[fid] = (d, seq)
+    d, seq = weights["released"]
+    for ours, theirs in zip(seq, ref):
+        assert ours == pytest.approx(theirs.tolist(), rel=1e-6)  # rfbench's CE term is float32 (trades_terms)
+    assert max(abs(a - b) for a, b in zip(weights["paper"][1][-1], ref[-1].tolist())) > 1e-2
+    # the training loss with these weights (train): Σ_k w_k·Σ_{i∈k} ℓ_i / B, plus w_C times the mean TRADES loss
+    zx, za = 2.0 * torch.randn(30, 10, generator=gen, dtype=torch.float64), torch.randn(30, 10, generator=gen,
+                                                                                        dtype=torch.float64)
+    yb = torch.arange(30) % 10
+    ce = F.cross_entropy(zx, yb, reduction="none")
+    kl = torch.nn.KLDivLoss(reduction="none")(F.log_softmax(za, 1), F.softmax(zx, 1)).sum(1)
+    w = ref[-1]
+    nat = sum(ce[yb == k].sum() * w[k] for k in range(10))
+    bndy = sum(kl[yb == k].sum() * w[k] for k in range(10))
+    trades = F.cross_entropy(zx, yb) + beta * torch.nn.KLDivLoss(reduction="sum")(F.log_softmax(za, 1),
+                                                                                   F.softmax(zx, 1)) / 30
+    release_loss = (nat + beta * bndy) / 30 + trades * w[10]
+    pair = _PairLogits(zx, za)
+    got = d.loss(pair, pair.x, yb, pair.x_adv).loss
+    assert got.item() == pytest.approx(release_loss.item(), rel=1e-6)
+
+
+class _PairLogits(torch.nn.Module):
+    """Returns the given clean logits for the input ``x`` and the given adversarial logits for ``x_adv``."""
+
+    def __init__(self, clean, adv):
+        super().__init__()
+        self.clean, self.adv = clean, adv
+        self.x, self.x_adv = torch.zeros(len(clean), 1), torch.ones(len(clean), 1)
+
+    def forward(self, x):
+        return self.adv if bool(x[0, 0] > 0.5) else self.clean
 
 
 def _release_trades_from(model, x, gen):
