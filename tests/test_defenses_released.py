@@ -249,8 +249,9 @@ def test_cfa_trades_attacks_in_eval_mode_from_unclipped_start(cnn, batch):
 
 # --------------------------------------------------------------------------- E3: RobustLT
 def test_robustlt_batch_statistics_and_base_eps_start(cnn, batch):
-    """E3: train() with track_running_stats=False (batch statistics, running statistics untouched) and a start
-    in the base-ε ball; the steps project onto the class-wise ball."""
+    """E3 (core/methods/utils.py, AdversarialTraining.get_adversarial_examples): train() with
+    track_running_stats=False (batch statistics, running statistics untouched) and a start x + U(−ε, ε) in the
+    base-ε ball, clamped to [0,1] before the first gradient; the steps project onto the class-wise ball."""
     x, y = batch
     epoch, epochs, a, b = 2, 3, 0.3, 0.8
     n_max, total = max(LT_COUNTS), sum(LT_COUNTS)
@@ -266,6 +267,9 @@ def test_robustlt_batch_statistics_and_base_eps_start(cnn, batch):
                          alpha=alpha_y, start_radius=EPS)
     ours, d = run_perturb("robustlt", "released", model, x, y, counts=LT_COUNTS, epoch=epoch)
     assert_same(ours, ref)
+    unclipped = release_attack(model, x, y, ce_sum(y), start="uniform", bn="batch", clip_start=False, eps=eps_y,
+                               alpha=alpha_y, start_radius=EPS)
+    assert_differs(ours, unclipped)  # the clamp of the start matters on these images
     assert all(torch.equal(p, q) for p, q in zip(before, bn_buffers(model)))  # running statistics untouched
     assert d.classwise_eps() == pytest.approx(class_eps.tolist(), rel=1e-12)
     paper, _ = run_perturb("robustlt", "paper", model, x, y, counts=LT_COUNTS, epoch=epoch)
