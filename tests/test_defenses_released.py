@@ -487,6 +487,93 @@ def test_cfa_released_gate_counts_adversarially_correct_samples(cnn, batch):
     assert got.tolist() == pytest.approx([ok[y == c].mean().item() for c in range(10)])
 
 
+class _Replayed(torch.nn.Module):
+    """A parameter and a floating buffer, set by hand each epoch (FAWA averages both)."""
+
+    stat: torch.Tensor
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(4, dtype=torch.float64))
+        self.register_buffer("stat", torch.zeros(3, dtype=torch.float64))
+
+
+def _cfa_replay_statistics(epochs):
+    """A seeded sequence of per-class statistics: validation robust accuracies whose worst class climbs to a
+    plateau around 0.24 with noise (so the gate also rejects epochs after its first acceptance), training
+    robust accuracies, and the weights and buffer after each epoch."""
+    gen = torch.Generator().manual_seed(13)
+    val, train, weights = [], [], []
+    for e in range(epochs):
+        level = 0.05 + 0.22 * min(e / 40, 1.0)
+        val.append((level + 0.25 * torch.rand(10, generator=gen, dtype=torch.float64)
+                    - 0.06 * torch.rand(1, generator=gen, dtype=torch.float64)).clamp(0, 1).tolist())
+        train.append((0.1 + 0.5 * torch.rand(10, generator=gen, dtype=torch.float64)).tolist())
+        weights.append((torch.randn(4, generator=gen, dtype=torch.float64),
+                        torch.rand(3, generator=gen, dtype=torch.float64)))
+    return val, train, weights
+
+
+def test_cfa_released_fawa_and_class_schedules_replay():
+    """E7 over 200 epochs of the same statistics: the release's FAWA (train.py with utils.py's weight_average:
+    the weights of the first epoch whose worst class reaches 0.24 initialise the average, every later accepted
+    epoch enters as 0.88·avg + 0.12·θ on parameters and buffers, a rejected epoch leaves it unchanged) and its
+    per-class ε and β (from epoch 10, (0.5 + t_k) with t the previous epoch's training robust accuracy; CCR's
+    β_k/(1+β_k) = (0.5 + t_k)β / (1 + (0.5 + t_k)β)), compared at every epoch; ``paper`` differs at epoch 55."""
+    epochs, eps, beta = 200, EPS, 6.0
+    val, train, weights = _cfa_replay_statistics(epochs)
+    # the release, written out
+    ref_avg, ref_eps, ref_beta, first = [], [], [], None
+    avg = None
+    for e in range(epochs):
+        if e >= 10:
+            t = torch.tensor(train[e - 1], dtype=torch.float64)
+            ref_eps.append((0.5 + t) * eps)
+            ref_beta.append((0.5 + t) * beta / (1 + (0.5 + t) * beta))
+        else:
+            ref_eps.append(torch.full((10,), eps, dtype=torch.float64))
+            ref_beta.append(torch.full((10,), beta / (1 + beta), dtype=torch.float64))
+        if min(val[e]) >= 0.24:
+            if avg is None:
+                first, avg = e, [v.clone() for v in weights[e]]
+            else:
+                avg = [0.88 * a + 0.12 * v for a, v in zip(avg, weights[e])]
+        ref_avg.append(avg)
+    assert first is not None and 20 < first < 55  # the gate fires before the checkpoint checked below
+    assert sum(min(v) < 0.24 for v in val[first:]) > 5  # and rejects some epochs after it
+    fawa_at = {}
+    for fid in ("released", "paper"):
+        ctx = ctx_for(fid, epochs=epochs)
+        d = build("cfa", {"base": "trades"}, ctx)
+        model = _Replayed()
+        ctx.averages.attach(model)
+        fawa = ctx.averages.modules()["fawa"]
+        for e in range(epochs):
+            d.on_epoch_start(e)
+            class_eps, _ = d.sample_eps(torch.arange(10))
+            b = d.class_beta()
+            if fid == "released":
+                assert torch.as_tensor(class_eps, dtype=torch.float64).expand(10).tolist() == pytest.approx(
+                    ref_eps[e].tolist(), rel=1e-6)  # the per-sample radius is float32, as the images
+                assert (b / (1 + b)).tolist() == pytest.approx(ref_beta[e].tolist(), rel=1e-12)
+            with torch.no_grad():
+                model.w.copy_(weights[e][0])
+                model.stat.copy_(weights[e][1])
+            d.on_epoch_end(EpochStats(epoch=e, train_pred_counts=[10] * 10, train_robust_acc=train[e],
+                                      train_adv_probs=[[0.1] * 10] * 10, val_clean_acc=[0.9] * 10,
+                                      val_robust_acc=val[e], model=None))
+            got = [fawa.state_dict()[k].clone() for k in ("w", "stat")]
+            if fid == "released":
+                # before the first acceptance rfbench's copy mirrors the raw weights (the release's holds a fresh network)
+                expected = weights[e] if ref_avg[e] is None else ref_avg[e]
+                for g, r in zip(got, expected):
+                    assert g.tolist() == pytest.approx(r.tolist(), rel=1e-12, abs=1e-15)
+            if e == 55:
+                fawa_at[fid] = got
+    gap = max((p - r).abs().max().item() for p, r in zip(fawa_at["paper"], fawa_at["released"]))
+    assert gap > 1e-2
+
+
 # --------------------------------------------------------------------------- E8: WAT's validation cost
 def test_wat_validation_cost_and_hedge_replay(cnn, batch):
     """E8 (worst_class_adversarial_train.py's validate): C times each class's summed validation cost over
