@@ -89,7 +89,10 @@ def plot_heatmap(board: TrackBoard, path: Path) -> Path:
     ax.set_title(f"{one_line(board.track.info.title, None)}\nper-class robust accuracy (%, worst case over the track's "
                  f"attacks, {ck} checkpoint)", fontsize=9, parse_math=False)
     fig.colorbar(im, ax=ax, label="robust accuracy (%)")
-    return save_figure(fig, path, dpi=120)
+    try:
+        return save_figure(fig, path, dpi=120)
+    finally:
+        plt.close(fig)  # a build in a long-lived process (tests, the API) keeps no figure open
 
 
 def track_page(board: TrackBoard) -> str:
@@ -152,21 +155,36 @@ def index_page(boards: list[TrackBoard]) -> str:
 
 
 def build(root: Path, html: Path | None = None) -> list[Path]:
-    """Render every track page, heat map and the index (and the web site into ``html``); returns the written paths."""
-    written = []
-    boards = [collect(t, root) for t in list_tracks(root)]
-    if html is not None:
-        from rfbench.benchmark.leaderboard.html import write_site
+    """Render every track page, heat map and the index (and the web site into ``html``); returns the written paths.
 
-        written += write_site(boards, Path(html))
-    for b in boards:
-        d = b.track.path.parent
-        if b.entries:
-            written.append(plot_heatmap(b, d / HEATMAP))
-        else:
-            (d / HEATMAP).unlink(missing_ok=True)
-        atomic_write_text(d / "README.md", track_page(b))
-        written.append(d / "README.md")
-    atomic_write_text(root / "leaderboards" / "README.md", index_page(boards))
-    written.append(root / "leaderboards" / "README.md")
+    The pages are replaced as one group (:mod:`rfbench.benchmark.leaderboard.pagegroup`): a kill
+    at any point leaves the old pages or, once the next build has finished the swap, the new
+    ones, and what a killed build left behind is removed by the next one.
+    """
+    from rfbench.benchmark.leaderboard.pagegroup import PageGroup
+
+    boards_dir = root / "leaderboards"
+    group = PageGroup(boards_dir, html)
+    try:
+        written = []
+        boards = [collect(t, root) for t in list_tracks(root)]
+        if html is not None:
+            from rfbench.benchmark.leaderboard.html import write_site
+
+            written += write_site(boards, Path(html), stage=group.stage)
+        for b in boards:
+            d = b.track.path.parent
+            if b.entries:
+                plot_heatmap(b, group.stage(d / HEATMAP))
+                written.append(d / HEATMAP)
+            else:
+                group.remove(d / HEATMAP)
+            atomic_write_text(group.stage(d / "README.md"), track_page(b))
+            written.append(d / "README.md")
+        atomic_write_text(group.stage(boards_dir / "README.md"), index_page(boards))
+        written.append(boards_dir / "README.md")
+    except BaseException:
+        group.discard()
+        raise
+    group.commit()
     return written

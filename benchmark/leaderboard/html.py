@@ -351,23 +351,26 @@ def index_html(boards: Sequence["TrackBoard"]) -> str:
     return page("rfbench leaderboards", body)
 
 
-def write_site(boards: Sequence["TrackBoard"], out: Path) -> list[Path]:
-    """Write the site into ``out`` (created; pages of a previous build are overwritten, nothing is deleted)."""
+def write_site(boards: Sequence["TrackBoard"], out: Path, stage: Callable[[Path], Path] = Path) -> list[Path]:
+    """Write the site into ``out`` (pages of a previous build are overwritten, nothing is deleted).
+
+    ``stage`` maps each page's final path to the path it is written to (the build's staging
+    directory, see :mod:`~rfbench.benchmark.leaderboard.pagegroup`); returns the final paths.
+    """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     written = []
     for b in boards:
         d = out / b.track.id
         if (d / "track.yaml").exists():
             raise RfbenchError(f"--html {out}: {d} is a leaderboard track directory; give an empty or a site directory")
-        d.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(d / "index.html", track_html(b))
+        atomic_write_text(stage(d / "index.html"), track_html(b))
         written.append(d / "index.html")
         for row in (b.ranking.ranked + b.ranking.identical) if b.ranking else []:
-            atomic_write_text(d / entry_file(row.entry), entry_html(b, row))
-            atomic_write_bytes(d / f"{row.entry.id}.json", (b.track.path.parent / f"{row.entry.id}.json").read_bytes())
+            atomic_write_text(stage(d / entry_file(row.entry)), entry_html(b, row))
+            atomic_write_bytes(stage(d / f"{row.entry.id}.json"),
+                               (b.track.path.parent / f"{row.entry.id}.json").read_bytes())
             written.append(d / entry_file(row.entry))
-    atomic_write_text(out / "index.html", index_html(boards))
+    atomic_write_text(stage(out / "index.html"), index_html(boards))
     written.append(out / "index.html")
-    atomic_write_text(out / ".nojekyll", "")  # GitHub Pages: serve the files as they are
+    atomic_write_text(stage(out / ".nojekyll"), "")  # GitHub Pages: serve the files as they are
     return written
