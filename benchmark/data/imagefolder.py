@@ -14,10 +14,13 @@
   header, before it is decoded;
 * only regular files are read: a FIFO, socket or device named like an image
   is refused in one line before anything is opened (opening a FIFO blocks);
-* every image is decoded once with PIL into a uint8 tensor.  16-bit grayscale
-  images (PNG ``I;16``) are converted to 8 bits only when that loses nothing
-  (every value a multiple of 257, i.e. an 8-bit image stored in 16 bits);
-  otherwise they are refused in one line, never clipped.  The first
+* every image is decoded once with PIL into a uint8 tensor.  16-bit images,
+  grayscale (PNG ``I;16``) or colour (16-bit RGB/RGBA PNGs and TIFFs, which PIL
+  would narrow to their high bytes), are converted to 8 bits only when that
+  loses nothing (every value a multiple of 257, i.e. an 8-bit image stored in
+  16 bits); otherwise, and for other layouts wider than 8 bits (16-bit gray
+  with alpha, a colour ``.ppm`` with maxval above 255), they are refused in one
+  line naming the file and its bit depth, never clipped or narrowed.  The first
   training image fixes the format: grayscale images give 1 channel, anything
   else is converted to RGB.  The size is the most common (width, height) among
   the training images, ties broken by the larger area, then the larger width
@@ -54,7 +57,7 @@ import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -124,14 +127,79 @@ def _check_pixels(path: Path, im: Image.Image) -> None:
 #: 16-bit grayscale modes PIL opens (``I`` is what older Pillow versions give a 16-bit PNG)
 WIDE_GRAY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
+#: raw layouts of 16-bit samples that PIL decodes into an 8-bit mode by keeping each sample's high byte
+#: (16-bit RGB/RGBA PNGs, 16-bit colour TIFFs), mapped to the same layout in the other byte order, which
+#: decodes the same bytes into each sample's *low* byte
+LOW_BYTE_LAYOUTS = {f"{m};16{a}": f"{m};16{b}" for m in ("RGB", "RGBA", "RGBX", "CMYK") for a, b in (("B", "L"), ("L", "B"))}
+
+
+def _raw_layout(args: object) -> str:
+    """The raw layout (PIL's "rawmode") in a tile's decoder arguments, or "" when it names none."""
+    if isinstance(args, str):
+        return args
+    if isinstance(args, tuple) and args and isinstance(args[0], str):
+        return args[0]
+    return ""
+
+
+def wide_samples(im: Image.Image) -> tuple[str, str | None] | None:
+    """How PIL would narrow ``im``'s samples to 8 bits when decoding it, or None when it keeps every bit.
+
+    Returns (what is narrowed, the raw layout that decodes each sample's low byte, or None when
+    there is no such layout).  Read from the decoder's plan (``im.tile``), so call it before the
+    image is loaded.  16-bit grayscale images are not narrowed (PIL gives them a 16-bit mode).
+    """
+    if im.mode in WIDE_GRAY_MODES or im.mode == "F":
+        return None
+    for tile in getattr(im, "tile", None) or ():
+        decoder, args = tile[0], tile[3]
+        raw = _raw_layout(args)
+        if ";16" in raw:
+            return f"16-bit samples (layout {raw})", LOW_BYTE_LAYOUTS.get(raw)
+        maxval = args[1] if decoder in ("ppm", "ppm_plain") and isinstance(args, tuple) and len(args) > 1 else None
+        if isinstance(maxval, int) and maxval > 255:  # PIL scales such samples down to 0..255
+            return f"samples up to {maxval} (more than 8 bits)", None
+    return None
+
+
+def _with_layout(tile: Any, layout: str) -> Any:
+    """A decoder tile of PIL with its raw layout replaced (a named tuple since Pillow 11, a plain tuple before)."""
+    args = layout if isinstance(tile[3], str) else (layout, *tile[3][1:])
+    return tile._replace(args=args) if hasattr(tile, "_replace") else (tile[0], tile[1], tile[2], args)
+
+
+def _exact_8bit(im: Image.Image, path: Path | str, wide: tuple[str, str | None]) -> Image.Image:
+    """``im`` as PIL decodes it (the high byte of each 16-bit sample) when that is exact, else one line why not.
+
+    The high byte is exact when every sample is a multiple of 257 (an 8-bit value stored in 16
+    bits), i.e. when its low byte equals its high byte: the file is decoded a second time in the
+    other byte order (which gives the low bytes) and the two decodings are compared.
+    """
+    what, low_layout = wide
+    advice = "convert the folder to 8-bit images first (rfbench stores uint8 pixels)"
+    if low_layout is None or not path:
+        raise DataNotFoundError(f"image {path} has {what}, which rfbench cannot convert to 8 bits exactly; {advice}")
+    with Image.open(path) as low:
+        low.tile = [_with_layout(t, low_layout) for t in low.tile]
+        exact = np.array_equal(np.asarray(im), np.asarray(low))
+    if not exact:
+        raise DataNotFoundError(f"image {path} has {what} that 8 bits cannot hold without loss (not every sample is "
+                                f"a multiple of 257); {advice}")
+    return im
+
 
 def to_8bit(im: Image.Image, path: Path | str = "") -> Image.Image:
-    """``im`` with 8-bit samples: a 16-bit grayscale image only when no value is lost, else one line why not.
+    """``im`` with 8-bit samples: a wider image only when no value is lost, else one line why not.
 
-    PIL's own ``convert("L")`` clips 16-bit values above 255 (nearly every pixel of a real 16-bit
-    image); here a 16-bit image converts exactly when every value is a multiple of 257 (0..65535
-    onto 0..255), and any other 16-bit or float image is refused.
+    PIL's own ``convert("L")`` clips 16-bit grayscale values above 255 (nearly every pixel of a
+    real 16-bit image), and PIL decodes 16-bit colour images (RGB/RGBA PNGs, colour TIFFs) into
+    their high bytes, silently.  Here a 16-bit image converts exactly when every value is a
+    multiple of 257 (0..65535 onto 0..255); any other 16-bit, wider or float image is refused.
+    Call it before the image is loaded (:func:`wide_samples` reads the decoder's plan).
     """
+    wide = wide_samples(im)
+    if wide is not None:
+        return _exact_8bit(im, path or getattr(im, "filename", "") or "", wide)
     if im.mode in WIDE_GRAY_MODES:
         arr = np.asarray(im)
         if arr.size and (arr.min() < 0 or arr.max() > 65535 or (arr % 257).any()):

@@ -1,7 +1,7 @@
 """Every reader has a bound, and every hostile file is one line (or a correct result).
 
 IDX files (labels out of range, truncated ``.gz``, count mismatch, 2-D labels, bombs), image folders
-(FIFOs, 16-bit PNGs, a ``.ppm`` with maxval 0, class names that look like markup), checkpoints
+(FIFOs, 16-bit grayscale and colour PNGs and TIFFs, 16-bit gray with alpha, a 16-bit colour ``.ppm``, a ``.ppm`` with maxval 0, class names that look like markup), checkpoints
 (zip bombs; run checkpoints with a bad ``meta``, no ``model`` or non-tensor values) and the layout
 cache (FIFO, corrupt, not an object).
 """
@@ -15,6 +15,7 @@ import os
 import signal
 import struct
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -161,6 +162,71 @@ def test_16_bit_pngs_convert_exactly_or_are_refused(tmp_path):
         imagefolder(str(root), DataOptions())
     with pytest.raises(RfbenchError, match="floating-point"):
         to_8bit(Image.fromarray(np.zeros((2, 2), dtype=np.float32)))
+
+
+def png16(arr: np.ndarray, colour_type: int) -> bytes:
+    """A 16-bit PNG of ``arr`` (H×W or H×W×C samples), written by hand: IHDR, one zlib IDAT (filter 0), IEND."""
+    h, w = arr.shape[:2]
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    raw = b"".join(b"\x00" + arr[i].astype(">u2").tobytes() for i in range(h))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, colour_type, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def tiff16_rgb(arr: np.ndarray) -> bytes:
+    """An uncompressed little-endian TIFF of the H×W×3 16-bit samples ``arr``, written by hand (one strip)."""
+    h, w, _ = arr.shape
+    data = arr.astype("<u2").tobytes()
+    tags = [(256, 4, 1, w), (257, 4, 1, h), (258, 3, 3, 8 + 2 + 10 * 12 + 4), (259, 3, 1, 1), (262, 3, 1, 2),
+            (273, 4, 1, 8 + 2 + 10 * 12 + 4 + 6), (277, 3, 1, 3), (278, 4, 1, h), (279, 4, 1, len(data)), (284, 3, 1, 1)]
+    ifd = struct.pack("<H", len(tags)) + b"".join(
+        struct.pack("<HHI", tag, kind, count) + (struct.pack("<HH", value, 0) if kind == 3 and count == 1
+                                                 else struct.pack("<I", value)) for tag, kind, count, value in tags)
+    return b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<I", 0) + struct.pack("<3H", 16, 16, 16) + data
+
+
+@pytest.mark.parametrize("kind", ["png-rgb", "png-rgba", "tiff-rgb"])
+def test_16_bit_colour_images_convert_exactly_or_are_refused(tmp_path, kind):
+    """PIL narrows 16-bit colour samples to their high bytes; rfbench keeps such an image only when that is exact."""
+    root = folder(tmp_path / "f", mode="RGB")
+    eight = np.random.default_rng(1).integers(0, 256, (8, 8, 3)).astype(np.uint16)
+    suffix = ".tif" if kind == "tiff-rgb" else ".png"
+
+    def write(samples: np.ndarray) -> Path:
+        path = root / "train" / "a" / f"0{suffix}"
+        (root / "train" / "a" / "0.png").unlink(missing_ok=True)
+        if kind == "tiff-rgb":
+            path.write_bytes(tiff16_rgb(samples))
+        elif kind == "png-rgb":
+            path.write_bytes(png16(samples, 2))
+        else:
+            path.write_bytes(png16(np.concatenate([samples, np.full((8, 8, 1), 65535, np.uint16)], axis=2), 6))
+        return path
+
+    write(eight * 257)  # an 8-bit image stored in 16 bits
+    splits = imagefolder(str(root), DataOptions())
+    assert splits.train.x[0].permute(1, 2, 0).numpy().tolist() == eight.tolist()
+    path = write(eight * 257 + (np.arange(192).reshape(8, 8, 3) == 100))  # one sample off by one: 8 bits lose it
+    with Image.open(path) as im:
+        assert np.array_equal(np.asarray(im.convert("RGB")), eight)  # what PIL alone makes of it: silently narrowed
+    with pytest.raises(RfbenchError, match=f"image .*0{suffix} has 16-bit samples .* without loss .*multiple of 257.* "
+                                           "convert the folder to 8-bit"):
+        imagefolder(str(root), DataOptions())
+
+
+def test_16_bit_gray_with_alpha_and_wide_colour_ppm_are_refused(tmp_path):
+    """Layouts PIL narrows that rfbench cannot check sample by sample: one line naming the file and the bit depth."""
+    root = folder(tmp_path / "f", mode="RGB")
+    (root / "train" / "a" / "0.png").write_bytes(png16(np.full((8, 8, 2), 257 * 9, np.uint16), 4))
+    with pytest.raises(RfbenchError, match=r"image .*0.png has 16-bit samples \(layout LA;16B\), which rfbench cannot"):
+        imagefolder(str(root), DataOptions())
+    (root / "train" / "a" / "0.png").unlink()
+    (root / "train" / "a" / "0.ppm").write_bytes(b"P6 8 8 65535\n" + bytes(8 * 8 * 3 * 2))
+    with pytest.raises(RfbenchError, match=r"image .*0.ppm has samples up to 65535 \(more than 8 bits\)"):
+        imagefolder(str(root), DataOptions())
 
 
 def test_a_ppm_with_maxval_0_is_one_line(tmp_path):
