@@ -162,9 +162,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def out_of_memory_line(exc: BaseException, args: argparse.Namespace) -> str:
     """One line for an out-of-memory error that no halving absorbed: what ran out, and the flag to lower."""
-    from rfbench.core.errors import one_line
+    from rfbench.benchmark.eval.harness import out_of_memory_text
 
-    first = one_line(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)[:200]
+    first = out_of_memory_text(exc)
     size = getattr(args, "batch_size", None)
     flag = f"lower --batch-size (now {size})" if size is not None else "lower --batch-size"
     return f"out of memory ({first}); {flag}, or free memory on the device"

@@ -269,6 +269,12 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and any(t in str(exc).lower() for t in OOM_TEXTS)
 
 
+def out_of_memory_text(exc: BaseException) -> str:
+    """The first line of an out-of-memory error (at most 200 characters; the allocator's report can be long)."""
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
+
+
 def _attack_piece(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, rows: np.ndarray, attacks: list[Attack],
                   flags: SampleFlags, *, seed: Callable[[str], int], survivors_scope: bool,
                   on_attack: Callable[[str], None] | None = None,

@@ -86,6 +86,10 @@ class NonFiniteLossError(RfbenchError):
     """Training produced NaN or Inf."""
 
 
+class TrainingOutOfMemory(RfbenchError):
+    """Training ran out of device or CPU memory; the message says where, what is saved, and the flag to lower."""
+
+
 class Trainer:
     """Trains one run described by a :class:`TrainConfig` into ``cfg.out``.
 
@@ -404,6 +408,7 @@ class Trainer:
                 offset, n_local = shard(n_global, info)
                 x, y, pos = x[offset:offset + n_local], y[offset:offset + n_local], pos[offset:offset + n_local]
             batch = Batch(epoch, i, x, y, pos, n_global)
+            self._where = f"at epoch {epoch + 1}, batch {i + 1}"
             if cfg.lr_warmup_iters:
                 self._set_lr(lr * warmup_factor(epoch * n_batches + i, cfg.lr_warmup_iters))
             if self._step(batch):
@@ -491,8 +496,33 @@ class Trainer:
                 signal.signal(s, h)
 
     def fit(self) -> Path:
+        self._where = "before the first batch"  # where training is, for an out-of-memory message
         with self._signals():
-            return self._fit()
+            try:
+                return self._fit()
+            except (MemoryError, RuntimeError) as exc:  # torch.OutOfMemoryError is a RuntimeError
+                from rfbench.benchmark.eval.harness import is_out_of_memory
+
+                if not is_out_of_memory(exc):
+                    raise
+                raise self._out_of_memory(exc) from None
+
+    def _out_of_memory(self, exc: BaseException) -> TrainingOutOfMemory:
+        """One line for running out of memory: where, what the last save holds, and the flag to lower.
+
+        Training never halves its batch to carry on (the evaluation does): the batch size is part
+        of a run's arithmetic, so a smaller batch would give another result than the config says.
+        A run cannot resume at another batch size either, hence the two ways out.
+        """
+        from rfbench.benchmark.eval.harness import out_of_memory_text
+
+        lower = f"lower --batch-size (now {self.cfg.batch_size}; train.batch_size=N in a run config)"
+        if (self.out / LAST).exists():
+            way_out = (f"{self.out / LAST} holds the last saved state: free memory on the device and run the same "
+                       f"command again to resume from it, or {lower} and start over with another --out or --force")
+        else:
+            way_out = f"nothing was saved yet; {lower}, or free memory on the device"
+        return TrainingOutOfMemory(f"out of memory {self._where} ({out_of_memory_text(exc)}); {way_out}")
 
     def _already_done(self) -> bool:
         """True if ``out`` holds this run, finished (and not ``--force``)."""
@@ -525,6 +555,7 @@ class Trainer:
         for epoch in range(self.start_epoch, self.cfg.epochs):
             t0 = time.monotonic()
             train_stats = self._train_epoch(epoch)
+            self._where = f"in the validation of epoch {epoch + 1}"
             val_clean, val_rob = self._validate(epoch)
             record = self._record_epoch(epoch, train_stats, val_clean, val_rob, seconds=time.monotonic() - t0)
             self._checkpoint_epoch(epoch, record)
@@ -573,4 +604,4 @@ def train(cfg: TrainConfig, quiet: bool = False, force: bool = False) -> Path:
     return Trainer(cfg, quiet=quiet, force=force).fit()
 
 
-__all__ = ["Trainer", "TrainConfig", "TrainHook", "Batch", "train", "NonFiniteLossError"]
+__all__ = ["Trainer", "TrainConfig", "TrainHook", "Batch", "train", "NonFiniteLossError", "TrainingOutOfMemory"]
