@@ -37,8 +37,9 @@ from rfbench.benchmark.leaderboard.schema import (
 )
 from rfbench.benchmark.runner.config import slug
 from rfbench.benchmark.runner.report import RUN_SCHEMA
-from rfbench.core.errors import ConfigError, RfbenchError
+from rfbench.core.errors import ConfigError, RfbenchError, one_line
 from rfbench.core.io import atomic_write_bytes, atomic_write_json, read_json
+from rfbench.core.io.atomic import read_text_bounded
 from rfbench.core.io.digest import file_sha256
 from rfbench.defenses import DEFENSES
 
@@ -93,9 +94,44 @@ def entry_from_run(run_dir: Path, track: Track, root: Path, *, entry_id: str | N
     if not result_path.exists():
         raise RfbenchError(f"{run_dir} holds no finished run (no result.json); run `rfbench run` to the end first")
     run = read_json(result_path)
+    if not isinstance(run, dict):
+        raise RfbenchError(f"{result_path} is not an `rfbench run` result (a JSON {type(run).__name__}, not an object)")
     if run.get("schema") != RUN_SCHEMA:
         raise RfbenchError(f"{result_path} is not an `rfbench run` result (schema {run.get('schema')!r})")
-    train_cfg = yaml.safe_load((run_dir / "train" / "config.yaml").read_text(encoding="utf-8"))
+    train_cfg = _train_config(run_dir)
+    try:
+        return _entry_from_parts(run_dir, run, train_cfg, track, root, entry_id=entry_id, name=name, code=code,
+                                 paper=paper)
+    except RfbenchError:  # already one line (ConfigError is a ValueError, UnknownNameError a KeyError)
+        raise
+    except (KeyError, TypeError, AttributeError, ValueError, StopIteration) as exc:
+        if isinstance(exc, KeyError):
+            why = f"a field is missing: {exc.args[0]!r}"
+        elif isinstance(exc, StopIteration):
+            why = "its checkpoints are empty"
+        else:
+            why = f"a field has the wrong type or value ({one_line(str(exc))[:200]})"
+        raise RfbenchError(f"{result_path} is not a complete `rfbench run` result: {why}; submit the directory of a "
+                           "run that `rfbench run` finished") from None
+
+
+def _train_config(run_dir: Path) -> dict[str, Any]:
+    """The run's trainer ``config.yaml`` (a bounded regular file, a mapping with a defense and a seed), or one line."""
+    path = run_dir / "train" / "config.yaml"
+    try:
+        cfg = yaml.safe_load(read_text_bounded(path))
+    except yaml.YAMLError as exc:
+        raise RfbenchError(f"corrupt file {path}: not valid YAML ({one_line(str(exc))[:200]})") from None
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("defense"), str) or not isinstance(cfg.get("seed"), int):
+        raise RfbenchError(f"{path} is not a training config of rfbench (a mapping with a defense name and an "
+                           "integer seed); submit the directory of a run that `rfbench run` finished")
+    return cfg
+
+
+def _entry_from_parts(run_dir: Path, run: dict[str, Any], train_cfg: dict[str, Any], track: Track, root: Path, *,
+                      entry_id: str | None, name: str | None, code: str | None,
+                      paper: str) -> tuple[dict[str, Any], dict[str, Path]]:
+    """:func:`entry_from_run` once the run's two files are read; a missing or mistyped field raises KeyError/TypeError."""
     defense = train_cfg["defense"]
     entry_id = entry_id or f"{slug(defense)}-s{train_cfg['seed']}"
     if not valid_id(entry_id):
@@ -106,6 +142,10 @@ def entry_from_run(run_dir: Path, track: Track, root: Path, *, entry_id: str | N
     blocks = run["checkpoints"]
     first = next(iter(blocks.values()))
     run_flags = {w: run_dir / b["flags_file"] for w, b in blocks.items()}
+    for w, path in run_flags.items():
+        if not path.is_file():
+            raise RfbenchError(f"{run_dir}: the flag file of its {w!r} evaluation, {path}, is missing or not a regular "
+                               "file; submit the directory of a run that `rfbench run` finished")
     flags_rel = {w: flags_name(track, entry_id, w, run_flags[w]) for w in blocks}
     ckpt = {w: checkpoint_file(run_dir, w) for w in blocks}
     ckpt_sha = {w: file_sha256(p) if p.is_file() else None for w, p in ckpt.items()}
