@@ -254,6 +254,12 @@ def test_class_names_are_never_markup(tmp_path):
     assert labels == classes
     save_figure(fig, tmp_path / "b.png")
     assert (tmp_path / "a.png").stat().st_size > 0 and (tmp_path / "b.png").stat().st_size > 0
+    # a class *folder* of that name reaches the result and its plots as written
+    splits = imagefolder(str(folder(tmp_path / "f", classes=(r"$\evil{$", "plain"))), DataOptions())
+    assert splits.test.classes == [r"$\evil{$", "plain"]
+    fig = per_class_figure(_result(list(splits.test.classes)))
+    assert r"$\evil{$" in [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    save_figure(fig, tmp_path / "c.png")
 
 
 # -- checkpoints -----------------------------------------------------------------------

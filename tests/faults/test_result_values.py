@@ -39,6 +39,8 @@ def _break(res: dict, case: str) -> dict:
         res["classes"] = ["a", "a", "c"]
     elif case == "NaN mean":
         res["summary"]["worst_case"]["mean"] = float("nan")
+    elif case == "mean the string 'NaN'":
+        res["summary"]["worst_case"]["mean"] = "NaN"
     elif case == "robust above clean":
         res["per_class"]["clean"][0] = 0.0
         res["per_class"]["worst_case"][0] = 0.5
@@ -52,6 +54,7 @@ def _break(res: dict, case: str) -> dict:
     ("classes empty", "classes"),
     ("duplicate classes", "'a' appears more than once"),
     ("NaN mean", "mean is nan"),
+    ("mean the string 'NaN'", "mean is 'NaN'"),
     ("robust above clean", "above its clean accuracy"),
 ])
 def test_impossible_values_are_one_line(good, tmp_path, capsys, case, fragment):
