@@ -76,3 +76,29 @@ def test_a_wall_clock_stepped_back_during_training_gives_positive_durations(tmp_
         record = json.loads(line)
         if "seconds" in record:
             assert 0 <= record["seconds"] < 600, record
+
+
+def test_a_wall_clock_stepped_back_during_an_evaluation_gives_positive_durations(tmp_path, monkeypatch):
+    """The same for the evaluation: its wall time, attack time and per-attack seconds come from the monotonic clock."""
+    import json
+
+    import torch
+
+    import rfbench
+
+    real = time.time
+    calls = [0]
+
+    def stepping_back() -> float:
+        calls[0] += 1
+        return real() - 3600.0 * calls[0]
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    x = torch.rand(6, 1, 4, 4)
+    monkeypatch.setattr(time, "time", stepping_back)
+    rfbench.evaluate(model, x, model(x).argmax(1), attacks=["fgsm", "pgd"], classes=["a", "b", "c"], out=tmp_path / "r",
+                     eps=0.05, device="cpu", quiet=True, batch_size=2)
+    prov = json.loads((tmp_path / "r" / "result.json").read_text())["provenance"]
+    assert 0 <= prov["wall_time_s"] < 600 and 0 <= prov["attack_time_s"] < 600
+    assert prov["attack_rates"] and all(0 <= r["seconds"] < 600 for r in prov["attack_rates"].values())
