@@ -96,6 +96,9 @@ def entry_from_eval(eval_dir: Path, track: Track, root: Path, *, entry_id: str |
                            f"weights, as `rfbench zoo` evaluates them; this evaluation's model is "
                            f"{source.get('kind')!r}")
     zoo = read_json(eval_dir / ZOO_MODEL_FILE) if (eval_dir / ZOO_MODEL_FILE).is_file() else {}
+    if not isinstance(zoo, dict) or not isinstance(zoo.get("name", ""), str):
+        raise RfbenchError(f"{eval_dir / ZOO_MODEL_FILE} is not what `rfbench zoo` writes (an object with the model's "
+                           "name); remove it or evaluate the model again")
     model = str(source.get("name") if source["kind"] == "robustbench" else source.get("architecture"))
     entry_id = entry_id or slug(str(zoo.get("name") or model.split(":")[-1]))
     if not valid_id(entry_id):
