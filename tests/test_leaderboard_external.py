@@ -168,3 +168,16 @@ def test_zoo_under_a_track_refuses_its_own_evaluation_settings_and_training_trac
     assert main(["zoo", str(base / "zoo.yaml"), "--track", "fashion-mnist-linf", "--out", str(tmp_path / "o")]) == 2
     assert "trains its entries" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_submit_removes_the_temporary_files_a_killed_submit_left(zoo, tmp_path):
+    _, root, out = zoo
+    repo = tmp_path / "repo"
+    shutil.copytree(root, repo)
+    planted = [repo / "leaderboards" / TRACK / ".net-c.json.abcd1234.tmp",
+               repo / "leaderboards" / TRACK / "flags" / ".net-c-model-0123456789ab.npz.abcd1234.tmp"]
+    for path in planted:
+        path.write_bytes(b"half a file")
+    assert main(["leaderboard", "submit", str(out / "net-a"), "--track", TRACK, "--root", str(repo),
+                 "--code", "https://example.org/net-a", "--force"]) == 0
+    assert not any(path.exists() for path in planted)

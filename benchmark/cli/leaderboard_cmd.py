@@ -106,11 +106,15 @@ def run_submit(args: argparse.Namespace) -> int:
     from rfbench.benchmark.leaderboard import find_track
     from rfbench.benchmark.leaderboard.schema import writable_root
     from rfbench.benchmark.leaderboard.submit import submit
+    from rfbench.core.io.atomic import remove_stale_temps
     from rfbench.core.io.lock import exclusive_leaderboard
 
     root = writable_root(args.root)
     with exclusive_leaderboard(root):
-        path = submit(args.run_dir, find_track(args.track, root), root, entry_id=args.id, name=args.name, code=args.code,
+        track = find_track(args.track, root)
+        for folder in (track.path.parent, track.path.parent / "flags"):  # left by a killed submit (only writers
+            remove_stale_temps(folder)                                    # of the leaderboard hold this lock)
+        path = submit(args.run_dir, track, root, entry_id=args.id, name=args.name, code=args.code,
                       paper=args.paper or "", force=args.force, allow_identical=args.allow_identical)
     print(f"wrote {path}; now run `rfbench leaderboard build` and open a pull request", file=sys.stderr)
     return 0
