@@ -22,6 +22,8 @@ examples:
   git clone --depth 1 https://github.com/RobustBench/robustbench rb && rfbench zoo zoo.yaml --model-info rb/model_info
   torchrun --standalone --nproc-per-node 4 -m rfbench zoo zoo.yaml --out runs/zoo     (each model sharded over 4 GPUs)
   rfbench zoo zoo.yaml --out /shared/zoo --shards 8 --executor ray --ray-address auto   (8 Ray tasks, then the table)
+  rfbench zoo zoo.yaml --track robustbench-cifar10-linf --out runs/zoo   (a track of kind external's evaluation), then
+    rfbench leaderboard submit runs/zoo/<model> --track robustbench-cifar10-linf   (one checked entry per model)
 
 Every model is evaluated into OUT/<name>/ (resumable); OUT/zoo.md and OUT/zoo.json rank them by
 worst-class robust accuracy, with RobustBench's published AutoAttack accuracy beside rfbench's mean.
