@@ -187,6 +187,7 @@ def _plot_run(run: dict[str, Any], run_dir: Path) -> list[Path]:
     ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(axis="y", alpha=0.3)
     paths.append(save_figure(fig, run_dir / "per_class.png", dpi=120))
+    plt.close(fig)  # pyplot keeps every figure it made until closed
     log_path = run_dir / "train" / "log.jsonl"
     if log_path.exists():
         records = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
@@ -206,6 +207,7 @@ def _plot_run(run: dict[str, Any], run_dir: Path) -> list[Path]:
             ax.legend(fontsize=7, frameon=False)
             ax.grid(alpha=0.3)
             paths.append(save_figure(fig, run_dir / "training.png", dpi=120))
+            plt.close(fig)  # pyplot keeps every figure it made until closed
     return paths
 
 
