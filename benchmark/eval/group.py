@@ -17,14 +17,13 @@ between, ``result.json`` records the SHA-256 of its ``flags.npz``
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shutil
 from pathlib import Path
 
 from rfbench.core.errors import RfbenchError
-from rfbench.core.io.atomic import atomic_write_text
+from rfbench.core.io.atomic import atomic_write_text, fsync_dir
 from rfbench.core.io.digest import file_sha256
 
 log = logging.getLogger(__name__)
@@ -45,15 +44,6 @@ def _move_order(names: list[str]) -> list[str]:
     return sorted(names, key=lambda n: (n == FLAGS_FILE, n == RESULT_FILE))
 
 
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def _complete(staged: Path, out_dir: Path, names: list[str]) -> None:
     for n in _move_order(names):
         if (staged / n).exists():
@@ -61,7 +51,7 @@ def _complete(staged: Path, out_dir: Path, names: list[str]) -> None:
     for n in OUTPUT_FILES:
         if n not in names and (out_dir / n).exists():
             (out_dir / n).unlink()
-    _fsync_dir(out_dir)
+    fsync_dir(out_dir)
     shutil.rmtree(staged, ignore_errors=True)
 
 

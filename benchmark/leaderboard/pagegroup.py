@@ -27,7 +27,6 @@ through a linked sub-folder.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shutil
@@ -35,7 +34,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from rfbench.core.errors import RfbenchError
-from rfbench.core.io.atomic import atomic_write_json, read_json, remove_stale_temps
+from rfbench.core.io.atomic import atomic_write_json, fsync_dir, read_json, remove_stale_temps
 
 log = logging.getLogger(__name__)
 
@@ -61,15 +60,6 @@ def _safe_rel(name: Any) -> PurePosixPath | None:
     return rel
 
 
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def _within(path: Path, folder: Path) -> bool:
     """Whether ``path``, every link in it followed, lies in ``folder`` (a linked sub-folder cannot lead out)."""
     return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(folder))
@@ -89,7 +79,7 @@ def _move_all(stage: Path, dest: Path, names: list[Any]) -> None:
         os.replace(src, target)
         touched.add(target.parent)
     for d in touched:
-        _fsync_dir(d)
+        fsync_dir(d)
 
 
 def _remove_stage(path: Path) -> None:
@@ -210,7 +200,7 @@ class PageGroup:
         if self.site is not None:
             _remove_stage(site_stage(self.site))
         _remove_stage(self.boards / STAGE)
-        _fsync_dir(self.boards)
+        fsync_dir(self.boards)
 
     def discard(self) -> None:
         """Remove the staging directories of a build that failed before its commit point (the old pages stay)."""

@@ -41,18 +41,23 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-        with contextlib.suppress(OSError):  # make the rename durable where the OS allows it
-            dfd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+        fsync_dir(path.parent)
     except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
             raise RfbenchError(f"disk full while writing {path}; the previous version of that file is intact") from exc
         raise
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Make the renames in directory ``path`` durable, where the OS allows it (errors are ignored)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def current_umask() -> int:
