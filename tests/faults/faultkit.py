@@ -361,3 +361,21 @@ def assert_same_eval(got: Path, want: Path) -> None:
                 assert ma == mb
             else:
                 assert np.array_equal(fa[k], fb[k], equal_nan=fa[k].dtype.kind == "f"), f"flags.npz differs in {k!r}"
+
+
+#: a process that holds ``exclusive_dir(argv[1])`` until killed, and says so on stdout
+HOLD = ("import sys, time\n"
+        "from rfbench.core.io.lock import exclusive_dir\n"
+        "with exclusive_dir(sys.argv[1]):\n"
+        "    print('held', flush=True)\n"
+        "    time.sleep(120)\n")
+#: the smallest `rfbench train` call (the lock tests only need it to reach its output directory)
+TRAIN_SMALL = ["train", "--dataset", "fashion-mnist", "--max-train-samples", "64", "--epochs", "1", "--device", "cpu",
+               "--quiet"]
+
+
+def hold_lock(path: Path, name: str) -> subprocess.Popen:
+    """Start a process (``name`` in its command line) holding the lock of directory ``path``; returns once it holds it."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(path), name], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+    return proc

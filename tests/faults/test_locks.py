@@ -4,28 +4,17 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 
 import pytest
-from faultkit import assert_one_line_error
+from faultkit import TRAIN_SMALL as TRAIN
+from faultkit import assert_one_line_error, hold_lock
 
 from rfbench.benchmark.cli import main
 from rfbench.core.io.lock import DirectoryLockedError, exclusive_dir
 
-HOLD = ("import sys, time\n"
-        "from rfbench.core.io.lock import exclusive_dir\n"
-        "with exclusive_dir(sys.argv[1]):\n"
-        "    print('held', flush=True)\n"
-        "    time.sleep(120)\n")
-TRAIN = ["train", "--dataset", "fashion-mnist", "--max-train-samples", "64", "--epochs", "1", "--device", "cpu", "--quiet"]
-
 
 def hold(path):
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(path), "rfbench-train-holder"], stdout=subprocess.PIPE,
-                            text=True)
-    assert proc.stdout.readline().strip() == "held"
-    return proc
+    return hold_lock(path, "rfbench-train-holder")
 
 
 def test_second_writer_is_refused_naming_the_holder_and_a_sigkilled_lock_is_free(tmp_path, capsys):

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 
 import pytest
 import torch
-from faultkit import assert_one_line_error
+from faultkit import TRAIN_SMALL as TRAIN
+from faultkit import assert_one_line_error, hold_lock
 
 from rfbench.benchmark.cli import main
 from rfbench.benchmark.eval.calibrate import (
@@ -32,12 +31,6 @@ from rfbench.core.errors import CheckpointError, RfbenchError
 from rfbench.core.io.lock import DirectoryLockedError, exclusive_dir, exclusive_leaderboard, lock_path
 from rfbench.core.launch import Launch, launch_from_env
 
-HOLD = ("import sys, time\n"
-        "from rfbench.core.io.lock import exclusive_dir\n"
-        "with exclusive_dir(sys.argv[1]):\n"
-        "    print('held', flush=True)\n"
-        "    time.sleep(120)\n")
-TRAIN = ["train", "--dataset", "fashion-mnist", "--max-train-samples", "64", "--epochs", "1", "--device", "cpu", "--quiet"]
 DIST_VARS = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
@@ -46,10 +39,7 @@ def holder():
     procs = []
 
     def hold(path):
-        proc = subprocess.Popen([sys.executable, "-c", HOLD, str(path), "rfbench-holder"], stdout=subprocess.PIPE,
-                                text=True)
-        procs.append(proc)
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+        procs.append(proc := hold_lock(path, "rfbench-holder"))
         return proc
 
     yield hold
